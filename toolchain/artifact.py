@@ -1,0 +1,138 @@
+"""Self-describing artifact folders: model.onnx, tokenizer files and a manifest a deployment team can check.
+
+A folder is written under a temporary name and renamed into place, so a failed step never leaves a half
+artifact behind. The manifest records sha256 of every other file; `check_artifact` re-hashes them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+MANIFEST = "manifest.json"
+GRAPH = "model.onnx"
+FORMAT = "qtool-artifact/1"
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that is missing, incomplete or altered."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of everything that shaped the graph, for reproducing or trusting it."""
+    versions = {"python": platform.python_version()}
+    for dist in ("qtool", "torch", "transformers", "onnx", "onnxruntime", "onnx-neural-compressor", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@contextmanager
+def staging(dest: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error it vanishes."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    """Hash every file in `folder` into the manifest and write it atomically."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {**manifest, "format": FORMAT, "files": files}
+    manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest.setdefault("versions", tool_versions())
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a qtool artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def check_artifact(folder: str | Path) -> dict:
+    """Re-hash every file the manifest lists; raise on anything missing or changed."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: {name} is listed in the manifest but missing")
+        if sha256(path) != digest:
+            raise ArtifactError(f"{folder}: {name} does not match its sha256 in the manifest (altered or corrupt)")
+    if GRAPH not in manifest["files"]:
+        raise ArtifactError(f"{folder}: manifest lists no {GRAPH}")
+    return manifest
+
+
+def update_manifest(folder: str | Path, **fields) -> dict:
+    """Merge fields (e.g. metrics) into an artifact's manifest; file hashes are re-checked first."""
+    folder = Path(folder)
+    manifest = check_artifact(folder)
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    return write_manifest(folder, manifest)
+
+
+def find_artifacts(root: str | Path) -> list[Path]:
+    """Artifact folders at `root` itself or one level below it, in name order."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such artifact folder: {root}")
+    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+    if not found:
+        raise ArtifactError(f"{root} holds no qtool artifacts (folders with {MANIFEST})")
+    return found

