@@ -7,6 +7,7 @@ and the validation (onnxruntime vs PyTorch on real SQuAD features: logits and ke
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
     length = torch.export.Dim("sequence", min=2, max=model.config.max_position_embeddings)
     dims = {name: {0: batch, 1: length} for name in INPUT_NAMES}
     path = Path(path)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -1,0 +1,71 @@
+"""Shared fixtures: real SQuAD slices from ../shared/squad and a MiniLM QA model fine-tuned for a few steps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolchain import squad
+from toolchain.train import TrainArgs, resolve_base, train
+
+TRAIN_STEPS = 60
+
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def squad_dir() -> Path:
+    path = squad.default_squad_dir()
+    assert (path / "dev-v1.1.json").is_file(), f"SQuAD v1.1 not found at {path} (see ../shared/README.md)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    return resolve_base("minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir, local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def minilm_qa(minilm_dir):
+    """The real MiniLM encoder with an untrained QA head: real attention patterns, no training cost."""
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.manual_seed(0)
+    return AutoModelForQuestionAnswering.from_pretrained(minilm_dir, local_files_only=True, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory, squad_dir) -> Path:
+    """MiniLM fine-tuned on 1,000 SQuAD train questions at length 128 (under a minute on 2 cores)."""
+    out = tmp_path_factory.mktemp("trained") / "minilm-qa"
+    train(TrainArgs(base="minilm", out=str(out), limit=1000, max_length=128, doc_stride=64, batch_size=16,
+                    max_steps=TRAIN_STEPS, lr=3e-4, warmup=0.1, seed=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def dev_examples(squad_dir):
+    return squad.load_squad("dev", limit=40)
+
+
+REDUCED = "300,250,200,150,120,100"
+
+
+@pytest.fixture(scope="session")
+def exported_root(tmp_path_factory, trained_dir) -> Path:
+    """The trained model exported at the full and one reduced configuration (validated on 8 dev questions)."""
+    from toolchain.export import export_configs
+
+    root = tmp_path_factory.mktemp("graphs") / "minilm"
+    export_configs(trained_dir, ["full", REDUCED], root, samples=8)
+    return root

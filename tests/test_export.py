@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import REDUCED
+from toolchain import artifact, squad
+from toolchain.export import ExportValidationError, export_artifact, export_graph, validate_graph
+from toolchain.model import LengthConfig, load_qa_model
+from toolchain.verify import onnx_session, predict_onnx, predict_torch
+
+REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
+
+
+def test_export_writes_validated_artifacts(exported_root):
+    assert sorted(p.name for p in exported_root.iterdir()) == sorted(["fp32-full", REDUCED_DIR])
+    for folder in exported_root.iterdir():
+        manifest = artifact.check_artifact(folder)
+        assert {"model.onnx", "tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= set(manifest["files"])
+        assert manifest["validation"]["max_abs_diff"] < 1e-3
+        assert manifest["versions"]["onnxruntime"] and manifest["opset"] == 18
+    reduced = artifact.read_manifest(exported_root / REDUCED_DIR)
+    assert reduced["length_config"]["keep"] == [300, 250, 200, 150, 120, 100]
+    assert reduced["validation"]["kept_agreement"] == [1.0] * 6
+    assert 0.5 < reduced["flops_ratio"] < 0.8
+
+
+def test_graph_holds_drop_and_restore_ops(exported_root):
+    reduced = onnx.load(str(exported_root / REDUCED_DIR / "model.onnx"))
+    ops = [n.op_type for n in reduced.graph.node]
+    assert ops.count("TopK") == 6 and "ScatterElements" in ops and "GatherElements" in ops
+    names = [n.name for n in reduced.graph.node]
+    assert any("layer.5.output.dense/MatMul" in n for n in names)  # nodes named after their modules
+    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in reduced.graph.node for p in n.metadata_props)
+    full = onnx.load(str(exported_root / "fp32-full" / "model.onnx"))
+    assert "TopK" not in [n.op_type for n in full.graph.node]  # the full configuration is the plain model
+
+
+@pytest.mark.parametrize("length, batch", [(384, 1), (256, 3)])
+def test_graph_scales_with_input_length(exported_root, trained_dir, length, batch):
+    """k follows the input length in-graph; ONNX matches PyTorch at any length and batch size."""
+    model, tokenizer = load_qa_model(trained_dir)
+    feats = squad.featurize(squad.load_squad("dev", limit=batch, offset=100), tokenizer, max_length=length)
+    feats = squad.Features(*(getattr(feats, f)[:batch] for f in ("input_ids", "attention_mask", "token_type_ids", "example_index", "offsets")))
+    config = LengthConfig.parse(REDUCED, 6, 384)
+    got = predict_onnx(onnx_session(exported_root / REDUCED_DIR / "model.onnx"), feats)
+    want = predict_torch(model, feats, config)
+    assert [k.shape[1] for k in got.kept] == [config.keep_count(i, length, length) for i in range(6)]
+    real = feats.attention_mask.astype(bool)
+    assert np.abs(got.start_logits - want.start_logits)[real].max() < 1e-3
+
+
+def test_validation_catches_a_wrong_graph(exported_root, trained_dir):
+    model, tokenizer = load_qa_model(trained_dir)
+    feats = squad.featurize(squad.load_squad("dev", limit=4), tokenizer)
+    # the full graph is not what the reduced configuration computes
+    with pytest.raises(ExportValidationError, match="differ"):
+        validate_graph(exported_root / "fp32-full" / "model.onnx", model, LengthConfig.parse(REDUCED, 6), feats)
+
+
+def test_failed_export_leaves_nothing(tmp_path, trained_dir, monkeypatch):
+    import toolchain.export as export_module
+
+    model, tokenizer = load_qa_model(trained_dir)
+    feats = squad.featurize(squad.load_squad("dev", limit=2), tokenizer)
+
+    def broken(*args, **kwargs):
+        raise ExportValidationError("simulated mismatch")
+
+    monkeypatch.setattr(export_module, "validate_graph", broken)
+    dest = tmp_path / "root" / "fp32-full"
+    with pytest.raises(ExportValidationError):
+        export_artifact(model, tokenizer, LengthConfig.full(6), dest, feats)
+    assert list((tmp_path / "root").iterdir()) == []
+
+
+def test_corrupt_or_tampered_artifacts_are_detected(exported_root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported_root / "fp32-full", copy)
+    (copy / "vocab.txt").write_text("tampered")
+    with pytest.raises(artifact.ArtifactError, match="vocab.txt does not match"):
+        artifact.check_artifact(copy)
+    (copy / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="not a loadable ONNX graph"):
+        onnx_session(copy / "model.onnx")
+    (copy / "manifest.json").unlink()
+    with pytest.raises(artifact.ArtifactError, match="not a qtool artifact"):
+        artifact.check_artifact(copy)
