@@ -179,8 +179,13 @@ def _attention(layer: nn.Module, h: torch.Tensor, mask_add: torch.Tensor) -> tup
 
 
 def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives: sum over heads and non-padding queries; padding gets -1 (ranks last)."""
-    received = (probs * mask[:, None, :, None].to(probs.dtype)).sum(dim=(1, 2))
+    """Attention each token receives: sum over heads and non-padding queries; padding gets -1 (ranks last).
+
+    The query mask enters as a matrix-vector product, so the [batch, heads, n, n] probabilities are read
+    once and never copied.
+    """
+    queries = mask[:, None, None, :].to(probs.dtype)  # [B, 1, 1, n]
+    received = torch.matmul(queries, probs).sum(dim=(1, 2))  # [B, n]
     return torch.where(mask > 0, received, torch.full_like(received, -1.0))
 
 
@@ -197,6 +202,8 @@ def drop_and_restore(
 
     `config=None` or a full configuration runs every token through every layer (the plain model).
     `skip_layers` (LayerDrop, training only) passes hidden states through those layers untouched.
+    Each layer sorts its tokens by significance once: the first k go on, the rest are set aside with their
+    positions; one scatter at the end puts every token back, which is cheaper than restoring layer by layer.
     """
     encoder_layers = model.base_model.encoder.layer
     if config is not None:
@@ -206,10 +213,14 @@ def drop_and_restore(
     h = model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)
-    restored = h
     positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
     dropping = config is not None and not config.is_full
+    set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
+
+    def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, index if x.dim() == 2 else index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
     for i, layer in enumerate(encoder_layers):
         if i in skip_layers:
             if return_kept:
@@ -220,17 +231,18 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in)
-            # Dropped tokens keep their post-attention state: write every token now, kept ones are overwritten later.
-            restored = restored.scatter(1, positions.unsqueeze(-1).expand_as(a), a)
-            top = torch.topk(significance(probs, mask), k, dim=1).indices
-            a = torch.gather(a, 1, top.unsqueeze(-1).expand(-1, -1, a.shape[-1]))
-            mask = torch.gather(mask, 1, top)
-            positions = torch.gather(positions, 1, top)
+            order = torch.topk(significance(probs, mask), n_in, dim=1).indices
+            top, rest = order[:, :k], order[:, k:]
+            # a dropped token keeps its post-attention state from the layer that dropped it
+            set_aside.append((take(a, rest), take(positions, rest)))
+            a, mask, positions = take(a, top), take(mask, top), take(positions, top)
         h = layer.output(layer.intermediate(a), a)
         if return_kept:
             kept.append(positions)
     if dropping:
-        h = restored.scatter(1, positions.unsqueeze(-1).expand_as(h), h)
+        states = torch.cat([s for s, _ in set_aside] + [h], dim=1)
+        where = torch.cat([p for _, p in set_aside] + [positions], dim=1)
+        h = torch.zeros_like(states).scatter(1, where.unsqueeze(-1).expand_as(states), states)
     logits = model.qa_outputs(h)
     start_logits, end_logits = logits[..., 0], logits[..., 1]
     if return_kept:
