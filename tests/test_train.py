@@ -36,7 +36,7 @@ def test_training_learns_squad(trained_dir):
     assert full["f1"] > 12.0, full
     assert reduced["flops_ratio"] < 0.7
     base = evaluate_model_untrained(limit=60)
-    assert full["f1"] > base + 8, (full, base)
+    assert full["f1"] > base + 6, (full, base)
 
 
 def evaluate_model_untrained(limit):
@@ -75,5 +75,5 @@ def test_length_drop_stage_and_resume(trained_dir, tmp_path):
 
 
 def test_missing_base_is_a_clear_error(tmp_path):
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError, match="base model folder not found"):
         train(TrainArgs(base=str(tmp_path / "nope"), out=str(tmp_path / "o"), limit=8, max_steps=1))

