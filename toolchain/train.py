@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,7 @@ class TrainArgs:
     out: str
     train_file: str = "train"
     max_length: int = 256
-    doc_stride: int = squad.DOC_STRIDE
+    doc_stride: int | None = None  # window overlap; default min(128, max_length // 2)
     batch_size: int = 32
     lr: float = 1e-4
     warmup: float = 0.06
@@ -54,7 +54,6 @@ class TrainArgs:
     limit: int | None = None
     save_every: float = 600.0  # seconds
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_base(base: str) -> str:
@@ -135,7 +134,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
 
     examples = squad.load_squad(args.train_file, limit=args.limit)
     feats = squad.featurize(
-        examples, tokenizer, args.max_length, args.doc_stride, pad_to_max_length=False, with_targets=True
+        examples, tokenizer, args.max_length, args.doc_stride or min(squad.DOC_STRIDE, args.max_length // 2),
+        pad_to_max_length=False, with_targets=True
     )
     n = len(feats)
     steps_per_epoch = max(1, n // args.batch_size)
