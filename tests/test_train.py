@@ -54,24 +54,24 @@ def evaluate_model_untrained(limit):
     return score(examples, feats, predict_torch(model, feats))["f1"]
 
 
-def test_length_drop_stage_and_resume(trained_dir, tmp_path):
-    """LengthDrop runs the sandwich from a QA checkpoint, checkpoints, and resumes where it stopped."""
+def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
+    """LengthDrop runs the sandwich from a QA checkpoint; an interrupted run resumes from its checkpoint."""
     out = tmp_path / "ld"
-    args = TrainArgs(base=str(trained_dir), out=str(out), limit=64, max_length=128, batch_size=8, max_steps=2,
+    args = TrainArgs(base=str(trained_dir), out=str(out), limit=64, max_length=128, batch_size=8, max_steps=3,
                      length_drop=True, num_sandwich=1, save_every=0.0, seed=1)
-    info = train(args)
-    assert info["steps"] == 2
-    assert not (out / "checkpoint").exists()  # removed once the final model is written
-    # interrupted run: a checkpoint exists, resume continues from its step count
-    args_more = TrainArgs(**{**args.__dict__, "max_steps": 3})
-    state_dir = out / "checkpoint"
-    from toolchain.train import _save_checkpoint
 
-    model, _ = load_qa_model(out)
-    optimizer = torch.optim.AdamW(model.parameters())
-    _save_checkpoint(state_dir, model, optimizer, {"step": 2, "elapsed": 1.0, "examples": 16, "loss_ema": 1.0})
-    resumed = train(args_more, resume=True)
-    assert resumed["steps"] == 3 and resumed["examples_seen"] == 24
+    def interrupt_after_two(state):
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(args, progress=interrupt_after_two)
+    assert (out / "checkpoint" / "trainer.pt").is_file()
+    assert not (out / "config.json").exists()  # no final model from an interrupted run
+    resumed = train(args, resume=True)
+    assert resumed["steps"] == 3 and resumed["examples_seen"] == 3 * 8
+    assert not (out / "checkpoint").exists()  # removed once the final model is written
+    load_qa_model(out)
 
 
 def test_missing_base_is_a_clear_error(tmp_path):

@@ -223,11 +223,11 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         state["loss_ema"] = total if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * total
         bar.update(1)
         bar.set_postfix(loss=f"{state['loss_ema']:.3f}", ex_s=f"{state['examples'] / max(state['elapsed'], 1e-9):.1f}")
-        if progress is not None:
-            progress(dict(state))
         if time.monotonic() - last_save > args.save_every:
             _save_checkpoint(ckpt_dir, model, optimizer, state)
             last_save = time.monotonic()
+        if progress is not None:
+            progress(dict(state))
         if args.time_budget and state["elapsed"] >= args.time_budget:
             break
     bar.close()

@@ -33,6 +33,31 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="feat", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
+def _batches(features: squad.Features, batch_size: int, trim_padding: bool):
+    """Yield (rows, inputs) batches. With `trim_padding`, rows are taken in length order and each batch is cut
+    to its longest real sequence: exact for the full configuration (padding is masked), about twice as fast
+    on SQuAD. Never used for reduced configurations, whose kept counts depend on the padded length."""
+    lengths = features.attention_mask.sum(1)
+    order = np.argsort(lengths, kind="stable") if trim_padding else np.arange(len(features))
+    for lo in range(0, len(features), batch_size):
+        rows = order[lo : lo + batch_size]
+        inputs = features.model_inputs(rows)
+        if trim_padding:
+            width = int(lengths[rows].max())
+            inputs = {k: v[:, :width] for k, v in inputs.items()}
+        yield rows, inputs
+
+
+def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Put batch logits back in feature order; positions a trimmed batch did not compute get -1e4."""
+    start = np.full((n, width), -1e4, dtype=np.float32)
+    end = np.full((n, width), -1e4, dtype=np.float32)
+    for rows, s, e in parts:
+        start[rows, : s.shape[1]] = s
+        end[rows, : e.shape[1]] = e
+    return start, end
+
+
 def predict_torch(
     model: torch.nn.Module,
     features: squad.Features,
@@ -42,17 +67,19 @@ def predict_torch(
 ) -> Predictions:
     """Span logits from the PyTorch Drop-and-Restore model (FP32, eval mode)."""
     model.eval()
-    starts, ends, kept = [], [], []
+    trim = config is None or config.is_full
+    parts, kept = [], []
     with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
-        for lo in range(0, len(features), batch_size):
-            batch = {k: torch.from_numpy(v) for k, v in features.model_inputs(slice(lo, lo + batch_size)).items()}
+        for rows, inputs in _batches(features, batch_size, trim):
+            batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
             s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
-            starts.append(s.float().numpy())
-            ends.append(e.float().numpy())
-            kept.append([x.numpy() for x in k])
-            bar.update(len(s))
+            parts.append((rows, s.float().numpy(), e.float().numpy()))
+            if not trim:
+                kept.append([x.numpy() for x in k])
+            bar.update(len(rows))
+    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
     layers = [np.concatenate([b[i] for b in kept]) for i in range(len(kept[0]))] if kept else None
-    return Predictions(np.concatenate(starts), np.concatenate(ends), layers)
+    return Predictions(start, end, layers)
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -76,17 +103,17 @@ def predict_onnx(session, features: squad.Features, batch_size: int = 32, show_p
     """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session."""
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
-    starts, ends, kept = [], [], []
+    trim = not any(n.startswith("kept_") for n in names)  # no drop ops: the full configuration
+    parts, kept = [], []
     with _progress(len(features), "onnx", show_progress) as bar:
-        for lo in range(0, len(features), batch_size):
-            feed = {k: v for k, v in features.model_inputs(slice(lo, lo + batch_size)).items() if k in wanted}
-            out = dict(zip(names, session.run(None, feed)))
-            starts.append(out["start_logits"])
-            ends.append(out["end_logits"])
+        for rows, inputs in _batches(features, batch_size, trim):
+            out = dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in wanted})))
+            parts.append((rows, out["start_logits"], out["end_logits"]))
             kept.append([out[n] for n in names if n.startswith("kept_")])
-            bar.update(len(out["start_logits"]))
+            bar.update(len(rows))
+    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
     layers = [np.concatenate([b[i] for b in kept]) for i in range(len(kept[0]))] if kept and kept[0] else None
-    return Predictions(np.concatenate(starts), np.concatenate(ends), layers)
+    return Predictions(start, end, layers)
 
 
 def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions) -> dict:
