@@ -321,14 +321,14 @@ def format_table(report: dict, markdown: bool = False) -> str:
     batch_sizes = report["latency"]["batch_sizes"]
     table = PrettyTable()
     table.field_names = (
-        ["model", "config", "F1", "EM", "ΔF1", "FLOPs"]
+        ["artifact", "runtime", "config", "F1", "EM", "ΔF1", "FLOPs"]
         + [f"ms b{b}" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
         + ["MB", "kept agree (min)"]
     )
     for r in report["rows"]:
         agree = r.get("kept_agreement_vs_fp32")
         table.add_row(
-            [f"{r['runtime']} {r['precision']}", r["config"], f"{r['f1']:.2f}", f"{r['exact_match']:.2f}",
+            [r["name"], f"{r['runtime']} {r['precision']}", r["config"], f"{r['f1']:.2f}", f"{r['exact_match']:.2f}",
              f"{r['f1_drop_vs_pytorch_full']:+.2f}" if "f1_drop_vs_pytorch_full" in r else "",
              f"{r['flops_ratio']:.2f}"]
             + [f"{r[f'latency_b{b}_ms']:.1f}" if f"latency_b{b}_ms" in r else "" for b in batch_sizes]
@@ -336,7 +336,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
             + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{min(agree):.3f}" if agree else ""]
         )
     table.align = "r"
-    table.align["model"] = "l"
+    table.align["artifact"] = "l"
+    table.align["runtime"] = "l"
     table.align["config"] = "l"
     if markdown:
         table.set_style(TableStyle.MARKDOWN)
