@@ -366,7 +366,7 @@ def plot_pareto(report: dict, path: str | Path) -> Path:
     for r, (x, y) in zip(rows, points):
         ax.scatter(x, y, marker="o" if r["precision"] == "fp32" else "s",
                    color="tab:blue" if r["precision"] == "fp32" else "tab:orange")
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 6 if r["precision"] == "fp32" else -12), fontsize=7)
     front = pareto_front(points)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", label="Pareto front")
     ref = next((r for r in report["rows"] if r["runtime"] == "pytorch" and r["config"] == "full"), None)
