@@ -46,6 +46,7 @@ def test_config_parse_and_scaling():
     assert config.keep_count(5, 192, 50) == 17
     assert config.keep_count(5, 2, 2) == 1
     assert LengthConfig.full(6).is_full and not config.is_full
+    assert LengthConfig.parse("full", 6) == LengthConfig.full(6) and LengthConfig.full(6).label == "full"
 
 
 def test_flops_formula():

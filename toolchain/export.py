@@ -193,9 +193,7 @@ def export_configs(
 
     model, tokenizer = load_qa_model(model_dir)
     layers = len(model.base_model.encoder.layer)
-    parsed = [
-        LengthConfig.full(layers, seq_len) if c == "full" else LengthConfig.parse(c, layers, seq_len) for c in configs
-    ]
+    parsed = [LengthConfig.parse(c, layers, seq_len) for c in configs]
     examples = squad.load_squad(squad_file, limit=samples)
     features = squad.featurize(examples, tokenizer, max_length=seq_len)
     return [

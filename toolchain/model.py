@@ -45,7 +45,9 @@ class LengthConfig:
 
     @classmethod
     def parse(cls, text: str | Sequence[int], num_layers: int, seq_len: int = 384) -> "LengthConfig":
-        """Read '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
+        """Read 'full', '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
+        if isinstance(text, str) and text.strip() == "full":
+            return cls.full(num_layers, seq_len)
         if isinstance(text, str):
             parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
             try:
@@ -93,6 +95,11 @@ class LengthConfig:
 
     def __str__(self) -> str:
         return ",".join(str(k) for k in self.keep)
+
+    @property
+    def label(self) -> str:
+        """'full' or '315,251,...': how reports and the CLI show a configuration."""
+        return "full" if self.is_full else str(self)
 
     def name(self) -> str:
         return "full" if self.is_full else "-".join(str(k) for k in self.keep)

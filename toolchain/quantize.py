@@ -192,8 +192,7 @@ def quantize_artifact(
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     seq_len = manifest["length_config"]["seq_len"]
-    calib_features = squad.featurize(calibration_examples(calib, samples), tokenizer, max_length=seq_len)
-    calib_features = calib_features if len(calib_features) <= samples else _rows(calib_features, samples)
+    calib_features = calibration_features(calib, samples, tokenizer, seq_len)
     batch = 8
     num_batches = (len(calib_features) + batch - 1) // batch
     reader = calibration_reader(calib_features, batch)
@@ -264,10 +263,7 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, calib: str = "squad", 
     src = Path(src)
     manifest = artifact.check_artifact(src)
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
-    features = squad.featurize(
-        calibration_examples(calib, samples), tokenizer, max_length=manifest["length_config"]["seq_len"]
-    )
-    features = _rows(features, min(samples, len(features)))
+    features = calibration_features(calib, samples, tokenizer, manifest["length_config"]["seq_len"])
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -298,11 +294,13 @@ def _write_int8(src: Path, manifest: dict, dest: Path, graph: Path, **fields) ->
         artifact.write_manifest(tmp, {**inherited, "precision": "int8", "validation": None, "metrics": {}, **fields})
 
 
-def _rows(features: squad.Features, n: int) -> squad.Features:
-    sel = slice(0, n)
+def calibration_features(calib: str, samples: int, tokenizer, seq_len: int) -> squad.Features:
+    """Windows of the first `samples` calibration questions, at most `samples` of them."""
+    features = squad.featurize(calibration_examples(calib, samples), tokenizer, max_length=seq_len)
+    head = slice(0, samples)
     return squad.Features(
-        features.input_ids[sel], features.attention_mask[sel], features.token_type_ids[sel],
-        features.example_index[sel], features.offsets[sel],
+        features.input_ids[head], features.attention_mask[head], features.token_type_ids[head],
+        features.example_index[head], features.offsets[head],
     )
 
 

@@ -53,7 +53,7 @@ def search_configs(
         if key not in evaluated:
             result = score(examples, features, predict_torch(model, features, config))
             evaluated[key] = {
-                "config": "full" if config.is_full else key,
+                "config": config.label,
                 "flops_ratio": flops_ratio(config, hidden, ffn),
                 "f1": result["f1"],
                 "exact_match": result["exact_match"],

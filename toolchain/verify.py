@@ -173,7 +173,7 @@ def evaluate_model(
 
     model, tokenizer = load_qa_model(model_dir)
     layers = len(model.base_model.encoder.layer)
-    parsed = [LengthConfig.full(layers, seq_len) if c == "full" else LengthConfig.parse(c, layers, seq_len) for c in configs]
+    parsed = [LengthConfig.parse(c, layers, seq_len) for c in configs]
     examples = squad.load_squad(squad_file, limit=limit)
     features = squad.featurize(examples, tokenizer, max_length=seq_len)
     rows = []
@@ -181,7 +181,7 @@ def evaluate_model(
         preds = predict_torch(model, features, config, batch_size, show_progress)
         rows.append(
             {
-                "config": "full" if config.is_full else str(config),
+                "config": config.label,
                 "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size),
                 **score(examples, features, preds),
             }
@@ -189,10 +189,8 @@ def evaluate_model(
     return rows
 
 
-def _row_label(manifest: dict) -> str:
-    keep = manifest["length_config"]["keep"]
-    seq = manifest["length_config"]["seq_len"]
-    return "full" if all(k == seq for k in keep) else ",".join(map(str, keep))
+def _length_config(manifest: dict) -> LengthConfig:
+    return LengthConfig(tuple(manifest["length_config"]["keep"]), manifest["length_config"]["seq_len"])
 
 
 def verify_artifacts(
@@ -239,16 +237,14 @@ def verify_artifacts(
         configs = [LengthConfig.full(layers, seq_len)]
         if torch_configs == "all":
             configs += [
-                LengthConfig(tuple(m["length_config"]["keep"]), seq_len)
-                for m in manifests.values()
-                if m["precision"] == "fp32" and _row_label(m) != "full"
+                _length_config(m) for m in manifests.values() if m["precision"] == "fp32" and not _length_config(m).is_full
             ]
         for config in configs:
             preds = predict_torch(model, features, config, show_progress=show_progress)
             result = score(examples, features, preds)
             rows.append({
                 "name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "precision": "fp32",
-                "config": "full" if config.is_full else str(config),
+                "config": config.label,
                 "flops_ratio": _flops(model, config),
                 **_metrics(result),
             })
@@ -264,7 +260,7 @@ def verify_artifacts(
         result = score(examples, features, preds)
         row = {
             "name": folder.name, "runtime": "onnxruntime", "precision": manifest["precision"],
-            "config": _row_label(manifest), "flops_ratio": manifest["flops_ratio"],
+            "config": _length_config(manifest).label, "flops_ratio": manifest["flops_ratio"],
             "size_mb": graph.stat().st_size / 1e6, **_metrics(result),
             "recipe": (manifest.get("quantization") or {}).get("recipe", {}),
         }
