@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
-import shutil
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
+
+from . import atomic
 
 MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
@@ -48,23 +47,9 @@ def tool_versions() -> dict[str, str]:
 
 @contextmanager
 def staging(dest: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error it vanishes."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error or SIGTERM it vanishes."""
+    with atomic.staging_dir(dest) as tmp:
         yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
@@ -78,9 +63,7 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     manifest = {**manifest, "format": FORMAT, "files": files}
     manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.setdefault("versions", tool_versions())
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    atomic.write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
 
 
@@ -126,13 +109,18 @@ def update_manifest(folder: str | Path, **fields) -> dict:
 
 
 def find_artifacts(root: str | Path) -> list[Path]:
-    """Artifact folders at `root` itself or one level below it, in name order."""
+    """Artifact folders at `root` itself or one level below it, in name order.
+
+    Dot-named folders are skipped: they are staging leftovers of an interrupted write, never artifacts.
+    """
     root = Path(root)
     if (root / MANIFEST).is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"no such artifact folder: {root}")
-    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+    found = sorted(
+        p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / MANIFEST).is_file()
+    )
     if not found:
         raise ArtifactError(f"{root} holds no qtool artifacts (folders with {MANIFEST})")
     return found
