@@ -105,3 +105,61 @@ def test_find_artifacts_skips_staging_leftovers(tmp_path):
     (tmp_path / "fp32-full" / artifact.MANIFEST).unlink()
     with pytest.raises(artifact.ArtifactError, match="holds no qtool artifacts"):
         artifact.find_artifacts(tmp_path)
+
+
+def _tiny_bert(cls, folder: Path, tokenizer=None) -> Path:
+    """A small randomly initialised BERT of class `cls` saved like a real checkpoint."""
+    import torch
+    from transformers import BertConfig
+
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                        vocab_size=30522, max_position_embeddings=128)
+    cls(config).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification"])
+def test_checkpoint_without_qa_head_is_refused(tmp_path, minilm_tokenizer, head):
+    """transformers would silently add a random QA head; load_qa_model names the missing weights instead."""
+    import transformers
+
+    from toolchain.model import UnsupportedModelError, load_qa_model
+
+    folder = _tiny_bert(getattr(transformers, head), tmp_path / head, minilm_tokenizer)
+    with pytest.raises(UnsupportedModelError, match=r"qa_outputs.bias, qa_outputs.weight were not in the checkpoint"):
+        load_qa_model(folder)
+
+
+def test_qa_checkpoint_loads_with_its_own_head(tmp_path, minilm_tokenizer, dev_examples):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BertForQuestionAnswering
+
+    from toolchain import squad
+    from toolchain.model import drop_and_restore, load_qa_model
+
+    folder = _tiny_bert(BertForQuestionAnswering, tmp_path / "qa", minilm_tokenizer)
+    model, tokenizer = load_qa_model(folder)
+    saved = load_file(folder / "model.safetensors")
+    assert torch.equal(model.qa_outputs.weight, saved["qa_outputs.weight"])  # the saved head, not a new one
+    feats = squad.featurize(dev_examples[:2], tokenizer, max_length=128, doc_stride=64)
+    with torch.no_grad():
+        start, _ = drop_and_restore(model, **{k: torch.from_numpy(v) for k, v in feats.model_inputs().items()})
+    assert start.shape == feats.input_ids.shape
+
+
+def test_model_folder_without_tokenizer_or_weights_is_a_clear_error(tmp_path, minilm_tokenizer):
+    from transformers import BertForQuestionAnswering
+
+    from toolchain.model import load_qa_model
+
+    folder = _tiny_bert(BertForQuestionAnswering, tmp_path / "qa")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
+        load_qa_model(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="has no weights"):
+        load_qa_model(folder)
