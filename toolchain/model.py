@@ -150,7 +150,11 @@ def check_supported(model: nn.Module) -> None:
 
 
 def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
-    """Load a fine-tuned QA checkpoint and its fast tokenizer from a local folder, no network."""
+    """Load a fine-tuned QA checkpoint and its fast tokenizer from a local folder, no network.
+
+    Refuses a folder whose QA head (or any other weight) is not in the checkpoint: transformers would fill it
+    with random values and the model would answer nonsense without any error.
+    """
     from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
     path = Path(path)
@@ -161,9 +165,38 @@ def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
         raise UnsupportedModelError(
             f"{path}: model type {config.model_type!r} is not supported; need one of {SUPPORTED_MODEL_TYPES}"
         )
-    model = AutoModelForQuestionAnswering.from_pretrained(path, local_files_only=True, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    weight_files = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    if not any((path / name).is_file() for name in weight_files):
+        raise FileNotFoundError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files (tokenizer.json or vocab.txt); save the tokenizer beside the model"
+        )
+    from transformers.utils import logging as hf_logging
+
+    # transformers would only warn and fill missing weights (typically the QA head) with random values
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            path, local_files_only=True, attn_implementation="eager", output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", [])) + sorted(k for k, *_ in info.get("mismatched_keys", []))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise UnsupportedModelError(
+            f"{path}: {shown} {'was' if len(missing) == 1 else 'were'} not in the checkpoint: "
+            "this is not a trained QA model"
+        )
     check_supported(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot load the tokenizer: {exc}".splitlines()[0]) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedModelError(f"{path}: no fast tokenizer could be built (need tokenizer.json or vocab.txt)")
     model.eval()
     return model, tokenizer
 
