@@ -52,8 +52,83 @@ def test_load_errors(tmp_path):
         squad.load_squad(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"no": "data"}))
-    with pytest.raises(squad.SquadFormatError):
+    with pytest.raises(squad.SquadFormatError, match='has no "data" list'):
         squad.load_squad(bad)
+
+
+@pytest.fixture(scope="module")
+def dev_head(squad_dir):
+    """The first two paragraphs of the real dev file, as raw SQuAD JSON to break in different ways."""
+    raw = json.loads((squad_dir / "dev-v1.1.json").read_text())
+    article = dict(raw["data"][0], paragraphs=raw["data"][0]["paragraphs"][:2])
+    return {"version": raw["version"], "data": [article]}
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "squad.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def _pop(obj: dict, key: str) -> None:
+    del obj[key]
+
+
+def _qa(data):
+    return data["data"][0]["paragraphs"][1]["qas"][2]
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: "{\"data\": [", r"is not JSON \(.*line 1"),
+        (lambda d: [d], 'the top level has no "data" list'),
+        (lambda d: _pop(d["data"][0], "paragraphs"), r'data\[0\] has no "paragraphs" list'),
+        (lambda d: _pop(d["data"][0]["paragraphs"][1], "context"), r'data\[0\].paragraphs\[1\] has no "context" string'),
+        (lambda d: _pop(d["data"][0]["paragraphs"][0], "qas"), r'paragraphs\[0\] has no "qas" list'),
+        (lambda d: _pop(_qa(d), "id"), r'paragraphs\[1\].qas\[2\] has no "id" string'),
+        (lambda d: _pop(_qa(d), "question"), r'qas\[2\] has no "question" string'),
+        (lambda d: _qa(d).update(answers={"text": "x"}), '"answers" is not a list'),
+        (lambda d: _pop(_qa(d)["answers"][0], "answer_start"), r"qas\[2\].answers\[0\] is not"),
+        (lambda d: _qa(d)["answers"][0].update(answer_start="12"), r"answers\[0\] is not"),
+        (lambda d: _qa(d)["answers"][0].update(answer_start=10**6), "integer within the context"),
+        (lambda d: _qa(d).update(id=d["data"][0]["paragraphs"][0]["qas"][0]["id"]), "repeats the question id"),
+        (lambda d: d.update(version="v2.0"), "SQuAD version v2.0: qtool scores SQuAD v1.1 only"),
+        (lambda d: _qa(d).update(is_impossible=True, answers=[]), r"qas\[2\] is a SQuAD v2.0 question: qtool scores SQuAD v1.1 only"),
+        (lambda d: _qa(d).update(plausible_answers=[]), "qtool scores SQuAD v1.1 only"),
+        (lambda d: d.update(data=[]), "holds no questions"),
+    ],
+)
+def test_malformed_squad_is_one_clear_line(tmp_path, dev_head, breakage, message):
+    data = json.loads(json.dumps(dev_head))
+    assert len(squad.load_squad(_write(tmp_path, data))) > 3  # the unbroken slice loads
+    replaced = breakage(data)
+    path = _write(tmp_path, replaced if isinstance(replaced, (str, list)) else data)
+    with pytest.raises(squad.SquadFormatError, match=message) as info:
+        squad.load_squad(path)
+    assert "\n" not in str(info.value) and path in str(info.value)
+
+
+def test_v2_marker_past_the_slice_is_still_refused(tmp_path, dev_head):
+    """A slice of a v2.0 file must not pass just because its first questions look like v1.1."""
+    data = json.loads(json.dumps(dev_head))
+    data["version"] = "1.1"
+    data["data"][0]["paragraphs"][-1]["qas"][-1]["is_impossible"] = True
+    with pytest.raises(squad.SquadFormatError, match="v1.1 only"):
+        squad.load_squad(_write(tmp_path, data), limit=2)
+
+
+@pytest.mark.parametrize(
+    "limit, offset, message",
+    [(0, 0, "limit must be a positive"), (-3, 0, "limit must be a positive"), (5, -1, "offset must be 0 or more"),
+     (5, 10570, r"offset 10570 is past the end of .*dev-v1.1.json \(10570 questions\)")],
+)
+def test_bad_slices_are_value_errors(squad_dir, limit, offset, message):
+    with pytest.raises(ValueError, match=message):
+        squad.load_squad("dev", limit=limit, offset=offset)
+    assert [e.id for e in squad.load_squad("dev", limit=2, offset=10568)] == [
+        e.id for e in squad.load_squad("dev")[-2:]
+    ]
 
 
 def test_featurize_targets_recover_gold_answers(minilm_tokenizer, squad_dir):

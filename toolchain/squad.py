@@ -60,36 +60,89 @@ def resolve_squad_file(name_or_path: str | Path) -> Path:
     return path
 
 
+V2_MESSAGE = "qtool scores SQuAD v1.1 only (v2.0 unanswerable questions are not supported)"
+
+
+def _expect(cond: bool, path: Path, where: str, what: str) -> None:
+    if not cond:
+        raise SquadFormatError(f"{path}: {where} {what}; not SQuAD v1.1 JSON")
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
 def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> list[SquadExample]:
-    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions."""
+    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions.
+
+    The whole file is checked, not just the slice, so a malformed or v2.0 file fails at once with one line
+    naming the place (e.g. data[3].paragraphs[0].qas[2]) instead of a KeyError deep in a run.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, got {offset}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions, got {limit}")
     path = resolve_squad_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        articles = data["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SquadFormatError(f"{path} is not SQuAD v1.1 JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SquadFormatError(f"{path} is not UTF-8 text: not SQuAD v1.1 JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise SquadFormatError(f"{path} is not JSON ({exc}); expected SQuAD v1.1 JSON") from exc
+    _expect(isinstance(data, dict) and isinstance(data.get("data"), list), path, "the top level", 'has no "data" list')
+    version = str(data.get("version", ""))
+    if version.lstrip("v").startswith("2"):
+        raise SquadFormatError(f"{path} is SQuAD version {version}: {V2_MESSAGE}")
     examples: list[SquadExample] = []
     end = None if limit is None else offset + limit
     index = 0
-    for article in articles:
-        for paragraph in article["paragraphs"]:
+    seen: set[str] = set()
+    for a, article in enumerate(data["data"]):
+        where = f"data[{a}]"
+        _expect(isinstance(article, dict) and isinstance(article.get("paragraphs"), list), path, where,
+                'has no "paragraphs" list')
+        title = article.get("title", "")
+        for p, paragraph in enumerate(article["paragraphs"]):
+            where = f"data[{a}].paragraphs[{p}]"
+            _expect(isinstance(paragraph, dict), path, where, "is not an object")
+            _expect(_is_str(paragraph.get("context")), path, where, 'has no "context" string')
+            _expect(isinstance(paragraph.get("qas"), list), path, where, 'has no "qas" list')
             context = paragraph["context"]
-            for qa in paragraph["qas"]:
+            for q, qa in enumerate(paragraph["qas"]):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                _expect(isinstance(qa, dict), path, where, "is not an object")
+                if qa.get("is_impossible") or "plausible_answers" in qa:
+                    raise SquadFormatError(f"{path}: {where} is a SQuAD v2.0 question: {V2_MESSAGE}")
+                _expect(_is_str(qa.get("id")), path, where, 'has no "id" string')
+                _expect(_is_str(qa.get("question")), path, where, 'has no "question" string')
+                _expect(qa["id"] not in seen, path, where, f"repeats the question id {qa['id']!r}")
+                seen.add(qa["id"])
+                answers = qa.get("answers", [])
+                _expect(isinstance(answers, list), path, where, '"answers" is not a list')
+                for i, ans in enumerate(answers):
+                    _expect(
+                        isinstance(ans, dict) and _is_str(ans.get("text"))
+                        and isinstance(ans.get("answer_start"), int) and not isinstance(ans["answer_start"], bool)
+                        and 0 <= ans["answer_start"] <= len(context),
+                        path, f"{where}.answers[{i}]",
+                        'is not {"text": string, "answer_start": integer within the context}',
+                    )
                 if index >= offset and (end is None or index < end):
-                    answers = qa.get("answers", [])
                     examples.append(
                         SquadExample(
                             id=qa["id"],
-                            title=article.get("title", ""),
+                            title=title if _is_str(title) else "",
                             question=qa["question"].strip(),
                             context=context,
-                            answers=tuple(a["text"] for a in answers),
-                            answer_starts=tuple(int(a["answer_start"]) for a in answers),
+                            answers=tuple(ans["text"] for ans in answers),
+                            answer_starts=tuple(ans["answer_start"] for ans in answers),
                         )
                     )
                 index += 1
-                if end is not None and index >= end:
-                    return examples
+    if index == 0:
+        raise SquadFormatError(f"{path} holds no questions")
+    if offset >= index:
+        raise ValueError(f"offset {offset} is past the end of {path} ({index} questions)")
     return examples
 
 
