@@ -1,11 +1,12 @@
-"""The CLI end to end on real SQuAD slices: export -> quantize -> verify, and its errors."""
+"""The CLI end to end on real SQuAD slices: export -> quantize -> verify, bench with the standard recipe, errors."""
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import REDUCED
-from toolchain import artifact
+from toolchain import manifest as manifests
 from toolchain.cli import main
 
 
@@ -18,20 +19,53 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     result = run("export", "--model", trained_dir, "--config", REDUCED, "--out", root, "--samples", 4)
     assert result.exit_code == 0, result.output
     assert "kept agreement 1.000" in result.output
-    result = run("quantize", root, "--samples", 16, "--no-tune", "--recipe", "fp32-ffn-out")
+    result = run("quantize", root, "--samples", 16, "--no-tune", "--recipe", "dynamic-all")
     assert result.exit_code == 0, result.output
-    result = run("verify", root, "--limit", 30, "--batch-sizes", "1,2", "--runs", 2)
-    assert result.exit_code == 0, result.output
+    for _ in range(2):  # verifying twice works: verify never writes inside an artifact
+        result = run("verify", root, "--limit", 30, "--batch-sizes", "1,2", "--rounds", 1, "--workload", 6)
+        assert result.exit_code == 0, result.output
     report = json.loads((root / "report.json").read_text())
     names = [r["name"] for r in report["rows"]]
     assert names[0] == "pytorch-fp32-full" and report["questions"] == 30
+    assert report["machine"]["cpu"] and report["machine"]["threads"] >= 1
     int8 = next(r for r in report["rows"] if r["precision"] == "int8")
     fp32 = next(r for r in report["rows"] if r["name"].startswith("fp32-"))
-    assert int8["latency_b1_ms"] > 0 and len(int8["kept_agreement_vs_fp32"]) == 6
-    assert abs(fp32["f1"] - report["rows"][0]["f1"]) < 30  # same model, same questions
+    assert int8["fp32_twin"] == fp32["name"] and len(int8["kept_agreement_vs_fp32"]) == 6
+    assert set(int8["latency_ms"]) == {"b1@384", "b2@384", "real_b1", "real_b32"}
+    assert set(int8["int8_cost_f1"]) == {"padded", "unpadded"}
+    # cap rule: the FP32 reduced graph answers the same padded or not
+    assert abs(fp32["f1_padded"] - fp32["f1_unpadded"]) < 0.5
     assert (root / "report.md").read_text().count("|") > 20 and (root / "pareto.png").stat().st_size > 10_000
-    manifest = artifact.check_artifact(root / fp32["name"])  # metrics merged, hashes still valid
-    assert manifest["metrics"]["f1"] == fp32["f1"] and manifest["metrics"]["questions"] == 30
+    for folder in root.iterdir():
+        if folder.is_dir():
+            manifest = manifests.load(folder)  # still intact
+            assert not {"report.json", "report.md", "pareto.png"} & set(manifest.files)
+    single = root / fp32["name"]
+    result = run("verify", single, "--limit", 5, "--rounds", 1, "--workload", 2, "--torch-configs", "none")
+    assert result.exit_code == 0, result.output
+    assert not (single / "report.json").exists() and f"report: {root / 'report.md'}" in result.output
+
+
+def test_bench_measures_qtool_against_the_standard_recipe(trained_dir, tmp_path):
+    """bench builds the standard recipe (optimum export, fusions, dynamic INT8) from the same checkpoint."""
+    from toolchain.bench import run_bench
+    from toolchain.quantize import RECIPES_BY_NAME
+
+    root = tmp_path / "bench"
+    report = run_bench(trained_dir, [REDUCED], root, calib_samples=8, tune_questions=20, tolerance=100.0,
+                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), limit=12, batch_sizes=(1, 2),
+                       rounds=1, workload_windows=4, plain_ort=False, log=lambda _: None)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert {"std-fp32-optimum", "std-fp32-o2", "std-int8-o2-dynamic"} <= set(rows)
+    assert report["baseline"] == "std-int8-o2-dynamic"
+    std = rows["std-int8-o2-dynamic"]
+    assert std["kind"] == "standard" and std["speedup_vs_std"]["real_b1"] == pytest.approx(1.0)
+    # the standard recipe's FP32 export answers like qtool's FP32 full graph (same weights)
+    assert abs(rows["std-fp32-optimum"]["f1_unpadded"] - rows["fp32-full"]["f1_unpadded"]) < 1e-6
+    ops = {n.op_type for n in __import__("onnx").load(str(root / "std-int8-o2-dynamic" / "model.onnx")).graph.node}
+    assert "QAttention" in ops
+    ours = rows["int8-" + REDUCED.replace(",", "-")]
+    assert set(ours["speedup_vs_std"]) == {"b1@384", "b2@384", "real_b1", "real_b32"}
 
 
 def test_bad_input_gives_clear_errors(trained_dir, tmp_path):
@@ -45,5 +79,12 @@ def test_bad_input_gives_clear_errors(trained_dir, tmp_path):
     result = run("verify", empty)
     assert result.exit_code == 1 and "holds no qtool artifacts" in result.output
     result = run("quantize", empty, "--recipe", "bogus")
-    assert result.exit_code == 1 and "unknown recipe" in result.output
+    assert result.exit_code == 2 and "unknown recipe" in result.output
+    for args in (("eval", "--model", trained_dir, "--limit", 0), ("verify", empty, "--rounds", -1),
+                 ("quantize", empty, "--samples", 0), ("search", "--model", trained_dir, "--trials", 0),
+                 ("train", "--base", "minilm", "--out", tmp_path / "t", "--batch-size", 0)):
+        result = run(*args)
+        assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
+    result = run("eval", "--model", trained_dir, "--squad", "dev", "--limit", 5, "--seq-len", 2000)
+    assert result.exit_code != 0
     assert run("--help").output.count("\n") > 5

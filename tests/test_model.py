@@ -41,10 +41,19 @@ def test_config_parse_and_scaling():
     config = LengthConfig.parse("315, 251,242,159,142,33", 6)
     assert config.keep == (315, 251, 242, 159, 142, 33) and str(config) == "315,251,242,159,142,33"
     assert [config.keep_count(i, 384, 384) for i in range(6)] == list(config.keep)
-    # half the length keeps half, rounded up; never more than arrives, never fewer than 1
-    assert config.keep_count(0, 192, 192) == 158
-    assert config.keep_count(5, 192, 50) == 17
-    assert config.keep_count(5, 2, 2) == 1
+    # cap (default): never more than the configuration says, never more than arrives
+    assert config.rule == "cap"
+    assert config.keep_count(0, 192, 192) == 192 and config.keep_count(1, 192, 192) == 192
+    assert config.keep_count(5, 192, 50) == 33 and config.keep_count(5, 20, 20) == 20
+    # ratio: half the length keeps half, rounded up; never more than arrives, never fewer than 1
+    ratio = LengthConfig.parse("315,251,242,159,142,33", 6, rule="ratio")
+    assert [ratio.keep_count(i, 384, 384) for i in range(6)] == list(ratio.keep)
+    assert ratio.keep_count(0, 192, 192) == 158
+    assert ratio.keep_count(5, 192, 50) == 17
+    assert ratio.keep_count(5, 2, 2) == 1
+    with pytest.raises(LengthConfigError, match="length rule 'half'"):
+        LengthConfig.parse("full", 6, rule="half")
+    assert LengthConfig.from_dict(ratio.to_dict()) == ratio
     assert LengthConfig.full(6).is_full and not config.is_full
     assert LengthConfig.parse("full", 6) == LengthConfig.full(6) and LengthConfig.full(6).label == "full"
 

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from toolchain import squad
+from toolchain import runtime, squad
 from toolchain import verify
 from toolchain.model import LengthConfig
 
@@ -8,14 +9,46 @@ from toolchain.model import LengthConfig
 def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_tokenizer, monkeypatch):
     examples = squad.load_squad("dev", limit=20, offset=300)
     feats = squad.featurize(examples, minilm_tokenizer)
-    trimmed = verify.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
-    untrimmed_batches = verify._batches
-    monkeypatch.setattr(verify, "_batches", lambda f, b, trim: untrimmed_batches(f, b, False))
-    padded = verify.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
+    trimmed = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
+    batches = runtime.batches
+    monkeypatch.setattr(runtime, "batches", lambda f, b, protocol, padding_invariant: batches(f, b, protocol=protocol, padding_invariant=False))
+    padded = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
     real = feats.attention_mask.astype(bool)
     assert np.abs(trimmed.start_logits - padded.start_logits)[real].max() < 1e-4
     assert np.abs(trimmed.end_logits - padded.end_logits)[real].max() < 1e-4
-    assert verify.score(examples, feats, trimmed) == verify.score(examples, feats, padded)
+    assert runtime.score(examples, feats, trimmed) == runtime.score(examples, feats, padded)
+
+
+def test_unpadded_protocol_runs_every_window_at_its_own_length(minilm_tokenizer):
+    feats = squad.featurize(squad.load_squad("dev", limit=30), minilm_tokenizer)
+    lengths = feats.attention_mask.sum(1)
+    seen = []
+    for rows, inputs in runtime.batches(feats, 4, protocol="unpadded", padding_invariant=False):
+        assert inputs["input_ids"].shape == (len(rows), lengths[rows[0]])
+        assert (lengths[rows] == lengths[rows[0]]).all() and inputs["attention_mask"].all()
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(feats)))
+    widths = {inputs["input_ids"].shape[1] for _, inputs in runtime.batches(feats, 4, protocol="padded", padding_invariant=False)}
+    assert widths == {384}
+    with pytest.raises(ValueError, match="protocol 'bogus'"):
+        next(runtime.batches(feats, 4, protocol="bogus", padding_invariant=False))
+
+
+def test_cap_rule_answers_the_same_padded_or_not(minilm_qa, minilm_tokenizer):
+    """Under `cap`, an unpadded window keeps the real tokens it keeps padded: same logits, same kept sets.
+    Under `ratio`, short unpadded windows keep fewer tokens, so answers move."""
+    examples = squad.load_squad("dev", limit=12, offset=40)
+    feats = squad.featurize(examples, minilm_tokenizer)
+    assert feats.attention_mask.sum(1).min() < 300  # some windows are much shorter than 384
+    cap = LengthConfig.parse("315,251,242,159,142,33", 6, rule="cap")
+    padded = runtime.predict_torch(minilm_qa, feats, cap, protocol="padded")
+    unpadded = runtime.predict_torch(minilm_qa, feats, cap, protocol="unpadded")
+    real = feats.attention_mask.astype(bool)
+    assert np.abs(padded.start_logits - unpadded.start_logits)[real].max() < 1e-3
+    assert runtime.kept_agreement(padded, unpadded, feats.attention_mask) == [1.0] * 6
+    ratio = LengthConfig.parse("315,251,242,159,142,33", 6, rule="ratio")
+    short = runtime.predict_torch(minilm_qa, feats, ratio, protocol="unpadded")
+    assert min(runtime.kept_agreement(padded, short, feats.attention_mask)) < 0.9
 
 
 def test_pareto_front():
@@ -25,6 +58,6 @@ def test_pareto_front():
 
 def test_kept_agreement_counts_real_tokens_only():
     mask = np.array([[1, 1, 1, 1, 0, 0]])
-    a = verify.Predictions(None, None, [np.array([[0, 1, 2, 4]])])
-    b = verify.Predictions(None, None, [np.array([[0, 1, 3, 5]])])
-    assert verify.kept_agreement(a, b, mask) == [2 / 3]
+    a = runtime.Predictions(None, None, [np.array([[0, 1, 2, 4]])])
+    b = runtime.Predictions(None, None, [np.array([[0, 1, 3, 5]])])
+    assert runtime.kept_agreement(a, b, mask) == [2 / 3]

@@ -76,6 +76,8 @@ def read_manifest(folder: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from . import artifact, squad
-from .model import DropAndRestoreQA, LengthConfig, flops_ratio
-from .verify import INPUT_NAMES, kept_agreement, onnx_session, predict_onnx, predict_torch
+from . import manifest as manifests
+from .length import LengthConfig
+from .model import DropAndRestoreQA, flops_ratio
+from .runtime import MODEL_INPUTS, PROTOCOLS, GraphInterface, kept_agreement, onnx_session, predict_onnx, predict_torch
 
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-3
@@ -28,11 +30,20 @@ class ExportValidationError(RuntimeError):
     """The ONNX graph does not reproduce the PyTorch model."""
 
 
-def output_names(config: LengthConfig) -> list[str]:
-    names = ["start_logits", "end_logits"]
-    if not config.is_full:
-        names += [f"kept_{i}" for i in range(len(config.keep))]
-    return names
+class ExportError(ValueError):
+    """An export request that cannot be honoured (opset, sequence length)."""
+
+
+# Which weight MatMul plays which role, by the module export names its node after ('...layer.3.output.dense/').
+ROLE_PATTERNS = {
+    "q": r"attention\.self\.query/",
+    "k": r"attention\.self\.key/",
+    "v": r"attention\.self\.value/",
+    "attn_out": r"attention\.output\.dense/",
+    "ffn_in": r"intermediate\.dense/",
+    "ffn_out": r"layer\.\d+\.output\.dense/",
+    "head": r"qa_outputs/",
+}
 
 
 def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -49,7 +60,7 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
     )
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("sequence", min=2, max=model.config.max_position_embeddings)
-    dims = {name: {0: batch, 1: length} for name in INPUT_NAMES}
+    dims = {name: {0: batch, 1: length} for name in MODEL_INPUTS}
     path = Path(path)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter
     with warnings.catch_warnings(), torch.no_grad():
@@ -57,8 +68,8 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
         program = torch.onnx.export(
             module,
             sample,
-            input_names=list(INPUT_NAMES),
-            output_names=output_names(config),
+            input_names=list(MODEL_INPUTS),
+            output_names=list(GraphInterface.for_config(config).outputs),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=dims,
@@ -67,7 +78,34 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
         )
     program.save(str(path))
     tidy_graph(path)
+    import onnx
+
+    written = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        raise ExportError(f"the exporter cannot write opset {opset} (it wrote {written}); use --opset {written} or higher")
     return path
+
+
+def weight_roles(path: str | Path) -> dict[str, list[str]]:
+    """Weight MatMul node names by role; every weight MatMul must have exactly one role."""
+    import re
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    roles: dict[str, list[str]] = {r: [] for r in ROLE_PATTERNS}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in constants:
+            continue
+        matched = [r for r, pattern in ROLE_PATTERNS.items() if re.search(pattern, node.name)]
+        if len(matched) != 1:
+            raise ExportError(f"weight MatMul {node.name!r} matches roles {matched}; expected exactly one")
+        roles[matched[0]].append(node.name)
+    empty = [r for r, names in roles.items() if not names]
+    if empty:
+        raise ExportError(f"no weight MatMul found for role(s) {empty} in {path}")
+    return roles
 
 
 def tidy_graph(path: str | Path) -> None:
@@ -104,22 +142,28 @@ def validate_graph(
     features: squad.Features,
     atol: float = DEFAULT_ATOL,
 ) -> dict:
-    """Run the graph and PyTorch on the same features; raise ExportValidationError on any mismatch.
+    """Run the graph and PyTorch on the same features under both input protocols; raise on any mismatch.
 
-    Logits are compared on real (non-padding) positions only: padding tokens never carry answers and,
-    all scoring last, tie arbitrarily in TopK. Kept tokens must agree exactly on real positions.
+    Padded (every window at the configured length) and unpadded (every window at its real length, which
+    checks the in-graph length rule). Logits are compared on real (non-padding) positions only: padding
+    never carries answers and, all scoring last, ties arbitrarily in TopK. Kept real tokens must agree exactly.
     """
     session = onnx_session(path)
-    got = predict_onnx(session, features)
-    want = predict_torch(model, features, config)
     real = features.attention_mask.astype(bool)
-    diff = max(
-        float(np.abs(got.start_logits - want.start_logits)[real].max()),
-        float(np.abs(got.end_logits - want.end_logits)[real].max()),
-    )
-    agreement = kept_agreement(want, got, features.attention_mask) if not config.is_full else []
+    diff, agreement = 0.0, [1.0] * (0 if config.is_full else len(config.keep))
+    for protocol in PROTOCOLS:
+        got = predict_onnx(session, features, protocol=protocol)
+        want = predict_torch(model, features, config, protocol=protocol)
+        diff = max(
+            diff,
+            float(np.abs(got.start_logits - want.start_logits)[real].max()),
+            float(np.abs(got.end_logits - want.end_logits)[real].max()),
+        )
+        if not config.is_full:
+            agreement = [min(a, b) for a, b in zip(agreement, kept_agreement(want, got, features.attention_mask))]
     report = {
         "features": len(features),
+        "protocols": list(PROTOCOLS),
         "max_abs_diff": diff,
         "atol": atol,
         "kept_agreement": agreement,
@@ -141,40 +185,34 @@ def export_artifact(
     config: LengthConfig,
     dest: str | Path,
     features: squad.Features,
+    *,
     source: str = "",
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
+    doc_stride: int = squad.DOC_STRIDE,
 ) -> Path:
     """Export, validate and write one shippable artifact folder (atomic: nothing is left on failure)."""
     dest = Path(dest)
     hidden, ffn = model.config.hidden_size, model.config.intermediate_size
     with artifact.staging(dest) as tmp:
-        export_graph(model, config, tmp / artifact.GRAPH, opset=opset)
-        report = validate_graph(tmp / artifact.GRAPH, model, config, features, atol=atol)
+        graph = export_graph(model, config, tmp / artifact.GRAPH, opset=opset)
+        report = validate_graph(graph, model, config, features, atol=atol)
         tokenizer.save_pretrained(tmp)
-        artifact.write_manifest(
-            tmp,
-            {
-                "graph": artifact.GRAPH,
-                "precision": "fp32",
-                "length_config": {
-                    "keep": list(config.keep),
-                    "seq_len": config.seq_len,
-                    "scaling": "k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))) for an input of L tokens",
-                },
-                "flops_ratio": flops_ratio(config, hidden, ffn),
-                "opset": opset,
-                "inputs": list(INPUT_NAMES),
-                "outputs": output_names(config),
-                "source_model": str(source),
-                "model_type": model.config.model_type,
-                "max_answer_length": squad.MAX_ANSWER_LENGTH,
-                "doc_stride": squad.DOC_STRIDE,
-                "validation": {"against": "pytorch-fp32", **report},
-                "quantization": None,
-                "metrics": {},
-            },
-        )
+        manifests.write(tmp, manifests.Manifest(
+            graph=artifact.GRAPH,
+            precision="fp32",
+            length_config=config,
+            interface=GraphInterface.for_config(config),
+            opset=opset,
+            max_positions=int(model.config.max_position_embeddings),
+            doc_stride=doc_stride,
+            max_answer_length=squad.MAX_ANSWER_LENGTH,
+            source_model=str(source),
+            model_type=model.config.model_type,
+            flops_ratio=flops_ratio(config, hidden, ffn),
+            roles=weight_roles(graph),
+            validation={"against": "pytorch-fp32", **report},
+        ))
     return dest
 
 
@@ -182,21 +220,40 @@ def export_configs(
     model_dir: str | Path,
     configs: Sequence[str],
     out: str | Path,
+    *,
     squad_file: str = "dev",
     samples: int = 16,
     seq_len: int = squad.MAX_LENGTH,
+    doc_stride: int | None = None,
+    length_rule: str = "cap",
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
 ) -> list[Path]:
-    """Export each configuration ('full' or 'k1,k2,...') of a trained model into out/<precision>-<config>/."""
+    """Export each configuration ('full' or 'k1,k2,...') of a trained model into out/<precision>-<config>/.
+
+    Everything is checked before the first graph is written: configurations, the sequence length against
+    the model's position table, the document stride against the sequence length.
+    """
     from .model import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
+    limit = int(model.config.max_position_embeddings)
+    if not 2 <= seq_len <= limit:
+        raise ExportError(f"--seq-len {seq_len} is outside what the model takes (2..{limit} positions)")
+    doc_stride = default_doc_stride(seq_len) if doc_stride is None else doc_stride
+    if not 0 < doc_stride < seq_len:
+        raise ExportError(f"--doc-stride {doc_stride} must be positive and smaller than --seq-len {seq_len}")
     layers = len(model.base_model.encoder.layer)
-    parsed = [LengthConfig.parse(c, layers, seq_len) for c in configs]
+    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule) for c in configs]
     examples = squad.load_squad(squad_file, limit=samples)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len)
+    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=doc_stride)
     return [
-        export_artifact(model, tokenizer, c, Path(out) / artifact_name(c), features, str(model_dir), opset, atol)
+        export_artifact(model, tokenizer, c, Path(out) / artifact_name(c), features, source=str(model_dir),
+                        opset=opset, atol=atol, doc_stride=doc_stride)
         for c in parsed
     ]
+
+
+def default_doc_stride(seq_len: int) -> int:
+    """SQuAD's usual 128-token window overlap, or half the window for short windows."""
+    return min(squad.DOC_STRIDE, seq_len // 2)

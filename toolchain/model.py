@@ -20,109 +20,27 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .length import DEFAULT_LENGTH_RULE, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
+
 SUPPORTED_MODEL_TYPES = ("bert",)
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
-
-
-class LengthConfigError(ValueError):
-    """A length configuration that cannot drive this model."""
 
 
 class UnsupportedModelError(ValueError):
     """The checkpoint is not a BERT-family question-answering model."""
 
 
-@dataclass(frozen=True)
-class LengthConfig:
-    """How many tokens each layer keeps, stated for inputs of `seq_len` tokens.
+def flops(config: LengthConfig, hidden: int, ffn: int, length: int | None = None) -> int:
+    """Multiply-adds of the encoder layers under `config` for an input of `length` tokens (default: seq_len).
 
-    For another input length L the count scales by keep ratio: k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))),
-    so one graph serves any padded length and k_i(seq_len) == k_i exactly.
-    """
-
-    keep: tuple[int, ...]
-    seq_len: int = 384
-
-    @classmethod
-    def parse(cls, text: str | Sequence[int], num_layers: int, seq_len: int = 384) -> "LengthConfig":
-        """Read 'full', '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
-        if isinstance(text, str) and text.strip() == "full":
-            return cls.full(num_layers, seq_len)
-        if isinstance(text, str):
-            parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-            try:
-                keep = tuple(int(p) for p in parts)
-            except ValueError as exc:
-                raise LengthConfigError(f"length configuration {text!r} must be comma-separated integers") from exc
-        else:
-            keep = tuple(int(k) for k in text)
-        config = cls(keep=keep, seq_len=seq_len)
-        config.validate(num_layers)
-        return config
-
-    @classmethod
-    def full(cls, num_layers: int, seq_len: int = 384) -> "LengthConfig":
-        return cls(keep=(seq_len,) * num_layers, seq_len=seq_len)
-
-    def validate(self, num_layers: int) -> None:
-        if self.seq_len < 1:
-            raise LengthConfigError(f"sequence length must be positive, got {self.seq_len}")
-        if len(self.keep) != num_layers:
-            raise LengthConfigError(
-                f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
-            )
-        for i, k in enumerate(self.keep):
-            if k < 1:
-                raise LengthConfigError(f"layer {i} keeps {k} tokens; every layer must keep at least 1")
-            if k > self.seq_len:
-                raise LengthConfigError(
-                    f"layer {i} keeps {k} tokens, more than the sequence length {self.seq_len}"
-                )
-            if i and k > self.keep[i - 1]:
-                raise LengthConfigError(
-                    f"length configuration {self} increases at layer {i} ({self.keep[i - 1]} -> {k}); "
-                    "dropped tokens cannot come back"
-                )
-
-    @property
-    def is_full(self) -> bool:
-        return all(k == self.seq_len for k in self.keep)
-
-    def keep_count(self, layer: int, seq_len: int, n_in: int) -> int:
-        """Tokens layer `layer` keeps for an input padded to `seq_len` (ints or symbolic ints)."""
-        k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
-        return _sym_min(n_in, _sym_max(1, k))
-
-    def __str__(self) -> str:
-        return ",".join(str(k) for k in self.keep)
-
-    @property
-    def label(self) -> str:
-        """'full' or '315,251,...': how reports and the CLI show a configuration."""
-        return "full" if self.is_full else str(self)
-
-    def name(self) -> str:
-        return "full" if self.is_full else "-".join(str(k) for k in self.keep)
-
-
-def _sym_min(a, b):
-    return torch.sym_min(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else min(a, b)
-
-
-def _sym_max(a, b):
-    return torch.sym_max(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else max(a, b)
-
-
-def flops(config: LengthConfig, hidden: int, ffn: int) -> int:
-    """Multiply-adds of the encoder layers under `config` at its own sequence length.
-
-    Layer i with n_in tokens in and n_out kept: 4*n_in*d^2 (Q, K, V, output projections)
-    + 2*n_in^2*d (scores and context) + 2*n_out*d*d_ff (the FFN runs on kept tokens only).
+    Layer i with n_in tokens in and n_out kept (by the configuration's length rule): 4*n_in*d^2 (Q, K, V,
+    output projections) + 2*n_in^2*d (scores and context) + 2*n_out*d*d_ff (the FFN runs on kept tokens only).
     """
     total = 0
-    n_in = config.seq_len
-    for k in config.keep:
-        n_out = min(n_in, k)
+    length = config.seq_len if length is None else length
+    n_in = length
+    for i in range(len(config.keep)):
+        n_out = n_in if config.is_full else config.keep_count(i, length, n_in)
         total += 4 * n_in * hidden**2 + 2 * n_in**2 * hidden + 2 * n_out * hidden * ffn
         n_in = n_out
     return total
@@ -229,6 +147,17 @@ def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, received, torch.full_like(received, -1.0))
 
 
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, j]] for a [B, n, d] tensor: one row gather on the flattened [B*n, d] tensor.
+
+    Cheaper in the graph than GatherElements, which needs the index expanded to [B, k, d].
+    """
+    b, n = x.shape[0], x.shape[1]
+    offsets = (torch.arange(b, device=x.device) * n).unsqueeze(1)
+    rows = (index + offsets).reshape(-1)
+    return torch.index_select(x.reshape(b * n, x.shape[-1]), 0, rows).reshape(b, index.shape[1], x.shape[-1])
+
+
 def drop_and_restore(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -258,9 +187,6 @@ def drop_and_restore(
     set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
 
-    def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x, 1, index if x.dim() == 2 else index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
     for i, layer in enumerate(encoder_layers):
         if i in skip_layers:
             if return_kept:
@@ -274,15 +200,17 @@ def drop_and_restore(
             order = torch.topk(significance(probs, mask), n_in, dim=1).indices
             top, rest = order[:, :k], order[:, k:]
             # a dropped token keeps its post-attention state from the layer that dropped it
-            set_aside.append((take(a, rest), take(positions, rest)))
-            a, mask, positions = take(a, top), take(mask, top), take(positions, top)
+            set_aside.append((take_rows(a, rest), torch.gather(positions, 1, rest)))
+            a, mask, positions = take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top)
         h = layer.output(layer.intermediate(a), a)
         if return_kept:
             kept.append(positions)
     if dropping:
         states = torch.cat([s for s, _ in set_aside] + [h], dim=1)
         where = torch.cat([p for _, p in set_aside] + [positions], dim=1)
-        h = torch.zeros_like(states).scatter(1, where.unsqueeze(-1).expand_as(states), states)
+        # invert the permutation on the small [B, L] index, then move whole rows once
+        source = torch.zeros_like(where).scatter(1, where, torch.arange(seq_len, device=h.device).expand(b, seq_len))
+        h = take_rows(states, source)
     logits = model.qa_outputs(h)
     start_logits, end_logits = logits[..., 0], logits[..., 1]
     if return_kept:

@@ -14,7 +14,8 @@ from typing import Callable
 
 from . import squad
 from .model import LengthConfig, flops_ratio, load_qa_model
-from .verify import pareto_front, predict_torch, score
+from .runtime import predict_torch, score
+from .verify import pareto_front
 
 
 def config_from_ratios(ratios: list[float], seq_len: int) -> LengthConfig:

@@ -1,170 +1,52 @@
-"""Measure what a deployment team cares about: SQuAD v1.1 EM/F1, latency, size, FLOPs, kept-token agreement.
+"""Measure what a deployment team cares about, side by side: SQuAD v1.1 EM/F1 under both input protocols,
+latency under the papers' protocol and the real workload, size, FLOPs, kept-token agreement.
 
-One prediction path per runtime (PyTorch Drop-and-Restore, onnxruntime) feeds the same SQuAD post-processing
-and official metric, so FP32/INT8 and PyTorch/ONNX rows differ only by the runtime under test.
+Every artifact is loaded into one process and timed in interleaved rounds (each round runs every graph
+once per latency protocol), so machine drift hits all graphs alike; medians after warm-up. Ratios
+between graphs are the figures to compare; absolute times differ from machine to machine.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from . import squad
-from .model import LengthConfig, drop_and_restore
+from . import artifact, atomic, squad
+from . import manifest as manifests
+from .length import LengthConfig
+from .runtime import (
+    PROTOCOLS,
+    GraphInterface,
+    kept_agreement,
+    onnx_session,
+    predict_onnx,
+    predict_torch,
+    score,
+    synthetic_feed,
+)
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@dataclass
-class Predictions:
-    start_logits: np.ndarray
-    end_logits: np.ndarray
-    kept: list[np.ndarray] | None = None  # per layer [n, k_i] kept positions, when the runtime reports them
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="feat", disable=not enabled, dynamic_ncols=True, leave=False)
+STANDARD_INT8 = "std-int8-o2-dynamic"  # the standard recipe (b): what every speed claim is measured against
 
 
-def _batches(features: squad.Features, batch_size: int, trim_padding: bool):
-    """Yield (rows, inputs) batches. With `trim_padding`, rows are taken in length order and each batch is cut
-    to its longest real sequence: exact for the full configuration (padding is masked), about twice as fast
-    on SQuAD. Never used for reduced configurations, whose kept counts depend on the padded length."""
-    lengths = features.attention_mask.sum(1)
-    order = np.argsort(lengths, kind="stable") if trim_padding else np.arange(len(features))
-    for lo in range(0, len(features), batch_size):
-        rows = order[lo : lo + batch_size]
-        inputs = features.model_inputs(rows)
-        if trim_padding:
-            width = int(lengths[rows].max())
-            inputs = {k: v[:, :width] for k, v in inputs.items()}
-        yield rows, inputs
-
-
-def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Put batch logits back in feature order; positions a trimmed batch did not compute get -1e4."""
-    start = np.full((n, width), -1e4, dtype=np.float32)
-    end = np.full((n, width), -1e4, dtype=np.float32)
-    for rows, s, e in parts:
-        start[rows, : s.shape[1]] = s
-        end[rows, : e.shape[1]] = e
-    return start, end
-
-
-def predict_torch(
-    model: torch.nn.Module,
-    features: squad.Features,
-    config: LengthConfig | None = None,
-    batch_size: int = 32,
-    show_progress: bool = False,
-) -> Predictions:
-    """Span logits from the PyTorch Drop-and-Restore model (FP32, eval mode)."""
-    model.eval()
-    trim = config is None or config.is_full
-    parts, kept = [], []
-    with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
-        for rows, inputs in _batches(features, batch_size, trim):
-            batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
-            s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
-            parts.append((rows, s.float().numpy(), e.float().numpy()))
-            if not trim:
-                kept.append([x.numpy() for x in k])
-            bar.update(len(rows))
-    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
-    layers = [np.concatenate([b[i] for b in kept]) for i in range(len(kept[0]))] if kept else None
-    return Predictions(start, end, layers)
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with full graph optimisation; a corrupt graph raises a clear error."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX graph not found: {path}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several private exception types
-        raise ValueError(f"{path} is not a loadable ONNX graph: {exc}") from exc
-
-
-def predict_onnx(session, features: squad.Features, batch_size: int = 32, show_progress: bool = False) -> Predictions:
-    """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session."""
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    trim = not any(n.startswith("kept_") for n in names)  # no drop ops: the full configuration
-    parts, kept = [], []
-    with _progress(len(features), "onnx", show_progress) as bar:
-        for rows, inputs in _batches(features, batch_size, trim):
-            out = dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in wanted})))
-            parts.append((rows, out["start_logits"], out["end_logits"]))
-            kept.append([out[n] for n in names if n.startswith("kept_")])
-            bar.update(len(rows))
-    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
-    layers = [np.concatenate([b[i] for b in kept]) for i in range(len(kept[0]))] if kept and kept[0] else None
-    return Predictions(start, end, layers)
-
-
-def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions) -> dict:
-    """Official SQuAD v1.1 EM/F1 of span logits."""
-    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-    return squad.squad_scores(answers, examples)
-
-
-def kept_agreement(a: Predictions, b: Predictions, attention_mask: np.ndarray) -> list[float]:
-    """Per layer, the share of real (non-padding) kept tokens both runs keep: |A ∩ B| / |A|, over all rows."""
-    if a.kept is None or b.kept is None:
-        return []
-    shares = []
-    for ka, kb in zip(a.kept, b.kept):
-        same = total = 0
-        for row in range(ka.shape[0]):
-            real = attention_mask[row]
-            sa = {int(p) for p in ka[row] if real[p]}
-            sb = {int(p) for p in kb[row] if real[p]}
-            same += len(sa & sb)
-            total += len(sa)
-        shares.append(same / total if total else 1.0)
-    return shares
-
-
-def latency_ms(session, batch_size: int, seq_len: int, warmup: int = 3, runs: int = 10, seed: int = 0) -> float:
-    """Median wall-clock milliseconds of one onnxruntime run on a full-length batch, after warm-up."""
-    rng = np.random.default_rng(seed)
-    wanted = {i.name for i in session.get_inputs()}
-    feed = {
-        "input_ids": rng.integers(1000, 20000, size=(batch_size, seq_len), dtype=np.int64),
-        "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
-        "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64),
-    }
-    feed = {k: v for k, v in feed.items() if k in wanted}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
+class VerifyError(ValueError):
+    """Bad verify input found before any work starts."""
 
 
 def evaluate_model(
     model_dir: str | Path,
     configs: Sequence[str] = ("full",),
+    *,
     squad_file: str = "dev",
     limit: int | None = None,
     seq_len: int = squad.MAX_LENGTH,
+    length_rule: str = "cap",
+    protocol: str = "padded",
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> list[dict]:
@@ -172,169 +54,258 @@ def evaluate_model(
     from .model import flops_ratio, load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
+    if not 2 <= seq_len <= model.config.max_position_embeddings:
+        raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{model.config.max_position_embeddings})")
     layers = len(model.base_model.encoder.layer)
-    parsed = [LengthConfig.parse(c, layers, seq_len) for c in configs]
+    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule) for c in configs]
     examples = squad.load_squad(squad_file, limit=limit)
     features = squad.featurize(examples, tokenizer, max_length=seq_len)
     rows = []
     for config in parsed:
-        preds = predict_torch(model, features, config, batch_size, show_progress)
-        rows.append(
-            {
-                "config": config.label,
-                "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size),
-                **score(examples, features, preds),
-            }
-        )
+        preds = predict_torch(model, features, config, batch_size=batch_size, protocol=protocol, show_progress=show_progress)
+        rows.append({
+            "config": config.label, "rule": config.rule, "protocol": protocol,
+            "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size),
+            **score(examples, features, preds),
+        })
     return rows
 
 
-def _length_config(manifest: dict) -> LengthConfig:
-    return LengthConfig(tuple(manifest["length_config"]["keep"]), manifest["length_config"]["seq_len"])
+def machine_info(threads: int | None) -> dict:
+    """CPU model, the instruction-set flags that matter for INT8, and the threads used."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni"]
+    return {"cpu": model, "cores": os.cpu_count(), "threads": threads or os.cpu_count(),
+            "flags": [f for f in wanted if f in flags]}
+
+
+def _workload(features: squad.Features, windows: int) -> tuple[list[dict], list[dict], int]:
+    """The real workload: the first `windows` dev windows at their own length (batch 1), and the same
+    windows sorted by length in batches of 32 padded to each batch's longest."""
+    rows = np.arange(min(windows, len(features)))
+    lengths = features.attention_mask.sum(1)
+    single = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in rows]
+    order = rows[np.argsort(lengths[rows], kind="stable")]
+    bucketed = []
+    for lo in range(0, len(order), 32):
+        chunk = order[lo : lo + 32]
+        width = int(lengths[chunk].max())
+        bucketed.append({k: v[:, :width] for k, v in features.model_inputs(chunk).items()})
+    questions = len(set(features.example_index[rows].tolist()))
+    return single, bucketed, questions
+
+
+def time_artifacts(
+    sessions: dict[str, object],
+    features: squad.Features,
+    *,
+    seq_len: int,
+    batch_sizes: Sequence[int] = (1, 32),
+    workload_windows: int = 200,
+    rounds: int = 8,
+    warmup: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """Median ms of every session under every latency protocol, all sessions interleaved round by round.
+
+    Keys: 'b{n}@{seq_len}' (a batch of n windows, all seq_len real tokens); 'real_b1' and 'real_b32' (ms per
+    window over the dev workload, unpadded one by one, or length-bucketed batches of 32).
+    """
+    single, bucketed, _ = _workload(features, workload_windows)
+    n = sum(b["input_ids"].shape[0] for b in single)
+
+    def runner(session):
+        wanted = set(GraphInterface.of_session(session).inputs)
+        feeds = {f"b{b}@{seq_len}": [synthetic_feed(GraphInterface.of_session(session), b, seq_len)] for b in batch_sizes}
+        feeds["real_b1"] = [{k: v for k, v in f.items() if k in wanted} for f in single]
+        feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} for f in bucketed]
+        return feeds
+
+    feeds = {name: runner(s) for name, s in sessions.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in feeds[name]} for name in sessions}
+    for r in range(warmup + rounds):
+        for name, session in sessions.items():
+            for key, batch_list in feeds[name].items():
+                t0 = time.perf_counter()
+                for feed in batch_list:
+                    session.run(None, feed)
+                elapsed = (time.perf_counter() - t0) * 1000.0
+                if r >= warmup:
+                    times[name][key].append(elapsed / n if key.startswith("real") else elapsed)
+        log(f"  latency round {r + 1}/{warmup + rounds}{' (warm-up)' if r < warmup else ''}")
+    return {name: {k: float(np.median(v)) for k, v in per.items()} for name, per in times.items()}
+
+
+def report_destination(root: Path, report_dir: str | Path | None) -> Path:
+    """Reports never go inside an artifact: default to the artifact root, or beside a single artifact."""
+    if report_dir is not None:
+        dest = Path(report_dir)
+    elif (root / artifact.MANIFEST).is_file():
+        dest = root.parent
+    else:
+        dest = root
+    dest.mkdir(parents=True, exist_ok=True) if not dest.exists() and dest.parent.is_dir() else None
+    if not dest.is_dir():
+        raise VerifyError(f"report folder {dest} does not exist")
+    if (dest / artifact.MANIFEST).is_file():
+        raise VerifyError(f"report folder {dest} is an artifact; reports never go inside one")
+    if not os.access(dest, os.W_OK):
+        raise VerifyError(f"report folder {dest} is not writable")
+    return dest
 
 
 def verify_artifacts(
     root: str | Path,
+    *,
     model_dir: str | Path | None = None,
     squad_file: str = "dev",
     limit: int | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
     batch_sizes: Sequence[int] = (1, 32),
-    runs: int = 10,
+    rounds: int = 8,
+    workload_windows: int = 200,
     threads: int | None = None,
     torch_configs: str = "full",
+    report_dir: str | Path | None = None,
     show_progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
-    """Score and time every artifact under `root` on SQuAD dev; write report.json/.md and pareto.png there.
+    """Score and time every artifact under `root`; write report.json/.md and pareto.png to the report folder.
 
-    Rows: PyTorch FP32 (the reference; `torch_configs` = 'full', 'all' or 'none'), then each ONNX artifact.
-    Speedups are against the FP32 full-configuration ONNX artifact when one is present.
+    Rows: PyTorch FP32 (reference; `torch_configs` = 'full', 'all' or 'none'), then each artifact. Speedups
+    are against the standard recipe's INT8 graph when present (and the FP32 full qtool graph).
     """
     from transformers import AutoTokenizer
 
-    from . import artifact
-    from .model import load_qa_model
-
     root = Path(root)
-    folders = artifact.find_artifacts(root)
-    manifests = {f: artifact.check_artifact(f) for f in folders}
-    first = folders[0]
-    seq_len = manifests[first]["length_config"]["seq_len"]
-    tokenizer = AutoTokenizer.from_pretrained(first, local_files_only=True, use_fast=True)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise VerifyError(f"protocols {list(protocols)}: choose from {PROTOCOLS}")
+    if rounds < 1 or workload_windows < 1 or any(b < 1 for b in batch_sizes):
+        raise VerifyError("rounds, workload windows and batch sizes must be positive")
+    dest = report_destination(root, report_dir)
+    found = dict(manifests.find(root))
+    first = next(iter(found.values()))
+    seq_len = first.length_config.seq_len
+    tokenizer = AutoTokenizer.from_pretrained(next(iter(found)), local_files_only=True, use_fast=True)
     examples = squad.load_squad(squad_file, limit=limit)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len)
-    log(f"{len(examples)} questions, {len(features)} features at length {seq_len}")
+    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=first.doc_stride)
+    real = features.attention_mask.sum(1)
+    log(f"{len(examples)} questions, {len(features)} windows (mean {real.mean():.0f} real tokens) at length {seq_len}")
 
     rows: list[dict] = []
-    model_dir = model_dir or manifests[first].get("source_model")
+    model_dir = model_dir or first.source_model
     if torch_configs != "none":
+        from .model import flops_ratio, load_qa_model
+
         if not model_dir or not Path(model_dir, "config.json").is_file():
-            raise FileNotFoundError(
-                f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none"
-            )
+            raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
         model, _ = load_qa_model(model_dir)
-        layers = len(model.base_model.encoder.layer)
-        configs = [LengthConfig.full(layers, seq_len)]
+        configs = [LengthConfig.full(len(model.base_model.encoder.layer), seq_len)]
         if torch_configs == "all":
-            configs += [
-                _length_config(m) for m in manifests.values() if m["precision"] == "fp32" and not _length_config(m).is_full
-            ]
+            configs += [m.length_config for m in found.values() if m.kind == "qtool" and m.precision == "fp32" and not m.length_config.is_full]
         for config in configs:
-            preds = predict_torch(model, features, config, show_progress=show_progress)
-            result = score(examples, features, preds)
-            rows.append({
-                "name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "precision": "fp32",
-                "config": config.label,
-                "flops_ratio": _flops(model, config),
-                **_metrics(result),
-            })
-            log(f"  {rows[-1]['name']:<40} F1 {result['f1']:.2f}  EM {result['exact_match']:.2f}")
+            row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": "qtool", "precision": "fp32",
+                   "config": config.label, "rule": config.rule,
+                   "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size)}
+            for protocol in protocols:
+                result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))
+                row[f"f1_{protocol}"], row[f"em_{protocol}"] = result["f1"], result["exact_match"]
+            rows.append(row)
+            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
 
-    onnx_preds: dict[str, Predictions] = {}
-    for folder in folders:
-        manifest = manifests[folder]
-        graph = folder / manifest["graph"]
-        session = onnx_session(graph, threads)
-        preds = predict_onnx(session, features, show_progress=show_progress)
-        onnx_preds[folder.name] = preds
-        result = score(examples, features, preds)
-        row = {
-            "name": folder.name, "runtime": "onnxruntime", "precision": manifest["precision"],
-            "config": _length_config(manifest).label, "flops_ratio": manifest["flops_ratio"],
-            "size_mb": graph.stat().st_size / 1e6, **_metrics(result),
-            "recipe": (manifest.get("quantization") or {}).get("recipe", {}),
-        }
-        for b in batch_sizes:
-            row[f"latency_b{b}_ms"] = latency_ms(session, b, seq_len, runs=runs)
+    sessions, preds = {}, {}
+    for folder, manifest in found.items():
+        session = onnx_session(folder / manifest.graph, threads)
+        sessions[folder.name] = session
+        row = {"name": folder.name, "runtime": "onnxruntime", "kind": manifest.kind, "precision": manifest.precision,
+               "config": manifest.length_config.label, "rule": manifest.length_config.rule,
+               "flops_ratio": manifest.flops_ratio, "size_mb": (folder / manifest.graph).stat().st_size / 1e6,
+               "recipe": ((manifest.quantization or {}).get("recipe") or {}).get("name", "")}
+        for protocol in protocols:
+            p = predict_onnx(session, features, protocol=protocol, show_progress=show_progress)
+            preds[(folder.name, protocol)] = p
+            result = score(examples, features, p)
+            row[f"f1_{protocol}"], row[f"em_{protocol}"] = result["f1"], result["exact_match"]
+        twin = manifests.twin_of(folder, manifest, found)
+        row["fp32_twin"] = twin.name if twin else None
         rows.append(row)
-        log(f"  {folder.name:<40} F1 {result['f1']:.2f}  EM {result['exact_match']:.2f}  "
-            + "  ".join(f"b{b} {row[f'latency_b{b}_ms']:.1f} ms" for b in batch_sizes))
+        log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
 
-    _derive(rows, onnx_preds, features, batch_sizes)
+    log(f"timing {len(sessions)} graphs side by side ({rounds} rounds after 2 warm-up)")
+    latency = time_artifacts(sessions, features, seq_len=seq_len, batch_sizes=batch_sizes,
+                             workload_windows=workload_windows, rounds=rounds, log=log)
+    for row in rows:
+        if row["name"] in latency:
+            row["latency_ms"] = latency[row["name"]]
+    _derive(rows, preds, features, protocols)
+    _, _, workload_questions = _workload(features, workload_windows)
     report = {
-        "squad_file": str(squad_file), "questions": len(examples), "features": len(features), "seq_len": seq_len,
-        "threads": threads, "latency": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": 3, "statistic": "median"},
+        "squad_file": str(squad_file), "questions": len(examples), "windows": len(features),
+        "mean_real_tokens": float(real.mean()), "seq_len": seq_len, "protocols": list(protocols),
+        "machine": machine_info(threads),
+        "latency": {"batch_sizes": list(batch_sizes), "rounds": rounds, "warmup": 2, "statistic": "median",
+                    "workload_windows": min(workload_windows, len(features)), "workload_questions": workload_questions,
+                    "interleaved": True},
+        "baseline": STANDARD_INT8 if STANDARD_INT8 in latency else None,
         "versions": artifact.tool_versions(), "rows": rows,
     }
-    _write_report(root, report)
-    for folder in folders:
-        row = next(r for r in rows if r["name"] == folder.name)
-        artifact.update_manifest(folder, metrics={k: v for k, v in row.items() if k not in ("name", "recipe")}
-                                 | {"squad_file": str(squad_file), "questions": len(examples)})
+    write_report(dest, report)
+    report["report_dir"] = str(dest)
     return report
 
 
-def _flops(model, config: LengthConfig) -> float:
-    from .model import flops_ratio
-
-    return flops_ratio(config, model.config.hidden_size, model.config.intermediate_size)
-
-
-def _metrics(result: dict) -> dict:
-    return {"f1": result["f1"], "exact_match": result["exact_match"]}
-
-
-def _derive(rows: list[dict], onnx_preds: dict, features: squad.Features, batch_sizes: Sequence[int]) -> None:
-    """F1 drop vs PyTorch FP32 full, speedup vs ONNX FP32 full, INT8-vs-FP32 kept-token agreement."""
-    reference = next((r for r in rows if r["runtime"] == "pytorch" and r["config"] == "full"), None)
-    fp32_full = next((r for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32" and r["config"] == "full"), None)
+def _derive(rows: list[dict], preds: dict, features: squad.Features, protocols: Sequence[str]) -> None:
+    """Speedups vs the standard INT8 graph and vs qtool's FP32 full graph; INT8 vs its FP32 twin."""
+    by_name = {r["name"]: r for r in rows}
+    baselines = {"std": by_name.get(STANDARD_INT8),
+                 "fp32_full": next((r for r in rows if r["runtime"] == "onnxruntime" and r["kind"] == "qtool"
+                                    and r["precision"] == "fp32" and r["config"] == "full"), None)}
     for row in rows:
-        if reference is not None:
-            row["f1_drop_vs_pytorch_full"] = reference["f1"] - row["f1"]
-        if fp32_full is not None and row["runtime"] == "onnxruntime":
-            for b in batch_sizes:
-                row[f"speedup_b{b}"] = fp32_full[f"latency_b{b}_ms"] / row[f"latency_b{b}_ms"]
-        if row["runtime"] == "onnxruntime" and row["precision"] == "int8":
-            twin = row["name"].replace("int8-", "fp32-", 1)
-            if twin in onnx_preds and twin != row["name"]:
-                row["kept_agreement_vs_fp32"] = kept_agreement(onnx_preds[twin], onnx_preds[row["name"]], features.attention_mask)
+        if "latency_ms" not in row:
+            continue
+        for label, base in baselines.items():
+            if base is not None and "latency_ms" in base:
+                row[f"speedup_vs_{label}"] = {k: base["latency_ms"][k] / v for k, v in row["latency_ms"].items()}
+        if baselines["std"] is not None:
+            row["f1_vs_std"] = {p: row[f"f1_{p}"] - baselines["std"][f"f1_{p}"] for p in protocols}
+        twin = by_name.get(row.get("fp32_twin") or "")
+        if twin is not None:
+            row["int8_cost_f1"] = {p: twin[f"f1_{p}"] - row[f"f1_{p}"] for p in protocols}
+            row["kept_agreement_vs_fp32"] = kept_agreement(
+                preds[(twin["name"], protocols[0])], preds[(row["name"], protocols[0])], features.attention_mask)
 
 
 def format_table(report: dict, markdown: bool = False) -> str:
-    """The papers' Table 1, one row per runtime x precision x configuration."""
+    """The papers' Table 1 with the standard recipe beside it: F1 per protocol, latency per protocol."""
     from prettytable import PrettyTable, TableStyle
 
-    batch_sizes = report["latency"]["batch_sizes"]
+    protocols = report["protocols"]
+    keys = [f"b{b}@{report['seq_len']}" for b in report["latency"]["batch_sizes"]] + ["real_b1", "real_b32"]
     table = PrettyTable()
-    table.field_names = (
-        ["artifact", "runtime", "config", "F1", "EM", "ΔF1", "FLOPs"]
-        + [f"ms b{b}" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
-        + ["MB", "kept agree (min)"]
-    )
+    table.field_names = (["graph", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols]
+                         + [f"ms {k}" for k in keys] + [f"x std {k}" for k in keys] + ["MB", "FLOPs"])
     for r in report["rows"]:
-        agree = r.get("kept_agreement_vs_fp32")
+        lat, speed = r.get("latency_ms", {}), r.get("speedup_vs_std", {})
         table.add_row(
-            [r["name"], f"{r['runtime']} {r['precision']}", r["config"], f"{r['f1']:.2f}", f"{r['exact_match']:.2f}",
-             f"{r['f1_drop_vs_pytorch_full']:+.2f}" if "f1_drop_vs_pytorch_full" in r else "",
-             f"{r['flops_ratio']:.2f}"]
-            + [f"{r[f'latency_b{b}_ms']:.1f}" if f"latency_b{b}_ms" in r else "" for b in batch_sizes]
-            + [f"{r[f'speedup_b{b}']:.2f}x" if f"speedup_b{b}" in r else "" for b in batch_sizes]
-            + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{min(agree):.3f}" if agree else ""]
+            [r["name"], r["precision"], r["config"], r["rule"] if r["config"] != "full" else ""]
+            + [f"{r[f'f1_{p}']:.2f}" for p in protocols]
+            + [f"{lat[k]:.2f}" if k in lat else "" for k in keys]
+            + [f"{speed[k]:.2f}x" if k in speed else "" for k in keys]
+            + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{r['flops_ratio']:.2f}"]
         )
     table.align = "r"
-    table.align["artifact"] = "l"
-    table.align["runtime"] = "l"
-    table.align["config"] = "l"
+    for col in ("graph", "precision", "config", "rule"):
+        table.align[col] = "l"
     if markdown:
         table.set_style(TableStyle.MARKDOWN)
     return table.get_string()
@@ -349,28 +320,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_pareto(report: dict, path: str | Path) -> Path:
-    """F1 against batch-1 latency for every ONNX artifact, the Pareto front joined."""
+def plot_pareto(report: dict, path: str | Path, latency_key: str = "real_b1", protocol: str = "unpadded") -> Path:
+    """F1 against latency for every ONNX graph under one protocol; the standard recipe marked apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["rows"] if r["runtime"] == "onnxruntime" and "latency_b1_ms" in r]
-    points = [(r["latency_b1_ms"], r["f1"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    rows = [r for r in report["rows"] if latency_key in r.get("latency_ms", {}) and f"f1_{protocol}" in r]
+    points = [(r["latency_ms"][latency_key], r[f"f1_{protocol}"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for r, (x, y) in zip(rows, points):
-        ax.scatter(x, y, marker="o" if r["precision"] == "fp32" else "s",
-                   color="tab:blue" if r["precision"] == "fp32" else "tab:orange")
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 6 if r["precision"] == "fp32" else -12), fontsize=7)
+        style = {("qtool", "fp32"): ("o", "tab:blue"), ("qtool", "int8"): ("s", "tab:orange"),
+                 ("standard", "fp32"): ("^", "tab:gray"), ("standard", "int8"): ("D", "tab:red")}[(r["kind"], r["precision"])]
+        ax.scatter(x, y, marker=style[0], color=style[1])
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 5), fontsize=6.5)
     front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", label="Pareto front")
-    ref = next((r for r in report["rows"] if r["runtime"] == "pytorch" and r["config"] == "full"), None)
-    if ref:
-        ax.axhline(ref["f1"], color="green", lw=0.8, label=f"PyTorch FP32 full ({ref['f1']:.1f})")
-    ax.set_xlabel(f"latency, batch 1, seq {report['seq_len']} (ms, median)")
-    ax.set_ylabel(f"SQuAD v1.1 F1 ({report['questions']} questions)")
-    ax.set_title("qtool: F1 vs latency (onnxruntime CPU)")
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", lw=0.8, label="Pareto front")
+    ax.set_xlabel(f"latency {latency_key} (ms per window, median)" if latency_key.startswith("real") else f"latency {latency_key} (ms, median)")
+    ax.set_ylabel(f"SQuAD v1.1 F1, {protocol} ({report['questions']} questions)")
+    ax.set_title(f"F1 vs latency, onnxruntime CPU ({report['machine']['cpu']}, {report['machine']['threads']} threads)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -379,20 +348,22 @@ def plot_pareto(report: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def _write_report(root: Path, report: dict) -> None:
-    import json
-    import os
-
-    for name, text in (
-        ("report.json", json.dumps(report, indent=2)),
-        ("report.md", "# qtool verify report\n\n"
-         f"SQuAD `{report['squad_file']}`, {report['questions']} questions ({report['features']} features), "
-         f"seq {report['seq_len']}; latency: onnxruntime CPU, median of {report['latency']['runs']} runs after "
-         f"{report['latency']['warmup']} warm-up runs; ΔF1 vs PyTorch FP32 full; speedup vs ONNX FP32 full.\n\n"
-         + format_table(report, markdown=True) + "\n"),
-    ):
-        tmp = root / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, root / name)
-    if any("latency_b1_ms" in r for r in report["rows"]):
-        plot_pareto(report, root / "pareto.png")
+def write_report(dest: Path, report: dict) -> None:
+    lat = report["latency"]
+    atomic.write_text(dest / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic.write_text(dest / "report.md", (
+        "# qtool verify report\n\n"
+        f"SQuAD `{report['squad_file']}`, {report['questions']} questions ({report['windows']} windows, mean "
+        f"{report['mean_real_tokens']:.0f} real tokens), configurations stated for {report['seq_len']} tokens. "
+        f"F1 per input protocol: padded (every window padded to {report['seq_len']}) and unpadded (every window at "
+        f"its real length). Latency: onnxruntime CPU on {report['machine']['cpu']} ({report['machine']['threads']} "
+        f"threads, flags {', '.join(report['machine']['flags'])}); every graph in one process, {lat['rounds']} "
+        f"interleaved rounds after {lat['warmup']} warm-up, medians. `b1@L`/`b32@L`: one batch of L real tokens "
+        f"(ms per batch); `real_b1`: the first {lat['workload_windows']} dev windows one by one, unpadded; "
+        f"`real_b32`: the same windows length-sorted in batches of 32 padded to each batch's longest (ms per "
+        f"window). `x std`: speedup against the standard recipe ({report['baseline']}).\n\n"
+        + format_table(report, markdown=True) + "\n"))
+    if any("real_b1" in r.get("latency_ms", {}) for r in report["rows"]):
+        tmp = dest / ".pareto.png.tmp.png"
+        plot_pareto(report, tmp)
+        os.replace(tmp, dest / "pareto.png")

@@ -1,0 +1,57 @@
+"""The whole benchmark as one library call: build every graph from one checkpoint, then verify them side by side.
+
+qtool's graphs: FP32 full and each configuration, INT8 of each configuration (the accuracy- and
+speed-aware ladder). The competitors, from the same checkpoint: the standard recipe (optimum export,
+onnxruntime fusions, dynamic INT8) and onnxruntime's plain `quantize_static` of the full graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .export import export_configs
+from .quantize import RECIPES, Recipe, quantize_artifact, quantize_plain_ort
+from .standard import build_standard
+from .verify import verify_artifacts
+
+
+def run_bench(
+    model_dir: str | Path,
+    configs: Sequence[str],
+    out: str | Path,
+    *,
+    length_rule: str = "cap",
+    calib_samples: int = 128,
+    tolerance: float = 1.0,
+    tune_questions: int = 300,
+    recipes: Sequence[Recipe] = RECIPES,
+    timing_batches: tuple[int, int] = (1, 32),
+    standard: bool = True,
+    plain_ort: bool = True,
+    squad_file: str = "dev",
+    limit: int | None = None,
+    batch_sizes: Sequence[int] = (1, 32),
+    rounds: int = 8,
+    workload_windows: int = 200,
+    threads: int | None = None,
+    torch_configs: str = "full",
+    report_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Export, quantize, build the competitors, verify; returns the verify report."""
+    out = Path(out)
+    reduced = [c for c in configs if c != "full"]
+    folders = export_configs(model_dir, ["full", *reduced], out, length_rule=length_rule)
+    log(f"exported {len(folders)} graphs")
+    for src in folders[1:]:
+        log(f"quantizing {src.name}")
+        quantize_artifact(src, samples=calib_samples, tolerance=tolerance, tune_questions=tune_questions,
+                          recipes=recipes, timing_batches=timing_batches, log=log)
+    if plain_ort:
+        quantize_plain_ort(folders[0], out / "ort-int8-full", samples=calib_samples)
+    if standard:
+        build_standard(model_dir, out, log=log)
+    return verify_artifacts(out, model_dir=model_dir, squad_file=squad_file, limit=limit, batch_sizes=batch_sizes, rounds=rounds,
+                            workload_windows=workload_windows, threads=threads, torch_configs=torch_configs,
+                            report_dir=report_dir, log=log)

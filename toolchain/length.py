@@ -1,0 +1,130 @@
+"""Length configurations: how many tokens each Drop-and-Restore layer keeps, and the rule for other lengths.
+
+Torch-free, so the deployment runtime and manifests can read configurations without the training stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+class LengthConfigError(ValueError):
+    """A length configuration that cannot drive this model."""
+
+
+LENGTH_RULES = ("cap", "ratio")
+DEFAULT_LENGTH_RULE = "cap"
+RULE_DOC = {
+    "cap": "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)",
+    "ratio": "k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))): expects inputs padded to seq_len",
+}
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """How many tokens each layer keeps, stated for inputs of `seq_len` tokens, and the rule for other lengths.
+
+    `cap` (default): layer i keeps min(k_i, tokens that arrive). Padding always ranks last, so an unpadded
+    window keeps exactly the real tokens it would keep padded to `seq_len`: one graph, the same answers
+    padded or not. `ratio` (LAT's scaling): k_i(L) = ceil(k_i * L / seq_len), which keeps fewer tokens on
+    short unpadded inputs than the model saw padded; only right for inputs padded to `seq_len`.
+    """
+
+    keep: tuple[int, ...]
+    seq_len: int = 384
+    rule: str = DEFAULT_LENGTH_RULE
+
+    @classmethod
+    def parse(
+        cls, text: str | Sequence[int], num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE
+    ) -> "LengthConfig":
+        """Read 'full', '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
+        if isinstance(text, str) and text.strip() == "full":
+            keep = (seq_len,) * num_layers
+        elif isinstance(text, str):
+            parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+            try:
+                keep = tuple(int(p) for p in parts)
+            except ValueError as exc:
+                raise LengthConfigError(f"length configuration {text!r} must be comma-separated integers") from exc
+        else:
+            keep = tuple(int(k) for k in text)
+        config = cls(keep=keep, seq_len=seq_len, rule=rule)
+        config.validate(num_layers)
+        return config
+
+    @classmethod
+    def full(cls, num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE) -> "LengthConfig":
+        return cls(keep=(seq_len,) * num_layers, seq_len=seq_len, rule=rule)
+
+    def validate(self, num_layers: int) -> None:
+        if self.rule not in LENGTH_RULES:
+            raise LengthConfigError(f"length rule {self.rule!r} is unknown; choose one of {LENGTH_RULES}")
+        if self.seq_len < 1:
+            raise LengthConfigError(f"sequence length must be positive, got {self.seq_len}")
+        if len(self.keep) != num_layers:
+            raise LengthConfigError(
+                f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
+            )
+        for i, k in enumerate(self.keep):
+            if k < 1:
+                raise LengthConfigError(f"layer {i} keeps {k} tokens; every layer must keep at least 1")
+            if k > self.seq_len:
+                raise LengthConfigError(
+                    f"layer {i} keeps {k} tokens, more than the sequence length {self.seq_len}"
+                )
+            if i and k > self.keep[i - 1]:
+                raise LengthConfigError(
+                    f"length configuration {self} increases at layer {i} ({self.keep[i - 1]} -> {k}); "
+                    "dropped tokens cannot come back"
+                )
+
+    @property
+    def is_full(self) -> bool:
+        return all(k == self.seq_len for k in self.keep)
+
+    def keep_count(self, layer: int, seq_len: int, n_in: int) -> int:
+        """Tokens layer `layer` keeps of `n_in` arriving, for an input of `seq_len` tokens (ints or symbolic ints)."""
+        if self.rule == "cap":
+            return _sym_min(n_in, self.keep[layer])
+        k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
+        return _sym_min(n_in, _sym_max(1, k))
+
+    def __str__(self) -> str:
+        return ",".join(str(k) for k in self.keep)
+
+    @property
+    def label(self) -> str:
+        """'full' or '315,251,...': how reports and the CLI show a configuration."""
+        return "full" if self.is_full else str(self)
+
+    def name(self) -> str:
+        return "full" if self.is_full else "-".join(str(k) for k in self.keep)
+
+    def to_dict(self) -> dict:
+        return {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LengthConfig":
+        """Inverse of to_dict; manifests written before the rule existed used `ratio`."""
+        config = cls(tuple(int(k) for k in data["keep"]), int(data["seq_len"]), data.get("rule", "ratio"))
+        config.validate(len(config.keep))
+        return config
+
+
+def _sym_min(a, b):
+    """min() that also works on torch's symbolic sizes during export (torch imported only then)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    import torch
+
+    return torch.sym_min(a, b)
+
+
+def _sym_max(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    import torch
+
+    return torch.sym_max(a, b)

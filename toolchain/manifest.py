@@ -1,0 +1,146 @@
+"""The artifact manifest as one typed contract: written by export and quantize, read by everything else.
+
+`artifact.py` owns the folder mechanics (atomic staging, sha256 of every file); this module owns what the
+manifest says, and checks that it says what is in the folder: the graph it names is a checksummed file
+inside the folder, the opset it states is the graph's, and the interface it states is the graph's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import artifact
+from .length import LengthConfig, LengthConfigError
+from .runtime import GraphError, GraphInterface
+
+PRECISIONS = ("fp32", "int8")
+KINDS = ("qtool", "standard")  # our Drop-and-Restore graphs, or the standard recipe's plain-model graphs
+# Roles of weight MatMuls that quantization recipes select from (recorded by export, never guessed later).
+ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "head")
+
+
+class ManifestError(artifact.ArtifactError):
+    """A manifest of the wrong shape, or one that does not describe the folder it is in."""
+
+
+@dataclass
+class Manifest:
+    graph: str
+    precision: str
+    length_config: LengthConfig
+    interface: GraphInterface
+    opset: int
+    max_positions: int  # longest input (tokens) the graph accepts: the model's position table
+    doc_stride: int
+    max_answer_length: int
+    source_model: str
+    model_type: str
+    flops_ratio: float
+    roles: dict[str, list[str]] = field(default_factory=dict)
+    kind: str = "qtool"
+    validation: dict | None = None
+    quantization: dict | None = None
+    source_fp32: dict | None = None  # {"folder": name, "sha256": of its graph}: the FP32 twin of an INT8 graph
+    files: dict[str, str] = field(default_factory=dict)
+    created: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_reduced(self) -> bool:
+        return self.interface.is_reduced
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["length_config"] = self.length_config.to_dict()
+        data["interface"] = self.interface.to_dict()
+        for key in ("files", "created", "versions"):  # artifact.write_manifest fills these
+            if not data[key]:
+                data.pop(key)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "manifest") -> "Manifest":
+        """Parse and validate; any shape error names the field."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: a manifest must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("graph", "precision", "length_config", "interface", "opset", "max_positions", "doc_stride",
+                     "max_answer_length", "flops_ratio"):
+            if name not in values:
+                raise ManifestError(f"{where}: field {name!r} is missing")
+        try:
+            values["length_config"] = LengthConfig.from_dict(values["length_config"])
+            values["interface"] = GraphInterface.from_dict(values["interface"])
+        except (KeyError, TypeError, ValueError, LengthConfigError, GraphError) as exc:
+            raise ManifestError(f"{where}: {exc}") from exc
+        values.setdefault("source_model", "")
+        values.setdefault("model_type", "")
+        manifest = cls(**values)
+        manifest.check_shape(where)
+        return manifest
+
+    def check_shape(self, where: str = "manifest") -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ManifestError(f"{where}: {message}")
+
+        need(isinstance(self.graph, str) and self.graph and Path(self.graph).name == self.graph
+             and not self.graph.startswith("."), f"graph {self.graph!r} must be a file name inside the folder")
+        need(self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {PRECISIONS}")
+        need(self.kind in KINDS, f"kind {self.kind!r} is not one of {KINDS}")
+        for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        need(isinstance(self.flops_ratio, (int, float)), "flops_ratio must be a number")
+        need(self.length_config.seq_len <= self.max_positions,
+             f"sequence length {self.length_config.seq_len} exceeds max_positions {self.max_positions}")
+        need(isinstance(self.roles, dict) and all(r in ROLES and isinstance(n, list) for r, n in self.roles.items()),
+             f"roles must map {ROLES} to node-name lists")
+        need(self.interface.is_reduced == (not self.length_config.is_full),
+             "interface and length configuration disagree on whether the graph drops tokens")
+        need(isinstance(self.files, dict), "files must map names to sha256")
+
+
+def write(folder: str | Path, manifest: Manifest) -> Manifest:
+    """Hash the folder's files into `manifest` and write it (atomically)."""
+    manifest.check_shape(str(folder))
+    data = artifact.write_manifest(Path(folder), manifest.to_json())
+    return Manifest.from_json(data, str(folder))
+
+
+def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
+    """Read an artifact's manifest, re-hash its files, and check the manifest describes the folder."""
+    folder = Path(folder)
+    data = artifact.check_artifact(folder)
+    manifest = Manifest.from_json(data, str(folder / artifact.MANIFEST))
+    if manifest.graph not in manifest.files:
+        raise ManifestError(f"{folder}: the graph {manifest.graph!r} is not among the checksummed files")
+    if check_graph:
+        import onnx
+
+        graph = onnx.load(str(folder / manifest.graph), load_external_data=False)
+        opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset != manifest.opset:
+            raise ManifestError(f"{folder}: manifest says opset {manifest.opset}, the graph has opset {opset}")
+        names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
+        if tuple(names[0]) != manifest.interface.inputs or tuple(names[1]) != manifest.interface.outputs:
+            raise ManifestError(
+                f"{folder}: manifest interface {manifest.interface.to_dict()} is not the graph's "
+                f"(inputs {names[0]}, outputs {names[1]})"
+            )
+    return manifest
+
+
+def find(root: str | Path) -> list[tuple[Path, Manifest]]:
+    """Every artifact under `root` (itself or one level below), checked."""
+    return [(folder, load(folder)) for folder in artifact.find_artifacts(root)]
+
+
+def twin_of(folder: Path, manifest: Manifest, others: dict[Path, Manifest]) -> Path | None:
+    """The FP32 artifact an INT8 artifact was quantized from, found by the checksum it records."""
+    if not manifest.source_fp32:
+        return None
+    digest = manifest.source_fp32.get("sha256")
+    return next((f for f, m in others.items() if m.precision == "fp32" and m.files.get(m.graph) == digest), None)

@@ -1,0 +1,255 @@
+"""The prediction runtime every stage shares: onnxruntime and PyTorch span logits, SQuAD scoring, timing.
+
+Export validates with it, quantize scores recipes with it, search scores candidates with it, verify and
+bench report with it: one code path, so what is measured is what ships.
+
+Two input protocols, because a graph with dynamic axes can be fed either way:
+- `padded`: every window padded to the sequence length the configuration was stated for (the papers'
+  protocol; Drop-and-Restore drops padding first);
+- `unpadded`: every window at its real length (what a deployment team sends). Windows of the same length
+  share a batch, so no padding enters at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from . import squad
+from .length import LengthConfig
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SPAN_OUTPUTS = ("start_logits", "end_logits")
+KEPT_PREFIX = "kept_"
+PROTOCOLS = ("padded", "unpadded")
+Protocol = Literal["padded", "unpadded"]
+
+
+class GraphError(ValueError):
+    """A graph that cannot be loaded or does not have the interface its manifest promises."""
+
+
+@dataclass(frozen=True)
+class GraphInterface:
+    """What a qtool graph takes and returns; reduced graphs also return the positions each layer kept."""
+
+    inputs: tuple[str, ...] = MODEL_INPUTS
+    kept_outputs: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return SPAN_OUTPUTS + self.kept_outputs
+
+    @property
+    def is_reduced(self) -> bool:
+        """True when the graph drops tokens (and reports which it kept)."""
+        return bool(self.kept_outputs)
+
+    @classmethod
+    def for_config(cls, config: LengthConfig, inputs: Sequence[str] = MODEL_INPUTS) -> "GraphInterface":
+        kept = () if config.is_full else tuple(f"{KEPT_PREFIX}{i}" for i in range(len(config.keep)))
+        return cls(tuple(inputs), kept)
+
+    @classmethod
+    def of_session(cls, session) -> "GraphInterface":
+        """Read the interface off a loaded graph; refuse graphs without span outputs."""
+        outputs = [o.name for o in session.get_outputs()]
+        missing = [o for o in SPAN_OUTPUTS if o not in outputs]
+        if missing:
+            raise GraphError(f"graph has no {missing} output(s); outputs are {outputs}")
+        return cls(tuple(i.name for i in session.get_inputs()), tuple(o for o in outputs if o.startswith(KEPT_PREFIX)))
+
+    def to_dict(self) -> dict:
+        return {"inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GraphInterface":
+        outputs = list(data["outputs"])
+        if outputs[:2] != list(SPAN_OUTPUTS):
+            raise GraphError(f"graph outputs must start with {list(SPAN_OUTPUTS)}, got {outputs}")
+        return cls(tuple(data["inputs"]), tuple(outputs[2:]))
+
+
+@dataclass
+class Predictions:
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+    kept: list[np.ndarray] | None = None  # per layer [n, k_i] kept positions, when the runtime reports them
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="window", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def batches(
+    features: squad.Features, batch_size: int, *, protocol: Protocol, padding_invariant: bool
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (rows, inputs) under `protocol`.
+
+    padded: rows in order at the full padded width, except that graphs whose output does not depend on
+    padding (`padding_invariant`: the plain model) run length-sorted batches cut to their longest window,
+    which is exact and about twice as fast. unpadded: windows of equal real length batched together, so
+    every window runs at exactly its own length.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is unknown; choose one of {PROTOCOLS}")
+    lengths = features.attention_mask.sum(1)
+    if protocol == "padded" and not padding_invariant:
+        groups = [np.arange(len(features))]
+    elif protocol == "padded":
+        groups = [np.argsort(lengths, kind="stable")]
+    else:
+        groups = [np.nonzero(lengths == n)[0] for n in np.unique(lengths)]
+    for group in groups:
+        for lo in range(0, len(group), batch_size):
+            rows = group[lo : lo + batch_size]
+            inputs = features.model_inputs(rows)
+            if protocol == "unpadded" or padding_invariant:
+                width = int(lengths[rows].max())
+                inputs = {k: v[:, :width] for k, v in inputs.items()}
+            yield rows, inputs
+
+
+def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Put batch logits back in feature order; positions a shorter batch did not compute get -1e4."""
+    start = np.full((n, width), -1e4, dtype=np.float32)
+    end = np.full((n, width), -1e4, dtype=np.float32)
+    for rows, s, e in parts:
+        start[rows, : s.shape[1]] = s
+        end[rows, : e.shape[1]] = e
+    return start, end
+
+
+def _kept_layers(kept: list[list[np.ndarray]], parts: list, n: int) -> list[np.ndarray] | None:
+    """Per-layer kept positions in feature order (padded with -1 where a shorter window kept fewer)."""
+    if not kept or not kept[0]:
+        return None
+    layers = []
+    for i in range(len(kept[0])):
+        width = max(k[i].shape[1] for k in kept)
+        out = np.full((n, width), -1, dtype=np.int64)
+        for (rows, _, _), k in zip(parts, kept):
+            out[rows, : k[i].shape[1]] = k[i]
+        layers.append(out)
+    return layers
+
+
+def predict_torch(
+    model,
+    features: squad.Features,
+    config: LengthConfig | None = None,
+    *,
+    batch_size: int = 32,
+    protocol: Protocol = "padded",
+    show_progress: bool = False,
+) -> Predictions:
+    """Span logits (and kept positions) from the PyTorch Drop-and-Restore model (FP32, eval mode)."""
+    import torch
+
+    from .model import drop_and_restore
+
+    model.eval()
+    full = config is None or config.is_full
+    parts, kept = [], []
+    with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
+        for rows, inputs in batches(features, batch_size, protocol=protocol, padding_invariant=full):
+            batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
+            s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
+            parts.append((rows, s.float().numpy(), e.float().numpy()))
+            kept.append([] if full else [x.numpy() for x in k])
+            bar.update(len(rows))
+    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
+    return Predictions(start, end, _kept_layers(kept, parts, len(features)))
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session with full graph optimisation; a corrupt graph raises GraphError."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX graph not found: {path}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several private exception types
+        raise GraphError(f"{path} is not a loadable ONNX graph: {exc}") from exc
+
+
+def predict_onnx(
+    session,
+    features: squad.Features,
+    *,
+    batch_size: int = 32,
+    protocol: Protocol = "padded",
+    show_progress: bool = False,
+) -> Predictions:
+    """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session."""
+    interface = GraphInterface.of_session(session)
+    names = [o.name for o in session.get_outputs()]
+    parts, kept = [], []
+    with _progress(len(features), "onnx", show_progress) as bar:
+        for rows, inputs in batches(features, batch_size, protocol=protocol, padding_invariant=not interface.is_reduced):
+            out = dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in interface.inputs})))
+            parts.append((rows, out["start_logits"], out["end_logits"]))
+            kept.append([out[n] for n in interface.kept_outputs])
+            bar.update(len(rows))
+    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
+    return Predictions(start, end, _kept_layers(kept, parts, len(features)))
+
+
+def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions) -> dict:
+    """Official SQuAD v1.1 EM/F1 of span logits."""
+    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
+    return squad.squad_scores(answers, examples)
+
+
+def kept_agreement(a: Predictions, b: Predictions, attention_mask: np.ndarray) -> list[float]:
+    """Per layer, the share of real (non-padding) kept tokens both runs keep: |A ∩ B| / |A|, over all rows."""
+    if a.kept is None or b.kept is None:
+        return []
+    shares = []
+    for ka, kb in zip(a.kept, b.kept):
+        same = total = 0
+        for row in range(ka.shape[0]):
+            real = attention_mask[row]
+            sa = {int(p) for p in ka[row] if p >= 0 and real[p]}
+            sb = {int(p) for p in kb[row] if p >= 0 and real[p]}
+            same += len(sa & sb)
+            total += len(sa)
+        shares.append(same / total if total else 1.0)
+    return shares
+
+
+def synthetic_feed(interface: GraphInterface, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of `seq_len` real (unpadded) random tokens: the papers' latency protocol."""
+    rng = np.random.default_rng(seed)
+    feed = {
+        "input_ids": rng.integers(1000, 20000, size=(batch_size, seq_len), dtype=np.int64),
+        "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
+        "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64),
+    }
+    return {k: v for k, v in feed.items() if k in interface.inputs}
+
+
+def latency_ms(session, batch_size: int, seq_len: int, warmup: int = 3, runs: int = 10, seed: int = 0) -> float:
+    """Median wall-clock milliseconds of one onnxruntime run on a full-length batch, after warm-up."""
+    feed = synthetic_feed(GraphInterface.of_session(session), batch_size, seq_len, seed)
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))

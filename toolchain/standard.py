@@ -1,0 +1,104 @@
+"""The standard recipe: what a deployment team gets without qtool, built from the same checkpoint.
+
+(export) the plain model exported the standard way, by optimum's ONNX exporter;
+(a) onnxruntime's transformer fusions on it (`optimum-cli onnxruntime optimize -O2`: fused Attention,
+    SkipLayerNormalization, BiasGelu), FP32;
+(b) (a) + dynamic INT8 with onnxruntime's `quantize_dynamic` (the avx512_vnni recipe: S8 per-tensor
+    weights, U8 activations, no reduced range; the fused Attention becomes QAttention).
+Every speed claim qtool makes is measured against (b), side by side in one process.
+
+Each graph is written as an artifact folder of kind `standard`, so verify and bench time and score it
+exactly like qtool's own graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from . import artifact
+from . import manifest as manifests
+from .length import LengthConfig
+from .runtime import GraphInterface, onnx_session
+
+NAMES = {"export": "std-fp32-optimum", "fused": "std-fp32-o2", "int8": "std-int8-o2-dynamic"}
+
+
+class StandardRecipeError(RuntimeError):
+    """A step of the standard recipe failed."""
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    return next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config) -> Path:
+    """Wrap one standard-recipe graph into an artifact folder (interface read off the graph)."""
+    session = onnx_session(graph)
+    interface = GraphInterface.of_session(session)
+    seq_len = 384
+    with artifact.staging(dest) as tmp:
+        shutil.copyfile(graph, tmp / artifact.GRAPH)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (tokenizer_dir / name).is_file():
+                shutil.copyfile(tokenizer_dir / name, tmp / name)
+        manifests.write(tmp, manifests.Manifest(
+            graph=artifact.GRAPH, precision=precision, kind="standard",
+            length_config=LengthConfig.full(config.num_hidden_layers, seq_len),
+            interface=interface, opset=_opset(graph), max_positions=int(config.max_position_embeddings),
+            doc_stride=128, max_answer_length=30, source_model=str(tokenizer_dir), model_type=config.model_type,
+            flops_ratio=1.0, quantization=recipe if precision == "int8" else None,
+            validation={"against": "optimum exporter's own validation"} | recipe if precision == "fp32" else None,
+        ))
+    return dest
+
+
+def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list[Path]:
+    """Build (export), (a) and (b) from `model_dir` into out/std-*/; returns the artifact folders."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from optimum.exporters.onnx import main_export
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig
+    from transformers import AutoConfig
+
+    model_dir, out = Path(model_dir), Path(out)
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="qtool-std-") as work, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        work = Path(work)
+        try:
+            main_export(str(model_dir), work / "export", task="question-answering", local_files_only=True)
+        except Exception as exc:  # optimum raises many types; the message is what helps
+            raise StandardRecipeError(f"optimum could not export {model_dir}: {exc}") from exc
+        exported = work / "export" / "model.onnx"
+        # (a) `optimum-cli onnxruntime optimize -O2`: onnxruntime's BERT fusions through optimum
+        ORTOptimizer.from_pretrained(work / "export").optimize(AutoOptimizationConfig.O2(), save_dir=work / "o2")
+        fused_path = work / "o2" / "model_optimized.onnx"
+        ops = {n.op_type for n in onnx.load(str(fused_path), load_external_data=False).graph.node}
+        if "Attention" not in ops:
+            raise StandardRecipeError(f"onnxruntime fused no Attention in {exported} (ops: {sorted(ops)})")
+        # (b) dynamic INT8 after the fusions (the avx512_vnni settings)
+        int8_path = work / "int8.onnx"
+        quantize_dynamic(str(fused_path), str(int8_path), per_channel=False, reduce_range=False,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        folders = [
+            _write(exported, work / "export", out / NAMES["export"], precision="fp32", config=config,
+                   recipe={"tool": "optimum.exporters.onnx.main_export", "description": "plain model, optimum ONNX export"}),
+            _write(fused_path, work / "export", out / NAMES["fused"], precision="fp32", config=config,
+                   recipe={"tool": "optimum ORTOptimizer, AutoOptimizationConfig.O2 (onnxruntime BERT fusions)",
+                           "description": "fused Attention, SkipLayerNormalization, BiasGelu"}),
+            _write(int8_path, work / "export", out / NAMES["int8"], precision="int8", config=config,
+                   recipe={"tool": "onnxruntime.quantization.quantize_dynamic", "mode": "dynamic",
+                           "recipe": {"name": "avx512_vnni dynamic"},
+                           "description": "fusions + dynamic INT8 (S8 per-tensor weights, U8 activations, QAttention)"}),
+        ]
+    for folder in folders:
+        log(f"wrote {folder}")
+    return folders
