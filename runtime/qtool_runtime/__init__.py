@@ -1,0 +1,13 @@
+"""qtool-runtime: answer questions from a qtool artifact with onnxruntime, tokenizers and numpy only.
+
+    from qtool_runtime import Artifact
+    kit = Artifact.open("graphs/minilm/int8-315-251-242-159-142-33")
+    kit.answer("Who wrote it?", context)   # Answer(text, score, start, end), offsets into the context
+"""
+
+from .kit import Answer, Artifact, ArtifactError, InputError, KitError, Windows, check_manifest
+from .spans import Span, best_span
+
+__version__ = "0.1.0"
+__all__ = ["Answer", "Artifact", "ArtifactError", "InputError", "KitError", "Span", "Windows", "best_span",
+           "check_manifest"]

@@ -1,0 +1,273 @@
+"""Answer questions from a qtool artifact folder with onnxruntime, tokenizers and numpy only.
+
+The windowing is SQuAD's (question + context, the context truncated with overlap `doc_stride`, windows of at
+most the manifest's sequence length), windows run unpadded (each at its real length; equal lengths share a
+batch), and spans are decoded by `spans.best_span`, the decoder qtool's own scoring uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .spans import best_span
+
+MANIFEST = "manifest.json"
+FORMAT = "qtool-artifact/1"
+TOKENIZER = "tokenizer.json"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SPAN_OUTPUTS = ("start_logits", "end_logits")
+PRECISIONS = ("fp32", "int8")
+LENGTH_RULES = ("cap", "ratio")
+
+
+class KitError(ValueError):
+    """Base of every error the kit raises on bad input: one line that says what is wrong."""
+
+
+class ArtifactError(KitError):
+    """An artifact folder that is missing, altered, or whose manifest is not of the expected shape."""
+
+
+class InputError(KitError):
+    """A question or context the artifact cannot answer (empty, or a question too long for a window)."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_manifest(folder: str | Path) -> dict:
+    """Read manifest.json, re-hash every file it lists, and check the fields the kit relies on.
+
+    The same checks as toolchain.manifest, reimplemented here so the kit installs without the toolchain.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a qtool artifact (no {MANIFEST})")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ArtifactError(f"{path}: {message}")
+
+    need(isinstance(m, dict), f"a manifest must be a JSON object, got {type(m).__name__}")
+    need(m.get("format") == FORMAT, f"unknown format {m.get('format')!r}, expected {FORMAT}")
+    files = m.get("files")
+    need(isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
+         "files must map file names to sha256")
+    for name, digest in files.items():
+        file = folder / name
+        need(Path(name).is_absolute() is False and ".." not in Path(name).parts, f"file {name!r} is outside the folder")
+        if not file.is_file():
+            raise ArtifactError(f"{folder}: {name} is listed in the manifest but missing")
+        if sha256(file) != digest:
+            raise ArtifactError(f"{folder}: {name} does not match its sha256 in the manifest (altered or corrupt)")
+    graph = m.get("graph")
+    need(isinstance(graph, str) and graph and Path(graph).name == graph and not graph.startswith("."),
+         f"graph {graph!r} must be a file name inside the folder")
+    need(graph in files, f"the graph {graph!r} is not among the checksummed files")
+    need(TOKENIZER in files, f"{TOKENIZER} is not among the checksummed files; the kit needs the fast tokenizer")
+    need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
+    for name in ("max_positions", "doc_stride", "max_answer_length"):
+        need(_positive_int(m.get(name)), f"{name} must be a positive integer, got {m.get(name)!r}")
+    lc = m.get("length_config")
+    need(isinstance(lc, dict) and _positive_int(lc.get("seq_len")) and isinstance(lc.get("keep"), list)
+         and lc["keep"] and all(_positive_int(k) and k <= lc["seq_len"] for k in lc["keep"])
+         and all(a >= b for a, b in zip(lc["keep"], lc["keep"][1:])),
+         f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len, got {lc!r}")
+    need(lc.get("rule", "ratio") in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
+    need(lc["seq_len"] <= m["max_positions"],
+         f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
+    need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")
+    iface = m.get("interface")
+    need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
+         "interface must list the graph's inputs and outputs")
+    need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= set(MODEL_INPUTS),
+         f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
+    need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
+    return m
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    score: float  # start logit + end logit of the span; -inf when no span was allowed
+    start: int  # character offsets into the context: context[start:end] == text
+    end: int
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "score": self.score if math.isfinite(self.score) else None,
+                "start": self.start, "end": self.end}
+
+
+@dataclass
+class Windows:
+    """One question's windows: token ids, token types and context offsets ((-1, -1) outside the context)."""
+
+    question: str
+    context: str
+    input_ids: list[np.ndarray]  # int64 [L_i] per window, unpadded
+    token_type_ids: list[np.ndarray]
+    offsets: list[np.ndarray]  # int64 [L_i, 2]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class Artifact:
+    """A checked artifact ready to answer: the onnxruntime session, the tokenizer and the manifest."""
+
+    def __init__(self, folder: Path, manifest: dict, session, tokenizer, batch_size: int) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.session = session
+        self.batch_size = batch_size
+        self.seq_len: int = manifest["length_config"]["seq_len"]
+        self.doc_stride: int = manifest["doc_stride"]
+        self.max_answer_length: int = manifest["max_answer_length"]
+        self.max_positions: int = manifest["max_positions"]
+        self.inputs: tuple[str, ...] = tuple(manifest["interface"]["inputs"])
+        self._tokenizer = tokenizer
+        self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
+        self._plain = tokenizer.__class__.from_str(tokenizer.to_str())  # same vocabulary, no truncation: lengths
+        self._plain.no_truncation()
+        # A question may take what a window leaves after the special tokens and more than doc_stride context tokens.
+        self.max_question_tokens = self.seq_len - self._specials - self.doc_stride - 1
+
+    @classmethod
+    def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16) -> "Artifact":
+        """Verify every sha256 and the manifest's shape, load the graph and check it has the stated interface."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such artifact folder: {folder}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        manifest = check_manifest(folder)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(folder / manifest["graph"]), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise ArtifactError(f"{folder / manifest['graph']} is not a loadable ONNX graph: {exc}") from exc
+        names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        iface = manifest["interface"]
+        if names[0] != iface["inputs"] or names[1] != iface["outputs"]:
+            raise ArtifactError(f"{folder}: manifest interface {iface} is not the graph's "
+                                f"(inputs {names[0]}, outputs {names[1]})")
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+        except Exception as exc:
+            raise ArtifactError(f"{folder / TOKENIZER} is not a loadable tokenizer: {exc}") from exc
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(manifest["length_config"]["seq_len"], stride=manifest["doc_stride"],
+                                    strategy="only_second")
+        return cls(folder, manifest, session, tokenizer, batch_size)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def describe(self) -> dict:
+        """What a health check reports: which graph answers and under which length configuration."""
+        lc = self.manifest["length_config"]
+        return {"artifact": self.name, "precision": self.manifest["precision"],
+                "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", "ratio")},
+                "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
+                "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,
+                "sha256": self.manifest["files"][self.manifest["graph"]]}
+
+    def windows(self, question: str, context: str) -> Windows:
+        """Split question + context into overlapping windows; refuse what cannot be windowed."""
+        for label, text in (("question", question), ("context", context)):
+            if not isinstance(text, str):
+                raise InputError(f"the {label} must be a string, got {type(text).__name__}")
+            if not text.strip():
+                raise InputError(f"the {label} is empty")
+        q_tokens = len(self._plain.encode(question, add_special_tokens=False).ids)
+        if q_tokens == 0:
+            raise InputError("the question has no tokens the model knows")
+        if q_tokens > self.max_question_tokens:
+            raise InputError(
+                f"the question is {q_tokens} tokens; windows are {self.seq_len} tokens (the model takes at most "
+                f"{self.max_positions}) with {self.doc_stride} tokens of overlap, so a question may have at most "
+                f"{self.max_question_tokens}")
+        first = self._tokenizer.encode(question, context)
+        out = Windows(question, context, [], [], [])
+        for enc in [first, *first.overflowing]:
+            n = len(enc.ids)
+            if n > self.max_positions:  # cannot happen with a checked manifest; never feed the graph past its table
+                raise InputError(f"a window of {n} tokens exceeds the model's {self.max_positions} positions")
+            seq = np.array([-1 if s is None else s for s in enc.sequence_ids])
+            offsets = np.full((n, 2), -1, dtype=np.int64)
+            ctx = seq == 1
+            offsets[ctx] = np.asarray(enc.offsets, dtype=np.int64).reshape(n, 2)[ctx]
+            out.input_ids.append(np.asarray(enc.ids, dtype=np.int64))
+            out.token_type_ids.append(np.asarray(enc.type_ids, dtype=np.int64))
+            out.offsets.append(offsets)
+        if not any((o[:, 0] >= 0).any() for o in out.offsets):
+            raise InputError("the context has no tokens the model knows")
+        return out
+
+    def logits(self, prepared: Sequence[Windows]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Start/end logits per window, windows of equal length batched together (no padding at all)."""
+        flat = [(q, w) for q, item in enumerate(prepared) for w in range(len(item))]
+        length = {key: len(prepared[key[0]].input_ids[key[1]]) for key in flat}
+        out: list[list] = [[None] * len(item) for item in prepared]
+        for n in sorted(set(length.values())):
+            group = [key for key in flat if length[key] == n]
+            for lo in range(0, len(group), self.batch_size):
+                rows = group[lo: lo + self.batch_size]
+                feed = {
+                    "input_ids": np.stack([prepared[q].input_ids[w] for q, w in rows]),
+                    "attention_mask": np.ones((len(rows), n), dtype=np.int64),
+                    "token_type_ids": np.stack([prepared[q].token_type_ids[w] for q, w in rows]),
+                }
+                start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
+                for i, (q, w) in enumerate(rows):
+                    out[q][w] = (start[i], end[i])
+        return out
+
+    def run(self, prepared: Sequence[Windows]) -> list[Answer]:
+        """Answer already-windowed questions: batched graph runs, then the best span per question."""
+        answers = []
+        for item, logits in zip(prepared, self.logits(prepared)):
+            span = best_span(((s, e, o) for (s, e), o in zip(logits, item.offsets)),
+                             max_answer_length=self.max_answer_length)
+            if span is None:
+                answers.append(Answer("", float("-inf"), 0, 0))
+            else:
+                answers.append(Answer(item.context[span.start_char: span.end_char], span.score,
+                                      span.start_char, span.end_char))
+        return answers
+
+    def answer(self, question: str, context: str) -> Answer:
+        return self.run([self.windows(question, context)])[0]
+
+    def answer_batch(self, pairs: Sequence[tuple[str, str]]) -> list[Answer]:
+        """Answer many (question, context) pairs; their windows share graph runs."""
+        return self.run([self.windows(q, c) for q, c in pairs])
