@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from toolchain.model import LengthConfig, load_qa_model
-from toolchain.train import TrainArgs, random_config, smallest_config, train
+from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, smallest_config, train
 from toolchain.verify import evaluate_model
 
 from conftest import TRAIN_STEPS
@@ -71,9 +71,60 @@ def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
     resumed = train(args, resume=True)
     assert resumed["steps"] == 3 and resumed["examples_seen"] == 3 * 8
     assert not (out / "checkpoint").exists()  # removed once the final model is written
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     load_qa_model(out)
 
 
 def test_missing_base_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="base model folder not found"):
         train(TrainArgs(base=str(tmp_path / "nope"), out=str(tmp_path / "o"), limit=8, max_steps=1))
+
+
+def test_batch_width_rounds_up_to_the_multiple():
+    assert WIDTH_MULTIPLE == 32
+    assert [batch_width(n, 256) for n in (1, 32, 33, 200, 250, 256)] == [32, 32, 64, 224, 256, 256]
+    assert batch_width(250, 250) == 250  # never wider than the features
+
+
+def test_training_sees_few_distinct_batch_shapes(tmp_path):
+    """CPU kernels cache one primitive per input shape, so memory grows with the number of distinct widths.
+
+    A full epoch over real SQuAD windows must use at most max_length / 32 widths (one width per batch
+    gives dozens here).
+    """
+    widths: list[int] = []
+    args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=48, max_length=128, batch_size=2,
+                     doc_stride=64, epochs=1.0, bf16=False, seed=0)
+    info = train(args, progress=lambda state: widths.append(state["width"]))
+    assert len(widths) == info["steps"] >= 40  # one epoch of the ~100 windows
+    assert all(w % WIDTH_MULTIPLE == 0 and 0 < w <= 128 for w in widths), widths
+    assert len(set(widths)) <= 128 // WIDTH_MULTIPLE
+
+
+@pytest.mark.parametrize(
+    "field, value, option",
+    [("batch_size", 0, "--batch-size"), ("max_length", 8, "--max-length"), ("lr", 0.0, "--lr"),
+     ("lr", float("nan"), "--lr"), ("max_steps", 0, "--max-steps"), ("limit", 0, "--limit"),
+     ("epochs", -1.0, "--epochs"), ("time_budget", 0.0, "--time-budget"), ("warmup", 1.0, "warmup"),
+     ("length_drop_ratio", 1.0, "--length-drop-ratio"), ("layerdrop", -0.1, "--layerdrop"),
+     ("num_sandwich", -1, "--num-sandwich"), ("doc_stride", 128, "doc_stride"), ("threads", 0, "--threads")],
+)
+def test_train_args_are_validated(tmp_path, field, value, option):
+    args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)
+    args.validate()
+    setattr(args, field, value)
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        train(args)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_refuses_lengths_past_the_model_and_foreign_out_folders(tmp_path):
+    with pytest.raises(ValueError, match=r"--max-length 1024 exceeds what minilm supports \(512 positions\)"):
+        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=1024))
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a model folder"):
+        train(TrainArgs(base="minilm", out=str(foreign), limit=8, max_steps=1))
+    assert (foreign / "todo.txt").read_text() == "keep me"

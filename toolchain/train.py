@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import squad
+from . import atomic, squad
 from .model import LengthConfig, drop_and_restore
 
 CHECKPOINT_DIR = "checkpoint"
+# Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
+# input shape; with one width per batch a run sees hundreds of shapes and resident memory grows without bound.
+WIDTH_MULTIPLE = 32
 
 
 @dataclass
@@ -54,6 +55,34 @@ class TrainArgs:
     limit: int | None = None
     save_every: float = 600.0  # seconds
     threads: int | None = None
+
+    def validate(self) -> None:
+        """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
+        def need(ok: bool, option: str, rule: str, value: object) -> None:
+            if not ok:
+                raise ValueError(f"{option} must be {rule}, got {value!r}")
+
+        need(self.max_length >= 32, "--max-length", "at least 32 tokens", self.max_length)
+        if self.doc_stride is not None:
+            need(0 < self.doc_stride < self.max_length, "doc_stride", f"between 1 and --max-length - 1 ({self.max_length - 1})",
+                 self.doc_stride)
+        need(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
+        need(math.isfinite(self.lr) and self.lr > 0, "--lr", "a positive number", self.lr)
+        need(0 <= self.warmup < 1, "warmup", "in [0, 1) (a share of the run)", self.warmup)
+        need(self.weight_decay >= 0, "weight_decay", "0 or more", self.weight_decay)
+        need(math.isfinite(self.epochs) and self.epochs > 0, "--epochs", "a positive number", self.epochs)
+        if self.max_steps is not None:
+            need(self.max_steps >= 1, "--max-steps", "at least 1", self.max_steps)
+        if self.time_budget is not None:
+            need(self.time_budget > 0, "--time-budget", "positive", self.time_budget)
+        if self.limit is not None:
+            need(self.limit >= 1, "--limit", "at least 1 question", self.limit)
+        need(self.num_sandwich >= 0, "--num-sandwich", "0 or more", self.num_sandwich)
+        need(0 <= self.length_drop_ratio < 1, "--length-drop-ratio", "in [0, 1)", self.length_drop_ratio)
+        need(0 <= self.layerdrop < 1, "--layerdrop", "in [0, 1)", self.layerdrop)
+        need(self.save_every >= 0, "save_every", "0 or more seconds", self.save_every)
+        if self.threads is not None:
+            need(self.threads >= 1, "--threads", "at least 1", self.threads)
 
 
 def resolve_base(base: str) -> str:
@@ -89,6 +118,14 @@ def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Rando
     return LengthConfig(tuple(keep), seq_len)
 
 
+def batch_width(longest: int, max_width: int) -> int:
+    """Pad a batch whose longest window has `longest` tokens up to a multiple of WIDTH_MULTIPLE (at most `max_width`).
+
+    This bounds the distinct input shapes of a run by max_length / WIDTH_MULTIPLE, so kernel caches stop growing.
+    """
+    return min(max_width, -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     if progress < warmup:
         return progress / warmup
@@ -103,15 +140,25 @@ def _distill(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-        tmp / "trainer.pt",
-    )
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    """Replace the checkpoint folder atomically: a kill mid-save leaves the previous checkpoint intact."""
+    with atomic.staging_dir(path) as tmp:
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+            tmp / "trainer.pt",
+        )
+
+
+def _check_out(out: Path) -> None:
+    """The final model replaces `out` as a whole, so refuse a non-empty folder that is not ours."""
+    if out.is_dir() and any(out.iterdir()):
+        ours = ("config.json", "qtool_train.json", CHECKPOINT_DIR)
+        if not any((out / name).exists() for name in ours):
+            raise ValueError(
+                f"--out {out} is a non-empty folder that is not a model folder; it would be replaced: "
+                "choose a new or empty folder"
+            )
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
 
 
 def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
@@ -119,9 +166,11 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     from tqdm.auto import tqdm
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+    args.validate()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    _check_out(out)
     ckpt_dir = out / CHECKPOINT_DIR
     base = resolve_base(args.base)
     local = Path(base).is_dir()
@@ -131,6 +180,9 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
 
     check_supported(model)
     num_layers = len(model.base_model.encoder.layer)
+    max_positions = model.config.max_position_embeddings
+    if args.max_length > max_positions:
+        raise ValueError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
 
     examples = squad.load_squad(args.train_file, limit=args.limit)
     feats = squad.featurize(
@@ -162,6 +214,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     bar = tqdm(total=max_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
 
     lengths = feats.attention_mask.sum(1)
+    max_width = feats.input_ids.shape[1]
 
     def batches_for(epoch: int) -> list[np.ndarray]:
         # Length bucketing: sort within pools of 64 batches so a batch pads little, then shuffle batches.
@@ -183,7 +236,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if epoch_batches[0] != epoch:
             epoch_batches = (epoch, batches_for(epoch))
         rows = epoch_batches[1][index]
-        width = int(feats.attention_mask[rows].sum(1).max())
+        width = batch_width(int(lengths[rows].max()), max_width)
         batch = {k: torch.from_numpy(v[:, :width]) for k, v in feats.model_inputs(rows).items()}
         starts = torch.from_numpy(feats.start_positions[rows])
         ends = torch.from_numpy(feats.end_positions[rows])
@@ -227,16 +280,12 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
             _save_checkpoint(ckpt_dir, model, optimizer, state)
             last_save = time.monotonic()
         if progress is not None:
-            progress(dict(state))
+            progress({**state, "width": width})
         if args.time_budget and state["elapsed"] >= args.time_budget:
             break
     bar.close()
 
     model.eval()
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     info = {
         "args": asdict(args),
         "features": n,
@@ -248,9 +297,9 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         "final_loss_ema": state["loss_ema"],
         "torch": torch.__version__,
     }
-    (tmp / "qtool_train.json").write_text(json.dumps(info, indent=2))
-    for item in tmp.iterdir():
-        os.replace(item, out / item.name)
-    tmp.rmdir()
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    # the finished model replaces `out` in one rename, which also drops the checkpoint it no longer needs
+    with atomic.staging_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "qtool_train.json").write_text(json.dumps(info, indent=2))
     return info
