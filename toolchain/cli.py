@@ -279,5 +279,48 @@ def bench(model_dir, configs, out, length_rule, calib_samples, tolerance, tune_q
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")
 
 
+def _kit(fn, *args, **kwargs):
+    """Like _run for the deployment kit (qtool_runtime), whose errors do not derive from qtool's."""
+    from qtool_runtime import KitError
+
+    try:
+        return fn(*args, **kwargs)
+    except (KitError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--question", required=True, help="The question.")
+@click.option("--context", default=None, help="The context paragraph (or use --context-file).")
+@click.option("--context-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Read the context from this UTF-8 file.")
+@click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
+def answer(artifact, question, context, context_file, threads) -> None:
+    """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets)."""
+    from qtool_runtime.serve import answer_json
+
+    if (context is None) == (context_file is None):
+        raise click.UsageError("give exactly one of --context or --context-file")
+    if context_file is not None:
+        context = _kit(Path(context_file).read_text, encoding="utf-8")
+    click.echo(_kit(answer_json, artifact, question, context, threads=threads))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch", default=8, show_default=True, type=POSITIVE, help="Most questions run together.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a request waits for others to share its batch.")
+@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=POSITIVE, help="Larger request bodies get 413.")
+@click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
+def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads) -> None:
+    """Serve ARTIFACT over HTTP: POST /answer ({"question", "context"} or a list), GET /health."""
+    from qtool_runtime.serve import serve as run_server
+
+    _kit(run_server, artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+         max_body_bytes=max_body_bytes, threads=threads)
+
+
 if __name__ == "__main__":
     main()

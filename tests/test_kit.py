@@ -1,0 +1,215 @@
+"""The deployment kit (runtime/qtool_runtime): same windows and answers as what qtool measures, torch-free.
+
+Artifacts come from the session fixtures (a MiniLM fine-tuned 60 steps, exported full and reduced); the
+questions are a real SQuAD dev slice that includes contexts longer than one window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qtool_runtime
+from qtool_runtime import Answer, Artifact, ArtifactError, InputError
+from toolchain import squad
+from toolchain.runtime import onnx_session, predict_onnx
+
+RUNTIME_DIR = Path(qtool_runtime.__file__).resolve().parent.parent  # runtime/: what `pip install ./runtime` takes
+DEV_OFFSET, DEV_LIMIT = 230, 50  # dev questions 250-269 have contexts longer than one 384-token window
+
+
+@pytest.fixture(scope="module")
+def kit_examples(squad_dir) -> list[squad.SquadExample]:
+    return squad.load_squad("dev", limit=DEV_LIMIT, offset=DEV_OFFSET)
+
+
+@pytest.fixture(scope="module")
+def full_dir(exported_root) -> Path:
+    return exported_root / "fp32-full"
+
+
+@pytest.fixture(scope="module")
+def reduced_dir(exported_root) -> Path:
+    found = [p for p in exported_root.iterdir() if p.name.startswith("fp32-") and p.name != "fp32-full"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(full_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(full_dir, local_files_only=True, use_fast=True)
+
+
+def test_windows_equal_featurize(full_dir, kit_examples, hf_tokenizer):
+    """Kit windows == squad.featurize windows (ids, token types, context offsets, count per question)."""
+    kit = Artifact.open(full_dir)
+    features = squad.featurize(kit_examples, hf_tokenizer, max_length=kit.seq_len, doc_stride=kit.doc_stride,
+                               pad_to_max_length=False)
+    row = 0
+    multi = 0
+    for q, example in enumerate(kit_examples):
+        windows = kit.windows(example.question, example.context)
+        assert int((features.example_index == q).sum()) == len(windows)
+        multi += len(windows) > 1
+        for ids, types, offsets in zip(windows.input_ids, windows.token_type_ids, windows.offsets):
+            n = len(ids)
+            assert int(features.attention_mask[row].sum()) == n <= kit.seq_len
+            np.testing.assert_array_equal(features.input_ids[row, :n], ids)
+            np.testing.assert_array_equal(features.token_type_ids[row, :n], types)
+            np.testing.assert_array_equal(features.offsets[row, :n], offsets)
+            row += 1
+    assert row == len(features)
+    assert multi >= 10, "the slice must exercise contexts longer than one window"
+
+
+@pytest.mark.parametrize("which", ["full", "reduced"])
+def test_answers_equal_measured_pipeline(which, full_dir, reduced_dir, kit_examples, hf_tokenizer):
+    """What verify scores (predict_onnx unpadded + squad.postprocess) is what the kit answers."""
+    folder = full_dir if which == "full" else reduced_dir
+    kit = Artifact.open(folder, batch_size=32)
+    features = squad.featurize(kit_examples, hf_tokenizer, max_length=kit.seq_len, doc_stride=kit.doc_stride)
+    preds = predict_onnx(onnx_session(folder / "model.onnx"), features, protocol="unpadded")
+    measured = squad.postprocess(kit_examples, features, preds.start_logits, preds.end_logits,
+                                 max_answer_length=kit.max_answer_length)
+    answers = kit.answer_batch([(e.question, e.context) for e in kit_examples])
+    assert len(answers) == len(kit_examples)
+    for example, answer in zip(kit_examples, answers):
+        assert answer.text == measured[example.id], example.id
+        assert answer.text and example.context[answer.start: answer.end] == answer.text
+        assert np.isfinite(answer.score)
+    # and the scores agree with the pipeline's: same EM/F1 on the slice
+    kit_scores = squad.squad_scores({e.id: a.text for e, a in zip(kit_examples, answers)}, kit_examples)
+    assert kit_scores == squad.squad_scores(measured, kit_examples)
+
+
+def test_long_context_and_batch(reduced_dir, kit_examples, hf_tokenizer):
+    """A context of many windows decodes over all of them; a batch answers as each question alone does."""
+    kit = Artifact.open(reduced_dir)
+    paragraphs = list(dict.fromkeys(e.context for e in kit_examples))
+    long_context = "\n".join(paragraphs[:6])
+    question = kit_examples[-1].question
+    windows = kit.windows(question, long_context)
+    assert len(windows) >= 5
+    answer = kit.answer(question, long_context)
+    assert long_context[answer.start: answer.end] == answer.text != ""
+    # the measured pipeline on the same long example finds the same span
+    example = squad.SquadExample("long", "", question, long_context, (), ())
+    features = squad.featurize([example], hf_tokenizer, max_length=kit.seq_len, doc_stride=kit.doc_stride)
+    preds = predict_onnx(onnx_session(reduced_dir / "model.onnx"), features, protocol="unpadded")
+    assert squad.postprocess([example], features, preds.start_logits, preds.end_logits)["long"] == answer.text
+
+    pairs = [(e.question, e.context) for e in kit_examples[::5]] + [(question, long_context)]
+    batch = kit.answer_batch(pairs)
+    for (q, c), got in zip(pairs, batch):
+        alone = kit.answer(q, c)
+        assert (got.text, got.start, got.end) == (alone.text, alone.start, alone.end)
+        assert got.score == pytest.approx(alone.score, abs=1e-3)
+
+
+def test_refuses_bad_input(full_dir, kit_examples):
+    kit = Artifact.open(full_dir)
+    context = kit_examples[0].context
+    for question, message in [("", "question is empty"), ("   ", "question is empty")]:
+        with pytest.raises(InputError, match=message):
+            kit.answer(question, context)
+    with pytest.raises(InputError, match="context is empty"):
+        kit.answer("What?", " \n")
+    # the longest question that still leaves room for context in a window answers; one token more is refused
+    longest = " ".join(["word"] * kit.max_question_tokens)
+    short = "Denver won Super Bowl 50 in Santa Clara."
+    assert isinstance(kit.answer(longest, short), Answer)
+    with pytest.raises(InputError, match=f"may have at most {kit.max_question_tokens}"):
+        kit.answer(longest + " word", short)
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    """A copy of an artifact whose graph is a symlink (the 90 MB graph is never edited here)."""
+    dest.mkdir()
+    for f in folder.iterdir():
+        if f.name == "model.onnx":
+            (dest / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+def test_refuses_altered_or_misdescribed_artifacts(full_dir, tmp_path):
+    altered = _copy(full_dir, tmp_path / "altered")
+    with open(altered / "vocab.txt", "a") as fh:
+        fh.write("extra\n")
+    with pytest.raises(ArtifactError, match="vocab.txt does not match its sha256"):
+        Artifact.open(altered)
+
+    def edited(name: str, change) -> Path:
+        folder = _copy(full_dir, tmp_path / name)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return folder
+
+    cases = {
+        "stride": (lambda m: m.update(doc_stride=m["length_config"]["seq_len"]), "doc_stride"),
+        "positions": (lambda m: m.update(max_positions=100), "exceeds max_positions"),
+        "graph": (lambda m: m.update(graph="../model.onnx"), "file name inside the folder"),
+        "iface": (lambda m: m["interface"].update(inputs=["input_ids", "attention_mask"]), "is not the graph's"),
+        "outputs": (lambda m: m["interface"].update(outputs=["end_logits", "start_logits"]), "must start with"),
+        "format": (lambda m: m.update(format="other/9"), "unknown format"),
+        "missing": (lambda m: m["files"].update({"extra.bin": "0" * 64}), "extra.bin is listed in the manifest but missing"),
+    }
+    for name, (change, message) in cases.items():
+        with pytest.raises(ArtifactError, match=message):
+            Artifact.open(edited(name, change))
+
+
+def test_kit_imports_without_torch(reduced_dir, kit_examples):
+    """Opening and answering never imports torch or transformers (checked in a clean interpreter)."""
+    e = kit_examples[0]
+    code = (
+        "import sys, json; from qtool_runtime import Artifact; "
+        f"a = Artifact.open({str(reduced_dir)!r}).answer({e.question!r}, {e.context!r}); "
+        "print(json.dumps([a.text, sorted(m for m in ('torch', 'transformers', 'toolchain', 'click') if m in sys.modules)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    text, imported = json.loads(out.stdout)
+    assert imported == [] and text
+
+
+@pytest.mark.skipif(os.environ.get("QTOOL_SKIP_VENV_TEST") == "1", reason="QTOOL_SKIP_VENV_TEST=1")
+def test_runtime_installs_alone_and_answers(reduced_dir, kit_examples, tmp_path):
+    """`pip install ./runtime` into a fresh venv: no torch there, and a real artifact answers a real question."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    source = shutil.copytree(RUNTIME_DIR, tmp_path / "runtime",
+                             ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+                   check=True, timeout=300, env=env, capture_output=True)
+    e = kit_examples[25]
+    script = tmp_path / "answer.py"
+    script.write_text(
+        "import importlib.util, json, sys\n"
+        "from qtool_runtime import Artifact\n"
+        "a = Artifact.open(sys.argv[1]).answer(sys.argv[2], sys.argv[3])\n"
+        "print(json.dumps({**a.to_dict(), 'torch': importlib.util.find_spec('torch') is not None,\n"
+        "                  'transformers': importlib.util.find_spec('transformers') is not None}))\n"
+    )
+    out = subprocess.run([str(python), str(script), str(reduced_dir), e.question, e.context], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env, check=True)
+    got = json.loads(out.stdout)
+    assert got["torch"] is False and got["transformers"] is False
+    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    assert got["text"] and e.context[got["start"]: got["end"]] == got["text"]
+    here = Artifact.open(reduced_dir).answer(e.question, e.context)
+    assert (got["text"], got["start"], got["end"]) == (here.text, here.start, here.end)
