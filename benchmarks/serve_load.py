@@ -1,0 +1,102 @@
+"""Loopback load figure for `qtool serve`: questions/s and p50/p99 latency at max batch 1 and 8.
+
+Closed-loop clients (each sends its next SQuAD dev question as soon as the last is answered) against the
+server in this process on 127.0.0.1. Not a test; about 20 s per setting:
+
+    python benchmarks/serve_load.py graphs/minilm/int8-315-251-242-159-142-33 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+from qtool_runtime import Artifact
+from qtool_runtime.serve import ServerThread
+
+
+def dev_questions(limit: int) -> list[dict]:
+    """The first `limit` SQuAD v1.1 dev questions as request bodies (read with the stdlib: no toolchain needed)."""
+    squad_dir = os.environ.get("QTOOL_SQUAD_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "squad")
+    with open(os.path.join(squad_dir, "dev-v1.1.json"), encoding="utf-8") as fh:
+        data = json.load(fh)["data"]
+    out = [{"question": qa["question"], "context": p["context"]} for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    return out[:limit]
+
+
+def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: float) -> dict:
+    """Closed-loop load for `warmup` + `seconds`; latencies of requests finished inside the timed part only."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    t_start = time.perf_counter() + warmup
+    t_end = t_start + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while True:
+            body = json.dumps(bodies[i % len(bodies)]).encode()
+            i += clients
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            req = urllib.request.Request(url + "/answer", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                assert resp.status == 200
+                resp.read()
+            t1 = time.perf_counter()
+            if t0 >= t_start and t1 <= t_end:
+                with lock:
+                    latencies.append(t1 - t0)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(latencies) * 1000.0
+    return {"questions": len(ms), "questions_per_s": round(len(ms) / seconds, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the batched settings")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    args = parser.parse_args()
+    kit = Artifact.open(args.artifact, threads=args.threads)
+    bodies = dev_questions(400)
+    rows = []
+    for max_batch, clients in ((1, 1), (1, args.clients), (8, args.clients)):
+        with ServerThread(kit, max_batch=max_batch, max_wait_ms=args.max_wait_ms) as url:
+            row = run(url, bodies, clients, args.seconds, args.warmup)
+            stats = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["stats"]
+        row = {"max_batch": max_batch, "clients": clients, **row,
+               "mean_batch": round(stats["questions"] / max(1, stats["batches"]), 2)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"artifact": kit.name, "precision": kit.manifest["precision"], "cpu": cpu_model(),
+                      "cores": os.cpu_count(), "ort_threads": args.threads or "all cores",
+                      "load_average": os.getloadavg(), "max_wait_ms": args.max_wait_ms, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
