@@ -213,3 +213,8 @@ def test_runtime_installs_alone_and_answers(reduced_dir, kit_examples, tmp_path)
     assert got["text"] and e.context[got["start"]: got["end"]] == got["text"]
     here = Artifact.open(reduced_dir).answer(e.question, e.context)
     assert (got["text"], got["start"], got["end"]) == (here.text, here.start, here.end)
+
+
+def test_postprocess_uses_the_kit_decoder():
+    """One span decoder: qtool's scoring calls the one the kit ships (no second copy to drift)."""
+    assert squad.best_span is qtool_runtime.best_span

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from qtool_runtime.spans import best_span
 
 MAX_LENGTH = 384
 DOC_STRIDE = 128
@@ -259,25 +260,10 @@ def postprocess(
         by_example[int(ex)].append(row)
     predictions: dict[str, str] = {}
     for ex_index, example in enumerate(examples):
-        best_score, best_text = -np.inf, ""
-        for row in by_example.get(ex_index, []):
-            offsets = features.offsets[row]
-            width = min(start_logits.shape[1], offsets.shape[0])
-            s_log, e_log = start_logits[row, :width], end_logits[row, :width]
-            valid = offsets[:width, 0] >= 0
-            s_idx = np.argsort(s_log)[::-1]
-            e_idx = np.argsort(e_log)[::-1]
-            s_idx = s_idx[valid[s_idx]][:n_best]
-            e_idx = e_idx[valid[e_idx]][:n_best]
-            for s in s_idx:
-                for e in e_idx:
-                    if e < s or e - s + 1 > max_answer_length:
-                        continue
-                    score = s_log[s] + e_log[e]
-                    if score > best_score:
-                        best_score = score
-                        best_text = example.context[offsets[s, 0] : offsets[e, 1]]
-        predictions[example.id] = best_text
+        # The deployment kit's decoder: what verify scores is what qtool_runtime answers.
+        rows = by_example.get(ex_index, [])
+        span = best_span(((start_logits[r], end_logits[r], features.offsets[r]) for r in rows), n_best, max_answer_length)
+        predictions[example.id] = "" if span is None else example.context[span.start_char : span.end_char]
     return predictions
 
 
