@@ -65,7 +65,7 @@ def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_r
     quant = manifest.quantization
     assert manifest.precision == "int8" and "neural-compressor" in quant["tool"].lower()
     tuning = quant["tuning"]
-    assert tuning["squad_file"] == "train" and tuning["protocol"] == "unpadded"
+    assert tuning["squad_file"] == "train" and tuning["protocols"] == ["unpadded", "bucketed"]
     trials = tuning["trials"]
     assert [t["recipe"] for t in trials] == ["static-all", "dynamic-all", "static-fp32-ffn-out"]
     eligible = [t for t in trials if t["f1_drop"] <= 5.0]
@@ -73,6 +73,11 @@ def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_r
     speed = {t["recipe"]: (t["latency_ms"]["small"] * t["latency_ms"]["large"]) ** 0.5 for t in trials}
     assert quant["recipe"]["name"] == min(eligible, key=lambda t: speed[t["recipe"]])["recipe"]
     assert all(len(t["kept_agreement"]) == 6 for t in trials)
+    for t in trials:  # the drop that counts is the worse protocol's
+        drops = [tuning["fp32_f1"][p] - t["f1_by_protocol"][p] for p in tuning["protocols"]]
+        assert t["f1_drop"] == pytest.approx(max(drops))
+    static = next(t for t in trials if t["recipe"] == "static-all")  # static INT8 does not care about batch-mates
+    assert static["f1_by_protocol"]["unpadded"] == pytest.approx(static["f1_by_protocol"]["bucketed"], abs=0.5)
     assert (int8_dir / "model.onnx").stat().st_size < 0.4 * (exported_root / REDUCED_DIR / "model.onnx").stat().st_size
     assert manifest.source_fp32["sha256"] == fp32.files["model.onnx"]
     assert manifest.interface == fp32.interface and manifest.length_config == fp32.length_config
@@ -86,15 +91,15 @@ def test_unreachable_tolerance_fails_and_writes_nothing(exported_root, tmp_path,
         quantize_artifact(exported_root / REDUCED_DIR, dest, tolerance=-1.0, log=lambda _: None)
     calls = []
 
-    def fp32_scores_higher(examples, features, preds):  # the first score is the FP32 graph's
+    def fp32_scores_higher(examples, features, preds):  # the first two scores are the FP32 graph's (two protocols)
         calls.append(1)
-        return {"f1": 80.0 if len(calls) == 1 else 70.0, "exact_match": 0.0, "count": len(examples)}
+        return {"f1": 80.0 if len(calls) <= 2 else 70.0, "exact_match": 0.0, "count": len(examples)}
 
     monkeypatch.setattr(quantize_module, "score", fp32_scores_higher)
     with pytest.raises(QuantizationError, match="no recipe kept F1 within 1.0 of FP32"):
         quantize_artifact(exported_root / REDUCED_DIR, dest, samples=8, tune_questions=10, tolerance=1.0,
                           recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), log=lambda _: None)
-    assert len(calls) == 2
+    assert len(calls) == 4
     assert not dest.exists() and list(tmp_path.iterdir()) == []
 
 

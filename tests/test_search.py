@@ -1,24 +1,80 @@
-from toolchain.model import LengthConfig
-from toolchain.search import config_from_ratios, search_configs
+import optuna
+import pytest
+
+from toolchain import squad
+from toolchain.length import LengthConfig
+from toolchain.search import EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, search_configs, search_examples
 
 
 def test_ratios_always_give_valid_configs():
     config = config_from_ratios([0.9, 0.5, 1.0, 0.01, 0.7, 0.7], 384)
-    assert config.keep == (346, 173, 173, 2, 2, 2)
+    assert config.keep == (346, 173, 173, 2, 2, 2) and config.rule == "cap"
     config.validate(6)
     assert config_from_ratios([1.0] * 6, 384).is_full
 
 
+def test_cost_is_macs_at_real_lengths():
+    """On short windows a cap configuration stated for 384 saves little: only layers whose k is below the length."""
+    import numpy as np
+
+    config = LengthConfig.parse("315,251,242,159,142,33", 6)
+    assert macs_ratio_at_lengths(config, np.array([384]), 384, 1536) == pytest.approx(0.54, abs=0.01)
+    short = macs_ratio_at_lengths(config, np.array([150, 160]), 384, 1536)
+    assert 0.6 < short < 0.95  # layers 0-2 keep every token of a 150-token window
+    assert macs_ratio_at_lengths(LengthConfig.full(6), np.array([100, 384]), 384, 1536) == 1.0
+
+
+def test_search_slice_is_held_out_train():
+    examples = search_examples(50)
+    ids = {e.id for e in examples}
+    assert len(examples) == 50 and not ids & {e.id for e in squad.load_squad("dev")}
+    from toolchain.quantize import DEFAULT_TUNE_QUESTIONS, calibration_examples, tuning_examples
+
+    assert not ids & {e.id for e in calibration_examples("squad", 1000)}
+    assert not ids & {e.id for e in tuning_examples(DEFAULT_TUNE_QUESTIONS, "squad")}
+
+
 def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
     result = search_configs(trained_dir, trials=5, questions=12, min_ratio=0.4, log=lambda _: None)
+    assert "train" in result["objective"]["maximize"] and "unpadded" in result["objective"]["maximize"]
+    assert "below what LengthDrop trained" not in result["space"]  # this model has no LengthDrop record
     rows = result["evaluated"]
-    assert rows[0]["config"] == "full" and rows[0]["flops_ratio"] == 1.0
+    assert rows[0]["config"] == "full" and rows[0]["macs_unpadded"] == 1.0
     assert 2 <= len(rows) <= 5
     front = result["pareto"]
-    assert front == sorted(front, key=lambda r: r["flops_ratio"])
+    assert front == sorted(front, key=lambda r: r["macs_unpadded"])
     for r in front:  # nothing evaluated beats a front member on both objectives
-        assert not any(o["flops_ratio"] < r["flops_ratio"] and o["f1"] > r["f1"] for o in rows)
+        assert not any(o["macs_unpadded"] < r["macs_unpadded"] and o["f1"] > r["f1"] for o in rows)
     for r in rows:
         if r["config"] != "full":
             LengthConfig.parse(r["config"], 6).validate(6)
-            assert r["flops_ratio"] < 1.0
+            assert r["macs_unpadded"] <= 1.0
+
+
+def test_two_workers_share_one_resumable_study(trained_dir, tmp_path):
+    storage = str(tmp_path / "study.journal")
+    with pytest.raises(ValueError, match="must share a study"):
+        search_configs(trained_dir, trials=4, workers=2, log=lambda _: None)
+    first = search_configs(trained_dir, trials=4, questions=6, min_ratio=0.5, storage=storage, workers=2,
+                           sampler="evolution", population=2, log=lambda _: None)
+    assert 4 <= first["trials"] <= 5  # two workers racing to the budget may each finish one last trial
+    study = optuna.load_study(study_name="qtool-search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == first["trials"] and len({t.number for t in complete}) == len(complete)
+    resumed = search_configs(trained_dir, trials=7, questions=6, min_ratio=0.5, storage=storage, log=lambda _: None)
+    assert resumed["trials"] == 7  # resumed: the study grows to the new budget on top of the workers' trials
+    assert {r["config"] for r in first["evaluated"]} <= {r["config"] for r in resumed["evaluated"]}
+
+
+def test_evolution_breeds_from_the_pareto_front():
+    """After the random population, a pure-mutation child with no gene mutated is a copy of a front member."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = EvolutionSampler(population=6, mutation_prob=1.0, gene_prob=0.0, seed=1)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (t.suggest_float("a", 0, 1) + t.suggest_float("b", 0, 1), t.suggest_float("c", 0, 1)),
+                   n_trials=12)
+    trials = study.trials
+    for child in trials[6:]:
+        earlier = [t.params for t in trials[: child.number]]
+        assert child.params in earlier

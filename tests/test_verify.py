@@ -11,7 +11,7 @@ def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_t
     feats = squad.featurize(examples, minilm_tokenizer)
     trimmed = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
     batches = runtime.batches
-    monkeypatch.setattr(runtime, "batches", lambda f, b, protocol, padding_invariant: batches(f, b, protocol=protocol, padding_invariant=False))
+    monkeypatch.setattr(runtime, "batches", lambda f, b, protocol, invariant: batches(f, b, protocol=protocol, invariant=False))
     padded = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
     real = feats.attention_mask.astype(bool)
     assert np.abs(trimmed.start_logits - padded.start_logits)[real].max() < 1e-4
@@ -19,19 +19,25 @@ def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_t
     assert runtime.score(examples, feats, trimmed) == runtime.score(examples, feats, padded)
 
 
-def test_unpadded_protocol_runs_every_window_at_its_own_length(minilm_tokenizer):
+def test_protocols_feed_windows_as_documented(minilm_tokenizer):
     feats = squad.featurize(squad.load_squad("dev", limit=30), minilm_tokenizer)
     lengths = feats.attention_mask.sum(1)
     seen = []
-    for rows, inputs in runtime.batches(feats, 4, protocol="unpadded", padding_invariant=False):
-        assert inputs["input_ids"].shape == (len(rows), lengths[rows[0]])
-        assert (lengths[rows] == lengths[rows[0]]).all() and inputs["attention_mask"].all()
+    for rows, inputs in runtime.batches(feats, 4, protocol="unpadded", invariant=False):
+        assert inputs["input_ids"].shape == (1, lengths[rows[0]]) and inputs["attention_mask"].all()  # alone, unpadded
         seen.extend(rows.tolist())
-    assert sorted(seen) == list(range(len(feats)))
-    widths = {inputs["input_ids"].shape[1] for _, inputs in runtime.batches(feats, 4, protocol="padded", padding_invariant=False)}
-    assert widths == {384}
+    assert seen == list(range(len(feats)))
+    padded = list(runtime.batches(feats, 4, protocol="padded", invariant=False))
+    assert {inputs["input_ids"].shape for _, inputs in padded[:-1]} == {(4, 384)}
+    bucketed = list(runtime.batches(feats, 4, protocol="bucketed", invariant=False))
+    for rows, inputs in bucketed:
+        assert inputs["input_ids"].shape[1] == lengths[rows].max()  # padded to the batch's longest
+    assert [r for rows, _ in bucketed for r in rows] == list(np.argsort(lengths, kind="stable"))
+    for protocol in runtime.PROTOCOLS:  # invariant graphs may run every protocol as sorted, trimmed batches
+        fast = list(runtime.batches(feats, 4, protocol=protocol, invariant=True))
+        assert all(inputs["input_ids"].shape[1] == lengths[rows].max() for rows, inputs in fast)
     with pytest.raises(ValueError, match="protocol 'bogus'"):
-        next(runtime.batches(feats, 4, protocol="bogus", padding_invariant=False))
+        next(runtime.batches(feats, 4, protocol="bogus", invariant=False))
 
 
 def test_cap_rule_answers_the_same_padded_or_not(minilm_qa, minilm_tokenizer):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .export import export_configs
-from .quantize import RECIPES, Recipe, quantize_artifact, quantize_plain_ort
+from .quantize import DEFAULT_TUNE_QUESTIONS, RECIPES, Recipe, quantize_artifact, quantize_plain_ort
 from .standard import build_standard
 from .verify import verify_artifacts
 
@@ -24,7 +24,7 @@ def run_bench(
     length_rule: str = "cap",
     calib_samples: int = 128,
     tolerance: float = 1.0,
-    tune_questions: int = 300,
+    tune_questions: int = DEFAULT_TUNE_QUESTIONS,
     recipes: Sequence[Recipe] = RECIPES,
     timing_batches: tuple[int, int] = (1, 32),
     standard: bool = True,

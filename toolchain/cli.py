@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .quantize import DEFAULT_TUNE_QUESTIONS
+
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = "Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33 (repeatable)."
 RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "
@@ -153,7 +155,7 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @click.option("--calib", default="squad", show_default=True, help="'squad' (shipped, offline) or a SQuAD JSON path.")
 @click.option("--samples", default=128, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
 @click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
-@click.option("--tune-questions", default=300, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
+@click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
 @click.option("--no-tune", is_flag=True, help="Take the first --recipe given without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
@@ -189,23 +191,33 @@ def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_t
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
-@click.option("--trials", default=40, show_default=True, type=POSITIVE, help="Configurations to evaluate.")
-@click.option("--squad", "squad_file", default="dev", show_default=True)
-@click.option("--questions", default=200, show_default=True, type=POSITIVE, help="Questions scored per configuration.")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many questions first (keep search and report slices apart).")
-@click.option("--min-ratio", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Smallest share of tokens one layer may keep.")
+@click.option("--trials", default=40, show_default=True, type=POSITIVE, help="Configurations to evaluate (in the whole study, across workers and resumed runs).")
+@click.option("--questions", default=300, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions scored per configuration (never dev).")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
+@click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
+@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
+@click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="nsga2", show_default=True, help="NSGA-II (optuna) or LAT's evolutionary search.")
+@click.option("--population", default=12, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
+@click.option("--storage", default=None, help="Shared optuna storage: a journal file path, sqlite:///FILE or an RDB URL (resume; join from other processes or machines).")
+@click.option("--study", "study_name", default="qtool-search", show_default=True, help="Study name inside --storage.")
+@click.option("--workers", default=1, show_default=True, type=POSITIVE, help="Local processes joining the study (needs --storage).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
-def search(model_dir, trials, squad_file, questions, offset, min_ratio, seed, out) -> None:
-    """Find length configurations on the F1-vs-FLOPs Pareto front (NSGA-II over per-layer keep ratios)."""
+def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler, population, storage, study_name, workers,
+           seed, out) -> None:
+    """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train, unpadded windows."""
     from .search import search_configs
 
     if out and not Path(out).resolve().parent.is_dir():
         raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
-    result = _run(search_configs, model_dir, trials, squad_file, questions, offset, min_ratio, seed=seed, log=click.echo)
+    result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
+                  length_rule=length_rule, sampler=sampler, population=population, storage=storage,
+                  study_name=study_name, workers=workers, seed=seed, log=click.echo)
+    click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
+    click.echo(f"space: {result['space']}")
     click.echo("Pareto front (cheapest first):")
     for row in result["pareto"]:
-        click.echo(f"  --config {row['config']:<28} FLOPs {row['flops_ratio']:.3f}  F1 {row['f1']:6.2f}")
+        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}  F1 {row['f1']:6.2f}")
     if out:
         from .atomic import write_text
 
@@ -261,7 +273,7 @@ def verify(path, model_dir, squad_file, limit, batch_sizes, rounds, workload_win
 @click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
 @click.option("--calib-samples", default=128, show_default=True, type=POSITIVE)
 @click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
-@click.option("--tune-questions", default=300, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
+@click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options
 def bench(model_dir, configs, out, length_rule, calib_samples, tolerance, tune_questions, no_standard, squad_file, limit,

@@ -142,17 +142,17 @@ def validate_graph(
     features: squad.Features,
     atol: float = DEFAULT_ATOL,
 ) -> dict:
-    """Run the graph and PyTorch on the same features under both input protocols; raise on any mismatch.
+    """Run the graph and PyTorch on the same features under every input protocol; raise on any mismatch.
 
-    Padded (every window at the configured length) and unpadded (every window at its real length, which
-    checks the in-graph length rule). Logits are compared on real (non-padding) positions only: padding
+    Padded (every window at the configured length), unpadded (every window alone at its real length, which
+    checks the in-graph length rule) and bucketed (length-sorted batches padded to their longest). Logits are compared on real (non-padding) positions only: padding
     never carries answers and, all scoring last, ties arbitrarily in TopK. Kept real tokens must agree exactly.
     """
     session = onnx_session(path)
     real = features.attention_mask.astype(bool)
     diff, agreement = 0.0, [1.0] * (0 if config.is_full else len(config.keep))
     for protocol in PROTOCOLS:
-        got = predict_onnx(session, features, protocol=protocol)
+        got = predict_onnx(session, features, protocol=protocol)  # faithful batching: no invariance assumed
         want = predict_torch(model, features, config, protocol=protocol)
         diff = max(
             diff,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import artifact
 from .length import LengthConfig, LengthConfigError
-from .runtime import GraphError, GraphInterface
+from .runtime import GraphError, GraphInterface, is_invariant
 
 PRECISIONS = ("fp32", "int8")
 KINDS = ("qtool", "standard")  # our Drop-and-Restore graphs, or the standard recipe's plain-model graphs
@@ -49,6 +49,13 @@ class Manifest:
     @property
     def is_reduced(self) -> bool:
         return self.interface.is_reduced
+
+    @property
+    def invariant(self) -> bool:
+        """Answers depend neither on padding nor on batch-mates (no per-batch activation scales, no
+        padding-dependent drop counts): every input protocol gives the same logits."""
+        static = self.precision == "fp32" or (self.quantization or {}).get("mode") == "static"
+        return is_invariant(self.length_config, static=static)
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

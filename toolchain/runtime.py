@@ -3,11 +3,15 @@
 Export validates with it, quantize scores recipes with it, search scores candidates with it, verify and
 bench report with it: one code path, so what is measured is what ships.
 
-Two input protocols, because a graph with dynamic axes can be fed either way:
-- `padded`: every window padded to the sequence length the configuration was stated for (the papers'
-  protocol; Drop-and-Restore drops padding first);
-- `unpadded`: every window at its real length (what a deployment team sends). Windows of the same length
-  share a batch, so no padding enters at all.
+Three input protocols, because a graph with dynamic axes can be fed in several ways, and dynamic INT8
+graphs (activation scales computed per batch) answer differently depending on their batch-mates:
+- `padded`: batches of 32 windows, each padded to the sequence length the configuration was stated for
+  (the papers' protocol; Drop-and-Restore drops padding first);
+- `unpadded`: every window alone at its real length (batch 1: what a deployment answering one question sends);
+- `bucketed`: windows sorted by length in batches of 32, each padded to its longest (batched serving).
+A graph whose every answer is independent of padding and batch-mates (FP32 or statically quantized, and
+either the full configuration or the `cap` rule) gives the same logits under all three; the runtime then
+runs length-sorted batches cut to their longest window, which is exact and several times faster.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from .length import LengthConfig
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPAN_OUTPUTS = ("start_logits", "end_logits")
 KEPT_PREFIX = "kept_"
-PROTOCOLS = ("padded", "unpadded")
-Protocol = Literal["padded", "unpadded"]
+PROTOCOLS = ("padded", "unpadded", "bucketed")
+Protocol = Literal["padded", "unpadded", "bucketed"]
 
 
 class GraphError(ValueError):
@@ -88,32 +92,36 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def batches(
-    features: squad.Features, batch_size: int, *, protocol: Protocol, padding_invariant: bool
+    features: squad.Features, batch_size: int, *, protocol: Protocol, invariant: bool
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Yield (rows, inputs) under `protocol`.
+    """Yield (rows, inputs) under `protocol` (see the module docstring).
 
-    padded: rows in order at the full padded width, except that graphs whose output does not depend on
-    padding (`padding_invariant`: the plain model) run length-sorted batches cut to their longest window,
-    which is exact and about twice as fast. unpadded: windows of equal real length batched together, so
-    every window runs at exactly its own length.
+    `invariant`: the caller knows each window's answer depends neither on padding nor on its batch-mates,
+    so every protocol may run as length-sorted batches cut to their longest window (exact, fastest).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is unknown; choose one of {PROTOCOLS}")
     lengths = features.attention_mask.sum(1)
-    if protocol == "padded" and not padding_invariant:
-        groups = [np.arange(len(features))]
+    n = len(features)
+    if invariant or protocol == "bucketed":
+        order = np.argsort(lengths, kind="stable")
+        groups = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
     elif protocol == "padded":
-        groups = [np.argsort(lengths, kind="stable")]
+        groups = [np.arange(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
     else:
-        groups = [np.nonzero(lengths == n)[0] for n in np.unique(lengths)]
-    for group in groups:
-        for lo in range(0, len(group), batch_size):
-            rows = group[lo : lo + batch_size]
-            inputs = features.model_inputs(rows)
-            if protocol == "unpadded" or padding_invariant:
-                width = int(lengths[rows].max())
-                inputs = {k: v[:, :width] for k, v in inputs.items()}
-            yield rows, inputs
+        groups = [np.array([row]) for row in range(n)]
+    for rows in groups:
+        inputs = features.model_inputs(rows)
+        if protocol != "padded" or invariant:
+            width = int(lengths[rows].max())
+            inputs = {k: v[:, :width] for k, v in inputs.items()}
+        yield rows, inputs
+
+
+def is_invariant(config: LengthConfig | None, *, static: bool = True) -> bool:
+    """True when a graph's answers depend neither on padding nor on batch-mates: no dynamic activation
+    scales (`static`), and no drop ops or drop counts that ignore padding (the cap rule)."""
+    return static and (config is None or config.is_full or config.rule == "cap")
 
 
 def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +166,7 @@ def predict_torch(
     full = config is None or config.is_full
     parts, kept = [], []
     with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
-        for rows, inputs in batches(features, batch_size, protocol=protocol, padding_invariant=full):
+        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=is_invariant(config)):
             batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
             s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
             parts.append((rows, s.float().numpy(), e.float().numpy()))
@@ -192,14 +200,18 @@ def predict_onnx(
     *,
     batch_size: int = 32,
     protocol: Protocol = "padded",
+    invariant: bool = False,
     show_progress: bool = False,
 ) -> Predictions:
-    """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session."""
+    """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session.
+
+    `invariant` (see `batches`) comes from the manifest: only the caller knows how a graph was quantized.
+    """
     interface = GraphInterface.of_session(session)
     names = [o.name for o in session.get_outputs()]
     parts, kept = [], []
     with _progress(len(features), "onnx", show_progress) as bar:
-        for rows, inputs in batches(features, batch_size, protocol=protocol, padding_invariant=not interface.is_reduced):
+        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=invariant):
             out = dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in interface.inputs})))
             parts.append((rows, out["start_logits"], out["end_logits"]))
             kept.append([out[n] for n in interface.kept_outputs])

@@ -1,80 +1,261 @@
-"""Multi-objective search for length configurations on the F1-vs-FLOPs Pareto front (LAT's second stage).
+"""Multi-objective search for length configurations (LAT's second stage), on the deployment protocol.
 
-LAT runs an evolutionary search; we use optuna's NSGA-II sampler, a maintained implementation of the same
-idea (mutation + crossover + non-dominated sorting). A candidate is a per-layer keep ratio; the layer
-count is ceil(previous count * ratio), so every candidate is a valid, non-increasing configuration.
-Each candidate is scored with the PyTorch Drop-and-Restore model on a SQuAD slice.
+A candidate is scored where nothing is reported and how it will be used: on held-out SQuAD *train*
+questions (never dev, never calibration or quantization-tuning questions), every window at its real length
+under the length rule the graph will ship with. Its cost is the encoder's multiply-adds at those real
+lengths relative to the plain model run on the same unpadded windows, which is what the standard recipe
+pays (at padded 384 a configuration looks far cheaper than it is on real inputs).
+
+A candidate is a per-layer keep ratio; layer i keeps ceil(k_{i-1} * r_i) of a 384-token input, so every
+candidate is a valid, non-increasing configuration. By default the ratios span what LengthDrop trained
+(each layer keeps 1 - length_drop_ratio .. 100 % of the previous one, read from the model's training record).
+
+Two samplers over the same space: optuna's NSGA-II, and LAT's evolutionary search (children of the
+current Pareto front by mutation or crossover). Trials live in an optuna study, in memory or in shared
+storage (a journal file, SQLite, or an RDB URL), so a search resumes and many processes or machines can
+join it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import multiprocessing
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
+import optuna
 
 from . import squad
-from .model import LengthConfig, flops_ratio, load_qa_model
-from .runtime import predict_torch, score
+from .length import LengthConfig
 from .verify import pareto_front
 
+SAMPLERS = ("nsga2", "evolution")
+# Search questions: the end of SQuAD train, before the last 2,000 (quantization tunes on the last 1,000).
+SEARCH_POOL_END = 87_599 - 2_000
 
-def config_from_ratios(ratios: list[float], seq_len: int) -> LengthConfig:
+
+def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = "cap") -> LengthConfig:
     keep, n = [], seq_len
     for r in ratios:
         n = max(1, min(n, math.ceil(n * r)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len)
+    return LengthConfig(tuple(keep), seq_len, rule)
+
+
+def search_examples(questions: int, offset: int = 0) -> list[squad.SquadExample]:
+    """Held-out SQuAD train questions for the search: never dev, never the calibration set, and apart from
+    the slice quantization tunes on."""
+    from .quantize import calibration_examples
+
+    start = SEARCH_POOL_END - offset - questions
+    if start < 0:
+        raise ValueError(f"--questions {questions} with --offset {offset} asks for more than SQuAD train holds")
+    calib = {e.id for e in calibration_examples("squad", 10**9)}
+    return [e for e in squad.load_squad("train", limit=questions + 300, offset=max(0, start - 300)) if e.id not in calib][-questions:]
+
+
+def trained_min_ratio(model_dir: str | Path) -> tuple[float | None, str]:
+    """The smallest per-layer keep ratio LengthDrop trained this model with, from its training record."""
+    records = sorted(Path(model_dir).glob("qtool_train.json")) + sorted(Path(model_dir).glob("train-*.json"))
+    for path in reversed(records):
+        try:
+            args = json.loads(path.read_text()).get("args", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        if args.get("length_drop"):
+            return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name
+    return None, "no LengthDrop training record"
+
+
+def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int, ffn: int) -> float:
+    """Encoder multiply-adds of `config` on windows of these real lengths, relative to the plain model on them."""
+    from .model import flops
+
+    full = LengthConfig.full(len(config.keep), config.seq_len, config.rule)
+    unique, counts = np.unique(lengths, return_counts=True)
+    ours = sum(c * flops(config, hidden, ffn, int(n)) for n, c in zip(unique, counts))
+    plain = sum(c * flops(full, hidden, ffn, int(n)) for n, c in zip(unique, counts))
+    return float(ours / plain)
+
+
+class EvolutionSampler(optuna.samplers.BaseSampler):
+    """LAT's evolutionary search as an optuna sampler: random until `population` trials are done, then each
+    trial is a child of the current Pareto front, by mutation (each gene resampled with `gene_prob`) or by
+    uniform crossover of two front members."""
+
+    def __init__(self, population: int = 12, mutation_prob: float = 0.5, gene_prob: float = 0.3, seed: int = 0):
+        self.population, self.mutation_prob, self.gene_prob = population, mutation_prob, gene_prob
+        self.rng = np.random.default_rng(seed)
+        self.random = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return optuna.search_space.intersection_search_space(study.get_trials(deepcopy=False))
+
+    def sample_relative(self, study, trial, search_space):
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not search_space or len(done) < self.population:
+            return {}
+        front = study.best_trials
+        first = front[self.rng.integers(len(front))].params
+        if len(front) < 2 or self.rng.random() < self.mutation_prob:
+            return {k: float(self.rng.uniform(d.low, d.high)) if self.rng.random() < self.gene_prob else first[k]
+                    for k, d in search_space.items()}
+        second = front[self.rng.integers(len(front))].params
+        return {k: (first if self.rng.random() < 0.5 else second)[k] for k in search_space}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "evolution":
+        return EvolutionSampler(population=population, seed=seed)
+    raise ValueError(f"sampler {name!r} is unknown; choose one of {SAMPLERS}")
+
+
+def open_storage(storage: str | None):
+    """None: in memory. A URL with '://': an RDB (sqlite:///file.db, postgresql://...). Else a journal file."""
+    if storage is None:
+        return None
+    if "://" in storage:
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(storage)))
+
+
+def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: float, rule: str, seq_len: int,
+                   log: Callable[[str], None] = print):
+    """The search objective (F1 up, MACs at real lengths down) over a model loaded once per process."""
+    from .model import load_qa_model
+    from .runtime import predict_torch, score
+
+    model, tokenizer = load_qa_model(model_dir)
+    layers = len(model.base_model.encoder.layer)
+    hidden, ffn = model.config.hidden_size, model.config.intermediate_size
+    examples = search_examples(questions, offset)
+    features = squad.featurize(examples, tokenizer, max_length=seq_len)
+    lengths = features.attention_mask.sum(1)
+
+    def objective(trial) -> tuple[float, float]:
+        ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(layers)]
+        config = config_from_ratios(ratios, seq_len, rule)
+        result = score(examples, features, predict_torch(model, features, config, protocol="unpadded"))
+        cost = macs_ratio_at_lengths(config, lengths, hidden, ffn)
+        trial.set_user_attr("config", config.label)
+        trial.set_user_attr("exact_match", result["exact_match"])
+        log(f"  {config.label:<28} MACs {cost:.3f}  F1 {result['f1']:6.2f}")
+        return result["f1"], cost
+
+    return objective
+
+
+def _run_trials(study, objective, trials: int, progress: bool) -> None:
+    """Add trials until the study holds `trials` completed ones (whoever else is adding them)."""
+    from optuna.study import MaxTrialsCallback
+
+    states = (optuna.trial.TrialState.COMPLETE,)
+    remaining = trials - len(study.get_trials(deepcopy=False, states=states))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
+                       callbacks=[MaxTrialsCallback(trials, states=states)])
+
+
+def _worker(job: dict) -> None:
+    """One search process joining the shared study (spawned: loads its own model, one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=job["study_name"], storage=open_storage(job["storage"]),
+                              sampler=make_sampler(job["sampler"], job["seed"], job["population"]))
+    objective = make_objective(model_dir=job["model_dir"], questions=job["questions"], offset=job["offset"],
+                               min_ratio=job["min_ratio"], rule=job["rule"], seq_len=job["seq_len"])
+    _run_trials(study, objective, job["trials"], progress=False)
 
 
 def search_configs(
     model_dir: str | Path,
+    *,
     trials: int = 40,
-    squad_file: str = "dev",
-    questions: int = 200,
+    questions: int = 300,
     offset: int = 0,
-    min_ratio: float = 0.5,
+    min_ratio: float | None = None,
+    length_rule: str = "cap",
     seq_len: int = squad.MAX_LENGTH,
+    sampler: str = "nsga2",
+    population: int = 12,
+    storage: str | None = None,
+    study_name: str = "qtool-search",
+    workers: int = 1,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Search and return every evaluated configuration plus the Pareto-optimal ones (cheapest first)."""
-    import optuna
+    """Search and return every evaluated configuration plus the Pareto-optimal ones (cheapest first).
 
+    With `workers` > 1, that many local processes join one study in `storage` (workers must share one).
+    Re-running with the same storage and study resumes it until it holds `trials` completed trials; other
+    machines join by running the same command against the same RDB URL.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+    trained, record = trained_min_ratio(model_dir)
+    if min_ratio is None:
+        min_ratio = trained if trained is not None else 0.5
     if not 0.0 < min_ratio <= 1.0:
         raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
-    model, tokenizer = load_qa_model(model_dir)
-    layers = len(model.base_model.encoder.layer)
-    hidden, ffn = model.config.hidden_size, model.config.intermediate_size
-    examples = squad.load_squad(squad_file, limit=questions, offset=offset)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len)
-    evaluated: dict[str, dict] = {}
-
-    def evaluate(config: LengthConfig) -> dict:
-        key = str(config)
-        if key not in evaluated:
-            result = score(examples, features, predict_torch(model, features, config))
-            evaluated[key] = {
-                "config": config.label,
-                "flops_ratio": flops_ratio(config, hidden, ffn),
-                "f1": result["f1"],
-                "exact_match": result["exact_match"],
-            }
-            row = evaluated[key]
-            log(f"  {row['config']:<28} FLOPs {row['flops_ratio']:.3f}  F1 {row['f1']:6.2f}")
-        return evaluated[key]
-
-    def objective(trial: "optuna.Trial") -> tuple[float, float]:
-        ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(layers)]
-        row = evaluate(config_from_ratios(ratios, seq_len))
-        return row["f1"], row["flops_ratio"]
+    if trained is None:
+        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1]; no LengthDrop training record, so not what training covered"
+    elif min_ratio < trained - 1e-9:
+        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], below what LengthDrop trained ([{trained:.2f}, 1], {record})"
+    else:
+        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], within what LengthDrop trained ([{trained:.2f}, 1], {record})"
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and storage is None:
+        raise ValueError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
+    search_examples(questions, offset)  # the slice exists, before any process starts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
-    )
-    study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
-    study.optimize(objective, n_trials=trials, show_progress_bar=True)
-    rows = list(evaluated.values())
-    front = [rows[i] for i in pareto_front([(r["flops_ratio"], r["f1"]) for r in rows])]
-    return {"squad_file": str(squad_file), "questions": len(examples), "offset": offset, "trials": trials,
-            "evaluated": rows, "pareto": front}
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
+                                study_name=study_name, load_if_exists=storage is not None,
+                                sampler=make_sampler(sampler, seed, population))
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
+    common = dict(model_dir=str(model_dir), trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
+                  rule=length_rule, seq_len=seq_len, sampler=sampler, population=population, study_name=study_name)
+    if workers == 1:
+        objective = make_objective(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio,
+                                   rule=length_rule, seq_len=seq_len, log=log)
+        _run_trials(study, objective, trials, progress=True)
+    else:
+        jobs = [dict(common, storage=storage, seed=seed + i) for i in range(workers)]
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(_worker, jobs)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    rows = [{"config": t.user_attrs["config"], "f1": t.values[0], "macs_unpadded": t.values[1],
+             "exact_match": t.user_attrs["exact_match"], "trial": t.number} for t in done]
+    unique = {}
+    for row in rows:
+        unique.setdefault(row["config"], row)
+    rows = list(unique.values())
+    front = [rows[i] for i in pareto_front([(r["macs_unpadded"], r["f1"]) for r in rows])]
+    return {
+        "objective": {"maximize": "F1 on held-out SQuAD train, unpadded windows, length rule " + length_rule,
+                      "minimize": "encoder MACs at the windows' real lengths / plain model on the same windows"},
+        "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
+        "trials": len(done), "study": study_name, "storage": storage, "evaluated": rows, "pareto": front,
+    }
