@@ -146,6 +146,10 @@ class Artifact:
         self.max_answer_length: int = manifest["max_answer_length"]
         self.max_positions: int = manifest["max_positions"]
         self.inputs: tuple[str, ...] = tuple(manifest["interface"]["inputs"])
+        # Dynamic INT8 computes activation scales per batch: a window's answer would depend on its batch-mates,
+        # so such graphs run one window at a time (what qtool verify's unpadded protocol measures).
+        if (manifest.get("quantization") or {}).get("mode") == "dynamic":
+            self.batch_size = 1
         self._tokenizer = tokenizer
         self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
         self._plain = tokenizer.__class__.from_str(tokenizer.to_str())  # same vocabulary, no truncation: lengths
