@@ -19,8 +19,12 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     result = run("export", "--model", trained_dir, "--config", REDUCED, "--out", root, "--samples", 4)
     assert result.exit_code == 0, result.output
     assert "kept agreement 1.000" in result.output
-    result = run("quantize", root, "--samples", 16, "--no-tune", "--recipe", "dynamic-all")
+    result = run("quantize", root, "--samples", 16, "--no-tune")  # no --recipe: the measured default
     assert result.exit_code == 0, result.output
+    from toolchain.quantize import DEFAULT_RECIPE
+
+    int8 = manifests.load(next(p for p in root.iterdir() if p.name.startswith("int8-")))
+    assert int8.quantization["recipe"]["name"] == DEFAULT_RECIPE
     for _ in range(2):  # verifying twice works: verify never writes inside an artifact
         result = run("verify", root, "--limit", 30, "--batch-sizes", "1,2", "--rounds", 1, "--workload", 6)
         assert result.exit_code == 0, result.output

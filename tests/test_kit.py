@@ -218,3 +218,22 @@ def test_runtime_installs_alone_and_answers(reduced_dir, kit_examples, tmp_path)
 def test_postprocess_uses_the_kit_decoder():
     """One span decoder: qtool's scoring calls the one the kit ships (no second copy to drift)."""
     assert squad.best_span is qtool_runtime.best_span
+
+
+def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tmp_path):
+    """A `ratio` graph was validated on windows padded to seq_len: the kit pads them, so its answers are
+    the padded protocol's, not the (much worse) unpadded ones."""
+    from conftest import REDUCED
+    from toolchain.export import export_configs
+
+    (folder,) = export_configs(trained_dir, [REDUCED], tmp_path, length_rule="ratio", samples=4)
+    assert folder.name.endswith("-ratio")
+    kit = Artifact.open(folder, batch_size=8)
+    assert kit.pad_to_seq_len
+    examples = kit_examples[:20]
+    features = squad.featurize(examples, hf_tokenizer, max_length=kit.seq_len, doc_stride=kit.doc_stride)
+    preds = predict_onnx(onnx_session(folder / "model.onnx"), features, protocol="padded")
+    measured = squad.postprocess(examples, features, preds.start_logits, preds.end_logits,
+                                 max_answer_length=kit.max_answer_length)
+    answers = kit.answer_batch([(e.question, e.context) for e in examples])
+    assert [a.text for a in answers] == [measured[e.id] for e in examples]

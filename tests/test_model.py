@@ -114,13 +114,14 @@ def test_first_layer_ranking_is_attention_received(minilm_qa, batch):
 
 
 def test_unsupported_models_are_refused(tmp_path):
-    from transformers import DistilBertConfig, DistilBertForQuestionAnswering
+    from transformers import AlbertConfig, AlbertForQuestionAnswering
 
-    model = DistilBertForQuestionAnswering(DistilBertConfig(n_layers=1, dim=32, hidden_dim=64, n_heads=2, vocab_size=100))
-    with pytest.raises(UnsupportedModelError, match="distilbert"):
+    model = AlbertForQuestionAnswering(AlbertConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                                    num_attention_heads=2, vocab_size=100))
+    with pytest.raises(UnsupportedModelError, match="'albert' is not supported"):
         check_supported(model)
-    model.save_pretrained(tmp_path / "distil")
+    model.save_pretrained(tmp_path / "albert")
     with pytest.raises(UnsupportedModelError):
-        load_qa_model(tmp_path / "distil")
+        load_qa_model(tmp_path / "albert")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_qa_model(tmp_path)

@@ -163,3 +163,39 @@ def test_model_folder_without_tokenizer_or_weights_is_a_clear_error(tmp_path, mi
     (folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no weights"):
         load_qa_model(folder)
+
+
+@pytest.mark.parametrize("files, message", [
+    (None, "must map file names"), ([], "must map file names"), ({"model.onnx": 3}, "must map file names"),
+    ({"../outside.onnx": "00"}, "not a file inside the folder"), ({"/etc/passwd": "00"}, "not a file inside the folder"),
+])
+def test_manifest_files_of_the_wrong_shape_are_refused(tmp_path, files, message):
+    folder = tmp_path / "art"
+    with artifact.staging(folder) as tmp:
+        (tmp / artifact.GRAPH).write_bytes(b"graph")
+        artifact.write_manifest(tmp, {})
+    data = json.loads((folder / artifact.MANIFEST).read_text())
+    if files is None:
+        data.pop("files")
+    else:
+        data["files"] = files
+    (folder / artifact.MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(artifact.ArtifactError, match=message):
+        artifact.check_artifact(folder)
+
+
+def test_unwritable_destinations_are_refused_before_work(tmp_path):
+    """An --out below a file fails in one line before any model is loaded (the model path does not even exist)."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "no-model"), "--config", "full",
+                                       "--out", str(blocker / "graphs")])
+    assert result.exit_code == 1 and "is not a folder" in result.output and "Traceback" not in result.output
+    with pytest.raises(NotADirectoryError):
+        atomic.check_writable_dir(blocker / "sub" / "deeper")
+    assert atomic.check_writable_dir(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
+

@@ -87,7 +87,13 @@ def check_artifact(folder: str | Path) -> dict:
     """Re-hash every file the manifest lists; raise on anything missing or changed."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    for name, digest in manifest["files"].items():
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ArtifactError(f"{folder}: the manifest's 'files' must map file names to sha256 digests")
+    for name in files:
+        if Path(name).is_absolute() or ".." in Path(name).parts or not name:
+            raise ArtifactError(f"{folder}: the manifest lists {name!r}, which is not a file inside the folder")
+    for name, digest in files.items():
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"{folder}: {name} is listed in the manifest but missing")

@@ -21,7 +21,7 @@ from typing import Iterator
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # 143: the status a process killed by SIGTERM reports
 
-_guard_depth = 0  # nesting of _sigterm_as_exit in the main thread
+_guard_depth = 0  # nesting of sigterm_as_exit in the main thread
 _previous_handler: object = None
 _terminating = False
 
@@ -36,7 +36,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def sigterm_as_exit() -> Iterator[None]:
     """While active (main thread only: signal handlers cannot be set elsewhere), SIGTERM raises SystemExit."""
     global _guard_depth, _previous_handler, _terminating
     if threading.current_thread() is not threading.main_thread():
@@ -76,7 +76,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same folder and os.replace; never a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         while True:
             tmp = _temp_name(path, ".tmp")
             try:
@@ -122,7 +122,7 @@ def staging_dir(dest: str | Path) -> Iterator[Path]:
     if not dest.name:
         raise ValueError(f"cannot stage a folder at {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         tmp = _make_staging_folder(dest)
         try:
             yield tmp
@@ -140,3 +140,19 @@ def staging_dir(dest: str | Path) -> Iterator[Path]:
         except BaseException:
             _remove(tmp)
             raise
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Refuse, before any work, a destination that cannot be written: the nearest existing ancestor of
+    `path` must be a writable folder (the folder itself is created later, atomically)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: {probe} is not writable")
+    return path

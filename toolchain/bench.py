@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .errors import InputError
 from .export import export_configs
 from .quantize import DEFAULT_TUNE_QUESTIONS, RECIPES, Recipe, quantize_artifact, quantize_plain_ort
 from .standard import build_standard
@@ -21,7 +22,7 @@ def run_bench(
     configs: Sequence[str],
     out: str | Path,
     *,
-    length_rule: str = "cap",
+    length_rules: Sequence[str] = ("cap",),
     calib_samples: int = 128,
     tolerance: float = 1.0,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
@@ -39,10 +40,18 @@ def run_bench(
     report_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Export, quantize, build the competitors, verify; returns the verify report."""
+    """Export, quantize, build the competitors, verify; returns the verify report.
+
+    Each reduced configuration is exported once per rule in `length_rules` (the full graph does not drop,
+    so it has no rule), so the report shows what each rule does to padded and unpadded inputs side by side.
+    """
     out = Path(out)
+    if not length_rules:
+        raise InputError("at least one length rule is needed")
     reduced = [c for c in configs if c != "full"]
-    folders = export_configs(model_dir, ["full", *reduced], out, length_rule=length_rule)
+    folders = export_configs(model_dir, ["full", *reduced], out, length_rule=length_rules[0])
+    for rule in length_rules[1:]:
+        folders += export_configs(model_dir, reduced, out, length_rule=rule)
     log(f"exported {len(folders)} graphs")
     for src in folders[1:]:
         log(f"quantizing {src.name}")

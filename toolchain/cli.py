@@ -7,6 +7,7 @@ code 1. Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -14,7 +15,11 @@ import click
 from .quantize import DEFAULT_TUNE_QUESTIONS
 
 POSITIVE = click.IntRange(min=1)
-CONFIG_HELP = "Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33 (repeatable)."
+CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
+               "'skip' leaves a layer out, e.g. 315,251,skip,159,142,33 (repeatable).")
+VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
+                "post-attention state) or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps "
+                "its last layer output). Default: what `qtool train` recorded in the model folder, else qtool.")
 RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "
              "tokens in), so unpadded windows keep what padded ones keep; 'ratio' scales k_i with the input length "
              "(LAT), right only for inputs padded to --seq-len.")
@@ -38,24 +43,17 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(fn, *args, **kwargs):
-    """Call a library function; expected errors become one clear line, anything else keeps its traceback."""
+    """Call a library function; expected errors become one clear line, anything else keeps its traceback.
+
+    SIGTERM during the call unwinds like Ctrl-C, so staging folders and temporary directories are removed.
+    """
+    from .atomic import sigterm_as_exit
+
     try:
-        return fn(*args, **kwargs)
+        with sigterm_as_exit():
+            return fn(*args, **kwargs)
     except _expected_errors() as exc:
         raise click.ClickException(str(exc)) from exc
-    except ValueError as exc:
-        # A plain ValueError raised by qtool's own input checks (data slices, training arguments) is a clear
-        # message; one raised deeper (numpy, onnx, torch) is a bug and keeps its traceback.
-        if type(exc) is ValueError and _raised_by_qtool(exc):
-            raise click.ClickException(str(exc)) from exc
-        raise
-
-
-def _raised_by_qtool(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return "/toolchain/" in tb.tb_frame.f_code.co_filename.replace("\\", "/")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,9 +86,11 @@ def main() -> None:
 @click.option("--threads", type=POSITIVE, default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
 @click.option("--seed", default=42, show_default=True)
+@click.option("--variant", type=click.Choice(["qtool", "lat"]), default="qtool", show_default=True,
+              help="Drop-and-Restore variant LengthDrop trains (recorded in the model folder; export follows it).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
-          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed) -> None:
-    """Fine-tune a BERT QA model on SQuAD v1.1 (optionally with LengthDrop)."""
+          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant) -> None:
+    """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from .train import TrainArgs, train as run_train
 
     args = TrainArgs(
@@ -98,6 +98,7 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         length_drop_ratio=length_drop_ratio, layerdrop=layerdrop, max_length=max_length, doc_stride=doc_stride,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
         time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, threads=threads, seed=seed,
+        variant=variant,
     )
     info = _run(run_train, args, resume=resume)
     click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))
@@ -112,13 +113,14 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
 @click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
 @click.option("--protocol", type=click.Choice(["padded", "unpadded"]), default="padded", show_default=True,
               help="Feed windows padded to --seq-len, or each at its real length.")
+@click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, as_json) -> None:
+def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, as_json) -> None:
     """SQuAD v1.1 EM/F1 of a PyTorch checkpoint under each length configuration."""
     from .verify import evaluate_model
 
     rows = _run(evaluate_model, model_dir, configs, squad_file=squad_file, limit=limit, seq_len=seq_len,
-                length_rule=length_rule, protocol=protocol)
+                length_rule=length_rule, protocol=protocol, variant=variant)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -137,13 +139,14 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(min=1))
 @click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Largest logit difference ONNX vs PyTorch allowed.")
-def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol) -> None:
+@click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
+def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol, variant) -> None:
     """Export one validated ONNX graph per configuration into OUT/fp32-<config>/."""
     from .export import export_configs
     from .manifest import load
 
     folders = _run(export_configs, model_dir, configs, out, squad_file=squad_file, samples=samples, seq_len=seq_len,
-                   doc_stride=doc_stride, length_rule=length_rule, opset=opset, atol=atol)
+                   doc_stride=doc_stride, length_rule=length_rule, variant=variant, opset=opset, atol=atol)
     for folder in folders:
         v = load(folder).validation
         click.echo(f"{folder}  max|Δlogit| {v['max_abs_diff']:.1e} on {v['features']} windows (padded and unpadded), "
@@ -157,19 +160,20 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
-@click.option("--no-tune", is_flag=True, help="Take the first --recipe given without scoring or timing it.")
+@click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: the recipe the README measures "
+              "fastest within tolerance on the reference model) without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
 def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
     from .artifact import find_artifacts
     from .manifest import load
-    from .quantize import RECIPES, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
+    from .quantize import DEFAULT_RECIPE, RECIPES, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
         raise click.BadParameter(f"unknown recipe(s) {unknown}; choose from {list(RECIPES_BY_NAME)}", param_hint="--recipe")
     if no_tune and not recipe_names:
-        raise click.BadParameter("--no-tune takes the recipe you name; give one with --recipe", param_hint="--no-tune")
+        recipe_names = (DEFAULT_RECIPE,)
     recipes = [RECIPES_BY_NAME[r] for r in recipe_names] or list(RECIPES)
 
     def sources():
@@ -208,8 +212,12 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train, unpadded windows."""
     from .search import search_configs
 
-    if out and not Path(out).resolve().parent.is_dir():
-        raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
+    if out:
+        parent = Path(out).resolve().parent
+        if not parent.is_dir():
+            raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
+        if not os.access(parent, os.W_OK):
+            raise click.BadParameter(f"folder of {out} is not writable", param_hint="--out")
     result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
                   length_rule=length_rule, sampler=sampler, population=population, storage=storage,
                   study_name=study_name, workers=workers, seed=seed, log=click.echo)
@@ -221,7 +229,7 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
     if out:
         from .atomic import write_text
 
-        write_text(out, json.dumps(result, indent=2))
+        _run(write_text, out, json.dumps(result, indent=2))
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -270,19 +278,20 @@ def verify(path, model_dir, squad_file, limit, batch_sizes, rounds, workload_win
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help="Reduced configuration(s) to ship (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
-@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
+@click.option("--length-rule", "length_rules", type=click.Choice(["cap", "ratio"]), multiple=True, default=("cap",),
+              show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
 @click.option("--calib-samples", default=128, show_default=True, type=POSITIVE)
 @click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options
-def bench(model_dir, configs, out, length_rule, calib_samples, tolerance, tune_questions, no_standard, squad_file, limit,
+def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, squad_file, limit,
           batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
     from .bench import run_bench
     from .verify import format_table
 
-    report = _run(run_bench, model_dir, configs, out, length_rule=length_rule, calib_samples=calib_samples,
+    report = _run(run_bench, model_dir, configs, out, length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples,
                   batch_sizes=_batch_sizes(batch_sizes),
                   tolerance=tolerance, tune_questions=tune_questions, standard=not no_standard, squad_file=squad_file,
                   limit=limit, rounds=rounds, workload_windows=workload_windows, threads=threads,

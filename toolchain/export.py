@@ -16,11 +16,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import artifact, squad
+from . import artifact, atomic, squad
 from . import manifest as manifests
 from .length import LengthConfig
+from .families import dims_of, family_of
 from .model import DropAndRestoreQA, flops_ratio
-from .runtime import MODEL_INPUTS, PROTOCOLS, GraphInterface, kept_agreement, onnx_session, predict_onnx, predict_torch
+from .runtime import PROTOCOLS, GraphInterface, kept_agreement, onnx_session, predict_onnx, predict_torch
 
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-3
@@ -34,16 +35,8 @@ class ExportError(ValueError):
     """An export request that cannot be honoured (opset, sequence length)."""
 
 
-# Which weight MatMul plays which role, by the module export names its node after ('...layer.3.output.dense/').
-ROLE_PATTERNS = {
-    "q": r"attention\.self\.query/",
-    "k": r"attention\.self\.key/",
-    "v": r"attention\.self\.value/",
-    "attn_out": r"attention\.output\.dense/",
-    "ffn_in": r"intermediate\.dense/",
-    "ffn_out": r"layer\.\d+\.output\.dense/",
-    "head": r"qa_outputs/",
-}
+# Export wraps the QA model as `DropAndRestoreQA.model`, so a module's nodes are named 'model.<module path>/<Op>'.
+NODE_PREFIX = "model."
 
 
 def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -52,15 +45,16 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
     Reduced configurations also output `kept_i`: the original positions layer i kept, for agreement checks.
     """
     module = DropAndRestoreQA(model, config, return_kept=not config.is_full).eval()
+    family = family_of(model)
     seq = config.seq_len
-    sample = (
-        torch.full((2, seq), 1000, dtype=torch.long),
-        torch.ones(2, seq, dtype=torch.long),
-        torch.zeros(2, seq, dtype=torch.long),
+    sample = tuple(
+        torch.full((2, seq), 1000, dtype=torch.long) if name == "input_ids"
+        else torch.ones(2, seq, dtype=torch.long) if name == "attention_mask" else torch.zeros(2, seq, dtype=torch.long)
+        for name in family.inputs
     )
     batch = torch.export.Dim("batch", min=1, max=4096)
-    length = torch.export.Dim("sequence", min=2, max=model.config.max_position_embeddings)
-    dims = {name: {0: batch, 1: length} for name in MODEL_INPUTS}
+    length = torch.export.Dim("sequence", min=2, max=family.dims(model.config).max_positions)
+    dims = {name: {0: batch, 1: length} for name in family.inputs}
     path = Path(path)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter
     with warnings.catch_warnings(), torch.no_grad():
@@ -68,8 +62,8 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
         program = torch.onnx.export(
             module,
             sample,
-            input_names=list(MODEL_INPUTS),
-            output_names=list(GraphInterface.for_config(config).outputs),
+            input_names=list(family.inputs),
+            output_names=list(GraphInterface.for_config(config, family.inputs).outputs),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=dims,
@@ -86,21 +80,24 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
     return path
 
 
-def weight_roles(path: str | Path) -> dict[str, list[str]]:
-    """Weight MatMul node names by role; every weight MatMul must have exactly one role."""
-    import re
+def weight_roles(path: str | Path, role_paths: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Weight MatMul node names by role, from the module paths the family adapter gives each role.
 
+    Every weight MatMul must belong to exactly one role's module, and every role must have a node: a graph
+    we cannot fully account for is an export error, never a silent "quantize everything".
+    """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    roles: dict[str, list[str]] = {r: [] for r in ROLE_PATTERNS}
+    owner = {f"{NODE_PREFIX}{module}/": role for role, modules in role_paths.items() for module in modules}
+    roles: dict[str, list[str]] = {r: [] for r in role_paths}
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in constants:
             continue
-        matched = [r for r, pattern in ROLE_PATTERNS.items() if re.search(pattern, node.name)]
+        matched = [role for prefix, role in owner.items() if node.name.startswith(prefix)]
         if len(matched) != 1:
-            raise ExportError(f"weight MatMul {node.name!r} matches roles {matched}; expected exactly one")
+            raise ExportError(f"weight MatMul {node.name!r} belongs to {len(matched)} role modules; expected exactly one")
         roles[matched[0]].append(node.name)
     empty = [r for r, names in roles.items() if not names]
     if empty:
@@ -193,7 +190,8 @@ def export_artifact(
 ) -> Path:
     """Export, validate and write one shippable artifact folder (atomic: nothing is left on failure)."""
     dest = Path(dest)
-    hidden, ffn = model.config.hidden_size, model.config.intermediate_size
+    family = family_of(model)
+    dims = family.dims(model.config)
     with artifact.staging(dest) as tmp:
         graph = export_graph(model, config, tmp / artifact.GRAPH, opset=opset)
         report = validate_graph(graph, model, config, features, atol=atol)
@@ -202,15 +200,15 @@ def export_artifact(
             graph=artifact.GRAPH,
             precision="fp32",
             length_config=config,
-            interface=GraphInterface.for_config(config),
+            interface=GraphInterface.for_config(config, family.inputs),
             opset=opset,
-            max_positions=int(model.config.max_position_embeddings),
+            max_positions=int(dims.max_positions),
             doc_stride=doc_stride,
             max_answer_length=squad.MAX_ANSWER_LENGTH,
             source_model=str(source),
             model_type=model.config.model_type,
-            flops_ratio=flops_ratio(config, hidden, ffn),
-            roles=weight_roles(graph),
+            flops_ratio=flops_ratio(config, dims.hidden, dims.ffn),
+            roles=weight_roles(graph, family.role_paths(model)),
             validation={"against": "pytorch-fp32", **report},
         ))
     return dest
@@ -226,25 +224,29 @@ def export_configs(
     seq_len: int = squad.MAX_LENGTH,
     doc_stride: int | None = None,
     length_rule: str = "cap",
+    variant: str | None = None,
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
 ) -> list[Path]:
     """Export each configuration ('full' or 'k1,k2,...') of a trained model into out/<precision>-<config>/.
 
     Everything is checked before the first graph is written: configurations, the sequence length against
-    the model's position table, the document stride against the sequence length.
+    the model's position table, the document stride against the sequence length. `variant=None` runs the
+    model the way it was trained (the variant `qtool train` recorded; `qtool` otherwise).
     """
-    from .model import load_qa_model
+    from .model import load_qa_model, trained_variant
 
+    atomic.check_writable_dir(out, "--out")
     model, tokenizer = load_qa_model(model_dir)
-    limit = int(model.config.max_position_embeddings)
+    variant = variant or trained_variant(model)
+    limit = int(dims_of(model).max_positions)
     if not 2 <= seq_len <= limit:
         raise ExportError(f"--seq-len {seq_len} is outside what the model takes (2..{limit} positions)")
-    doc_stride = default_doc_stride(seq_len) if doc_stride is None else doc_stride
+    doc_stride = squad.default_doc_stride(seq_len) if doc_stride is None else doc_stride
     if not 0 < doc_stride < seq_len:
         raise ExportError(f"--doc-stride {doc_stride} must be positive and smaller than --seq-len {seq_len}")
-    layers = len(model.base_model.encoder.layer)
-    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule) for c in configs]
+    layers = dims_of(model).layers
+    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule, variant) for c in configs]
     examples = squad.load_squad(squad_file, limit=samples)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=doc_stride)
     return [
@@ -253,7 +255,3 @@ def export_configs(
         for c in parsed
     ]
 
-
-def default_doc_stride(seq_len: int) -> int:
-    """SQuAD's usual 128-token window overlap, or half the window for short windows."""
-    return min(squad.DOC_STRIDE, seq_len // 2)

@@ -14,6 +14,13 @@ class LengthConfigError(ValueError):
 
 
 LENGTH_RULES = ("cap", "ratio")
+SKIP = "skip"  # a layer the configuration leaves out entirely (LayerDrop, LAT's layer configurations, pruned layers)
+# How dropped tokens are ranked and restored. `qtool`: significance sums attention over real queries only, and a
+# dropped token keeps its post-attention state from the layer that dropped it. `lat` (Kim & Cho's code, Intel's
+# Dynamic-TinyBERT): significance sums over all queries, [CLS] is always kept, and a dropped token keeps the
+# output of the last layer that kept it.
+VARIANTS = ("qtool", "lat")
+DEFAULT_VARIANT = "qtool"
 DEFAULT_LENGTH_RULE = "cap"
 RULE_DOC = {
     "cap": "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)",
@@ -31,68 +38,89 @@ class LengthConfig:
     short unpadded inputs than the model saw padded; only right for inputs padded to `seq_len`.
     """
 
-    keep: tuple[int, ...]
+    keep: tuple[int | None, ...]  # None: the layer is skipped
     seq_len: int = 384
     rule: str = DEFAULT_LENGTH_RULE
+    variant: str = DEFAULT_VARIANT
 
     @classmethod
     def parse(
-        cls, text: str | Sequence[int], num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE
+        cls, text: str | Sequence[int | None], num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE,
+        variant: str = DEFAULT_VARIANT,
     ) -> "LengthConfig":
-        """Read 'full', '315,251,...' (or a sequence of ints) and validate it for a model of `num_layers` layers."""
+        """Read 'full', '315,251,skip,159,...' (or a sequence of ints and None) for a model of `num_layers` layers."""
         if isinstance(text, str) and text.strip() == "full":
-            keep = (seq_len,) * num_layers
+            keep: tuple[int | None, ...] = (seq_len,) * num_layers
         elif isinstance(text, str):
             parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
             try:
-                keep = tuple(int(p) for p in parts)
+                keep = tuple(None if p.lower() == SKIP else int(p) for p in parts)
             except ValueError as exc:
-                raise LengthConfigError(f"length configuration {text!r} must be comma-separated integers") from exc
+                raise LengthConfigError(
+                    f"length configuration {text!r} must be comma-separated integers or '{SKIP}'") from exc
         else:
-            keep = tuple(int(k) for k in text)
-        config = cls(keep=keep, seq_len=seq_len, rule=rule)
+            keep = tuple(None if k is None else int(k) for k in text)
+        config = cls(keep=keep, seq_len=seq_len, rule=rule, variant=variant)
         config.validate(num_layers)
         return config
 
     @classmethod
-    def full(cls, num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE) -> "LengthConfig":
-        return cls(keep=(seq_len,) * num_layers, seq_len=seq_len, rule=rule)
+    def full(cls, num_layers: int, seq_len: int = 384, rule: str = DEFAULT_LENGTH_RULE,
+             variant: str = DEFAULT_VARIANT) -> "LengthConfig":
+        return cls(keep=(seq_len,) * num_layers, seq_len=seq_len, rule=rule, variant=variant)
 
     def validate(self, num_layers: int) -> None:
         if self.rule not in LENGTH_RULES:
             raise LengthConfigError(f"length rule {self.rule!r} is unknown; choose one of {LENGTH_RULES}")
+        if self.variant not in VARIANTS:
+            raise LengthConfigError(f"Drop-and-Restore variant {self.variant!r} is unknown; choose one of {VARIANTS}")
         if self.seq_len < 1:
             raise LengthConfigError(f"sequence length must be positive, got {self.seq_len}")
         if len(self.keep) != num_layers:
             raise LengthConfigError(
                 f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
             )
+        if all(k is None for k in self.keep):
+            raise LengthConfigError(f"length configuration {self} skips every layer")
+        previous = None
         for i, k in enumerate(self.keep):
+            if k is None:
+                continue
             if k < 1:
                 raise LengthConfigError(f"layer {i} keeps {k} tokens; every layer must keep at least 1")
             if k > self.seq_len:
                 raise LengthConfigError(
                     f"layer {i} keeps {k} tokens, more than the sequence length {self.seq_len}"
                 )
-            if i and k > self.keep[i - 1]:
+            if previous is not None and k > previous:
                 raise LengthConfigError(
-                    f"length configuration {self} increases at layer {i} ({self.keep[i - 1]} -> {k}); "
+                    f"length configuration {self} increases at layer {i} ({previous} -> {k}); "
                     "dropped tokens cannot come back"
                 )
+            previous = k
 
     @property
     def is_full(self) -> bool:
+        """Every layer runs on every token: the plain model."""
         return all(k == self.seq_len for k in self.keep)
 
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        return tuple(i for i, k in enumerate(self.keep) if k is None)
+
     def keep_count(self, layer: int, seq_len: int, n_in: int) -> int:
-        """Tokens layer `layer` keeps of `n_in` arriving, for an input of `seq_len` tokens (ints or symbolic ints)."""
+        """Tokens layer `layer` keeps of `n_in` arriving, for an input of `seq_len` tokens (ints or symbolic ints).
+
+        A skipped layer passes every token on."""
+        if self.keep[layer] is None:
+            return n_in
         if self.rule == "cap":
             return _sym_min(n_in, self.keep[layer])
         k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
         return _sym_min(n_in, _sym_max(1, k))
 
     def __str__(self) -> str:
-        return ",".join(str(k) for k in self.keep)
+        return ",".join(SKIP if k is None else str(k) for k in self.keep)
 
     @property
     def label(self) -> str:
@@ -100,15 +128,21 @@ class LengthConfig:
         return "full" if self.is_full else str(self)
 
     def name(self) -> str:
-        return "full" if self.is_full else "-".join(str(k) for k in self.keep)
+        """A folder-safe name: 'full', '315-251-...', or '315-251-...-ratio' (two rules must not share a folder)."""
+        if self.is_full:
+            return "full"
+        return (str(self).replace(",", "-") + ("" if self.rule == DEFAULT_LENGTH_RULE else f"-{self.rule}")
+                + ("" if self.variant == DEFAULT_VARIANT else f"-{self.variant}"))
 
     def to_dict(self) -> dict:
-        return {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule]}
+        return {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule],
+                "variant": self.variant}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LengthConfig":
-        """Inverse of to_dict; manifests written before the rule existed used `ratio`."""
-        config = cls(tuple(int(k) for k in data["keep"]), int(data["seq_len"]), data.get("rule", "ratio"))
+        """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
+        config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
+                     data.get("rule", "ratio"), data.get("variant", DEFAULT_VARIANT))
         config.validate(len(config.keep))
         return config
 

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
+from .families import OPTIONAL_ROLES
+from .families import ROLES as FAMILY_ROLES
 from .length import LengthConfig, LengthConfigError
 from .runtime import GraphError, GraphInterface, is_invariant
 
 PRECISIONS = ("fp32", "int8")
 KINDS = ("qtool", "standard")  # our Drop-and-Restore graphs, or the standard recipe's plain-model graphs
 # Roles of weight MatMuls that quantization recipes select from (recorded by export, never guessed later).
-ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "head")
+ROLES = FAMILY_ROLES + OPTIONAL_ROLES
 
 
 class ManifestError(artifact.ArtifactError):

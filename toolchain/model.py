@@ -1,10 +1,12 @@
-"""Drop-and-Restore for BERT question answering (LAT, Kim & Cho 2021; Dynamic-TinyBERT).
+"""Drop-and-Restore for BERT-family question answering (LAT, Kim & Cho 2021; Dynamic-TinyBERT).
 
 Inside layer i, after self-attention, every token is scored by the attention it receives (summed over
 heads and over non-padding queries; padding always scores last). Only the top k_i tokens go through the
 feed-forward block and on to the next layer, so the cost of every later step shrinks. A dropped token
 keeps the hidden state it had when it was dropped; before the QA head all tokens are put back at their
-original positions, so span logits exist for every position.
+original positions, so span logits exist for every position. The `lat` variant follows LAT's own code
+instead (see `length.VARIANTS`). The model's family (BERT, RoBERTa, DistilBERT, ELECTRA) is reached only
+through its adapter in `toolchain.families`.
 
 Position embeddings are added before the first layer and attention is permutation-equivariant, so kept
 tokens need not stay in order: the gather uses TopK's order and the restore scatters back by position.
@@ -20,14 +22,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .families import Family, UnsupportedModelError, dims_of, family_of, supported  # noqa: F401
 from .length import DEFAULT_LENGTH_RULE, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
 
-SUPPORTED_MODEL_TYPES = ("bert",)
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint is not a BERT-family question-answering model."""
+ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] under `lat`); a constant, not n-dependent
+VARIANT_ATTRIBUTE = "qtool_drop_variant"  # where `qtool train` records the variant in the model's config.json
 
 
 def flops(config: LengthConfig, hidden: int, ffn: int, length: int | None = None) -> int:
@@ -40,6 +40,8 @@ def flops(config: LengthConfig, hidden: int, ffn: int, length: int | None = None
     length = config.seq_len if length is None else length
     n_in = length
     for i in range(len(config.keep)):
+        if config.keep[i] is None:  # a skipped layer costs nothing
+            continue
         n_out = n_in if config.is_full else config.keep_count(i, length, n_in)
         total += 4 * n_in * hidden**2 + 2 * n_in**2 * hidden + 2 * n_out * hidden * ffn
         n_in = n_out
@@ -51,20 +53,26 @@ def flops_ratio(config: LengthConfig, hidden: int, ffn: int) -> float:
     return flops(config, hidden, ffn) / flops(LengthConfig.full(len(config.keep), config.seq_len), hidden, ffn)
 
 
-def check_supported(model: nn.Module) -> None:
-    """Refuse models whose layers we cannot run token by token."""
+def check_supported(model: nn.Module) -> Family:
+    """Refuse models whose layers we cannot run token by token; return the model's family adapter."""
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported; Drop-and-Restore needs one of {SUPPORTED_MODEL_TYPES}"
-        )
+    family = family_of(config)
     if not hasattr(model, "qa_outputs"):
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no QA head (qa_outputs); load it as BertForQuestionAnswering"
+            f"{type(model).__name__} has no QA head (qa_outputs); load it with AutoModelForQuestionAnswering"
         )
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         raise UnsupportedModelError("only absolute position embeddings are supported")
+    return family
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(family_of(model).encoder_layers(model))
+
+
+def trained_variant(model: nn.Module) -> str:
+    """The Drop-and-Restore variant the checkpoint was trained with (`qtool train` records it; default qtool)."""
+    return getattr(model.config, VARIANT_ATTRIBUTE, None) or "qtool"
 
 
 def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
@@ -79,10 +87,10 @@ def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"{path}: model type {config.model_type!r} is not supported; need one of {SUPPORTED_MODEL_TYPES}"
-        )
+    try:
+        family_of(config)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{path}: {exc}") from exc
     weight_files = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
     if not any((path / name).is_file() for name in weight_files):
         raise FileNotFoundError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
@@ -119,31 +127,35 @@ def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
-def _attention(layer: nn.Module, h: torch.Tensor, mask_add: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT self-attention sublayer (with its residual and LayerNorm); also returns the attention probs."""
-    sa = layer.attention.self
-    b, n, _ = h.shape
-    heads, dh = sa.num_attention_heads, sa.attention_head_size
+def _attention(family: Family, heads: int, layer: nn.Module, h: torch.Tensor,
+               mask_add: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention sublayer (with its residual and LayerNorm); also returns the attention probs."""
+    query, key, value, dropout = family.attention(layer)
+    b, n, d = h.shape
+    dh = d // heads
 
     def split(x: torch.Tensor) -> torch.Tensor:
         return x.view(b, n, heads, dh).transpose(1, 2)
 
-    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+    q, k, v = split(query(h)), split(key(h)), split(value(h))
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + mask_add
     probs = torch.softmax(scores, dim=-1)
-    context = torch.matmul(sa.dropout(probs), v).transpose(1, 2).reshape(b, n, heads * dh)
-    out = layer.attention.output(context, h)
-    return out, probs
+    context = torch.matmul(dropout(probs), v).transpose(1, 2).reshape(b, n, heads * dh)
+    return family.attention_output(layer, context, h), probs
 
 
-def significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives: sum over heads and non-padding queries; padding gets -1 (ranks last).
+def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool") -> torch.Tensor:
+    """Attention each token receives, summed over heads and queries; padding gets -1 (ranks last).
 
-    The query mask enters as a matrix-vector product, so the [batch, heads, n, n] probabilities are read
-    once and never copied.
+    `qtool` sums over real queries only (the answer does not depend on how much padding there is); `lat`
+    sums over all queries, as LAT's code does. The query mask enters as a matrix-vector product, so the
+    [batch, heads, n, n] probabilities are read once and never copied.
     """
-    queries = mask[:, None, None, :].to(probs.dtype)  # [B, 1, 1, n]
-    received = torch.matmul(queries, probs).sum(dim=(1, 2))  # [B, n]
+    if variant == "lat":
+        received = probs.sum(dim=(1, 2))
+    else:
+        queries = mask[:, None, None, :].to(probs.dtype)  # [B, 1, 1, n]
+        received = torch.matmul(queries, probs).sum(dim=(1, 2))  # [B, n]
     return torch.where(mask > 0, received, torch.full_like(received, -1.0))
 
 
@@ -170,16 +182,19 @@ def drop_and_restore(
     """Run a BERT QA model with Drop-and-Restore; returns (start_logits, end_logits[, kept positions per layer]).
 
     `config=None` or a full configuration runs every token through every layer (the plain model).
-    `skip_layers` (LayerDrop, training only) passes hidden states through those layers untouched.
-    Each layer sorts its tokens by significance once: the first k go on, the rest are set aside with their
-    positions; one scatter at the end puts every token back, which is cheaper than restoring layer by layer.
+    A configuration's skipped layers, and `skip_layers` (LayerDrop in training), pass hidden states through
+    untouched: the graph has no nodes for them. Each layer sorts its tokens by significance once: the
+    first k go on, the rest are set aside with their positions; one scatter at the end puts every token
+    back, which is cheaper than restoring layer by layer.
     """
-    encoder_layers = model.base_model.encoder.layer
+    family = family_of(model)
+    encoder_layers = family.encoder_layers(model)
+    heads = family.dims(model.config).heads
     if config is not None:
         config.validate(len(encoder_layers))
-    if token_type_ids is None:
-        token_type_ids = torch.zeros_like(input_ids)
-    h = model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        skip_layers = tuple(skip_layers) + config.skipped
+    lat = config is not None and config.variant == "lat"
+    h = family.embed(model, input_ids, attention_mask, token_type_ids)
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)
     positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
@@ -193,16 +208,23 @@ def drop_and_restore(
                 kept.append(positions)
             continue
         mask_add = (1.0 - mask)[:, None, None, :] * NEG_MASK
-        a, probs = _attention(layer, h, mask_add)
+        a, probs = _attention(family, heads, layer, h, mask_add)
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in)
-            order = torch.topk(significance(probs, mask), n_in, dim=1).indices
+            score = significance(probs, mask, config.variant)
+            # padding ranks last and in position order: no ties, so every runtime keeps the same padding
+            # tokens (under `lat` the padding queries that stay change the significance of real tokens)
+            score = torch.where(mask > 0, score, -1.0 - positions.to(score.dtype) * 1e-4)
+            if lat:  # LAT always keeps [CLS]
+                score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
+            order = torch.topk(score, n_in, dim=1).indices
             top, rest = order[:, :k], order[:, k:]
-            # a dropped token keeps its post-attention state from the layer that dropped it
-            set_aside.append((take_rows(a, rest), torch.gather(positions, 1, rest)))
+            # qtool: a dropped token keeps its post-attention state from the layer that dropped it;
+            # lat: it keeps the output of the last layer that kept it (this layer's input)
+            set_aside.append((take_rows(h if lat else a, rest), torch.gather(positions, 1, rest)))
             a, mask, positions = take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top)
-        h = layer.output(layer.intermediate(a), a)
+        h = family.feed_forward(layer, a)
         if return_kept:
             kept.append(positions)
     if dropping:
@@ -211,7 +233,7 @@ def drop_and_restore(
         # invert the permutation on the small [B, L] index, then move whole rows once
         source = torch.zeros_like(where).scatter(1, where, torch.arange(seq_len, device=h.device).expand(b, seq_len))
         h = take_rows(states, source)
-    logits = model.qa_outputs(h)
+    logits = family.qa_head(model)(h)
     start_logits, end_logits = logits[..., 0], logits[..., 1]
     if return_kept:
         return start_logits, end_logits, kept
@@ -224,12 +246,12 @@ class DropAndRestoreQA(nn.Module):
     def __init__(self, model: nn.Module, config: LengthConfig, return_kept: bool = False):
         super().__init__()
         check_supported(model)
-        config.validate(len(model.base_model.encoder.layer))
+        config.validate(num_layers(model))
         self.model = model
         self.config = config
         self.return_kept = return_kept
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
         return drop_and_restore(
             self.model, input_ids, attention_mask, token_type_ids, self.config, return_kept=self.return_kept
         )

@@ -34,7 +34,8 @@ CALIBRATION_SETS = {"squad": "squad-train-300.json"}
 DEFAULT_TUNE_QUESTIONS = 1000
 # Recipes are scored as deployments feed graphs: one window at a time, and length-bucketed batches of 32.
 # Dynamic INT8 computes activation scales per batch, so its answers depend on batch-mates: both count.
-TUNING_PROTOCOLS = ("unpadded", "bucketed")
+# A `ratio` graph expects windows padded to seq_len (its manifest says so): it is scored that way.
+TUNING_PROTOCOLS = {"cap": ("unpadded", "bucketed"), "ratio": ("padded",)}
 
 
 class QuantizationError(RuntimeError):
@@ -76,6 +77,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("static-fp32-ffn-out-qk-head", keep_fp32=("ffn_out", "q", "k", "head")),
 )
 RECIPES_BY_NAME = {r.name: r for r in RECIPES}
+# What `--no-tune` takes when no recipe is named: on the reference model (README, Quantization) it was the
+# fastest recipe within tolerance at both timing batch sizes, under both rules.
+DEFAULT_RECIPE = "dynamic-all-pc"
 
 
 def calibration_examples(calib: str, samples: int) -> list[squad.SquadExample]:
@@ -265,6 +269,7 @@ def quantize_artifact(
     calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride)
     reader = calibration_reader(calib_features, 8, manifest.interface.inputs)
     fp32_graph = src / manifest.graph
+    protocols = TUNING_PROTOCOLS[manifest.length_config.rule]
 
     trials: list[Trial] = []
     by_name = {r.name: r for r in recipes}
@@ -285,10 +290,10 @@ def quantize_artifact(
             features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=manifest.doc_stride)
             fp32_session = onnx_session(fp32_graph)
             fp32_preds = {p: predict_onnx(fp32_session, features, protocol=p, invariant=manifest.invariant)
-                          for p in TUNING_PROTOCOLS}
-            baseline = {p: score(examples, features, fp32_preds[p])["f1"] for p in TUNING_PROTOCOLS}
+                          for p in protocols}
+            baseline = {p: score(examples, features, fp32_preds[p])["f1"] for p in protocols}
             log(f"FP32 on {len(examples)} held-out SQuAD train questions: "
-                + ", ".join(f"F1 {p} {baseline[p]:.2f}" for p in TUNING_PROTOCOLS))
+                + ", ".join(f"F1 {p} {baseline[p]:.2f}" for p in protocols))
             small, large = timing_batches
             latency = {
                 "small": time_graphs({"fp32": fp32_graph, **paths}, manifest.interface, seq_len, batch_size=small),
@@ -298,16 +303,16 @@ def quantize_artifact(
             for trial in trials:
                 session = onnx_session(paths[trial.recipe])
                 invariant = manifest.invariant and by_name[trial.recipe].mode == "static"
-                preds = {p: predict_onnx(session, features, protocol=p, invariant=invariant) for p in TUNING_PROTOCOLS}
-                results = {p: score(examples, features, preds[p]) for p in TUNING_PROTOCOLS}
+                preds = {p: predict_onnx(session, features, protocol=p, invariant=invariant) for p in protocols}
+                results = {p: score(examples, features, preds[p]) for p in protocols}
                 trial.f1_by_protocol = {p: r["f1"] for p, r in results.items()}
-                worst = max(TUNING_PROTOCOLS, key=lambda p: baseline[p] - results[p]["f1"])
+                worst = max(protocols, key=lambda p: baseline[p] - results[p]["f1"])
                 trial.f1, trial.exact_match = results[worst]["f1"], results[worst]["exact_match"]
                 trial.f1_drop = baseline[worst] - results[worst]["f1"]
                 trial.within_tolerance = trial.f1_drop <= tolerance
                 trial.latency_ms = {k: v[trial.recipe] for k, v in latency.items()}
-                trial.kept_agreement = kept_agreement(fp32_preds["unpadded"], preds["unpadded"], features.attention_mask)
-                log(f"  {trial.recipe:<28} F1 " + " / ".join(f"{trial.f1_by_protocol[p]:.2f}" for p in TUNING_PROTOCOLS)
+                trial.kept_agreement = kept_agreement(fp32_preds[protocols[0]], preds[protocols[0]], features.attention_mask)
+                log(f"  {trial.recipe:<28} F1 " + " / ".join(f"{trial.f1_by_protocol[p]:.2f}" for p in protocols)
                     + f" (worst drop {trial.f1_drop:+.2f})  b{small} {trial.latency_ms['small']:.1f} ms  "
                     f"b{large} {trial.latency_ms['large']:.0f} ms  {trial.size_mb:.1f} MB")
             log(f"  {'fp32':<28} b{small} {latency['small']['fp32']:.1f} ms  b{large} {latency['large']['fp32']:.0f} ms")
@@ -322,7 +327,7 @@ def quantize_artifact(
             fastest = min(eligible, key=lambda t: float(np.sqrt(t.latency_ms["small"] * t.latency_ms["large"])))
             chosen = by_name[fastest.recipe]
             tuning = {
-                "squad_file": "train", "protocols": list(TUNING_PROTOCOLS), "questions": len(examples),
+                "squad_file": "train", "protocols": list(protocols), "questions": len(examples),
                 "fp32_f1": baseline, "tolerance_f1": tolerance,
                 "drop": "the worse of the protocols: dynamic INT8 answers depend on batch-mates",
                 "latency": {"statistic": "median, graphs interleaved", "batch_sizes": {"small": small, "large": large},

@@ -120,8 +120,11 @@ def batches(
 
 def is_invariant(config: LengthConfig | None, *, static: bool = True) -> bool:
     """True when a graph's answers depend neither on padding nor on batch-mates: no dynamic activation
-    scales (`static`), and no drop ops or drop counts that ignore padding (the cap rule)."""
-    return static and (config is None or config.is_full or config.rule == "cap")
+    scales (`static`), and no drop ops or drop counts that see padding (the cap rule, qtool's significance)."""
+    if config is None or config.is_full:
+        return static
+    # `lat` significance sums attention from padding queries too, so padding changes which tokens are kept
+    return static and config.rule == "cap" and config.variant != "lat"
 
 
 def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

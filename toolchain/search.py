@@ -27,7 +27,9 @@ from typing import Callable, Sequence
 import numpy as np
 import optuna
 
+from .errors import InputError
 from . import squad
+from .families import dims_of
 from .length import LengthConfig
 from .verify import pareto_front
 
@@ -36,12 +38,12 @@ SAMPLERS = ("nsga2", "evolution")
 SEARCH_POOL_END = 87_599 - 2_000
 
 
-def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = "cap") -> LengthConfig:
+def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = "cap", variant: str = "qtool") -> LengthConfig:
     keep, n = [], seq_len
     for r in ratios:
         n = max(1, min(n, math.ceil(n * r)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, rule)
+    return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
 def search_examples(questions: int, offset: int = 0) -> list[squad.SquadExample]:
@@ -51,7 +53,7 @@ def search_examples(questions: int, offset: int = 0) -> list[squad.SquadExample]
 
     start = SEARCH_POOL_END - offset - questions
     if start < 0:
-        raise ValueError(f"--questions {questions} with --offset {offset} asks for more than SQuAD train holds")
+        raise InputError(f"--questions {questions} with --offset {offset} asks for more than SQuAD train holds")
     calib = {e.id for e in calibration_examples("squad", 10**9)}
     return [e for e in squad.load_squad("train", limit=questions + 300, offset=max(0, start - 300)) if e.id not in calib][-questions:]
 
@@ -114,7 +116,7 @@ def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseS
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "evolution":
         return EvolutionSampler(population=population, seed=seed)
-    raise ValueError(f"sampler {name!r} is unknown; choose one of {SAMPLERS}")
+    raise InputError(f"sampler {name!r} is unknown; choose one of {SAMPLERS}")
 
 
 def open_storage(storage: str | None):
@@ -133,19 +135,20 @@ def open_storage(storage: str | None):
 def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: float, rule: str, seq_len: int,
                    log: Callable[[str], None] = print):
     """The search objective (F1 up, MACs at real lengths down) over a model loaded once per process."""
-    from .model import load_qa_model
+    from .model import load_qa_model, trained_variant
     from .runtime import predict_torch, score
 
     model, tokenizer = load_qa_model(model_dir)
-    layers = len(model.base_model.encoder.layer)
-    hidden, ffn = model.config.hidden_size, model.config.intermediate_size
+    variant = trained_variant(model)  # search the model the way it was trained
+    dims = dims_of(model)
+    layers, hidden, ffn = dims.layers, dims.hidden, dims.ffn
     examples = search_examples(questions, offset)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len)
+    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     lengths = features.attention_mask.sum(1)
 
     def objective(trial) -> tuple[float, float]:
         ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(layers)]
-        config = config_from_ratios(ratios, seq_len, rule)
+        config = config_from_ratios(ratios, seq_len, rule, variant)
         result = score(examples, features, predict_torch(model, features, config, protocol="unpadded"))
         cost = macs_ratio_at_lengths(config, lengths, hidden, ffn)
         trial.set_user_attr("config", config.label)
@@ -204,14 +207,14 @@ def search_configs(
     machines join by running the same command against the same RDB URL.
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
+        raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     trained, record = trained_min_ratio(model_dir)
     if min_ratio is None:
         min_ratio = trained if trained is not None else 0.5
     if not 0.0 < min_ratio <= 1.0:
-        raise ValueError(f"min_ratio must be in (0, 1], got {min_ratio}")
+        raise InputError(f"min_ratio must be in (0, 1], got {min_ratio}")
     if trained is None:
         space = f"per-layer keep ratio in [{min_ratio:.2f}, 1]; no LengthDrop training record, so not what training covered"
     elif min_ratio < trained - 1e-9:
@@ -219,9 +222,9 @@ def search_configs(
     else:
         space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], within what LengthDrop trained ([{trained:.2f}, 1], {record})"
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise InputError(f"workers must be at least 1, got {workers}")
     if workers > 1 and storage is None:
-        raise ValueError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
+        raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
     search_examples(questions, offset)  # the slice exists, before any process starts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

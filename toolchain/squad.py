@@ -17,8 +17,15 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from qtool_runtime.spans import best_span
 
+from .errors import InputError
+
 MAX_LENGTH = 384
 DOC_STRIDE = 128
+
+
+def default_doc_stride(seq_len: int) -> int:
+    """SQuAD's usual 128-token window overlap, or half the window for short windows (the one default)."""
+    return min(DOC_STRIDE, seq_len // 2)
 MAX_ANSWER_LENGTH = 30
 N_BEST = 20
 
@@ -80,9 +87,9 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> l
     naming the place (e.g. data[3].paragraphs[0].qas[2]) instead of a KeyError deep in a run.
     """
     if offset < 0:
-        raise ValueError(f"offset must be 0 or more, got {offset}")
+        raise InputError(f"offset must be 0 or more, got {offset}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of questions, got {limit}")
+        raise InputError(f"limit must be a positive number of questions, got {limit}")
     path = resolve_squad_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,7 +150,7 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> l
     if index == 0:
         raise SquadFormatError(f"{path} holds no questions")
     if offset >= index:
-        raise ValueError(f"offset {offset} is past the end of {path} ({index} questions)")
+        raise InputError(f"offset {offset} is past the end of {path} ({index} questions)")
     return examples
 
 
@@ -186,7 +193,7 @@ def featurize(
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("featurize needs a fast (Rust) tokenizer for offset mapping")
     if doc_stride >= max_length:
-        raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length})")
+        raise InputError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length})")
     pad_right = tokenizer.padding_side == "right"
     enc = tokenizer(
         [e.question for e in examples],

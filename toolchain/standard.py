@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import artifact
 from . import manifest as manifests
+from .families import dims_of
 from .length import LengthConfig
 from .runtime import GraphInterface, onnx_session
 
@@ -49,8 +50,8 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
         manifests.write(tmp, manifests.Manifest(
             graph=artifact.GRAPH, precision=precision, kind="standard",
-            length_config=LengthConfig.full(config.num_hidden_layers, seq_len),
-            interface=interface, opset=_opset(graph), max_positions=int(config.max_position_embeddings),
+            length_config=LengthConfig.full(dims_of(config).layers, seq_len),
+            interface=interface, opset=_opset(graph), max_positions=int(dims_of(config).max_positions),
             doc_stride=128, max_answer_length=30, source_model=str(tokenizer_dir), model_type=config.model_type,
             flops_ratio=1.0, quantization=recipe if precision == "int8" else None,
             validation={"against": "optimum exporter's own validation"} | recipe if precision == "fp32" else None,

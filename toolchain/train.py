@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from . import atomic, squad
-from .model import LengthConfig, drop_and_restore
+from .errors import InputError
+from .families import dims_of
+from .length import VARIANTS
+from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
 
 CHECKPOINT_DIR = "checkpoint"
 # Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
@@ -55,14 +58,16 @@ class TrainArgs:
     limit: int | None = None
     save_every: float = 600.0  # seconds
     threads: int | None = None
+    variant: str = "qtool"  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
 
     def validate(self) -> None:
         """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
         def need(ok: bool, option: str, rule: str, value: object) -> None:
             if not ok:
-                raise ValueError(f"{option} must be {rule}, got {value!r}")
+                raise InputError(f"{option} must be {rule}, got {value!r}")
 
         need(self.max_length >= 32, "--max-length", "at least 32 tokens", self.max_length)
+        need(self.variant in VARIANTS, "--variant", f"one of {VARIANTS}", self.variant)
         if self.doc_stride is not None:
             need(0 < self.doc_stride < self.max_length, "doc_stride", f"between 1 and --max-length - 1 ({self.max_length - 1})",
                  self.doc_stride)
@@ -100,22 +105,22 @@ def resolve_base(base: str) -> str:
     return base
 
 
-def smallest_config(num_layers: int, seq_len: int, ratio: float) -> LengthConfig:
+def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = "qtool") -> LengthConfig:
     """Every layer drops the largest allowed share: the sandwich's lower bound."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = max(1, math.ceil(n * (1.0 - ratio)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len)
+    return LengthConfig(tuple(keep), seq_len, variant=variant)
 
 
-def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random) -> LengthConfig:
+def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = "qtool") -> LengthConfig:
     """Each layer keeps a uniform count between (1 - ratio) and all of what the previous layer kept."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = rng.randint(max(1, math.ceil(n * (1.0 - ratio))), n)
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len)
+    return LengthConfig(tuple(keep), seq_len, variant=variant)
 
 
 def batch_width(longest: int, max_width: int) -> int:
@@ -153,12 +158,12 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         ours = ("config.json", "qtool_train.json", CHECKPOINT_DIR)
         if not any((out / name).exists() for name in ours):
-            raise ValueError(
+            raise InputError(
                 f"--out {out} is a non-empty folder that is not a model folder; it would be replaced: "
                 "choose a new or empty folder"
             )
     elif out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise InputError(f"--out {out} is a file, not a folder")
 
 
 def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
@@ -179,14 +184,14 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     from .model import check_supported
 
     check_supported(model)
-    num_layers = len(model.base_model.encoder.layer)
-    max_positions = model.config.max_position_embeddings
+    num_layers = dims_of(model).layers
+    max_positions = dims_of(model).max_positions
     if args.max_length > max_positions:
-        raise ValueError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
+        raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
 
     examples = squad.load_squad(args.train_file, limit=args.limit)
     feats = squad.featurize(
-        examples, tokenizer, args.max_length, args.doc_stride or min(squad.DOC_STRIDE, args.max_length // 2),
+        examples, tokenizer, args.max_length, args.doc_stride or squad.default_doc_stride(args.max_length),
         pad_to_max_length=False, with_targets=True
     )
     n = len(feats)
@@ -257,10 +262,10 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if args.length_drop:
             teacher_s, teacher_e = s_full.detach(), e_full.detach()
             mask = batch["attention_mask"]
-            subs = [(smallest_config(num_layers, width, args.length_drop_ratio), ())]
+            subs = [(smallest_config(num_layers, width, args.length_drop_ratio, args.variant), ())]
             for _ in range(args.num_sandwich):
                 skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)
-                subs.append((random_config(num_layers, width, args.length_drop_ratio, rng), skip))
+                subs.append((random_config(num_layers, width, args.length_drop_ratio, rng, args.variant), skip))
             for config, skip in subs:
                 with autocast:
                     s, e = drop_and_restore(model, **batch, config=config, skip_layers=skip)
@@ -298,6 +303,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         "torch": torch.__version__,
     }
     # the finished model replaces `out` in one rename, which also drops the checkpoint it no longer needs
+    # exporting this folder later runs Drop-and-Restore the way it was trained
+    setattr(model.config, VARIANT_ATTRIBUTE, args.variant)
     with atomic.staging_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

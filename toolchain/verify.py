@@ -19,6 +19,7 @@ import numpy as np
 
 from . import artifact, atomic, squad
 from . import manifest as manifests
+from .families import dims_of
 from .length import LengthConfig
 from .runtime import (
     PROTOCOLS,
@@ -47,26 +48,28 @@ def evaluate_model(
     limit: int | None = None,
     seq_len: int = squad.MAX_LENGTH,
     length_rule: str = "cap",
+    variant: str | None = None,
     protocol: str = "padded",
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> list[dict]:
     """SQuAD EM/F1 of a PyTorch checkpoint under each length configuration ('full' or 'k1,k2,...')."""
-    from .model import flops_ratio, load_qa_model
+    from .model import flops_ratio, load_qa_model, trained_variant
 
     model, tokenizer = load_qa_model(model_dir)
-    if not 2 <= seq_len <= model.config.max_position_embeddings:
-        raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{model.config.max_position_embeddings})")
-    layers = len(model.base_model.encoder.layer)
-    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule) for c in configs]
+    variant = variant or trained_variant(model)
+    if not 2 <= seq_len <= dims_of(model).max_positions:
+        raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{dims_of(model).max_positions})")
+    layers = dims_of(model).layers
+    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule, variant) for c in configs]
     examples = squad.load_squad(squad_file, limit=limit)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len)
+    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     rows = []
     for config in parsed:
         preds = predict_torch(model, features, config, batch_size=batch_size, protocol=protocol, show_progress=show_progress)
         rows.append({
             "config": config.label, "rule": config.rule, "protocol": protocol,
-            "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size),
+            "flops_ratio": flops_ratio(config, dims_of(model).hidden, dims_of(model).ffn),
             **score(examples, features, preds),
         })
     return rows
@@ -211,13 +214,13 @@ def verify_artifacts(
         if not model_dir or not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
         model, _ = load_qa_model(model_dir)
-        configs = [LengthConfig.full(len(model.base_model.encoder.layer), seq_len)]
+        configs = [LengthConfig.full(dims_of(model).layers, seq_len)]
         if torch_configs == "all":
             configs += [m.length_config for m in found.values() if m.kind == "qtool" and m.precision == "fp32" and not m.length_config.is_full]
         for config in configs:
             row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": "qtool", "precision": "fp32",
                    "config": config.label, "rule": config.rule,
-                   "flops_ratio": flops_ratio(config, model.config.hidden_size, model.config.intermediate_size)}
+                   "flops_ratio": flops_ratio(config, dims_of(model).hidden, dims_of(model).ffn)}
             invariant = is_invariant(config)
             for protocol in _distinct_protocols(protocols, invariant=invariant):
                 result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))

@@ -90,10 +90,11 @@ def check_manifest(folder: str | Path) -> dict:
     for name in ("max_positions", "doc_stride", "max_answer_length"):
         need(_positive_int(m.get(name)), f"{name} must be a positive integer, got {m.get(name)!r}")
     lc = m.get("length_config")
+    counts = [k for k in lc["keep"] if k is not None] if isinstance(lc, dict) and isinstance(lc.get("keep"), list) else []
     need(isinstance(lc, dict) and _positive_int(lc.get("seq_len")) and isinstance(lc.get("keep"), list)
-         and lc["keep"] and all(_positive_int(k) and k <= lc["seq_len"] for k in lc["keep"])
-         and all(a >= b for a, b in zip(lc["keep"], lc["keep"][1:])),
-         f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len, got {lc!r}")
+         and counts and all(_positive_int(k) and k <= lc["seq_len"] for k in counts)
+         and all(a >= b for a, b in zip(counts, counts[1:])),
+         f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", "ratio") in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
     need(lc["seq_len"] <= m["max_positions"],
          f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
@@ -136,7 +137,7 @@ class Windows:
 class Artifact:
     """A checked artifact ready to answer: the onnxruntime session, the tokenizer and the manifest."""
 
-    def __init__(self, folder: Path, manifest: dict, session, tokenizer, batch_size: int) -> None:
+    def __init__(self, folder: Path, manifest: dict, session, tokenizer, batch_size: int, pad_id: int = 0) -> None:
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -150,6 +151,12 @@ class Artifact:
         # so such graphs run one window at a time (what qtool verify's unpadded protocol measures).
         if (manifest.get("quantization") or {}).get("mode") == "dynamic":
             self.batch_size = 1
+        # The `ratio` rule and LAT's significance see padding: such graphs answer as validated only on windows
+        # padded to seq_len (the manifest's rule text says so). `cap` graphs of qtool's variant run unpadded.
+        lc = manifest["length_config"]
+        drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
+        self.pad_to_seq_len = drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat")
+        self._pad_id = pad_id
         self._tokenizer = tokenizer
         self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
         self._plain = tokenizer.__class__.from_str(tokenizer.to_str())  # same vocabulary, no truncation: lengths
@@ -187,10 +194,13 @@ class Artifact:
             tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
         except Exception as exc:
             raise ArtifactError(f"{folder / TOKENIZER} is not a loadable tokenizer: {exc}") from exc
+        pad_id = (tokenizer.padding or {}).get("pad_id")
+        if pad_id is None:
+            pad_id = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
         tokenizer.no_padding()
         tokenizer.enable_truncation(manifest["length_config"]["seq_len"], stride=manifest["doc_stride"],
                                     strategy="only_second")
-        return cls(folder, manifest, session, tokenizer, batch_size)
+        return cls(folder, manifest, session, tokenizer, batch_size, pad_id)
 
     @property
     def name(self) -> str:
@@ -200,7 +210,8 @@ class Artifact:
         """What a health check reports: which graph answers and under which length configuration."""
         lc = self.manifest["length_config"]
         return {"artifact": self.name, "precision": self.manifest["precision"],
-                "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", "ratio")},
+                "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", "ratio"),
+                                  "variant": lc.get("variant", "qtool")},
                 "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
                 "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,
                 "sha256": self.manifest["files"][self.manifest["graph"]]}
@@ -238,22 +249,27 @@ class Artifact:
         return out
 
     def logits(self, prepared: Sequence[Windows]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """Start/end logits per window, windows of equal length batched together (no padding at all)."""
+        """Start/end logits per window: windows of equal length batched together with no padding at all, or,
+        for graphs that expect it (`pad_to_seq_len`), every window padded to seq_len."""
         flat = [(q, w) for q, item in enumerate(prepared) for w in range(len(item))]
         length = {key: len(prepared[key[0]].input_ids[key[1]]) for key in flat}
         out: list[list] = [[None] * len(item) for item in prepared]
-        for n in sorted(set(length.values())):
-            group = [key for key in flat if length[key] == n]
+        groups = [flat] if self.pad_to_seq_len else [[k for k in flat if length[k] == n] for n in sorted(set(length.values()))]
+        for group in groups:
             for lo in range(0, len(group), self.batch_size):
                 rows = group[lo: lo + self.batch_size]
-                feed = {
-                    "input_ids": np.stack([prepared[q].input_ids[w] for q, w in rows]),
-                    "attention_mask": np.ones((len(rows), n), dtype=np.int64),
-                    "token_type_ids": np.stack([prepared[q].token_type_ids[w] for q, w in rows]),
-                }
+                width = self.seq_len if self.pad_to_seq_len else length[rows[0]]
+                feed = {name: np.full((len(rows), width), self._pad_id if name == "input_ids" else 0, dtype=np.int64)
+                        for name in MODEL_INPUTS}
+                for i, (q, w) in enumerate(rows):
+                    n = length[(q, w)]
+                    feed["input_ids"][i, :n] = prepared[q].input_ids[w]
+                    feed["attention_mask"][i, :n] = 1
+                    feed["token_type_ids"][i, :n] = prepared[q].token_type_ids[w]
                 start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
                 for i, (q, w) in enumerate(rows):
-                    out[q][w] = (start[i], end[i])
+                    n = length[(q, w)]
+                    out[q][w] = (start[i, :n], end[i, :n])
         return out
 
     def run(self, prepared: Sequence[Windows]) -> list[Answer]:

@@ -1,0 +1,240 @@
+"""Model families: small random BERT, RoBERTa, DistilBERT and ELECTRA models built here, with the shipped
+MiniLM tokenizer, run Drop-and-Restore through their adapters, export and quantize by role."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from toolchain import manifest as manifests
+from toolchain import squad
+from toolchain.export import export_configs
+from toolchain.families import ROLES, UnsupportedModelError, dims_of, family_of
+from toolchain.length import LengthConfig, LengthConfigError
+from toolchain.model import VARIANT_ATTRIBUTE, drop_and_restore, flops, load_qa_model, significance
+from toolchain.quantize import Recipe, quantize_graph, select_nodes
+
+FAMILIES = ("bert", "roberta", "distilbert", "electra")
+
+
+def tiny_model(family: str, layers: int, *, hidden: int = 64, heads: int = 4, seed: int = 0):
+    """A randomly initialised QA model of `family` over the 30,522-token uncased vocabulary."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=30522, max_position_embeddings=512)
+    if family == "distilbert":
+        config = tf.DistilBertConfig(n_layers=layers, dim=hidden, hidden_dim=2 * hidden, n_heads=heads, **common)
+        model_cls = tf.DistilBertForQuestionAnswering
+    else:
+        config_cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "electra": tf.ElectraConfig}[family]
+        extra = {}
+        if family == "roberta":  # the MiniLM tokenizer pads with id 0; positions start after it
+            extra = dict(pad_token_id=0, type_vocab_size=1, max_position_embeddings=514)
+        if family == "electra":
+            extra = dict(embedding_size=hidden // 2)  # exercises ELECTRA's embedding projection
+        config = config_cls(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                            intermediate_size=2 * hidden, **{**common, **extra})
+        model_cls = {"bert": tf.BertForQuestionAnswering, "roberta": tf.RobertaForQuestionAnswering,
+                     "electra": tf.ElectraForQuestionAnswering}[family]
+    config._attn_implementation = "eager"
+    return model_cls(config).eval()
+
+
+@pytest.fixture(scope="module")
+def windows(minilm_tokenizer, dev_examples):
+    """Six real dev windows, padded to 384 (different real lengths)."""
+    feats = squad.featurize(dev_examples[:6], minilm_tokenizer, max_length=384)
+    return feats
+
+
+def _hf_logits(model, inputs: dict[str, torch.Tensor]):
+    wanted = set(family_of(model).inputs)
+    with torch.no_grad():
+        out = model(**{k: v for k, v in inputs.items() if k in wanted})
+    return out.start_logits, out.end_logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layers", [2, 4, 12])
+def test_full_configuration_is_the_plain_model(family, layers, windows):
+    """Through the adapter, the full configuration reproduces the transformers model on real tokens."""
+    model = tiny_model(family, layers)
+    inputs = {k: torch.from_numpy(v) for k, v in windows.model_inputs().items()}
+    want_s, want_e = _hf_logits(model, inputs)
+    with torch.no_grad():
+        got_s, got_e = drop_and_restore(model, **inputs, config=LengthConfig.full(layers))
+    real = inputs["attention_mask"].bool()
+    assert torch.allclose(got_s[real], want_s[real], atol=1e-4)
+    assert torch.allclose(got_e[real], want_e[real], atol=1e-4)
+    assert dims_of(model).layers == layers
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reduced_configuration_keeps_the_same_tokens_padded_or_not(family, windows):
+    """Under the cap rule a window keeps the same real tokens and answers the same, padded or unpadded."""
+    model = tiny_model(family, 4)
+    config = LengthConfig.parse("300,200,120,60", 4)
+    inputs = {k: torch.from_numpy(v) for k, v in windows.model_inputs().items()}
+    with torch.no_grad():
+        padded_s, _, padded_kept = drop_and_restore(model, **inputs, config=config, return_kept=True)
+        for row in range(2):
+            n = int(inputs["attention_mask"][row].sum())
+            alone = {k: v[row : row + 1, :n] for k, v in inputs.items()}
+            s, _, kept = drop_and_restore(model, **alone, config=config, return_kept=True)
+            assert torch.allclose(s[0], padded_s[row, :n], atol=1e-4)
+            for layer, (a, b) in enumerate(zip(padded_kept, kept)):
+                want = {int(p) for p in a[row] if p < n}
+                assert want == {int(p) for p in b[0]}, f"layer {layer}"
+
+
+@pytest.mark.parametrize("family, layers", [("bert", 2), ("roberta", 4), ("distilbert", 12), ("electra", 2)])
+def test_export_validates_and_quantizes_by_role(family, layers, tmp_path, minilm_dir, minilm_tokenizer):
+    """Export (validated against PyTorch: logits and exact kept tokens), inputs that follow the family, every
+    role found for every layer, and an INT8 graph that quantizes exactly the nodes of the roles asked for."""
+    folder = tmp_path / family
+    model = tiny_model(family, layers)
+    model.save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    keep = ",".join(str(k) for k in np.linspace(300, 40, layers).astype(int))
+    (artifact,) = export_configs(folder, [keep], tmp_path / "graphs", samples=4)
+    m = manifests.load(artifact)
+    assert m.model_type == family
+    assert m.interface.inputs == family_of(model).inputs
+    assert ("token_type_ids" in m.interface.inputs) == (family in ("bert", "electra"))
+    assert m.validation["kept_agreement"] == [1.0] * layers
+    assert set(m.roles) == set(ROLES) | ({"embed_proj"} if family == "electra" else set())
+    assert all(len(m.roles[r]) == layers for r in ROLES if r != "head") and len(m.roles["head"]) == 1
+
+    recipe = Recipe("test-dynamic-no-ffn-out", mode="dynamic", keep_fp32=("ffn_out",), embeddings=False)
+    int8 = tmp_path / "int8.onnx"
+    quantize_graph(artifact / m.graph, int8, recipe, select_nodes(m, recipe), reader=None)
+    graph = onnx.load(str(int8)).graph
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert set(m.roles["ffn_out"]) <= float_matmuls  # kept FP32 by role
+    quantized = [n.name for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantized) == sum(len(nodes) for r, nodes in m.roles.items() if r != "ffn_out")
+
+
+def test_skipped_layer_has_no_nodes_and_costs_nothing(tmp_path, minilm_tokenizer, windows):
+    model = tiny_model("bert", 4)
+    config = LengthConfig.parse("300,skip,200,100", 4)
+    assert config.skipped == (1,) and str(config) == "300,skip,200,100" and config.name() == "300-skip-200-100"
+    assert LengthConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(LengthConfigError, match="increases"):
+        LengthConfig.parse("300,skip,310,100", 4)
+    with pytest.raises(LengthConfigError, match="skips every layer"):
+        LengthConfig.parse("skip,skip,skip,skip", 4)
+    # the skipped layer contributes nothing: same as the three-layer cost of the others
+    hidden, ffn = 64, 128
+    assert flops(config, hidden, ffn) < flops(LengthConfig.parse("300,300,200,100", 4), hidden, ffn)
+    # PyTorch: skipping through the configuration is LayerDrop of that layer
+    inputs = {k: torch.from_numpy(v) for k, v in windows.model_inputs().items()}
+    with torch.no_grad():
+        a = drop_and_restore(model, **inputs, config=config)[0]
+        b = drop_and_restore(model, **inputs, config=LengthConfig.parse("300,300,200,100", 4), skip_layers=(1,))[0]
+    assert torch.equal(a, b)
+
+    folder = tmp_path / "bert"
+    model.save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    (artifact,) = export_configs(folder, ["300,skip,200,100"], tmp_path / "graphs", samples=4)
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    assert not [n.name for n in graph.node if "layer.1." in n.name]
+    assert [n.name for n in graph.node if "layer.2." in n.name]
+    m = manifests.load(artifact)
+    assert m.length_config.keep == (300, None, 200, 100)
+    assert all(len(m.roles[r]) == 3 for r in ("q", "ffn_out"))
+
+
+def lat_reference(model, input_ids, attention_mask, token_type_ids, keep):
+    """LAT's Drop-and-Restore as its own code does it (Kim & Cho), written directly against BERT's modules:
+    each layer keeps [CLS] plus the top k-1 tokens by attention summed over heads and all queries; the
+    restored sequence starts as the embeddings and every layer scatters its kept outputs into it."""
+    bert = model.bert
+    h = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    ext = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+    b, n, d = h.shape
+    restored = h
+    remain = torch.arange(n).unsqueeze(0).repeat(b, 1)
+    for layer, k in zip(bert.encoder.layer, keep):
+        attn_out, probs = layer.attention(h, ext, output_attentions=True)[:2]
+        score = probs.sum(2).sum(1)
+        idx = score[:, 1:].topk(k - 1, 1)[1] + 1
+        idx = torch.cat((idx.new_zeros((b, 1)), idx), 1)
+        attn_out = attn_out.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
+        h = layer.output(layer.intermediate(attn_out), attn_out)
+        remain = remain.gather(1, idx)
+        restored = restored.scatter(1, remain.unsqueeze(-1).expand(-1, -1, d), h)
+        ext = ext.gather(3, idx[:, None, None, :])
+    logits = model.qa_outputs(restored)
+    return logits[..., 0], logits[..., 1]
+
+
+def test_lat_variant_matches_lats_own_restore(windows):
+    model = tiny_model("bert", 4, seed=1)
+    keep = (300, 200, 90, 40)
+    config = LengthConfig(keep, 384, variant="lat")
+    # unpadded windows, as LAT's reference sums over all queries (padding ones included)
+    for row in range(3):
+        n = int(windows.attention_mask[row].sum())
+        inputs = {k: torch.from_numpy(v[row : row + 1, :n]) for k, v in windows.model_inputs().items()}
+        k_here = tuple(min(k, n) for k in keep)
+        with torch.no_grad():
+            want_s, want_e = lat_reference(model, **inputs, keep=k_here)
+            got_s, got_e = drop_and_restore(model, **inputs, config=config)
+        assert torch.allclose(got_s, want_s, atol=1e-5) and torch.allclose(got_e, want_e, atol=1e-5)
+    # and the two variants really differ
+    inputs = {k: torch.from_numpy(v[:1]) for k, v in windows.model_inputs().items()}
+    with torch.no_grad():
+        qtool = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384))[0]
+        lat = drop_and_restore(model, **inputs, config=config)[0]
+    assert not torch.allclose(qtool, lat, atol=1e-3)
+
+
+def test_lat_significance_counts_padding_queries():
+    probs = torch.softmax(torch.randn(1, 2, 4, 4), -1)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    qtool, lat = significance(probs, mask), significance(probs, mask, "lat")
+    assert torch.allclose(lat[0, :3], probs.sum((1, 2))[0, :3])
+    assert torch.allclose(qtool[0, :3], probs[:, :, :3].sum((1, 2))[0, :3])
+    assert qtool[0, 3] == lat[0, 3] == -1.0
+
+
+def test_recorded_variant_drives_export(tmp_path, trained_dir):
+    """A checkpoint whose config records `lat` exports as LAT runs it (validated against PyTorch), and says so.
+
+    The MiniLM fine-tuned by the test session, not a random model: LAT's significance adds the near-uniform
+    attention of padding queries, which in a random model leaves near-ties that float rounding reorders."""
+    import shutil
+
+    folder = tmp_path / "lat-model"
+    shutil.copytree(trained_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: "lat"}))
+    (artifact,) = export_configs(folder, ["300,250,200,150,120,100"], tmp_path / "graphs", samples=4)
+    m = manifests.load(artifact)
+    assert m.length_config.variant == "lat" and artifact.name == "fp32-300-250-200-150-120-100-lat"
+    assert m.validation["kept_agreement"] == [1.0] * 6
+    assert not m.invariant  # LAT's significance sees padding queries
+
+
+@pytest.mark.parametrize("family", ["albert", "deberta"])
+def test_unsupported_families_are_refused_in_one_line(family, tmp_path, minilm_tokenizer):
+    import transformers as tf
+
+    config_cls, model_cls = {"albert": (tf.AlbertConfig, tf.AlbertForQuestionAnswering),
+                             "deberta": (tf.DebertaConfig, tf.DebertaForQuestionAnswering)}[family]
+    config = config_cls(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    model_cls(config).save_pretrained(tmp_path / family)
+    minilm_tokenizer.save_pretrained(tmp_path / family)
+    with pytest.raises(UnsupportedModelError) as info:
+        load_qa_model(tmp_path / family)
+    message = str(info.value)
+    assert "\n" not in message and repr(family) in message
+    for name in ("bert", "roberta", "distilbert", "electra"):
+        assert name in message
