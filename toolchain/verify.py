@@ -337,29 +337,45 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_pareto(report: dict, path: str | Path, latency_key: str = "real_b1", protocol: str = "unpadded") -> Path:
-    """F1 against latency for every ONNX graph under one protocol; the standard recipe marked apart."""
+PARETO_PANELS = (("b32@384", "padded", "papers' protocol: batches of 32 padded to 384"),
+                 ("real_b1", "unpadded", "real workload: dev windows one by one, unpadded"))
+
+
+def plot_pareto(report: dict, path: str | Path, panels: Sequence[tuple[str, str, str]] = PARETO_PANELS) -> Path:
+    """F1 against latency for every ONNX graph, one panel per (latency protocol, F1 protocol) pair; points
+    are numbered and named in a shared legend, so close points stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["rows"] if latency_key in r.get("latency_ms", {}) and f"f1_{protocol}" in r]
-    points = [(r["latency_ms"][latency_key], r[f"f1_{protocol}"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    for r, (x, y) in zip(rows, points):
-        style = {("qtool", "fp32"): ("o", "tab:blue"), ("qtool", "int8"): ("s", "tab:orange"),
-                 ("standard", "fp32"): ("^", "tab:gray"), ("standard", "int8"): ("D", "tab:red")}[(r["kind"], r["precision"])]
-        ax.scatter(x, y, marker=style[0], color=style[1])
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 5), fontsize=6.5)
-    front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", lw=0.8, label="Pareto front")
-    ax.set_xlabel(f"latency {latency_key} (ms per window, median)" if latency_key.startswith("real") else f"latency {latency_key} (ms, median)")
-    ax.set_ylabel(f"SQuAD v1.1 F1, {protocol} ({report['questions']} questions)")
-    ax.set_title(f"F1 vs latency, onnxruntime CPU ({report['machine']['cpu']}, {report['machine']['threads']} threads)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    panels = [(k, p, t) for k, p, t in panels if any(k in r.get("latency_ms", {}) for r in report["rows"])]
+    if not panels:
+        raise VerifyError("the report has no latency under the plotted protocols")
+    rows = [r for r in report["rows"] if "latency_ms" in r]
+    styles = {("qtool", "fp32"): ("o", "tab:blue"), ("qtool", "int8"): ("s", "tab:orange"),
+              ("standard", "fp32"): ("^", "tab:gray"), ("standard", "int8"): ("D", "tab:red")}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.8, 4.8), dpi=120, squeeze=False)
+    for ax, (key, protocol, title) in zip(axes[0], panels):
+        shown = [(i, r) for i, r in enumerate(rows, 1) if key in r["latency_ms"] and f"f1_{protocol}" in r]
+        points = [(r["latency_ms"][key], r[f"f1_{protocol}"]) for _, r in shown]
+        for (i, r), (x, y) in zip(shown, points):
+            marker, color = styles[(r["kind"], r["precision"])]
+            ax.scatter(x, y, marker=marker, color=color, s=36, zorder=3)
+            ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto_front(points)
+        ax.plot([points[j][0] for j in front], [points[j][1] for j in front], "--", color="gray", lw=0.8)
+        unit = "ms per window" if key.startswith("real") else "ms per batch"
+        ax.set_xlabel(f"latency {key} ({unit}, median)")
+        ax.set_ylabel(f"SQuAD v1.1 F1, {protocol} ({report['questions']} questions)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker=styles[(r["kind"], r["precision"])][0], color=styles[(r["kind"], r["precision"])][1],
+                          linestyle="", label=f"{i}  {r['name']}") for i, r in enumerate(rows, 1)]
+    handles.append(plt.Line2D([], [], linestyle="--", color="gray", label="Pareto front"))
+    fig.legend(handles=handles, loc="center right", fontsize=7.5, frameon=False)
+    fig.suptitle(f"F1 vs latency, onnxruntime CPU ({report['machine']['cpu']}, {report['machine']['threads']} threads)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.8 / (6.2 * len(panels) + 2.8), 1))
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -380,7 +396,7 @@ def write_report(dest: Path, report: dict) -> None:
         f"`real_b32`: the same windows length-sorted in batches of 32 padded to each batch's longest (ms per "
         f"window). `x std`: speedup against the standard recipe ({report['baseline']}).\n\n"
         + format_table(report, markdown=True) + "\n"))
-    if any("real_b1" in r.get("latency_ms", {}) for r in report["rows"]):
+    if any(k in r.get("latency_ms", {}) for r in report["rows"] for k, _, _ in PARETO_PANELS):
         tmp = dest / ".pareto.png.tmp.png"
         plot_pareto(report, tmp)
         os.replace(tmp, dest / "pareto.png")
