@@ -125,7 +125,8 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['config']:<28} FLOPs {r['flops_ratio']:.3f}  EM {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  ({r['count']} questions, {protocol})")
+        click.echo(f"{r['config']:<28} FLOPs {r['flops_ratio']:.3f}  EM {r['exact_match']:6.2f}  F1 {r['f1']:6.2f}  "
+                   f"({r['count']} questions, {protocol}, rule {r['rule']}, variant {r['variant']})")
 
 
 @main.command()

@@ -68,7 +68,7 @@ def evaluate_model(
     for config in parsed:
         preds = predict_torch(model, features, config, batch_size=batch_size, protocol=protocol, show_progress=show_progress)
         rows.append({
-            "config": config.label, "rule": config.rule, "protocol": protocol,
+            "config": config.label, "rule": config.rule, "variant": config.variant, "protocol": protocol,
             "flops_ratio": flops_ratio(config, dims_of(model).hidden, dims_of(model).ffn),
             **score(examples, features, preds),
         })
