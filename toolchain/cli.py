@@ -201,7 +201,7 @@ def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_t
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
 @click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
-@click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="nsga2", show_default=True, help="NSGA-II (optuna) or LAT's evolutionary search.")
+@click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="evolution", show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
 @click.option("--population", default=12, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
 @click.option("--storage", default=None, help="Shared optuna storage: a journal file path, sqlite:///FILE or an RDB URL (resume; join from other processes or machines).")
 @click.option("--study", "study_name", default="qtool-search", show_default=True, help="Study name inside --storage.")

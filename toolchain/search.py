@@ -192,7 +192,7 @@ def search_configs(
     min_ratio: float | None = None,
     length_rule: str = "cap",
     seq_len: int = squad.MAX_LENGTH,
-    sampler: str = "nsga2",
+    sampler: str = "evolution",
     population: int = 12,
     storage: str | None = None,
     study_name: str = "qtool-search",
