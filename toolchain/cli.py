@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .quantize import DEFAULT_TUNE_QUESTIONS
+from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -157,8 +157,8 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--calib", default="squad", show_default=True, help="'squad' (shipped, offline) or a SQuAD JSON path.")
-@click.option("--samples", default=128, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
-@click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
+@click.option("--samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
+@click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
 @click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: the recipe the README measures "
@@ -281,8 +281,8 @@ def verify(path, model_dir, squad_file, limit, batch_sizes, rounds, workload_win
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
 @click.option("--length-rule", "length_rules", type=click.Choice(["cap", "ratio"]), multiple=True, default=("cap",),
               show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
-@click.option("--calib-samples", default=128, show_default=True, type=POSITIVE)
-@click.option("--tolerance", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
+@click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE)
+@click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options

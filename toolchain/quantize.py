@@ -32,6 +32,8 @@ from .runtime import GraphInterface, kept_agreement, onnx_session, predict_onnx,
 
 CALIBRATION_SETS = {"squad": "squad-train-300.json"}
 DEFAULT_TUNE_QUESTIONS = 1000
+DEFAULT_CALIB_SAMPLES = 128  # calibration windows for static recipes
+DEFAULT_TOLERANCE = 1.0  # largest F1 drop against the FP32 graph a recipe may cost
 # Recipes are scored as deployments feed graphs: one window at a time, and length-bucketed batches of 32.
 # Dynamic INT8 computes activation scales per batch, so its answers depend on batch-mates: both count.
 # A `ratio` graph expects windows padded to seq_len (its manifest says so): it is scored that way.
@@ -238,8 +240,8 @@ def quantize_artifact(
     dest: str | Path | None = None,
     *,
     calib: str = "squad",
-    samples: int = 128,
-    tolerance: float | None = 1.0,
+    samples: int = DEFAULT_CALIB_SAMPLES,
+    tolerance: float | None = DEFAULT_TOLERANCE,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
     recipes: Sequence[Recipe] = RECIPES,
     timing_batches: tuple[int, int] = (1, 32),
@@ -349,7 +351,7 @@ def quantize_artifact(
     return dest
 
 
-def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = 128) -> Path:
+def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = DEFAULT_CALIB_SAMPLES) -> Path:
     """Baseline (c): onnxruntime.quantization.quantize_static with its defaults (QDQ, per-tensor, MinMax)."""
     from onnxruntime.quantization import quantize_static
     from transformers import AutoTokenizer
