@@ -66,10 +66,6 @@ def check_supported(model: nn.Module) -> Family:
     return family
 
 
-def num_layers(model: nn.Module) -> int:
-    return len(family_of(model).encoder_layers(model))
-
-
 def trained_variant(model: nn.Module) -> str:
     """The Drop-and-Restore variant the checkpoint was trained with (`qtool train` records it; default qtool)."""
     return getattr(model.config, VARIANT_ATTRIBUTE, None) or "qtool"
@@ -144,8 +140,13 @@ def _attention(family: Family, heads: int, layer: nn.Module, h: torch.Tensor,
     return family.attention_output(layer, context, h), probs
 
 
-def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool") -> torch.Tensor:
+def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool",
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
     """Attention each token receives, summed over heads and queries; padding gets -1 (ranks last).
+
+    Given the tokens' original `positions`, padding ranks last in position order (-1 - 1e-4 * position):
+    no ties, so every runtime keeps the same padding tokens (under `lat` the padding queries that stay
+    change the significance of real tokens).
 
     `qtool` sums over real queries only (the answer does not depend on how much padding there is); `lat`
     sums over all queries, as LAT's code does. The query mask enters as a matrix-vector product, so the
@@ -156,7 +157,8 @@ def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool"
     else:
         queries = mask[:, None, None, :].to(probs.dtype)  # [B, 1, 1, n]
         received = torch.matmul(queries, probs).sum(dim=(1, 2))  # [B, n]
-    return torch.where(mask > 0, received, torch.full_like(received, -1.0))
+    padding = torch.full_like(received, -1.0) if positions is None else -1.0 - positions.to(received.dtype) * 1e-4
+    return torch.where(mask > 0, received, padding)
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -212,10 +214,7 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in)
-            score = significance(probs, mask, config.variant)
-            # padding ranks last and in position order: no ties, so every runtime keeps the same padding
-            # tokens (under `lat` the padding queries that stay change the significance of real tokens)
-            score = torch.where(mask > 0, score, -1.0 - positions.to(score.dtype) * 1e-4)
+            score = significance(probs, mask, config.variant, positions)
             if lat:  # LAT always keeps [CLS]
                 score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
             order = torch.topk(score, n_in, dim=1).indices
@@ -246,7 +245,7 @@ class DropAndRestoreQA(nn.Module):
     def __init__(self, model: nn.Module, config: LengthConfig, return_kept: bool = False):
         super().__init__()
         check_supported(model)
-        config.validate(num_layers(model))
+        config.validate(dims_of(model).layers)
         self.model = model
         self.config = config
         self.return_kept = return_kept

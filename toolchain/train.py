@@ -184,8 +184,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     from .model import check_supported
 
     check_supported(model)
-    num_layers = dims_of(model).layers
-    max_positions = dims_of(model).max_positions
+    dims = dims_of(model)
+    num_layers, max_positions = dims.layers, dims.max_positions
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
 

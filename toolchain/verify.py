@@ -58,10 +58,10 @@ def evaluate_model(
 
     model, tokenizer = load_qa_model(model_dir)
     variant = variant or trained_variant(model)
-    if not 2 <= seq_len <= dims_of(model).max_positions:
-        raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{dims_of(model).max_positions})")
-    layers = dims_of(model).layers
-    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule, variant) for c in configs]
+    dims = dims_of(model)
+    if not 2 <= seq_len <= dims.max_positions:
+        raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{dims.max_positions})")
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs]
     examples = squad.load_squad(squad_file, limit=limit)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     rows = []
@@ -69,7 +69,7 @@ def evaluate_model(
         preds = predict_torch(model, features, config, batch_size=batch_size, protocol=protocol, show_progress=show_progress)
         rows.append({
             "config": config.label, "rule": config.rule, "variant": config.variant, "protocol": protocol,
-            "flops_ratio": flops_ratio(config, dims_of(model).hidden, dims_of(model).ffn),
+            "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn),
             **score(examples, features, preds),
         })
     return rows
@@ -214,13 +214,14 @@ def verify_artifacts(
         if not model_dir or not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
         model, _ = load_qa_model(model_dir)
-        configs = [LengthConfig.full(dims_of(model).layers, seq_len)]
+        dims = dims_of(model)
+        configs = [LengthConfig.full(dims.layers, seq_len)]
         if torch_configs == "all":
             configs += [m.length_config for m in found.values() if m.kind == "qtool" and m.precision == "fp32" and not m.length_config.is_full]
         for config in configs:
             row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": "qtool", "precision": "fp32",
                    "config": config.label, "rule": config.rule,
-                   "flops_ratio": flops_ratio(config, dims_of(model).hidden, dims_of(model).ffn)}
+                   "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn)}
             invariant = is_invariant(config)
             for protocol in _distinct_protocols(protocols, invariant=invariant):
                 result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))

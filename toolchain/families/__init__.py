@@ -9,6 +9,7 @@ them in, so a recipe written once works for every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Callable
 
 import torch
@@ -71,6 +72,7 @@ class Family:
         return {role: [names[id(m)] for m in modules] for role, modules in self.role_modules(model).items()}
 
 
+@cache
 def _registry() -> dict[str, Family]:
     from . import bert, distilbert, electra, roberta
 

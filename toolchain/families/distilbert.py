@@ -30,10 +30,6 @@ def _feed_forward(layer, a: torch.Tensor) -> torch.Tensor:
     return layer.output_layer_norm(ffn.dropout(ffn.lin2(ffn.activation(ffn.lin1(a)))) + a)
 
 
-def _qa_head(model):
-    return model.qa_outputs
-
-
 FAMILY = Family(
     model_type="distilbert",
     inputs=("input_ids", "attention_mask"),
@@ -44,5 +40,4 @@ FAMILY = Family(
     attention_output=_attention_output,
     feed_forward=_feed_forward,
     layer_linears=lambda layer: {"attn_out": layer.attention.out_lin, "ffn_in": layer.ffn.lin1, "ffn_out": layer.ffn.lin2},
-    qa_head=_qa_head,
 )
