@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from toolchain.model import LengthConfig, load_qa_model
-from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, smallest_config, train
+from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, sandwich, smallest_config, train
 from toolchain.verify import evaluate_model
 
 from conftest import TRAIN_STEPS
@@ -25,8 +25,31 @@ def test_sandwich_configs_respect_the_drop_bound():
         assert all(k >= s for k, s in zip(config.keep, smallest_config(6, 300, 0.2).keep))
 
 
+@pytest.mark.parametrize("rule", ["ratio", "cap"])
+def test_length_drop_samples_what_the_length_rule_will_do(rule):
+    """A 64-token batch: 'ratio' drops a share of it in every layer; 'cap' draws for max_length (384) and caps,
+    so a short window keeps what a cap graph keeps of it."""
+    from toolchain.model import flops
+
+    args = TrainArgs(base="minilm", out="unused", max_length=384, length_drop=True, num_sandwich=3, layerdrop=0.0,
+                     length_rule=rule)
+    subs = sandwich(args, 6, 64, random.Random(0))
+    assert len(subs) == 4 and all(skip == () for _, skip in subs)
+    smallest = subs[0][0]
+    counts, n = [], 64
+    for i in range(6):
+        n = smallest.keep_count(i, 64, n)
+        counts.append(n)
+    if rule == "ratio":
+        assert counts == [52, 42, 34, 28, 23, 19]
+    else:
+        assert smallest.keep == (308, 247, 198, 159, 128, 103) and counts == [64] * 6
+        # and on a 200-token window only the later layers drop, as at inference
+        assert flops(smallest, 384, 1536, 200) < flops(LengthConfig.full(6), 384, 1536, 200)
+
+
 def test_training_learns_squad(trained_dir):
-    """A minute of fine-tuning on real SQuAD already answers some dev questions; the untrained head cannot."""
+    """A minute of seeded fine-tuning on real SQuAD already answers some dev questions; the untrained head cannot."""
     info = json.loads((trained_dir / "qtool_train.json").read_text())
     assert info["steps"] == TRAIN_STEPS and info["examples_seen"] == TRAIN_STEPS * 16
     model, tokenizer = load_qa_model(trained_dir)
@@ -52,6 +75,22 @@ def evaluate_model_untrained(limit):
     examples = squad.load_squad("dev", limit=limit)
     feats = squad.featurize(examples, tok)
     return score(examples, feats, predict_torch(model, feats))["f1"]
+
+
+def test_same_seed_gives_the_same_model_whatever_ran_before(tmp_path):
+    """--seed pins the new QA head and dropout too: earlier draws from torch's generator change nothing."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for run, noise in enumerate((1, 1000)):
+        torch.rand(noise)  # another test, or another stage, drew from the global generator first
+        out = tmp_path / f"run{run}"
+        train(TrainArgs(base="minilm", out=str(out), limit=16, max_length=128, batch_size=8, max_steps=2,
+                        save_every=0.0, seed=3, bf16=False))
+        weights.append(load_file(out / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
 
 
 def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):

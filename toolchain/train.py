@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import atomic, squad
 from .errors import InputError
 from .families import dims_of
-from .length import VARIANTS
+from .length import LENGTH_RULES, VARIANTS
 from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
 
 CHECKPOINT_DIR = "checkpoint"
@@ -59,6 +59,10 @@ class TrainArgs:
     save_every: float = 600.0  # seconds
     threads: int | None = None
     variant: str = "qtool"  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
+    # How sandwich configurations meet each batch, as the length rule will at inference: 'ratio' draws the
+    # counts for the batch's own width (every window drops its share); 'cap' draws them for max_length and
+    # keeps min(k_i, tokens in), which is what a cap graph does to an unpadded window.
+    length_rule: str = "ratio"
 
     def validate(self) -> None:
         """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
@@ -68,6 +72,7 @@ class TrainArgs:
 
         need(self.max_length >= 32, "--max-length", "at least 32 tokens", self.max_length)
         need(self.variant in VARIANTS, "--variant", f"one of {VARIANTS}", self.variant)
+        need(self.length_rule in LENGTH_RULES, "--length-rule", f"one of {LENGTH_RULES}", self.length_rule)
         if self.doc_stride is not None:
             need(0 < self.doc_stride < self.max_length, "doc_stride", f"between 1 and --max-length - 1 ({self.max_length - 1})",
                  self.doc_stride)
@@ -105,22 +110,37 @@ def resolve_base(base: str) -> str:
     return base
 
 
-def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = "qtool") -> LengthConfig:
+def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = "qtool", rule: str = "cap") -> LengthConfig:
     """Every layer drops the largest allowed share: the sandwich's lower bound."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = max(1, math.ceil(n * (1.0 - ratio)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, variant=variant)
+    return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
-def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = "qtool") -> LengthConfig:
+def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = "qtool",
+                  rule: str = "cap") -> LengthConfig:
     """Each layer keeps a uniform count between (1 - ratio) and all of what the previous layer kept."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = rng.randint(max(1, math.ceil(n * (1.0 - ratio))), n)
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, variant=variant)
+    return LengthConfig(tuple(keep), seq_len, rule, variant)
+
+
+def sandwich(args: TrainArgs, num_layers: int, width: int, rng: random.Random) -> list[tuple[LengthConfig, tuple[int, ...]]]:
+    """The sub-models of one LengthDrop step: the smallest, then `num_sandwich` random ones (with skipped layers).
+
+    Under the 'ratio' rule the counts are drawn for this batch's width; under 'cap' for max_length, so a
+    short batch keeps min(k_i, tokens in) exactly as a cap graph will on an unpadded window.
+    """
+    budget = width if args.length_rule == "ratio" else args.max_length
+    subs = [(smallest_config(num_layers, budget, args.length_drop_ratio, args.variant), ())]
+    for _ in range(args.num_sandwich):
+        skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)
+        subs.append((random_config(num_layers, budget, args.length_drop_ratio, rng, args.variant), skip))
+    return subs
 
 
 def batch_width(longest: int, max_width: int) -> int:
@@ -148,7 +168,8 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
     """Replace the checkpoint folder atomically: a kill mid-save leaves the previous checkpoint intact."""
     with atomic.staging_dir(path) as tmp:
         torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+             "torch_rng": torch.get_rng_state()},
             tmp / "trainer.pt",
         )
 
@@ -180,6 +201,9 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     base = resolve_base(args.base)
     local = Path(base).is_dir()
     tokenizer = AutoTokenizer.from_pretrained(base, use_fast=True, local_files_only=local)
+    # --seed fixes the new QA head's initialisation and dropout, not only batch order: without it the run
+    # depends on whatever the process drew from torch's global generator before
+    torch.manual_seed(args.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
     from .model import check_supported
 
@@ -209,6 +233,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+        if "torch_rng" in saved:
+            torch.set_rng_state(saved["torch_rng"])
     out.mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(args.seed + state["step"])
@@ -262,11 +288,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if args.length_drop:
             teacher_s, teacher_e = s_full.detach(), e_full.detach()
             mask = batch["attention_mask"]
-            subs = [(smallest_config(num_layers, width, args.length_drop_ratio, args.variant), ())]
-            for _ in range(args.num_sandwich):
-                skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)
-                subs.append((random_config(num_layers, width, args.length_drop_ratio, rng, args.variant), skip))
-            for config, skip in subs:
+            for config, skip in sandwich(args, num_layers, width, rng):
                 with autocast:
                     s, e = drop_and_restore(model, **batch, config=config, skip_layers=skip)
                     kd = (_distill(s, teacher_s, mask) + _distill(e, teacher_e, mask)) / 2
