@@ -17,7 +17,7 @@ from toolchain.search import search_configs
 
 def hypervolume(front: list[dict], ref_cost: float = 1.0, ref_f1: float = 0.0) -> float:
     """2-D hypervolume of (cost down, F1 up) points against (ref_cost, ref_f1)."""
-    points = sorted((r["macs_unpadded"], r["f1"]) for r in front if r["macs_unpadded"] <= ref_cost)
+    points = sorted((r["cost"], r["f1"]) for r in front if r["cost"] <= ref_cost)
     area, best_f1 = 0.0, ref_f1
     for i, (cost, f1) in enumerate(points):
         best_f1 = max(best_f1, f1)

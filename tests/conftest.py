@@ -11,7 +11,7 @@ import torch
 from toolchain import squad
 from toolchain.train import TrainArgs, resolve_base, train
 
-TRAIN_STEPS = 60
+TRAIN_STEPS = 100
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -46,7 +46,7 @@ def minilm_qa(minilm_dir):
 
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, squad_dir) -> Path:
-    """MiniLM fine-tuned on 1,000 SQuAD train questions at length 192 (about a minute on 2 cores)."""
+    """MiniLM fine-tuned on 1,000 SQuAD train questions at length 192 (about a minute on 2 cores; seeded, so the same model whatever ran before)."""
     out = tmp_path_factory.mktemp("trained") / "minilm-qa"
     train(TrainArgs(base="minilm", out=str(out), limit=1000, max_length=192, batch_size=16,
                     max_steps=TRAIN_STEPS, lr=2e-4, warmup=0.1, seed=0))
@@ -69,3 +69,17 @@ def exported_root(tmp_path_factory, trained_dir) -> Path:
     root = tmp_path_factory.mktemp("graphs") / "minilm"
     export_configs(trained_dir, ["full", REDUCED], root, samples=8)
     return root
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
+    """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
+    INT8 graphs and the standard recipe's three graphs, with the report."""
+    from toolchain.bench import run_bench
+    from toolchain.quantize import RECIPES_BY_NAME
+
+    root = tmp_path_factory.mktemp("bench") / "bench"
+    report = run_bench(trained_dir, [REDUCED], root, calib_samples=8, tune_questions=20, tolerance=100.0,
+                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), limit=12, batch_sizes=(1, 2),
+                       rounds=1, workload_windows=4, plain_ort=False, log=lambda _: None)
+    return root, report

@@ -50,15 +50,9 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     assert not (single / "report.json").exists() and f"report: {root / 'report.md'}" in result.output
 
 
-def test_bench_measures_qtool_against_the_standard_recipe(trained_dir, tmp_path):
+def test_bench_measures_qtool_against_the_standard_recipe(bench_run):
     """bench builds the standard recipe (optimum export, fusions, dynamic INT8) from the same checkpoint."""
-    from toolchain.bench import run_bench
-    from toolchain.quantize import RECIPES_BY_NAME
-
-    root = tmp_path / "bench"
-    report = run_bench(trained_dir, [REDUCED], root, calib_samples=8, tune_questions=20, tolerance=100.0,
-                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), limit=12, batch_sizes=(1, 2),
-                       rounds=1, workload_windows=4, plain_ort=False, log=lambda _: None)
+    root, report = bench_run
     rows = {r["name"]: r for r in report["rows"]}
     assert {"std-fp32-optimum", "std-fp32-o2", "std-int8-o2-dynamic"} <= set(rows)
     assert report["baseline"] == "std-int8-o2-dynamic"

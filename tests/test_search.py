@@ -3,7 +3,7 @@ import pytest
 
 from toolchain import squad
 from toolchain.length import LengthConfig
-from toolchain.search import EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, search_configs, search_examples
+from toolchain.search import EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, search_configs, search_examples, trained_space
 
 
 def test_ratios_always_give_valid_configs():
@@ -78,3 +78,16 @@ def test_evolution_breeds_from_the_pareto_front():
     for child in trials[6:]:
         earlier = [t.params for t in trials[: child.number]]
         assert child.params in earlier
+
+
+def test_the_trained_space_is_read_from_the_training_record(tmp_path):
+    import json
+
+    assert trained_space(tmp_path) == (None, "no LengthDrop training record", None)
+    (tmp_path / "train-1-plain.json").write_text(json.dumps({"args": {"length_drop": False}}))
+    (tmp_path / "train-2-lengthdrop.json").write_text(json.dumps({"args": {"length_drop": True, "length_drop_ratio": 0.2}}))
+    ratio, record, rule = trained_space(tmp_path)
+    assert ratio == pytest.approx(0.8) and record == "train-2-lengthdrop.json" and rule == "ratio"  # before --length-rule
+    (tmp_path / "qtool_train.json").write_text(
+        json.dumps({"args": {"length_drop": True, "length_drop_ratio": 0.4, "length_rule": "cap"}}))
+    assert trained_space(tmp_path) == (pytest.approx(0.6), "qtool_train.json", "cap")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .latency import DEFAULT_LENGTHS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
 
 POSITIVE = click.IntRange(min=1)
@@ -88,8 +89,12 @@ def main() -> None:
 @click.option("--seed", default=42, show_default=True)
 @click.option("--variant", type=click.Choice(["qtool", "lat"]), default="qtool", show_default=True,
               help="Drop-and-Restore variant LengthDrop trains (recorded in the model folder; export follows it).")
+@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="ratio", show_default=True,
+              help="How LengthDrop's sampled configurations meet a batch: 'ratio' draws counts for the batch's own width; "
+                   "'cap' draws them for --max-length and keeps min(k_i, tokens in), as a cap graph does to unpadded "
+                   "windows. Train with the rule you will export and search with.")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
-          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant) -> None:
+          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant, length_rule) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from .train import TrainArgs, train as run_train
 
@@ -98,7 +103,7 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         length_drop_ratio=length_drop_ratio, layerdrop=layerdrop, max_length=max_length, doc_stride=doc_stride,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
         time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, threads=threads, seed=seed,
-        variant=variant,
+        variant=variant, length_rule=length_rule,
     )
     info = _run(run_train, args, resume=resume)
     click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))
@@ -207,9 +212,10 @@ def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_t
 @click.option("--study", "study_name", default="qtool-search", show_default=True, help="Study name inside --storage.")
 @click.option("--workers", default=1, show_default=True, type=POSITIVE, help="Local processes joining the study (needs --storage).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--latency-model", type=click.Path(dir_okay=False), default=None, help="Cost = INT8 latency at real lengths predicted by this `qtool fit-latency` file (relative to the standard recipe's graph); default cost: MACs at real lengths.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
 def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler, population, storage, study_name, workers,
-           seed, out) -> None:
+           seed, latency_model, out) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train, unpadded windows."""
     from .search import search_configs
 
@@ -221,16 +227,44 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
             raise click.BadParameter(f"folder of {out} is not writable", param_hint="--out")
     result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
                   length_rule=length_rule, sampler=sampler, population=population, storage=storage,
-                  study_name=study_name, workers=workers, seed=seed, log=click.echo)
+                  study_name=study_name, workers=workers, seed=seed, latency_model=latency_model, log=click.echo)
     click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
     click.echo(f"space: {result['space']}")
     click.echo("Pareto front (cheapest first):")
     for row in result["pareto"]:
-        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}  F1 {row['f1']:6.2f}")
+        latency = f"  latency {row['latency']:.3f}" if "latency" in row else ""
+        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}")
     if out:
         from .atomic import write_text
 
         _run(write_text, out, json.dumps(result, indent=2))
+
+
+@main.command("fit-latency")
+@click.argument("graphs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Write the fitted latency model (JSON) here.")
+@click.option("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True, help="Window lengths (real tokens) to time.")
+@click.option("--rounds", default=5, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median taken).")
+@click.option("--threads", default=None, type=POSITIVE, help="onnxruntime intra-op threads (default: all cores).")
+def fit_latency(graphs, out, lengths, rounds, threads) -> None:
+    """Fit a per-layer latency model of one model's INT8 graphs on this machine, for `search --latency-model`.
+
+    GRAPHS are artifact folders (or folders of them): the full graph and a few reduced configurations of one
+    model, plus the standard recipe's INT8 graph (std-int8-o2-dynamic) so costs read as speed against it.
+    """
+    from .artifact import find_artifacts
+    from .atomic import check_writable_dir
+    from .latency import fit_latency_model
+
+    try:
+        window_lengths = tuple(int(n) for n in lengths.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{lengths!r}: give comma-separated integers", param_hint="--lengths") from None
+    _run(check_writable_dir, Path(out).resolve().parent, "folder of --out")
+    folders = [f for g in graphs for f in _run(find_artifacts, g)]
+    model = _run(fit_latency_model, folders, lengths=window_lengths, rounds=rounds, threads=threads, log=click.echo)
+    _run(model.save, out)
+    click.echo(f"wrote {out}")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

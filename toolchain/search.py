@@ -58,17 +58,20 @@ def search_examples(questions: int, offset: int = 0) -> list[squad.SquadExample]
     return [e for e in squad.load_squad("train", limit=questions + 300, offset=max(0, start - 300)) if e.id not in calib][-questions:]
 
 
-def trained_min_ratio(model_dir: str | Path) -> tuple[float | None, str]:
-    """The smallest per-layer keep ratio LengthDrop trained this model with, from its training record."""
-    records = sorted(Path(model_dir).glob("qtool_train.json")) + sorted(Path(model_dir).glob("train-*.json"))
-    for path in reversed(records):
+def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
+    """(smallest per-layer keep ratio, record file, length rule) LengthDrop trained this model with.
+
+    Records written before `qtool train --length-rule` existed sampled per batch width: the 'ratio' rule."""
+    # the last run's record first (qtool_train.json), then numbered stage records, latest stage first
+    records = [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
+    for path in records:
         try:
             args = json.loads(path.read_text()).get("args", {})
         except (OSError, json.JSONDecodeError):
             continue
         if args.get("length_drop"):
-            return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name
-    return None, "no LengthDrop training record"
+            return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name, args.get("length_rule", "ratio")
+    return None, "no LengthDrop training record", None
 
 
 def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int, ffn: int) -> float:
@@ -133,8 +136,11 @@ def open_storage(storage: str | None):
 
 
 def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: float, rule: str, seq_len: int,
-                   log: Callable[[str], None] = print):
-    """The search objective (F1 up, MACs at real lengths down) over a model loaded once per process."""
+                   latency_model: str | None = None, log: Callable[[str], None] = print):
+    """The search objective (F1 up; cost down: predicted latency at real lengths if a latency model is
+    given, else MACs at real lengths) over a model loaded once per process."""
+    from .latency import LatencyModel
+
     from .model import load_qa_model, trained_variant
     from .runtime import predict_torch, score
 
@@ -145,15 +151,23 @@ def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: fl
     examples = search_examples(questions, offset)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     lengths = features.attention_mask.sum(1)
+    timing = LatencyModel.load(latency_model) if latency_model else None
 
     def objective(trial) -> tuple[float, float]:
         ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(layers)]
         config = config_from_ratios(ratios, seq_len, rule, variant)
         result = score(examples, features, predict_torch(model, features, config, protocol="unpadded"))
-        cost = macs_ratio_at_lengths(config, lengths, hidden, ffn)
+        macs = macs_ratio_at_lengths(config, lengths, hidden, ffn)
         trial.set_user_attr("config", config.label)
         trial.set_user_attr("exact_match", result["exact_match"])
-        log(f"  {config.label:<28} MACs {cost:.3f}  F1 {result['f1']:6.2f}")
+        trial.set_user_attr("macs_unpadded", macs)
+        line = f"  {config.label:<28} MACs {macs:.3f}"
+        cost = macs
+        if timing is not None:
+            cost = timing.cost(config, lengths)
+            trial.set_user_attr("latency", cost)
+            line += f"  latency {cost:.3f}"
+        log(f"{line}  F1 {result['f1']:6.2f}")
         return result["f1"], cost
 
     return objective
@@ -179,7 +193,8 @@ def _worker(job: dict) -> None:
     study = optuna.load_study(study_name=job["study_name"], storage=open_storage(job["storage"]),
                               sampler=make_sampler(job["sampler"], job["seed"], job["population"]))
     objective = make_objective(model_dir=job["model_dir"], questions=job["questions"], offset=job["offset"],
-                               min_ratio=job["min_ratio"], rule=job["rule"], seq_len=job["seq_len"])
+                               min_ratio=job["min_ratio"], rule=job["rule"], seq_len=job["seq_len"],
+                               latency_model=job["latency_model"])
     _run_trials(study, objective, job["trials"], progress=False)
 
 
@@ -198,6 +213,7 @@ def search_configs(
     study_name: str = "qtool-search",
     workers: int = 1,
     seed: int = 0,
+    latency_model: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Search and return every evaluated configuration plus the Pareto-optimal ones (cheapest first).
@@ -205,12 +221,15 @@ def search_configs(
     With `workers` > 1, that many local processes join one study in `storage` (workers must share one).
     Re-running with the same storage and study resumes it until it holds `trials` completed trials; other
     machines join by running the same command against the same RDB URL.
+
+    The cost minimised is the INT8 latency predicted by `latency_model` (a `qtool fit-latency` file) at the
+    windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
     if sampler not in SAMPLERS:
         raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    trained, record = trained_min_ratio(model_dir)
+    trained, record, trained_rule = trained_space(model_dir)
     if min_ratio is None:
         min_ratio = trained if trained is not None else 0.5
     if not 0.0 < min_ratio <= 1.0:
@@ -221,26 +240,48 @@ def search_configs(
         space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], below what LengthDrop trained ([{trained:.2f}, 1], {record})"
     else:
         space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], within what LengthDrop trained ([{trained:.2f}, 1], {record})"
+    if trained_rule is not None:
+        space += (f"; LengthDrop sampled under the {trained_rule} rule"
+                  + ("" if trained_rule == length_rule else f", not the {length_rule} rule searched here"))
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     if workers > 1 and storage is None:
         raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
     search_examples(questions, offset)  # the slice exists, before any process starts
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
+    if latency_model is not None:
+        from .latency import LatencyModel
+
+        timing = LatencyModel.load(latency_model)
+        if timing.layers != layers:
+            raise InputError(f"latency model {latency_model} was fitted on {timing.layers}-layer graphs; "
+                             f"{model_dir} has {layers} layers")
+        cost = (f"INT8 latency at the windows' real lengths (batch 1) / {timing.reference} on the same windows, "
+                f"predicted by the latency model {Path(latency_model).name} fitted on {timing.machine.get('cpu')}")
+        latency_model = str(latency_model)
+    else:
+        cost = "encoder MACs at the windows' real lengths / plain model on the same windows"
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
                                 study_name=study_name, load_if_exists=storage is not None,
                                 sampler=make_sampler(sampler, seed, population))
-    from transformers import AutoConfig
-
-    layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
+    recorded = study.user_attrs.get("cost")
+    if recorded is not None and recorded != cost:
+        raise InputError(f"study {study_name!r} in {storage} minimises another cost ({recorded}); "
+                         "use a new --study for this one")
+    if recorded is None:
+        study.set_user_attr("cost", cost)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
     common = dict(model_dir=str(model_dir), trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
-                  rule=length_rule, seq_len=seq_len, sampler=sampler, population=population, study_name=study_name)
+                  rule=length_rule, seq_len=seq_len, sampler=sampler, population=population, study_name=study_name,
+                  latency_model=latency_model)
     if workers == 1:
         objective = make_objective(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio,
-                                   rule=length_rule, seq_len=seq_len, log=log)
+                                   rule=length_rule, seq_len=seq_len, latency_model=latency_model, log=log)
         _run_trials(study, objective, trials, progress=True)
     else:
         jobs = [dict(common, storage=storage, seed=seed + i) for i in range(workers)]
@@ -249,16 +290,20 @@ def search_configs(
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    rows = [{"config": t.user_attrs["config"], "f1": t.values[0], "macs_unpadded": t.values[1],
+    rows = [{"config": t.user_attrs["config"], "f1": t.values[0], "cost": t.values[1],
+             "macs_unpadded": t.user_attrs.get("macs_unpadded", t.values[1]),
              "exact_match": t.user_attrs["exact_match"], "trial": t.number} for t in done]
+    if latency_model is not None:
+        for row, t in zip(rows, done):
+            row["latency"] = t.user_attrs["latency"]
     unique = {}
     for row in rows:
         unique.setdefault(row["config"], row)
     rows = list(unique.values())
-    front = [rows[i] for i in pareto_front([(r["macs_unpadded"], r["f1"]) for r in rows])]
+    front = [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])]
     return {
         "objective": {"maximize": "F1 on held-out SQuAD train, unpadded windows, length rule " + length_rule,
-                      "minimize": "encoder MACs at the windows' real lengths / plain model on the same windows"},
+                      "minimize": cost},
         "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
         "trials": len(done), "study": study_name, "storage": storage, "evaluated": rows, "pareto": front,
     }

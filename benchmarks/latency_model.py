@@ -1,0 +1,115 @@
+"""How well the per-layer latency model predicts real workloads, and what it says about the searched front.
+
+1. Fits the latency model on the INT8 graphs in --graphs (qtool's full and reduced graphs of one model, and
+   the standard recipe's std-int8-o2-dynamic), timed on synthetic windows of a few lengths.
+2. Times the same graphs, interleaved, on real held-out SQuAD train windows (the search slice, unpadded,
+   batch 1) and compares each graph's measured time relative to the standard recipe's with the model's
+   prediction for those windows.
+3. With --search (a `qtool search --out` or benchmarks/search_compare.py file), re-costs every evaluated
+   configuration by predicted latency vs the standard recipe and prints the front under that cost.
+
+    qtool export --model M --config full --config 315,251,242,159,142,33 ... --out graphs/lat-fit
+    qtool quantize graphs/lat-fit --no-tune
+    python benchmarks/latency_model.py --model M --graphs graphs/lat-fit --standard graphs/minilm-lat \\
+        --search docs/search-compare-minilm.json --out docs/latency-minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from toolchain import manifest as manifests
+from toolchain import squad
+from toolchain.artifact import find_artifacts
+from toolchain.latency import fit_latency_model
+from toolchain.length import LengthConfig
+from toolchain.model import load_qa_model, trained_variant
+from toolchain.runtime import GraphInterface, onnx_session
+from toolchain.search import search_examples
+from toolchain.verify import pareto_front
+
+
+def real_windows(model_dir: str, questions: int, windows: int) -> tuple[list[dict], np.ndarray]:
+    _, tokenizer = load_qa_model(model_dir)
+    features = squad.featurize(search_examples(questions), tokenizer)
+    lengths = features.attention_mask.sum(1)[:windows]
+    feeds = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in range(len(lengths))]
+    return feeds, lengths
+
+
+def time_real(folders: list[Path], feeds: list[dict], rounds: int) -> dict[str, float]:
+    """Median total ms over the windows, batch 1, every graph interleaved round by round (one warm-up)."""
+    sessions = {f.name: onnx_session(f / manifests.load(f).graph) for f in folders}
+    wanted = {n: set(GraphInterface.of_session(s).inputs) for n, s in sessions.items()}
+    times = {n: [] for n in sessions}
+    for r in range(rounds + 1):
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            for feed in feeds:
+                session.run(None, {k: v for k, v in feed.items() if k in wanted[name]})
+            if r:
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+        print(f"  real-window round {r + 1}/{rounds + 1}{' (warm-up)' if not r else ''}", flush=True)
+    return {n: float(np.median(v)) for n, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="The model the graphs were exported from.")
+    parser.add_argument("--graphs", required=True, help="Folder of qtool INT8 graphs (full and reduced).")
+    parser.add_argument("--standard", required=True, help="Folder holding std-int8-o2-dynamic (or that folder).")
+    parser.add_argument("--questions", type=int, default=300, help="Search slice the windows come from.")
+    parser.add_argument("--windows", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--search", default=None, help="Search results to re-cost.")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    standard = next(f for f in find_artifacts(args.standard) if f.name == "std-int8-o2-dynamic")
+    ours = [f for f in find_artifacts(args.graphs) if manifests.load(f).precision == "int8" and manifests.load(f).kind == "qtool"]
+    model = fit_latency_model([*ours, standard], rounds=args.rounds)
+    result = {"latency_model": asdict(model), "validation": [], "front": None}
+
+    feeds, lengths = real_windows(args.model, args.questions, args.windows)
+    print(f"timing {len(ours) + 1} graphs on {len(feeds)} real windows (median {int(np.median(lengths))} tokens)")
+    measured = time_real([*ours, standard], feeds, args.rounds)
+    print(f"{'graph':<36} {'measured vs std':>16} {'predicted':>10} {'error':>7}")
+    for folder in ours:
+        config = manifests.load(folder).length_config
+        ratio = measured[folder.name] / measured[standard.name]
+        predicted = model.cost(config, lengths)
+        result["validation"].append({"graph": folder.name, "config": config.label, "measured_vs_std": ratio,
+                                     "predicted_vs_std": predicted, "relative_error": predicted / ratio - 1})
+        print(f"{folder.name:<36} {ratio:>16.3f} {predicted:>10.3f} {predicted / ratio - 1:>+7.1%}")
+
+    if args.search:
+        data = json.loads(Path(args.search).read_text())
+        runs = data.values() if "evaluated" not in data else [data]
+        variant = trained_variant(load_qa_model(args.model)[0])
+        rows = {}
+        for run in runs:
+            rule = "ratio" if "rule ratio" in run["objective"]["maximize"] else "cap"
+            for row in run["evaluated"]:
+                config = LengthConfig.parse(row["config"], model.layers, rule=rule, variant=variant)
+                rows[row["config"]] = {**row, "latency_vs_std": model.cost(config, lengths)}
+        rows = list(rows.values())
+        front = [rows[i] for i in pareto_front([(r["latency_vs_std"], r["f1"]) for r in rows])]
+        full_f1 = next(r["f1"] for r in rows if r["config"] == "full")
+        result["front"] = front
+        print(f"\n{len(rows)} searched configurations re-costed; front by predicted latency vs the standard recipe "
+              f"(full model F1 {full_f1:.2f} on the search slice):")
+        for row in front:
+            print(f"    {row['config']:<28} latency {row['latency_vs_std']:.3f} ({1 / row['latency_vs_std']:.2f}x)  "
+                  f"MACs {row['macs_unpadded']:.3f}  F1 {row['f1']:6.2f} ({row['f1'] - full_f1:+.2f})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
