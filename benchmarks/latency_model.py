@@ -2,16 +2,17 @@
 
 1. Fits the latency model on the INT8 graphs in --graphs (qtool's full and reduced graphs of one model, and
    the standard recipe's std-int8-o2-dynamic), timed on synthetic windows of a few lengths.
-2. Times the same graphs, interleaved, on real held-out SQuAD train windows (the search slice, unpadded,
-   batch 1) and compares each graph's measured time relative to the standard recipe's with the model's
-   prediction for those windows.
-3. With --search (a `qtool search --out` or benchmarks/search_compare.py file), re-costs every evaluated
+2. Times the same graphs and the --held-out graphs (other configurations, never fitted), interleaved, on
+   real held-out SQuAD train windows (the search slice, unpadded, batch 1) and compares each graph's
+   measured time relative to the standard recipe's with the model's prediction for those windows.
+3. With --search (`qtool search --out` or benchmarks/search_compare.py files), re-costs every evaluated
    configuration by predicted latency vs the standard recipe and prints the front under that cost.
 
     qtool export --model M --config full --config 315,251,242,159,142,33 ... --out graphs/lat-fit
     qtool quantize graphs/lat-fit --no-tune
-    python benchmarks/latency_model.py --model M --graphs graphs/lat-fit --standard graphs/minilm-lat \\
-        --search docs/search-compare-minilm.json --out docs/latency-minilm.json
+    qtool standard --model M --out graphs/lat-fit-std
+    python benchmarks/latency_model.py --model M --graphs graphs/lat-fit --standard graphs/lat-fit-std \\
+        --held-out graphs/front --search docs/search-*.json --out docs/latency-minilm.json
 """
 
 from __future__ import annotations
@@ -67,45 +68,60 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300, help="Search slice the windows come from.")
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--search", default=None, help="Search results to re-cost.")
+    parser.add_argument("--held-out", default=None, help="Folder of other INT8 graphs to validate on (not fitted).")
+    parser.add_argument("--search", nargs="*", default=[], help="Search results to re-cost.")
+    parser.add_argument("--model-out", default=None, help="Also write the fitted latency model here.")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     standard = next(f for f in find_artifacts(args.standard) if f.name == "std-int8-o2-dynamic")
-    ours = [f for f in find_artifacts(args.graphs) if manifests.load(f).precision == "int8" and manifests.load(f).kind == "qtool"]
+    def int8_graphs(root: str) -> list[Path]:
+        found = [(f, manifests.load(f)) for f in find_artifacts(root)]
+        return [f for f, m in found if m.precision == "int8" and m.kind == "qtool"]
+
+    ours = int8_graphs(args.graphs)
+    fitted = {f.name for f in ours}
+    held_out = [f for f in int8_graphs(args.held_out) if f.name not in fitted] if args.held_out else []
     model = fit_latency_model([*ours, standard], rounds=args.rounds)
+    if args.model_out:
+        model.save(args.model_out)
     result = {"latency_model": asdict(model), "validation": [], "front": None}
 
     feeds, lengths = real_windows(args.model, args.questions, args.windows)
-    print(f"timing {len(ours) + 1} graphs on {len(feeds)} real windows (median {int(np.median(lengths))} tokens)")
-    measured = time_real([*ours, standard], feeds, args.rounds)
-    print(f"{'graph':<36} {'measured vs std':>16} {'predicted':>10} {'error':>7}")
-    for folder in ours:
+    graphs = [*ours, *held_out]
+    print(f"timing {len(graphs) + 1} graphs on {len(feeds)} real windows (median {int(np.median(lengths))} tokens)")
+    measured = time_real([*graphs, standard], feeds, args.rounds)
+    print(f"{'graph':<36} {'':>8} {'measured vs std':>16} {'predicted':>10} {'error':>7}")
+    for folder in graphs:
         config = manifests.load(folder).length_config
         ratio = measured[folder.name] / measured[standard.name]
         predicted = model.cost(config, lengths)
-        result["validation"].append({"graph": folder.name, "config": config.label, "measured_vs_std": ratio,
-                                     "predicted_vs_std": predicted, "relative_error": predicted / ratio - 1})
-        print(f"{folder.name:<36} {ratio:>16.3f} {predicted:>10.3f} {predicted / ratio - 1:>+7.1%}")
+        role = "fitted" if folder.name in fitted else "held out"
+        result["validation"].append({"graph": folder.name, "config": config.label, "role": role,
+                                     "measured_vs_std": ratio, "predicted_vs_std": predicted,
+                                     "relative_error": predicted / ratio - 1})
+        print(f"{folder.name:<36} {role:>8} {ratio:>16.3f} {predicted:>10.3f} {predicted / ratio - 1:>+7.1%}")
 
     if args.search:
-        data = json.loads(Path(args.search).read_text())
-        runs = data.values() if "evaluated" not in data else [data]
+        runs = []
+        for path in args.search:
+            data = json.loads(Path(path).read_text())
+            runs += list(data.values()) if "evaluated" not in data else [data]
         variant = trained_variant(load_qa_model(args.model)[0])
         rows = {}
         for run in runs:
             rule = "ratio" if "rule ratio" in run["objective"]["maximize"] else "cap"
             for row in run["evaluated"]:
                 config = LengthConfig.parse(row["config"], model.layers, rule=rule, variant=variant)
-                rows[row["config"]] = {**row, "latency_vs_std": model.cost(config, lengths)}
+                rows[(row["config"], rule)] = {**row, "rule": rule, "latency_vs_std": model.cost(config, lengths)}
         rows = list(rows.values())
         front = [rows[i] for i in pareto_front([(r["latency_vs_std"], r["f1"]) for r in rows])]
-        full_f1 = next(r["f1"] for r in rows if r["config"] == "full")
+        full_f1 = max(r["f1"] for r in rows if r["config"] == "full")
         result["front"] = front
         print(f"\n{len(rows)} searched configurations re-costed; front by predicted latency vs the standard recipe "
               f"(full model F1 {full_f1:.2f} on the search slice):")
         for row in front:
-            print(f"    {row['config']:<28} latency {row['latency_vs_std']:.3f} ({1 / row['latency_vs_std']:.2f}x)  "
+            print(f"    {row['config']:<28} {row['rule']:<5} latency {row['latency_vs_std']:.3f} ({1 / row['latency_vs_std']:.2f}x)  "
                   f"MACs {row['macs_unpadded']:.3f}  F1 {row['f1']:6.2f} ({row['f1'] - full_f1:+.2f})")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -133,3 +133,8 @@ def test_a_study_keeps_one_cost(trained_dir, tmp_path):
     with pytest.raises(InputError, match="minimises another cost"):
         search_configs(trained_dir, trials=2, questions=4, storage=storage, latency_model=tmp_path / "latency.json",
                        log=lambda _: None)
+
+
+def test_standard_command_refuses_a_folder_that_is_no_model(tmp_path):
+    result = CliRunner().invoke(main, ["standard", "--model", str(tmp_path), "--out", str(tmp_path / "std")])
+    assert result.exit_code == 1 and "no config.json" in result.output and not (tmp_path / "std").exists()

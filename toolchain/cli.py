@@ -240,6 +240,24 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
         _run(write_text, out, json.dumps(result, indent=2))
 
 
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root; writes std-fp32-optimum, std-fp32-o2, std-int8-o2-dynamic.")
+def standard(model_dir, out) -> None:
+    """Build the standard recipe from the plain model: optimum export, onnxruntime O2 fusions, dynamic INT8.
+
+    What a team gets without qtool; `bench` builds it too. Its INT8 graph is the reference `fit-latency`
+    measures speed against.
+    """
+    from .atomic import check_writable_dir
+    from .standard import build_standard
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise click.ClickException(f"{model_dir} is not a model folder (no config.json)")
+    _run(check_writable_dir, out, "--out")
+    _run(build_standard, model_dir, out, log=click.echo)
+
+
 @main.command("fit-latency")
 @click.argument("graphs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Write the fitted latency model (JSON) here.")

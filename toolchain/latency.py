@@ -131,7 +131,10 @@ class LatencyModel:
 
 def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds: int, warmup: int,
                  log: Callable[[str], None]) -> dict[str, dict[int, float]]:
-    """Median ms of one window at each length, every session interleaved round by round."""
+    """Median ms of one window at each length, every session interleaved round by round.
+
+    Each (graph, length) runs once untimed before its timed runs: switching graphs evicts the previous
+    graph's weights from the caches, and a deployment serving one graph runs it warm."""
     from .runtime import GraphInterface, synthetic_feed
 
     feeds = {name: {n: synthetic_feed(GraphInterface.of_session(s), 1, n, seed=n) for n in lengths}
@@ -140,6 +143,7 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
     for r in range(warmup + rounds):
         for name, session in sessions.items():
             for n, feed in feeds[name].items():
+                session.run(None, feed)
                 t0 = time.perf_counter()
                 for _ in range(3):
                     session.run(None, feed)
