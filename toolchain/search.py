@@ -258,8 +258,12 @@ def search_configs(
         if timing.layers != layers:
             raise InputError(f"latency model {latency_model} was fitted on {timing.layers}-layer graphs; "
                              f"{model_dir} has {layers} layers")
+        import hashlib
+
+        digest = hashlib.sha256(Path(latency_model).read_bytes()).hexdigest()[:12]
         cost = (f"INT8 latency at the windows' real lengths (batch 1) / {timing.reference} on the same windows, "
-                f"predicted by the latency model {Path(latency_model).name} fitted on {timing.machine.get('cpu')}")
+                f"predicted by the latency model {Path(latency_model).name} (sha256 {digest}) fitted on "
+                f"{timing.machine.get('cpu')}")
         latency_model = str(latency_model)
     else:
         cost = "encoder MACs at the windows' real lengths / plain model on the same windows"
