@@ -17,17 +17,19 @@ below 1/1.5 is the "1.5x faster than the standard recipe" line.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from . import atomic
 from .errors import InputError
 from .length import LengthConfig
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 FEATURES = ("constant", "drops", "tokens", "layer_tokens", "attention_pairs", "ffn_tokens")
 BASELINE_FEATURES = ("constant", "tokens", "tokens_squared")
@@ -173,8 +175,8 @@ def fit_latency_model(
     from .runtime import onnx_session
     from .verify import machine_info
 
-    ours: dict[str, tuple[Path, object]] = {}
-    baseline: tuple[str, Path, object] | None = None
+    ours: dict[str, tuple[Path, Manifest]] = {}
+    baseline: tuple[str, Path, Manifest] | None = None
     for folder in map(Path, folders):
         m = manifest_mod.load(folder)
         if m.kind == "standard":

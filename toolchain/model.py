@@ -15,7 +15,6 @@ tokens need not stay in order: the gather uses TopK's order and the restore scat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
