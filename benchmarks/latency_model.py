@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,33 +30,18 @@ from toolchain.artifact import find_artifacts
 from toolchain.latency import fit_latency_model
 from toolchain.length import LengthConfig
 from toolchain.model import load_qa_model, trained_variant
-from toolchain.runtime import GraphInterface, onnx_session
+from toolchain.runtime import onnx_session
 from toolchain.search import search_examples
-from toolchain.verify import pareto_front
+from toolchain.verify import pareto_front, time_artifacts
 
 
-def real_windows(model_dir: str, questions: int, windows: int) -> tuple[list[dict], np.ndarray]:
-    _, tokenizer = load_qa_model(model_dir)
-    features = squad.featurize(search_examples(questions), tokenizer)
-    lengths = features.attention_mask.sum(1)[:windows]
-    feeds = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in range(len(lengths))]
-    return feeds, lengths
-
-
-def time_real(folders: list[Path], feeds: list[dict], rounds: int) -> dict[str, float]:
-    """Median total ms over the windows, batch 1, every graph interleaved round by round (one warm-up)."""
+def time_real(folders: list[Path], features: squad.Features, windows: int, rounds: int) -> dict[str, float]:
+    """Median ms per window over the first `windows` windows, batch 1, unpadded, every graph interleaved
+    round by round: verify's real_b1 protocol."""
     sessions = {f.name: onnx_session(f / manifests.load(f).graph) for f in folders}
-    wanted = {n: set(GraphInterface.of_session(s).inputs) for n, s in sessions.items()}
-    times = {n: [] for n in sessions}
-    for r in range(rounds + 1):
-        for name, session in sessions.items():
-            t0 = time.perf_counter()
-            for feed in feeds:
-                session.run(None, {k: v for k, v in feed.items() if k in wanted[name]})
-            if r:
-                times[name].append((time.perf_counter() - t0) * 1000.0)
-        print(f"  real-window round {r + 1}/{rounds + 1}{' (warm-up)' if not r else ''}", flush=True)
-    return {n: float(np.median(v)) for n, v in times.items()}
+    times = time_artifacts(sessions, features, seq_len=squad.MAX_LENGTH, batch_sizes=(), workload_windows=windows,
+                           rounds=rounds, warmup=1)
+    return {name: t["real_b1"] for name, t in times.items()}
 
 
 def main() -> None:
@@ -87,10 +71,11 @@ def main() -> None:
         model.save(args.model_out)
     result = {"latency_model": asdict(model), "validation": [], "front": None}
 
-    feeds, lengths = real_windows(args.model, args.questions, args.windows)
+    features = squad.featurize(search_examples(args.questions), load_qa_model(args.model)[1])
+    lengths = features.attention_mask.sum(1)[: args.windows]
     graphs = [*ours, *held_out]
-    print(f"timing {len(graphs) + 1} graphs on {len(feeds)} real windows (median {int(np.median(lengths))} tokens)")
-    measured = time_real([*graphs, standard], feeds, args.rounds)
+    print(f"timing {len(graphs) + 1} graphs on {len(lengths)} real windows (median {int(np.median(lengths))} tokens)")
+    measured = time_real([*graphs, standard], features, args.windows, args.rounds)
     print(f"{'graph':<36} {'':>8} {'measured vs std':>16} {'predicted':>10} {'error':>7}")
     for folder in graphs:
         config = manifests.load(folder).length_config

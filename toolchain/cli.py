@@ -252,8 +252,6 @@ def standard(model_dir, out) -> None:
     from .atomic import check_writable_dir
     from .standard import build_standard
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise click.ClickException(f"{model_dir} is not a model folder (no config.json)")
     _run(check_writable_dir, out, "--out")
     _run(build_standard, model_dir, out, log=click.echo)
 

@@ -238,14 +238,14 @@ def export_configs(
     atomic.check_writable_dir(out, "--out")
     model, tokenizer = load_qa_model(model_dir)
     variant = variant or trained_variant(model)
-    limit = int(dims_of(model).max_positions)
+    dims = dims_of(model)
+    limit = int(dims.max_positions)
     if not 2 <= seq_len <= limit:
         raise ExportError(f"--seq-len {seq_len} is outside what the model takes (2..{limit} positions)")
     doc_stride = squad.default_doc_stride(seq_len) if doc_stride is None else doc_stride
     if not 0 < doc_stride < seq_len:
         raise ExportError(f"--doc-stride {doc_stride} must be positive and smaller than --seq-len {seq_len}")
-    layers = dims_of(model).layers
-    parsed = [LengthConfig.parse(c, layers, seq_len, length_rule, variant) for c in configs]
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs]
     examples = squad.load_squad(squad_file, limit=samples)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=doc_stride)
     return [

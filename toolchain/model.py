@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .families import Family, UnsupportedModelError, dims_of, family_of, supported  # noqa: F401
-from .length import DEFAULT_LENGTH_RULE, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
+from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
 ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] under `lat`); a constant, not n-dependent
@@ -67,7 +67,7 @@ def check_supported(model: nn.Module) -> Family:
 
 def trained_variant(model: nn.Module) -> str:
     """The Drop-and-Restore variant the checkpoint was trained with (`qtool train` records it; default qtool)."""
-    return getattr(model.config, VARIANT_ATTRIBUTE, None) or "qtool"
+    return getattr(model.config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
 
 
 def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:

@@ -21,13 +21,13 @@ from .errors import InputError
 
 MAX_LENGTH = 384
 DOC_STRIDE = 128
+MAX_ANSWER_LENGTH = 30
+N_BEST = 20
 
 
 def default_doc_stride(seq_len: int) -> int:
     """SQuAD's usual 128-token window overlap, or half the window for short windows (the one default)."""
     return min(DOC_STRIDE, seq_len // 2)
-MAX_ANSWER_LENGTH = 30
-N_BEST = 20
 
 
 class SquadFormatError(ValueError):

@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from . import artifact
+from . import artifact, squad
 from . import manifest as manifests
 from .families import dims_of
 from .length import LengthConfig
@@ -42,7 +42,8 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
     """Wrap one standard-recipe graph into an artifact folder (interface read off the graph)."""
     session = onnx_session(graph)
     interface = GraphInterface.of_session(session)
-    seq_len = 384
+    seq_len = squad.MAX_LENGTH
+    dims = dims_of(config)
     with artifact.staging(dest) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -50,9 +51,10 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
         manifests.write(tmp, manifests.Manifest(
             graph=artifact.GRAPH, precision=precision, kind="standard",
-            length_config=LengthConfig.full(dims_of(config).layers, seq_len),
-            interface=interface, opset=_opset(graph), max_positions=int(dims_of(config).max_positions),
-            doc_stride=128, max_answer_length=30, source_model=str(tokenizer_dir), model_type=config.model_type,
+            length_config=LengthConfig.full(dims.layers, seq_len),
+            interface=interface, opset=_opset(graph), max_positions=int(dims.max_positions),
+            doc_stride=squad.default_doc_stride(seq_len), max_answer_length=squad.MAX_ANSWER_LENGTH,
+            source_model=str(tokenizer_dir), model_type=config.model_type,
             flops_ratio=1.0, quantization=recipe if precision == "int8" else None,
             validation={"against": "optimum exporter's own validation"} | recipe if precision == "fp32" else None,
         ))
@@ -69,6 +71,8 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
     from transformers import AutoConfig
 
     model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     logging.getLogger("optimum").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="qtool-std-") as work, warnings.catch_warnings():

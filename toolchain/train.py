@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import atomic, squad
 from .errors import InputError
 from .families import dims_of
-from .length import LENGTH_RULES, VARIANTS
+from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
 
 CHECKPOINT_DIR = "checkpoint"
@@ -58,7 +58,7 @@ class TrainArgs:
     limit: int | None = None
     save_every: float = 600.0  # seconds
     threads: int | None = None
-    variant: str = "qtool"  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
+    variant: str = DEFAULT_VARIANT  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
     # How sandwich configurations meet each batch, as the length rule will at inference: 'ratio' draws the
     # counts for the batch's own width (every window drops its share); 'cap' draws them for max_length and
     # keeps min(k_i, tokens in), which is what a cap graph does to an unpadded window.
@@ -110,7 +110,8 @@ def resolve_base(base: str) -> str:
     return base
 
 
-def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = "qtool", rule: str = "cap") -> LengthConfig:
+def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = DEFAULT_VARIANT,
+                    rule: str = DEFAULT_LENGTH_RULE) -> LengthConfig:
     """Every layer drops the largest allowed share: the sandwich's lower bound."""
     keep, n = [], seq_len
     for _ in range(num_layers):
@@ -119,8 +120,8 @@ def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = 
     return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
-def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = "qtool",
-                  rule: str = "cap") -> LengthConfig:
+def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = DEFAULT_VARIANT,
+                  rule: str = DEFAULT_LENGTH_RULE) -> LengthConfig:
     """Each layer keeps a uniform count between (1 - ratio) and all of what the previous layer kept."""
     keep, n = [], seq_len
     for _ in range(num_layers):
