@@ -62,6 +62,8 @@ def test_bench_measures_qtool_against_the_standard_recipe(bench_run):
     assert abs(rows["std-fp32-optimum"]["f1_unpadded"] - rows["fp32-full"]["f1_unpadded"]) < 1e-6
     ops = {n.op_type for n in __import__("onnx").load(str(root / "std-int8-o2-dynamic" / "model.onnx")).graph.node}
     assert "QAttention" in ops
+    # the standard graphs name the checkpoint they came from, as qtool's do (not optimum's scratch folder)
+    assert manifests.load(root / "std-int8-o2-dynamic").source_model == manifests.load(root / "fp32-full").source_model
     ours = rows["int8-" + REDUCED.replace(",", "-")]
     assert set(ours["speedup_vs_std"]) == {"b1@384", "b2@384", "real_b1", "real_b32"}
 

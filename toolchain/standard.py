@@ -38,7 +38,7 @@ def _opset(path: Path) -> int:
     return next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config) -> Path:
+def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config, source: Path) -> Path:
     """Wrap one standard-recipe graph into an artifact folder (interface read off the graph)."""
     session = onnx_session(graph)
     interface = GraphInterface.of_session(session)
@@ -54,7 +54,7 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
             length_config=LengthConfig.full(dims.layers, seq_len),
             interface=interface, opset=_opset(graph), max_positions=int(dims.max_positions),
             doc_stride=squad.default_doc_stride(seq_len), max_answer_length=squad.MAX_ANSWER_LENGTH,
-            source_model=str(tokenizer_dir), model_type=config.model_type,
+            source_model=str(source), model_type=config.model_type,
             flops_ratio=1.0, quantization=recipe if precision == "int8" else None,
             validation={"against": "optimum exporter's own validation"} | recipe if precision == "fp32" else None,
         ))
@@ -94,12 +94,12 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
         quantize_dynamic(str(fused_path), str(int8_path), per_channel=False, reduce_range=False,
                          weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         folders = [
-            _write(exported, work / "export", out / NAMES["export"], precision="fp32", config=config,
+            _write(exported, work / "export", out / NAMES["export"], precision="fp32", config=config, source=model_dir,
                    recipe={"tool": "optimum.exporters.onnx.main_export", "description": "plain model, optimum ONNX export"}),
-            _write(fused_path, work / "export", out / NAMES["fused"], precision="fp32", config=config,
+            _write(fused_path, work / "export", out / NAMES["fused"], precision="fp32", config=config, source=model_dir,
                    recipe={"tool": "optimum ORTOptimizer, AutoOptimizationConfig.O2 (onnxruntime BERT fusions)",
                            "description": "fused Attention, SkipLayerNormalization, BiasGelu"}),
-            _write(int8_path, work / "export", out / NAMES["int8"], precision="int8", config=config,
+            _write(int8_path, work / "export", out / NAMES["int8"], precision="int8", config=config, source=model_dir,
                    recipe={"tool": "onnxruntime.quantization.quantize_dynamic", "mode": "dynamic",
                            "recipe": {"name": "avx512_vnni dynamic"},
                            "description": "fusions + dynamic INT8 (S8 per-tensor weights, U8 activations, QAttention)"}),
