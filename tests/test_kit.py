@@ -133,11 +133,12 @@ def test_refuses_bad_input(full_dir, kit_examples):
 
 
 def _copy(folder: Path, dest: Path) -> Path:
-    """A copy of an artifact whose graph is a symlink (the 90 MB graph is never edited here)."""
+    """A copy of an artifact whose graph is a hard link (the 90 MB graph is never edited here; a symlink would
+    lead outside the folder, which is refused)."""
     dest.mkdir()
     for f in folder.iterdir():
         if f.name == "model.onnx":
-            (dest / f.name).symlink_to(f)
+            os.link(f, dest / f.name)
         else:
             shutil.copy(f, dest / f.name)
     return dest
@@ -165,6 +166,11 @@ def test_refuses_altered_or_misdescribed_artifacts(full_dir, tmp_path):
         "outputs": (lambda m: m["interface"].update(outputs=["end_logits", "start_logits"]), "must start with"),
         "format": (lambda m: m.update(format="other/9"), "unknown format"),
         "missing": (lambda m: m["files"].update({"extra.bin": "0" * 64}), "extra.bin is listed in the manifest but missing"),
+        # numbers the graph cannot take: refused at open, never a traceback mid-request
+        "seq_len": (lambda m: (m.update(max_positions=1024), m["length_config"].update(seq_len=1024)),
+                    "does not run on a window of 1024 tokens"),
+        "huge": (lambda m: m.update(doc_stride=10**30), "must be a positive integer"),
+        "answer": (lambda m: m.update(max_answer_length=10**4), "must be a positive integer|exceeds the sequence length"),
     }
     for name, (change, message) in cases.items():
         with pytest.raises(ArtifactError, match=message):

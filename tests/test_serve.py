@@ -102,6 +102,10 @@ def test_bad_input_is_a_clear_4xx(url, questions):
         (dict(body={"question": "word " * 300, "context": ctx}), 422, "may have at most"),
         (dict(body=[{"question": "Who?", "context": "x"}] * 65), 413, "at most 64"),
         (dict(body={"question": "Who?", "context": "word " * (MAX_BODY // 4)}), 413, f"at most {MAX_BODY}"),
+        # JSON escapes of a lone surrogate decode to a str no tokenizer can take
+        (dict(raw=b'{"question": "\\ud800 who?", "context": "Denver won."}'), 422, "not valid Unicode"),
+        (dict(raw=b'{"question": "Who?", "context": "Denver \\udfff won."}'), 422, "'context': the context is not valid"),
+        (dict(raw=b"[" * 50_000 + b"]" * 50_000), 400, "nests JSON too deeply"),  # under the size limit
     ]
     for kwargs, status, message in cases:
         got_status, body = request(url, "/answer", **kwargs)

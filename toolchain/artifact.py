@@ -6,6 +6,8 @@ artifact behind. The manifest records sha256 of every other file; `check_artifac
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
+from qtool_runtime.kit import inside
 import datetime as _dt
 import hashlib
 import json
@@ -22,7 +24,7 @@ GRAPH = "model.onnx"
 FORMAT = "qtool-artifact/1"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(QtoolError, ValueError):
     """An artifact folder that is missing, incomplete or altered."""
 
 
@@ -91,8 +93,9 @@ def check_artifact(folder: str | Path) -> dict:
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise ArtifactError(f"{folder}: the manifest's 'files' must map file names to sha256 digests")
     for name in files:
-        if Path(name).is_absolute() or ".." in Path(name).parts or not name:
-            raise ArtifactError(f"{folder}: the manifest lists {name!r}, which is not a file inside the folder")
+        if not inside(folder, name):
+            raise ArtifactError(f"{folder}: the manifest lists {name!r}, which is not a file inside the folder "
+                                "(a path or symlink that leads out of it)")
     for name, digest in files.items():
         path = folder / name
         if not path.is_file():

@@ -10,6 +10,7 @@ Temporaries get normal permissions (0777/0666 minus umask), not tempfile's priva
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -18,6 +19,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from qtool_runtime.errors import QtoolError
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # 143: the status a process killed by SIGTERM reports
 
@@ -126,20 +129,48 @@ def staging_dir(dest: str | Path) -> Iterator[Path]:
         tmp = _make_staging_folder(dest)
         try:
             yield tmp
-            if dest.exists() or dest.is_symlink():
-                old = _temp_name(dest, ".old")
-                os.replace(dest, old)
-                try:
-                    os.replace(tmp, dest)
-                except BaseException:
-                    os.replace(old, dest)  # put the previous version back
-                    raise
-                _remove(old)
-            else:
-                os.replace(tmp, dest)
+            _move_into_place(tmp, dest)
         except BaseException:
             _remove(tmp)
             raise
+
+
+class ConcurrentWriteError(QtoolError):
+    """Other writers kept replacing the same destination while this one tried to finish."""
+
+
+def _move_into_place(tmp: Path, dest: Path, attempts: int = 20) -> None:
+    """Rename `tmp` to `dest`, moving an existing `dest` aside first. Another writer finishing the same
+    destination at the same instant makes a rename fail (the folder is not empty, or already moved): try
+    again, so the last complete writer wins and neither fails."""
+    for _ in range(attempts):
+        if not (dest.exists() or dest.is_symlink()):
+            try:
+                os.replace(tmp, dest)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                continue  # another writer put its folder there first
+        old = _temp_name(dest, ".old")
+        try:
+            os.replace(dest, old)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                _remove(old)  # a newer complete folder is in place; ours replaces it on the next try
+                continue
+            os.replace(old, dest)  # put the previous version back
+            raise
+        except BaseException:
+            os.replace(old, dest)
+            raise
+        _remove(old)
+        return
+    raise ConcurrentWriteError(f"{dest} kept being replaced by other writers; nothing of this run was written")
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from .errors import InputError
 from .export import export_configs
-from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, RECIPES, Recipe, quantize_artifact, quantize_plain_ort
+from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, quantize_artifact, quantize_plain_ort
 from .standard import build_standard
 from .verify import verify_artifacts
 
@@ -26,7 +26,7 @@ def run_bench(
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     tolerance: float = DEFAULT_TOLERANCE,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
-    recipes: Sequence[Recipe] = RECIPES,
+    recipes: Sequence[Recipe] = LADDER,
     timing_batches: tuple[int, int] = (1, 32),
     standard: bool = True,
     plain_ort: bool = True,

@@ -27,20 +27,10 @@ RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other i
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """The error types that mean bad input; imported lazily so `qtool --help` stays fast."""
-    from .artifact import ArtifactError
-    from .export import ExportError, ExportValidationError
-    from .length import LengthConfigError
-    from .model import UnsupportedModelError
-    from .quantize import QuantizationError
-    from .runtime import GraphError
-    from .squad import SquadFormatError
-    from .standard import StandardRecipeError
-    from .verify import VerifyError
+    """The error types that mean bad input: qtool's one base class (toolchain and kit) and file errors."""
+    from qtool_runtime.errors import one_line_errors
 
-    return (FileNotFoundError, NotADirectoryError, PermissionError, ArtifactError, ExportError, ExportValidationError,
-            LengthConfigError, UnsupportedModelError, QuantizationError, GraphError, SquadFormatError,
-            StandardRecipeError, VerifyError)
+    return one_line_errors()
 
 
 def _run(fn, *args, **kwargs):
@@ -83,7 +73,8 @@ def main() -> None:
 @click.option("--max-steps", type=POSITIVE, default=None, help="Stop after this many optimizer steps.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many minutes; the LR schedule follows it.")
 @click.option("--limit", type=POSITIVE, default=None, help="Use only the first N training questions.")
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on CPU.")
+@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast on CPU (default: only where the CPU has native bf16, "
+              "AVX512-BF16 or AMX; elsewhere torch emulates it and a step is about 6x slower).")
 @click.option("--threads", type=POSITIVE, default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
 @click.option("--seed", default=42, show_default=True)
@@ -173,14 +164,14 @@ def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_t
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
     from .artifact import find_artifacts
     from .manifest import load
-    from .quantize import DEFAULT_RECIPE, RECIPES, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
+    from .quantize import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
         raise click.BadParameter(f"unknown recipe(s) {unknown}; choose from {list(RECIPES_BY_NAME)}", param_hint="--recipe")
     if no_tune and not recipe_names:
         recipe_names = (DEFAULT_RECIPE,)
-    recipes = [RECIPES_BY_NAME[r] for r in recipe_names] or list(RECIPES)
+    recipes = [RECIPES_BY_NAME[r] for r in recipe_names] or list(LADDER)
 
     def sources():
         found = [f for f in find_artifacts(path) if load(f, check_graph=False).precision == "fp32"]
@@ -351,16 +342,6 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")
 
 
-def _kit(fn, *args, **kwargs):
-    """Like _run for the deployment kit (qtool_runtime), whose errors do not derive from qtool's."""
-    from qtool_runtime import KitError
-
-    try:
-        return fn(*args, **kwargs)
-    except (KitError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("--question", required=True, help="The question.")
@@ -369,13 +350,14 @@ def _kit(fn, *args, **kwargs):
 @click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
 def answer(artifact, question, context, context_file, threads) -> None:
     """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets)."""
+    from qtool_runtime.kit import read_text_file
     from qtool_runtime.serve import answer_json
 
     if (context is None) == (context_file is None):
         raise click.UsageError("give exactly one of --context or --context-file")
     if context_file is not None:
-        context = _kit(Path(context_file).read_text, encoding="utf-8")
-    click.echo(_kit(answer_json, artifact, question, context, threads=threads))
+        context = _run(read_text_file, context_file)
+    click.echo(_run(answer_json, artifact, question, context, threads=threads))
 
 
 @main.command()
@@ -390,7 +372,7 @@ def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads)
     """Serve ARTIFACT over HTTP: POST /answer ({"question", "context"} or a list), GET /health."""
     from qtool_runtime.serve import serve as run_server
 
-    _kit(run_server, artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+    _run(run_server, artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
          max_body_bytes=max_body_bytes, threads=threads)
 
 

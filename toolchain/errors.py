@@ -1,8 +1,14 @@
-"""The one error type for bad arguments and data slices that the user can fix (a wrong number, an
-offset past the data, a sampler that does not exist). Stage-specific failures have their own types
-(ExportError, QuantizationError, SquadFormatError, ...); the CLI shows all of them as one `Error:` line
-and lets anything else, a bug, keep its traceback."""
+"""Errors the user can fix. Every one derives from `qtool_runtime.errors.QtoolError`, the base the kit shares,
+so the CLI catches one type and shows one `Error:` line; anything else, a bug, keeps its traceback.
+
+`InputError` is for bad arguments and data slices (a wrong number, an offset past the data); stage-specific
+failures have their own types (ExportError, QuantizationError, SquadFormatError, ...), all on this base.
+"""
+
+from qtool_runtime.errors import QtoolError
+
+__all__ = ["InputError", "QtoolError"]
 
 
-class InputError(ValueError):
+class InputError(QtoolError, ValueError):
     """An argument or data slice that cannot work, found before the work starts."""

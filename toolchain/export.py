@@ -7,6 +7,7 @@ and the validation (onnxruntime vs PyTorch on real SQuAD features: logits and ke
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import logging
 import warnings
 from pathlib import Path
@@ -26,11 +27,11 @@ DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-3
 
 
-class ExportValidationError(RuntimeError):
+class ExportValidationError(QtoolError, RuntimeError):
     """The ONNX graph does not reproduce the PyTorch model."""
 
 
-class ExportError(ValueError):
+class ExportError(QtoolError, ValueError):
     """An export request that cannot be honoured (opset, sequence length)."""
 
 

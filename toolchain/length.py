@@ -5,11 +5,12 @@ Torch-free, so the deployment runtime and manifests can read configurations with
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 from dataclasses import dataclass
 from typing import Sequence
 
 
-class LengthConfigError(ValueError):
+class LengthConfigError(QtoolError, ValueError):
     """A length configuration that cannot drive this model."""
 
 

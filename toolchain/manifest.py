@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
+from qtool_runtime.kit import MAX_TOKENS
+
 from .families import OPTIONAL_ROLES
 from .families import ROLES as FAMILY_ROLES
 from .length import LengthConfig, LengthConfigError
@@ -59,8 +61,18 @@ class Manifest:
         static = self.precision == "fp32" or (self.quantization or {}).get("mode") == "static"
         return is_invariant(self.length_config, static=static)
 
+    @property
+    def feeding(self) -> dict[str, bool]:
+        """How the kit may feed the graph. `batchable`: no activation scale is computed per batch, so windows of
+        several requests may share a run (FP32, static INT8). `pad_to_seq_len`: drop counts or significance see
+        padding (the ratio rule, LAT's variant), so every window is padded to seq_len as validated."""
+        lc = self.length_config
+        static = self.precision == "fp32" or (self.quantization or {}).get("mode") == "static"
+        return {"batchable": static, "pad_to_seq_len": not lc.is_full and (lc.rule == "ratio" or lc.variant == "lat")}
+
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["feeding"] = self.feeding
         data["length_config"] = self.length_config.to_dict()
         data["interface"] = self.interface.to_dict()
         for key in ("files", "created", "versions"):  # artifact.write_manifest fills these
@@ -101,10 +113,14 @@ class Manifest:
         need(self.kind in KINDS, f"kind {self.kind!r} is not one of {KINDS}")
         for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
-        need(isinstance(self.flops_ratio, (int, float)), "flops_ratio must be a number")
-        need(self.length_config.seq_len <= self.max_positions,
-             f"sequence length {self.length_config.seq_len} exceeds max_positions {self.max_positions}")
+            need(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS,
+                 f"{name} must be an integer in 1..{MAX_TOKENS}, got {value!r}")
+        need(isinstance(self.flops_ratio, (int, float)) and 0 <= self.flops_ratio <= 1e3, "flops_ratio must be a number")
+        seq_len = self.length_config.seq_len
+        need(seq_len <= self.max_positions, f"sequence length {seq_len} exceeds max_positions {self.max_positions}")
+        need(self.doc_stride < seq_len, f"doc_stride {self.doc_stride} must be below the sequence length {seq_len}")
+        need(self.max_answer_length <= seq_len,
+             f"max_answer_length {self.max_answer_length} exceeds the sequence length {seq_len}")
         need(isinstance(self.roles, dict) and all(r in ROLES and isinstance(n, list) for r, n in self.roles.items()),
              f"roles must map {ROLES} to node-name lists")
         need(self.interface.is_reduced == (not self.length_config.is_full),
@@ -133,6 +149,10 @@ def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
         opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != manifest.opset:
             raise ManifestError(f"{folder}: manifest says opset {manifest.opset}, the graph has opset {opset}")
+        rows = position_rows(graph)
+        if rows is not None and manifest.max_positions > rows:
+            raise ManifestError(f"{folder}: manifest says max_positions {manifest.max_positions}, the graph's position "
+                                f"table has {rows} rows (manifest altered?)")
         names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
         if tuple(names[0]) != manifest.interface.inputs or tuple(names[1]) != manifest.interface.outputs:
             raise ManifestError(
@@ -140,6 +160,14 @@ def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
                 f"(inputs {names[0]}, outputs {names[1]})"
             )
     return manifest
+
+
+def position_rows(graph) -> int | None:
+    """Rows of the graph's position-embedding table (None if it has none by that name)."""
+    for init in graph.graph.initializer:
+        if "position_embeddings" in init.name and len(init.dims) == 2:
+            return int(init.dims[0])
+    return None
 
 
 def find(root: str | Path) -> list[tuple[Path, Manifest]]:

@@ -16,6 +16,7 @@ neural-compressor's `quantize`.
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import logging
 import shutil
 import tempfile
@@ -26,8 +27,9 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from . import artifact, squad
+from . import artifact, atomic, squad
 from . import manifest as manifests
+from .drift import drift_record, format_drift, tensor_drift
 from .runtime import GraphInterface, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
 CALIBRATION_SETS = {"squad": "squad-train-300.json"}
@@ -40,7 +42,7 @@ DEFAULT_TOLERANCE = 1.0  # largest F1 drop against the FP32 graph a recipe may c
 TUNING_PROTOCOLS = {"cap": ("unpadded", "bucketed"), "ratio": ("padded",)}
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(QtoolError, RuntimeError):
     """Quantization could not produce a usable graph."""
 
 
@@ -53,11 +55,22 @@ class Recipe:
     smooth_quant: float | None = None  # SmoothQuant alpha (static only), None = off
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"  # static activation ranges
     embeddings: bool = True  # INT8 word-embedding table (size: 30,522 x d floats otherwise dominate)
+    # Static only: quantize a weight MatMul's output too (QLinearMatMul), or leave it FP32 (MatMulIntegerToFloat,
+    # the same U8S8 kernel the dynamic path runs). The FFN-out MatMul's output carries BERT's activation outliers.
+    quantize_outputs: bool = False
+    quant_format: Literal["QOperator", "QDQ"] = "QOperator"
+
+    @property
+    def batchable(self) -> bool:
+        """Answers do not depend on batch-mates: no activation scale is computed per batch."""
+        return self.mode == "static"
 
     def describe(self) -> str:
         weights = "per-channel" if self.per_channel else "per-tensor"
         if self.mode == "static":
-            parts = [f"static INT8 weight MatMuls (S8 {weights} weights, U8 activations, {self.calibration} calibration, QOperator)"]
+            outputs = "U8 outputs" if self.quantize_outputs else "FP32 outputs"
+            parts = [f"static INT8 weight MatMuls (S8 {weights} weights, U8 inputs with {self.calibration} scales "
+                     f"calibrated on SQuAD, {outputs}, {self.quant_format})"]
         else:
             parts = [f"dynamic INT8 weight MatMuls (S8 {weights} weights, U8 activations quantized per batch at run time)"]
         if self.smooth_quant is not None:
@@ -69,19 +82,30 @@ class Recipe:
 
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("static-all"),
-    Recipe("static-all-sq", smooth_quant=0.5),
-    Recipe("static-all-pct", calibration="percentile"),
-    Recipe("static-fp32-ffn-out", keep_fp32=("ffn_out",)),
-    Recipe("dynamic-all", mode="dynamic", per_channel=False),
+    # static, MatMul outputs FP32: activation scales fixed on SQuAD, answers independent of batch-mates
+    Recipe("static-fp32-out"),
+    Recipe("static-fp32-out-qdq", quant_format="QDQ"),
+    Recipe("static-fp32-out-pct", calibration="percentile"),
+    Recipe("static-fp32-out-entropy", calibration="entropy"),
+    Recipe("static-fp32-out-ffn-out", keep_fp32=("ffn_out",)),
     Recipe("dynamic-all-pc", mode="dynamic"),
+    Recipe("dynamic-all", mode="dynamic", per_channel=False),
+    # by name only (--recipe): static recipes that quantize MatMul outputs too lost 3.6-4.8 F1 (README)
+    Recipe("static-all", quantize_outputs=True),
+    Recipe("static-all-sq", quantize_outputs=True, smooth_quant=0.5),
+    Recipe("static-all-pct", quantize_outputs=True, calibration="percentile"),
+    Recipe("static-fp32-ffn-out", quantize_outputs=True, keep_fp32=("ffn_out",)),
     Recipe("dynamic-fp32-ffn-out", mode="dynamic", per_channel=False, keep_fp32=("ffn_out",)),
-    Recipe("static-fp32-ffn-out-qk-head", keep_fp32=("ffn_out", "q", "k", "head")),
 )
 RECIPES_BY_NAME = {r.name: r for r in RECIPES}
-# What `--no-tune` takes when no recipe is named: on the reference model (README, Quantization) it was the
-# fastest recipe within tolerance at both timing batch sizes, under both rules.
-DEFAULT_RECIPE = "dynamic-all-pc"
+# The ladder `quantize` climbs when no --recipe is named: every recipe that leaves MatMul outputs FP32, and the
+# dynamic ones as candidates.
+LADDER: tuple[Recipe, ...] = RECIPES[:7]
+# What `--no-tune` takes when no recipe is named: the ladder's choice on the reference model (README, Quantization).
+DEFAULT_RECIPE = "static-fp32-out"
+# A static recipe within tolerance wins over a faster dynamic one unless that is faster by more than this
+# factor: timing noise on a shared machine is about 5 %, and static answers do not depend on batch-mates.
+STATIC_PREFERENCE = 1.05
 
 
 def calibration_examples(calib: str, samples: int) -> list[squad.SquadExample]:
@@ -173,12 +197,14 @@ def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: lis
         )
     else:
         extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        if not recipe.quantize_outputs:
+            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
         if recipe.smooth_quant is not None:
             extra |= {"SmoothQuant": True, "SmoothQuantAlpha": recipe.smooth_quant, "SmoothQuantCalibIter": len(reader)}
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[recipe.calibration]
         quant_config = config.StaticQuantConfig(
-            calibration_data_reader=reader, calibrate_method=method, quant_format=QuantFormat.QOperator,
+            calibration_data_reader=reader, calibrate_method=method, quant_format=QuantFormat[recipe.quant_format],
             op_types_to_quantize=op_types,
             nodes_to_quantize=nodes, per_channel=recipe.per_channel, calibration_sampling_size=len(reader),
             extra_options=extra,
@@ -243,15 +269,15 @@ def quantize_artifact(
     samples: int = DEFAULT_CALIB_SAMPLES,
     tolerance: float | None = DEFAULT_TOLERANCE,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
-    recipes: Sequence[Recipe] = RECIPES,
+    recipes: Sequence[Recipe] = LADDER,
     timing_batches: tuple[int, int] = (1, 32),
     log: Callable[[str], None] = print,
 ) -> Path:
     """Quantize one FP32 artifact folder into an INT8 artifact folder (default: fp32-X -> int8-X beside it).
 
-    Recipes are timed at `timing_batches` (a small and a large batch of seq_len real tokens); the fastest
-    by the geometric mean of the two wins among those within tolerance. `tolerance=None` takes the first
-    recipe without scoring or timing it.
+    In named steps: candidates (one graph per recipe) -> score (held-out train, deployment protocols) -> time
+    (interleaved, `timing_batches` at seq_len) -> choose (`choose`) -> drift (per-tensor error of the choice)
+    -> write. `tolerance=None` takes the first recipe without scoring or timing it.
     """
     src = Path(src)
     manifest = manifests.load(src)
@@ -262,6 +288,7 @@ def quantize_artifact(
     if not recipes:
         raise QuantizationError("no recipes to try")
     dest = Path(dest) if dest else src.with_name(src.name.replace("fp32-", "int8-", 1) if src.name.startswith("fp32-") else src.name + "-int8")
+    atomic.check_writable_dir(dest.absolute().parent, "the INT8 artifact's folder")  # before minutes of tuning
     for recipe in recipes:
         select_nodes(manifest, recipe)  # refuse a recipe that names a role the graph lacks, before any work
     from transformers import AutoTokenizer
@@ -270,85 +297,175 @@ def quantize_artifact(
     seq_len = manifest.length_config.seq_len
     calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride)
     reader = calibration_reader(calib_features, 8, manifest.interface.inputs)
-    fp32_graph = src / manifest.graph
-    protocols = TUNING_PROTOCOLS[manifest.length_config.rule]
-
-    trials: list[Trial] = []
-    by_name = {r.name: r for r in recipes}
+    tuning_set = TuningSet.of(tuning_examples(tune_questions if tolerance is not None else DRIFT_WINDOWS, calib),
+                              tokenizer, manifest)
     with tempfile.TemporaryDirectory(prefix="qtool-quant-") as work:
-        paths: dict[str, Path] = {}
-        for recipe in recipes if tolerance is not None else recipes[:1]:
-            paths[recipe.name] = Path(work) / f"{recipe.name}.onnx"
-            nodes = select_nodes(manifest, recipe)
-            quantize_graph(fp32_graph, paths[recipe.name], recipe, nodes, reader)
-            trials.append(Trial(recipe.name, recipe.describe(), float("nan"), float("nan"), float("nan"), len(nodes),
-                                size_mb=paths[recipe.name].stat().st_size / 1e6))
+        candidates = recipes if tolerance is not None else recipes[:1]
+        paths = {r.name: build_candidate(src / manifest.graph, manifest, r, reader, Path(work)) for r in candidates}
+        trials = [Trial(r.name, r.describe(), float("nan"), float("nan"), float("nan"),
+                        len(select_nodes(manifest, r)), size_mb=paths[r.name].stat().st_size / 1e6) for r in candidates]
         tuning = None
         if tolerance is None:
-            chosen = recipes[0]
             trials[0].within_tolerance = True
+            chosen = candidates[0]
         else:
-            examples = tuning_examples(tune_questions, calib)
-            features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=manifest.doc_stride)
-            fp32_session = onnx_session(fp32_graph)
-            fp32_preds = {p: predict_onnx(fp32_session, features, protocol=p, invariant=manifest.invariant)
-                          for p in protocols}
-            baseline = {p: score(examples, features, fp32_preds[p])["f1"] for p in protocols}
-            log(f"FP32 on {len(examples)} held-out SQuAD train questions: "
-                + ", ".join(f"F1 {p} {baseline[p]:.2f}" for p in protocols))
-            small, large = timing_batches
-            latency = {
-                "small": time_graphs({"fp32": fp32_graph, **paths}, manifest.interface, seq_len, batch_size=small),
-                "large": time_graphs({"fp32": fp32_graph, **paths}, manifest.interface, seq_len, batch_size=large,
-                                     rounds=3, warmup=1),
-            }
+            baseline = tuning_set.baseline(src / manifest.graph, log)
+            latency = time_candidates(src / manifest.graph, paths, manifest, timing_batches)
             for trial in trials:
-                session = onnx_session(paths[trial.recipe])
-                invariant = manifest.invariant and by_name[trial.recipe].mode == "static"
-                preds = {p: predict_onnx(session, features, protocol=p, invariant=invariant) for p in protocols}
-                results = {p: score(examples, features, preds[p]) for p in protocols}
-                trial.f1_by_protocol = {p: r["f1"] for p, r in results.items()}
-                worst = max(protocols, key=lambda p: baseline[p] - results[p]["f1"])
-                trial.f1, trial.exact_match = results[worst]["f1"], results[worst]["exact_match"]
-                trial.f1_drop = baseline[worst] - results[worst]["f1"]
-                trial.within_tolerance = trial.f1_drop <= tolerance
-                trial.latency_ms = {k: v[trial.recipe] for k, v in latency.items()}
-                trial.kept_agreement = kept_agreement(fp32_preds[protocols[0]], preds[protocols[0]], features.attention_mask)
-                log(f"  {trial.recipe:<28} F1 " + " / ".join(f"{trial.f1_by_protocol[p]:.2f}" for p in protocols)
-                    + f" (worst drop {trial.f1_drop:+.2f})  b{small} {trial.latency_ms['small']:.1f} ms  "
-                    f"b{large} {trial.latency_ms['large']:.0f} ms  {trial.size_mb:.1f} MB")
-            log(f"  {'fp32':<28} b{small} {latency['small']['fp32']:.1f} ms  b{large} {latency['large']['fp32']:.0f} ms")
-            eligible = [t for t in trials if t.within_tolerance]
-            if not eligible:
-                best = max(trials, key=lambda t: t.f1)
-                raise QuantizationError(
-                    f"no recipe kept F1 within {tolerance} of FP32 (F1 {min(baseline.values()):.2f}); best was {best.recipe} "
-                    f"with a drop of {best.f1_drop:.2f}. Raise --tolerance or calibrate on more samples."
-                )
-            # fastest by measured latency: the small and the large batch weigh alike (geometric mean of the two)
-            fastest = min(eligible, key=lambda t: float(np.sqrt(t.latency_ms["small"] * t.latency_ms["large"])))
-            chosen = by_name[fastest.recipe]
-            tuning = {
-                "squad_file": "train", "protocols": list(protocols), "questions": len(examples),
-                "fp32_f1": baseline, "tolerance_f1": tolerance,
-                "drop": "the worse of the protocols: dynamic INT8 answers depend on batch-mates",
-                "latency": {"statistic": "median, graphs interleaved", "batch_sizes": {"small": small, "large": large},
-                            "seq_len": seq_len, "fp32": {k: v["fp32"] for k, v in latency.items()}},
-                "trials": [asdict(t) for t in trials],
-                "rule": "fastest (geometric mean of small- and large-batch latency at seq_len) among recipes within tolerance",
-            }
+                score_trial(trial, paths[trial.recipe], RECIPES_BY_NAME.get(trial.recipe) or candidates[0], tuning_set,
+                            baseline, latency, tolerance)
+                log(format_trial(trial, timing_batches))
+            log(f"  {'fp32':<28} b{timing_batches[0]} {latency['small']['fp32']:.1f} ms  "
+                f"b{timing_batches[1]} {latency['large']['fp32']:.0f} ms")
+            chosen = next(r for r in candidates if r.name == choose(trials, {r.name: r for r in candidates}, tolerance).recipe)
+            tuning = tuning_record(tuning_set, baseline, tolerance, latency, timing_batches, trials)
         log(f"chosen recipe: {chosen.name}")
-        write_int8(src, manifest, dest, paths[chosen.name], quantization={
-            "tool": "onnx-neural-compressor (Intel Neural Compressor, ONNX flavour)",
-            "mode": chosen.mode,
-            "format": "QOperator" if chosen.mode == "static" else "dynamic (MatMulInteger / DynamicQuantizeLinear)",
-            "recipe": asdict(chosen),
-            "description": chosen.describe(),
-            "calibration": None if chosen.mode == "dynamic" else {
-                "set": calib, "questions": samples, "features": len(calib_features), "seq_len": seq_len},
-            "tuning": tuning,
-        })
+        drift = drift_record(tensor_drift(src / manifest.graph, paths[chosen.name], manifest.roles,
+                                          tuning_set.single_window_feeds(DRIFT_WINDOWS)), DRIFT_WINDOWS)
+        for line in format_drift(drift):
+            log(line)
+        record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
+                                     len(calib_features), tuning, drift)
+        write_int8(src, manifest, dest, paths[chosen.name], quantization=record)
     return dest
+
+
+DRIFT_WINDOWS = 16  # held-out train windows the per-tensor error report runs on
+
+
+@dataclass
+class TuningSet:
+    """Held-out SQuAD train questions and their windows, and the protocols a graph of this rule is fed with."""
+
+    examples: list[squad.SquadExample]
+    features: squad.Features
+    protocols: tuple[str, ...]
+    fp32_preds: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, examples: list[squad.SquadExample], tokenizer, manifest: manifests.Manifest) -> "TuningSet":
+        features = squad.featurize(examples, tokenizer, max_length=manifest.length_config.seq_len,
+                                   doc_stride=manifest.doc_stride)
+        return cls(examples, features, TUNING_PROTOCOLS[manifest.length_config.rule])
+
+    def baseline(self, fp32_graph: Path, log: Callable[[str], None]) -> dict[str, float]:
+        """The FP32 graph's F1 under each protocol (its predictions kept for kept-token agreement)."""
+        session = onnx_session(fp32_graph)
+        self.fp32_preds = {p: predict_onnx(session, self.features, protocol=p, invariant=False) for p in self.protocols}
+        f1 = {p: score(self.examples, self.features, self.fp32_preds[p])["f1"] for p in self.protocols}
+        log(f"FP32 on {len(self.examples)} held-out SQuAD train questions: "
+            + ", ".join(f"F1 {p} {f1[p]:.2f}" for p in self.protocols))
+        return f1
+
+    def single_window_feeds(self, count: int) -> list[dict[str, np.ndarray]]:
+        """The first `count` windows, each alone at its real length (no padding, no batch-mates)."""
+        lengths = self.features.attention_mask.sum(1)
+        return [{k: v[row: row + 1, : lengths[row]] for k, v in self.features.model_inputs().items()}
+                for row in range(min(count, len(self.features)))]
+
+
+def build_candidate(fp32_graph: Path, manifest: manifests.Manifest, recipe: Recipe, reader, work: Path) -> Path:
+    """Step 1: one quantized graph for `recipe`."""
+    path = work / f"{recipe.name}.onnx"
+    quantize_graph(fp32_graph, path, recipe, select_nodes(manifest, recipe), reader)
+    return path
+
+
+def time_candidates(fp32_graph: Path, paths: dict[str, Path], manifest: manifests.Manifest,
+                    timing_batches: tuple[int, int]) -> dict[str, dict[str, float]]:
+    """Step 2: median ms per run of FP32 and every candidate at a small and a large batch, interleaved."""
+    small, large = timing_batches
+    graphs = {"fp32": fp32_graph, **paths}
+    seq_len = manifest.length_config.seq_len
+    return {"small": time_graphs(graphs, manifest.interface, seq_len, batch_size=small),
+            "large": time_graphs(graphs, manifest.interface, seq_len, batch_size=large, rounds=3, warmup=1)}
+
+
+def score_trial(trial: Trial, graph: Path, recipe: Recipe, tuning_set: TuningSet, baseline: dict[str, float],
+                latency: dict[str, dict[str, float]], tolerance: float) -> None:
+    """Step 3: F1 under every protocol the graph will be fed with (really run each: a recipe's batch
+    invariance is measured here, not assumed); the worse drop counts."""
+    session = onnx_session(graph)
+    preds = {p: predict_onnx(session, tuning_set.features, protocol=p, invariant=False) for p in tuning_set.protocols}
+    results = {p: score(tuning_set.examples, tuning_set.features, preds[p]) for p in tuning_set.protocols}
+    trial.f1_by_protocol = {p: r["f1"] for p, r in results.items()}
+    worst = max(tuning_set.protocols, key=lambda p: baseline[p] - results[p]["f1"])
+    trial.f1, trial.exact_match = results[worst]["f1"], results[worst]["exact_match"]
+    trial.f1_drop = baseline[worst] - results[worst]["f1"]
+    trial.within_tolerance = trial.f1_drop <= tolerance
+    trial.latency_ms = {k: v[trial.recipe] for k, v in latency.items()}
+    first = tuning_set.protocols[0]
+    trial.kept_agreement = kept_agreement(tuning_set.fp32_preds[first], preds[first], tuning_set.features.attention_mask)
+
+
+def format_trial(trial: Trial, timing_batches: tuple[int, int]) -> str:
+    small, large = timing_batches
+    return (f"  {trial.recipe:<28} F1 " + " / ".join(f"{v:.2f}" for v in trial.f1_by_protocol.values())
+            + f" (worst drop {trial.f1_drop:+.2f})  b{small} {trial.latency_ms['small']:.1f} ms  "
+            f"b{large} {trial.latency_ms['large']:.0f} ms  {trial.size_mb:.1f} MB")
+
+
+def speed(trial: Trial) -> float:
+    """The small and the large batch weigh alike: geometric mean of the two latencies (ms)."""
+    return float(np.sqrt(trial.latency_ms["small"] * trial.latency_ms["large"]))
+
+
+def choose(trials: Sequence[Trial], recipes: dict[str, Recipe], tolerance: float) -> Trial:
+    """Step 4: the fastest recipe within tolerance; a static one wins unless the fastest is faster than it by
+    more than STATIC_PREFERENCE (timing noise), since static answers do not depend on batch-mates."""
+    eligible = [t for t in trials if t.within_tolerance]
+    if not eligible:
+        best = max(trials, key=lambda t: t.f1)
+        raise QuantizationError(
+            f"no recipe kept F1 within {tolerance} of FP32; best was {best.recipe} with a drop of {best.f1_drop:.2f}. "
+            "Raise --tolerance or calibrate on more samples.")
+    fastest = min(eligible, key=speed)
+    static = [t for t in eligible if recipes[t.recipe].batchable and speed(t) <= STATIC_PREFERENCE * speed(fastest)]
+    return min(static, key=speed) if static else fastest
+
+
+def tuning_record(tuning_set: TuningSet, baseline: dict[str, float], tolerance: float,
+                  latency: dict[str, dict[str, float]], timing_batches: tuple[int, int], trials: Sequence[Trial]) -> dict:
+    small, large = timing_batches
+    return {
+        "squad_file": "train", "protocols": list(tuning_set.protocols), "questions": len(tuning_set.examples),
+        "fp32_f1": baseline, "tolerance_f1": tolerance,
+        "drop": "the worse of the protocols: dynamic INT8 answers depend on batch-mates",
+        "latency": {"statistic": "median, graphs interleaved", "batch_sizes": {"small": small, "large": large},
+                    "seq_len": tuning_set.features.input_ids.shape[1], "fp32": {k: v["fp32"] for k, v in latency.items()}},
+        "trials": [asdict(t) for t in trials],
+        "rule": (f"fastest (geometric mean of small- and large-batch latency at seq_len) among recipes within tolerance; "
+                 f"a static recipe wins unless that one is more than {STATIC_PREFERENCE:.2f}x faster"),
+    }
+
+
+def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: list[str], calib: str, samples: int,
+                        windows: int, tuning: dict | None, drift: dict) -> dict:
+    """Step 5: what the manifest says was done: format, calibration, which tensors are INT8, and why."""
+    static = recipe.mode == "static"
+    return {
+        "tool": "onnx-neural-compressor (Intel Neural Compressor, ONNX flavour)",
+        "mode": recipe.mode,
+        "format": recipe.quant_format if static else "dynamic (MatMulInteger / DynamicQuantizeLinear)",
+        "recipe": asdict(recipe),
+        "description": recipe.describe(),
+        "batchable": recipe.batchable,
+        "calibration": {"set": calib, "questions": samples, "windows": windows, "method": recipe.calibration,
+                        "seq_len": manifest.length_config.seq_len} if static else None,
+        "quantized": {
+            "weights": f"S8 {'per-channel' if recipe.per_channel else 'per-tensor'}: " + ", ".join(
+                r for r in manifest.roles if r not in recipe.keep_fp32),
+            "activations": ("U8 inputs of the weight MatMuls, scales fixed by calibration; outputs "
+                            + ("U8" if recipe.quantize_outputs else "FP32")) if static else
+                           "U8 inputs of the weight MatMuls, scale computed per batch at run time; outputs FP32",
+            "embeddings": "word-embedding table INT8 (Gather)" if recipe.embeddings else "FP32",
+            "fp32": ["attention scores and probabilities (Q.K^T, softmax, P.V)", "LayerNorm, GELU, residual adds",
+                     *(f"role {r}" for r in recipe.keep_fp32)],
+            "nodes": nodes,
+        },
+        "tuning": tuning,
+        "drift": drift,
+    }
 
 
 def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = DEFAULT_CALIB_SAMPLES) -> Path:
@@ -358,6 +475,7 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
 
     src = Path(src)
     manifest = manifests.load(src)
+    atomic.check_writable_dir(Path(dest).absolute().parent, "the INT8 artifact's folder")
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     features = calibration_features(calib, samples, tokenizer, manifest.length_config.seq_len, manifest.doc_stride)
     with tempfile.TemporaryDirectory(prefix="qtool-ort-") as work:

@@ -16,6 +16,7 @@ runs length-sorted batches cut to their longest window, which is exact and sever
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ PROTOCOLS = ("padded", "unpadded", "bucketed")
 Protocol = Literal["padded", "unpadded", "bucketed"]
 
 
-class GraphError(ValueError):
+class GraphError(QtoolError, ValueError):
     """A graph that cannot be loaded or does not have the interface its manifest promises."""
 
 

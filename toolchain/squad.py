@@ -6,6 +6,7 @@ and articles removed, white space collapsed) and each prediction takes the best 
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import collections
 import json
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from qtool_runtime.kit import max_question_tokens
 from qtool_runtime.spans import best_span
 
 from .errors import InputError
@@ -30,7 +32,7 @@ def default_doc_stride(seq_len: int) -> int:
     return min(DOC_STRIDE, seq_len // 2)
 
 
-class SquadFormatError(ValueError):
+class SquadFormatError(QtoolError, ValueError):
     """The file is not SQuAD v1.1 JSON."""
 
 
@@ -127,6 +129,8 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> l
                 seen.add(qa["id"])
                 answers = qa.get("answers", [])
                 _expect(isinstance(answers, list), path, where, '"answers" is not a list')
+                _expect(bool(answers), path, where, 'has no answers (every SQuAD v1.1 question has at least one; '
+                        'unanswerable questions are SQuAD v2.0, which qtool does not score)')
                 for i, ans in enumerate(answers):
                     _expect(
                         isinstance(ans, dict) and _is_str(ans.get("text"))
@@ -178,6 +182,9 @@ class Features:
         }
 
 
+FEATURIZE_CHUNK = 256  # questions tokenized at once: bounds the tokenizer's Python-object output, whatever the file size
+
+
 def featurize(
     examples: Sequence[SquadExample],
     tokenizer,
@@ -189,11 +196,35 @@ def featurize(
     """Split each question+context into overlapping windows with character offsets.
 
     Padding to `max_length` gives fixed-shape inputs for ONNX evaluation; training pads per batch instead.
+    Questions are tokenized `FEATURIZE_CHUNK` at a time, so memory is the arrays plus one chunk's tokenizer
+    output (all of SQuAD train at once held about 20 GB of Python lists).
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("featurize needs a fast (Rust) tokenizer for offset mapping")
+        raise InputError("featurize needs a fast (Rust) tokenizer for offset mapping; the model folder has a slow one")
     if doc_stride >= max_length:
         raise InputError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length})")
+    parts = [_featurize_chunk(examples[lo: lo + FEATURIZE_CHUNK], lo, tokenizer, max_length, doc_stride,
+                              pad_to_max_length, with_targets)
+             for lo in range(0, len(examples), FEATURIZE_CHUNK)]
+    if not parts:
+        raise InputError("no questions to featurize")
+    return _concatenate(parts, pad_id=tokenizer.pad_token_id or 0)
+
+
+def check_question_lengths(examples: Sequence[SquadExample], tokenizer, max_length: int, doc_stride: int) -> None:
+    """Refuse a question too long for its windows (the tokenizer would panic): the kit's rule, one line."""
+    limit = max_question_tokens(max_length, doc_stride, tokenizer.num_special_tokens_to_add(pair=True))
+    lengths = [len(ids) for ids in tokenizer([e.question for e in examples], add_special_tokens=False)["input_ids"]]
+    for example, n in zip(examples, lengths):
+        if n > limit:
+            raise InputError(
+                f"question {example.id!r} is {n} tokens; windows of {max_length} tokens with {doc_stride} tokens of "
+                f"overlap hold questions of at most {limit} tokens (raise the sequence length or drop the question)")
+
+
+def _featurize_chunk(examples: Sequence[SquadExample], first: int, tokenizer, max_length: int, doc_stride: int,
+                     pad_to_max_length: bool, with_targets: bool) -> Features:
+    check_question_lengths(examples, tokenizer, max_length, doc_stride)
     pad_right = tokenizer.padding_side == "right"
     enc = tokenizer(
         [e.question for e in examples],
@@ -227,25 +258,50 @@ def featurize(
         spans = np.asarray(enc["offset_mapping"][i], dtype=np.int64)
         offsets[i, context_tokens] = spans[context_tokens]
         if with_targets:
-            example = examples[sample_map[i]]
-            if not example.answers or len(context_tokens) == 0:
-                continue
-            start_char = example.answer_starts[0]
-            end_char = start_char + len(example.answers[0])
-            ctx = spans[context_tokens]
-            if ctx[0, 0] > start_char or ctx[-1, 1] < end_char:
-                continue  # answer not inside this window: target stays at [CLS]
-            # last token starting at or before the answer, first token ending at or after it
-            starts[i] = context_tokens[ctx[:, 0] <= start_char][-1]
-            ends[i] = context_tokens[ctx[:, 1] >= end_char][0]
+            starts[i], ends[i] = _answer_tokens(examples[sample_map[i]], spans, context_tokens)
     return Features(
         input_ids=input_ids,
         attention_mask=attention_mask,
         token_type_ids=token_type_ids,
-        example_index=np.asarray(sample_map, dtype=np.int64),
+        example_index=np.asarray(sample_map, dtype=np.int64) + first,
         offsets=offsets,
         start_positions=starts if with_targets else None,
         end_positions=ends if with_targets else None,
+    )
+
+
+def _answer_tokens(example: SquadExample, spans: np.ndarray, context_tokens: np.ndarray) -> tuple[int, int]:
+    """Token targets of the first gold answer in one window; (0, 0) ([CLS]) when the window does not hold it."""
+    if not example.answers or len(context_tokens) == 0:
+        return 0, 0
+    start_char = example.answer_starts[0]
+    end_char = start_char + len(example.answers[0])
+    ctx = spans[context_tokens]
+    if ctx[0, 0] > start_char or ctx[-1, 1] < end_char:
+        return 0, 0
+    # last token starting at or before the answer, first token ending at or after it
+    return int(context_tokens[ctx[:, 0] <= start_char][-1]), int(context_tokens[ctx[:, 1] >= end_char][0])
+
+
+def _concatenate(parts: list[Features], pad_id: int) -> Features:
+    """One Features from chunks of possibly different widths (unpadded chunks), one field at a time."""
+    width = max(p.input_ids.shape[1] for p in parts)
+
+    def cat(name: str, fill: int) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        if arrays[0].ndim == 1:
+            return np.concatenate(arrays)
+        padded = [a if a.shape[1] == width else
+                  np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+                  for a in arrays]
+        return np.concatenate(padded)
+
+    targets = parts[0].start_positions is not None
+    return Features(
+        input_ids=cat("input_ids", pad_id), attention_mask=cat("attention_mask", 0),
+        token_type_ids=cat("token_type_ids", 0), example_index=cat("example_index", 0), offsets=cat("offsets", -1),
+        start_positions=cat("start_positions", 0) if targets else None,
+        end_positions=cat("end_positions", 0) if targets else None,
     )
 
 

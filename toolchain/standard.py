@@ -13,6 +13,7 @@ exactly like qtool's own graphs.
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import logging
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from .runtime import GraphInterface, onnx_session
 NAMES = {"export": "std-fp32-optimum", "fused": "std-fp32-o2", "int8": "std-int8-o2-dynamic"}
 
 
-class StandardRecipeError(RuntimeError):
+class StandardRecipeError(QtoolError, RuntimeError):
     """A step of the standard recipe failed."""
 
 

@@ -5,7 +5,7 @@ step trains the full model on the task loss, then the smallest sub-model and N r
 full model's own (detached) span distributions. Sub-model lengths shrink layer by layer by a random ratio
 of at most `length_drop_ratio`; random sub-models also skip layers with probability `layerdrop`.
 
-CPU-first: bf16 autocast, a step or wall-clock budget (the learning-rate schedule follows whichever runs
+CPU-first: bf16 autocast where the CPU computes bf16 natively, a step or wall-clock budget (the learning-rate schedule follows whichever runs
 out first), atomic checkpoints every few minutes, and `resume` to continue after an interruption.
 """
 
@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +53,7 @@ class TrainArgs:
     num_sandwich: int = 2
     length_drop_ratio: float = 0.2
     layerdrop: float = 0.2
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast only where the CPU has native bf16 (see native_bf16)
     seed: int = 42
     limit: int | None = None
     save_every: float = 600.0  # seconds
@@ -175,6 +175,17 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
         )
 
 
+def native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it torch emulates bf16 and
+    autocast makes a step about 6x slower than FP32 (measured on an AVX2-only EPYC: 0.81 vs 0.14 s per FFN
+    forward+backward), so training stays FP32 there."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
+
+
 def _check_out(out: Path) -> None:
     """The final model replaces `out` as a whole, so refuse a non-empty folder that is not ours."""
     if out.is_dir() and any(out.iterdir()):
@@ -194,6 +205,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     args.validate()
+    if args.bf16 is None:  # the record says what ran
+        args = replace(args, bf16=native_bf16())
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

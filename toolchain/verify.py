@@ -8,6 +8,7 @@ between graphs are the figures to compare; absolute times differ from machine to
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ from .runtime import (
 STANDARD_INT8 = "std-int8-o2-dynamic"  # the standard recipe (b): what every speed claim is measured against
 
 
-class VerifyError(ValueError):
+class VerifyError(QtoolError, ValueError):
     """Bad verify input found before any work starts."""
 
 

@@ -5,9 +5,10 @@
     kit.answer("Who wrote it?", context)   # Answer(text, score, start, end), offsets into the context
 """
 
-from .kit import Answer, Artifact, ArtifactError, InputError, KitError, Windows, check_manifest
+from .errors import QtoolError
+from .kit import Answer, Artifact, ArtifactError, InputError, KitError, Windows, check_manifest, read_text_file
 from .spans import Span, best_span
 
 __version__ = "0.1.0"
 __all__ = ["Answer", "Artifact", "ArtifactError", "InputError", "KitError", "Span", "Windows", "best_span",
-           "check_manifest"]
+           "QtoolError", "check_manifest", "read_text_file"]

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .kit import KitError
+from .errors import one_line_errors
+from .kit import read_text_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "answer":
-            context = args.context if args.context is not None else args.context_file.read_text(encoding="utf-8")
+            context = args.context if args.context is not None else read_text_file(args.context_file)
             print(answer_json(args.artifact, args.question, context, threads=args.threads))
         else:
             serve(args.artifact, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                   max_body_bytes=args.max_body_bytes, threads=args.threads)
-    except (KitError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except one_line_errors() as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import QtoolError
 from .spans import best_span
 
 MANIFEST = "manifest.json"
@@ -25,9 +26,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPAN_OUTPUTS = ("start_logits", "end_logits")
 PRECISIONS = ("fp32", "int8")
 LENGTH_RULES = ("cap", "ratio")
+# No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
+MAX_TOKENS = 1 << 16
 
 
-class KitError(ValueError):
+class KitError(QtoolError, ValueError):
     """Base of every error the kit raises on bad input: one line that says what is wrong."""
 
 
@@ -48,7 +51,44 @@ def sha256(path: Path) -> str:
 
 
 def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS
+
+
+def inside(folder: Path, name: str) -> bool:
+    """True when `folder/name` is a relative path that stays inside `folder`, symlinks resolved."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return False
+    root = folder.resolve()
+    return (folder / name).resolve().is_relative_to(root)
+
+
+def max_question_tokens(seq_len: int, doc_stride: int, special_tokens: int) -> int:
+    """The longest question (in tokens) a window of `seq_len` with `doc_stride` tokens of overlap can hold:
+    what the special tokens and more than `doc_stride` context tokens leave. One rule for kit and toolchain."""
+    return seq_len - special_tokens - doc_stride - 1
+
+
+def check_text(label: str, text: object) -> str:
+    """A question or context the tokenizer can take: a non-empty string of valid Unicode (no lone surrogates,
+    which undecodable bytes on a command line and JSON escapes like "\\ud800" produce)."""
+    if not isinstance(text, str):
+        raise InputError(f"the {label} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the {label} is not valid Unicode text: character {exc.start} is "
+                         f"{text[exc.start]!r} (a lone surrogate or a byte that is not UTF-8)") from None
+    if not text.strip():
+        raise InputError(f"the {label} is empty")
+    return text
+
+
+def read_text_file(path: str | Path, what: str = "context file") -> str:
+    """Read a UTF-8 text file; a file that is not UTF-8 is one line naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def check_manifest(folder: str | Path) -> dict:
@@ -76,7 +116,7 @@ def check_manifest(folder: str | Path) -> dict:
          "files must map file names to sha256")
     for name, digest in files.items():
         file = folder / name
-        need(Path(name).is_absolute() is False and ".." not in Path(name).parts, f"file {name!r} is outside the folder")
+        need(inside(folder, name), f"file {name!r} is outside the folder (a path or symlink that leads out of it)")
         if not file.is_file():
             raise ArtifactError(f"{folder}: {name} is listed in the manifest but missing")
         if sha256(file) != digest:
@@ -99,6 +139,11 @@ def check_manifest(folder: str | Path) -> dict:
     need(lc["seq_len"] <= m["max_positions"],
          f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
     need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")
+    need(m["max_answer_length"] <= lc["seq_len"],
+         f"max_answer_length {m['max_answer_length']} exceeds the sequence length {lc['seq_len']}")
+    if "feeding" in m:
+        need(m["feeding"] == dict(zip(("batchable", "pad_to_seq_len"), feeding(m))),
+             f"feeding {m['feeding']!r} contradicts the graph's quantization and length rule")
     iface = m.get("interface")
     need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
          "interface must list the graph's inputs and outputs")
@@ -106,6 +151,30 @@ def check_manifest(folder: str | Path) -> dict:
          f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
     need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
     return m
+
+
+def feeding(manifest: dict) -> tuple[bool, bool]:
+    """(batchable, pad_to_seq_len): the manifest's `feeding` record, or for manifests older than it the rule it
+    encodes (check_manifest refuses a record that contradicts the rule): only dynamic INT8 is not batchable
+    (activation scales per batch), and the ratio rule and LAT's variant see padding."""
+    lc = manifest["length_config"]
+    drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
+    return ((manifest.get("quantization") or {}).get("mode") != "dynamic",
+            drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat"))
+
+
+def _probe(session, manifest: dict, folder: Path, pad_id: int) -> None:
+    """Run the graph once on a full window of the manifest's sequence length: a manifest that promises more
+    positions than the graph has (or numbers the graph cannot take) is refused at open, never mid-request."""
+    seq_len = manifest["length_config"]["seq_len"]
+    feed = {"input_ids": np.full((1, seq_len), pad_id, dtype=np.int64), "attention_mask": np.ones((1, seq_len), np.int64),
+            "token_type_ids": np.zeros((1, seq_len), np.int64)}
+    try:
+        session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in manifest["interface"]["inputs"]})
+    except Exception as exc:  # onnxruntime's own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{folder}: the graph does not run on a window of {seq_len} tokens, the manifest's "
+                            f"sequence length (manifest altered?): {first[:300]}") from None
 
 
 @dataclass(frozen=True)
@@ -147,22 +216,18 @@ class Artifact:
         self.max_answer_length: int = manifest["max_answer_length"]
         self.max_positions: int = manifest["max_positions"]
         self.inputs: tuple[str, ...] = tuple(manifest["interface"]["inputs"])
+        batchable, self.pad_to_seq_len = feeding(manifest)
         # Dynamic INT8 computes activation scales per batch: a window's answer would depend on its batch-mates,
         # so such graphs run one window at a time (what qtool verify's unpadded protocol measures).
-        if (manifest.get("quantization") or {}).get("mode") == "dynamic":
+        if not batchable:
             self.batch_size = 1
-        # The `ratio` rule and LAT's significance see padding: such graphs answer as validated only on windows
-        # padded to seq_len (the manifest's rule text says so). `cap` graphs of qtool's variant run unpadded.
-        lc = manifest["length_config"]
-        drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
-        self.pad_to_seq_len = drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat")
         self._pad_id = pad_id
         self._tokenizer = tokenizer
         self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
         self._plain = tokenizer.__class__.from_str(tokenizer.to_str())  # same vocabulary, no truncation: lengths
         self._plain.no_truncation()
         # A question may take what a window leaves after the special tokens and more than doc_stride context tokens.
-        self.max_question_tokens = self.seq_len - self._specials - self.doc_stride - 1
+        self.max_question_tokens = max_question_tokens(self.seq_len, self.doc_stride, self._specials)
 
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16) -> "Artifact":
@@ -200,6 +265,7 @@ class Artifact:
         tokenizer.no_padding()
         tokenizer.enable_truncation(manifest["length_config"]["seq_len"], stride=manifest["doc_stride"],
                                     strategy="only_second")
+        _probe(session, manifest, folder, pad_id)
         return cls(folder, manifest, session, tokenizer, batch_size, pad_id)
 
     @property
@@ -214,15 +280,13 @@ class Artifact:
                                   "variant": lc.get("variant", "qtool")},
                 "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
                 "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,
+                "windows_per_run": self.batch_size, "pad_to_seq_len": self.pad_to_seq_len,
                 "sha256": self.manifest["files"][self.manifest["graph"]]}
 
     def windows(self, question: str, context: str) -> Windows:
         """Split question + context into overlapping windows; refuse what cannot be windowed."""
-        for label, text in (("question", question), ("context", context)):
-            if not isinstance(text, str):
-                raise InputError(f"the {label} must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise InputError(f"the {label} is empty")
+        check_text("question", question)
+        check_text("context", context)
         q_tokens = len(self._plain.encode(question, add_special_tokens=False).ids)
         if q_tokens == 0:
             raise InputError("the question has no tokens the model knows")
@@ -249,27 +313,27 @@ class Artifact:
         return out
 
     def logits(self, prepared: Sequence[Windows]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """Start/end logits per window: windows of equal length batched together with no padding at all, or,
-        for graphs that expect it (`pad_to_seq_len`), every window padded to seq_len."""
+        """Start/end logits per window. Windows sorted by length share runs of up to `batch_size`, each padded
+        to its longest (padding ranks last under the cap rule, so a window answers as it would alone), or, for
+        graphs that expect it (`pad_to_seq_len`), to seq_len. Graphs that are not batchable run one at a time."""
         flat = [(q, w) for q, item in enumerate(prepared) for w in range(len(item))]
         length = {key: len(prepared[key[0]].input_ids[key[1]]) for key in flat}
         out: list[list] = [[None] * len(item) for item in prepared]
-        groups = [flat] if self.pad_to_seq_len else [[k for k in flat if length[k] == n] for n in sorted(set(length.values()))]
-        for group in groups:
-            for lo in range(0, len(group), self.batch_size):
-                rows = group[lo: lo + self.batch_size]
-                width = self.seq_len if self.pad_to_seq_len else length[rows[0]]
-                feed = {name: np.full((len(rows), width), self._pad_id if name == "input_ids" else 0, dtype=np.int64)
-                        for name in MODEL_INPUTS}
-                for i, (q, w) in enumerate(rows):
-                    n = length[(q, w)]
-                    feed["input_ids"][i, :n] = prepared[q].input_ids[w]
-                    feed["attention_mask"][i, :n] = 1
-                    feed["token_type_ids"][i, :n] = prepared[q].token_type_ids[w]
-                start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
-                for i, (q, w) in enumerate(rows):
-                    n = length[(q, w)]
-                    out[q][w] = (start[i, :n], end[i, :n])
+        ordered = sorted(flat, key=length.__getitem__)
+        for lo in range(0, len(ordered), self.batch_size):
+            rows = ordered[lo: lo + self.batch_size]
+            width = self.seq_len if self.pad_to_seq_len else max(length[k] for k in rows)
+            feed = {name: np.full((len(rows), width), self._pad_id if name == "input_ids" else 0, dtype=np.int64)
+                    for name in MODEL_INPUTS}
+            for i, (q, w) in enumerate(rows):
+                n = length[(q, w)]
+                feed["input_ids"][i, :n] = prepared[q].input_ids[w]
+                feed["attention_mask"][i, :n] = 1
+                feed["token_type_ids"][i, :n] = prepared[q].token_type_ids[w]
+            start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
+            for i, (q, w) in enumerate(rows):
+                n = length[(q, w)]
+                out[q][w] = (start[i, :n], end[i, :n])
         return out
 
     def run(self, prepared: Sequence[Windows]) -> list[Answer]:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kit import Answer, Artifact, InputError, Windows
+from .kit import Answer, Artifact, InputError, Windows, check_text
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 200 SQuAD paragraphs
 MAX_QUESTIONS = 64  # per request
@@ -125,6 +125,8 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"the body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise RequestError(400, "the body nests JSON too deeply") from None
     many = isinstance(data, list)
     items = data if many else [data]
     if many and not items:
@@ -144,6 +146,10 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
                 raise RequestError(422, f"{where}field {key!r} must be a string, got {type(item[key]).__name__}")
             if not item[key].strip():
                 raise RequestError(422, f"{where}field {key!r} is empty")
+            try:
+                check_text(key, item[key])
+            except InputError as exc:
+                raise RequestError(422, f"{where}field {key!r}: {exc}") from None
         pairs.append((item["question"], item["context"]))
     return pairs, many
 

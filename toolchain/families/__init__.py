@@ -8,6 +8,7 @@ them in, so a recipe written once works for every family.
 
 from __future__ import annotations
 
+from qtool_runtime.errors import QtoolError
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
@@ -21,7 +22,7 @@ ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "head")
 OPTIONAL_ROLES = ("embed_proj",)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(QtoolError, ValueError):
     """The checkpoint is not a question-answering model of a family qtool can run token by token."""
 
 
