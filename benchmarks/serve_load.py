@@ -1,9 +1,11 @@
 """Loopback load figure for `qtool serve`: questions/s and p50/p99 latency at max batch 1 and 8.
 
 Closed-loop clients (each sends its next SQuAD dev question as soon as the last is answered) against the
-server in this process on 127.0.0.1. Not a test; about 20 s per setting:
+server in this process on 127.0.0.1. Several artifacts are measured side by side: every repeat runs each
+setting for each artifact in turn, and the summary gives the median and range over repeats, and each
+artifact's questions/s relative to the first one's in the same repeat. Not a test; about 20 s per run:
 
-    python benchmarks/serve_load.py graphs/minilm/int8-315-251-242-159-142-33 --seconds 20
+    python benchmarks/serve_load.py graphs/a/int8-X graphs/b/int8-X --seconds 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import platform
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -73,29 +76,60 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+def summarise(runs: list[dict], names: list[str]) -> list[dict]:
+    """Median and range over repeats per (artifact, setting); questions/s relative to the first artifact."""
+    out = []
+    for setting in dict.fromkeys((r["max_batch"], r["clients"]) for r in runs):
+        first = {r["repeat"]: r["questions_per_s"] for r in runs if r["artifact"] == names[0] and (r["max_batch"], r["clients"]) == setting}
+        for name in names:
+            rows = [r for r in runs if r["artifact"] == name and (r["max_batch"], r["clients"]) == setting]
+            qps = [r["questions_per_s"] for r in rows]
+            p99 = [r["p99_ms"] for r in rows]
+            ratio = [r["questions_per_s"] / first[r["repeat"]] for r in rows]
+            out.append({"artifact": name, "max_batch": setting[0], "clients": setting[1],
+                        "questions_per_s": [round(float(np.median(qps)), 1), min(qps), max(qps)],
+                        "p99_ms": [round(float(np.median(p99)), 1), min(p99), max(p99)],
+                        "p50_ms_median": round(float(np.median([r["p50_ms"] for r in rows])), 1),
+                        "vs_first": [round(float(np.median(ratio)), 2), round(min(ratio), 2), round(max(ratio), 2)],
+                        "mean_batch": round(float(np.median([r["mean_batch"] for r in rows])), 2)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact")
+    parser.add_argument("artifacts", nargs="+")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the batched settings")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over every artifact and setting")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--out", default=None, help="write every run and the summary here (JSON)")
     args = parser.parse_args()
-    kit = Artifact.open(args.artifact, threads=args.threads)
+    kits = {f"{Path(a).resolve().parent.name}/{Path(a).name}": Artifact.open(a, threads=args.threads) for a in args.artifacts}
     bodies = dev_questions(400)
-    rows = []
-    for max_batch, clients in ((1, 1), (1, args.clients), (8, args.clients)):
-        with ServerThread(kit, max_batch=max_batch, max_wait_ms=args.max_wait_ms) as url:
-            row = run(url, bodies, clients, args.seconds, args.warmup)
-            stats = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["stats"]
-        row = {"max_batch": max_batch, "clients": clients, **row,
-               "mean_batch": round(stats["questions"] / max(1, stats["batches"]), 2)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(json.dumps({"artifact": kit.name, "precision": kit.manifest["precision"], "cpu": cpu_model(),
-                      "cores": os.cpu_count(), "ort_threads": args.threads or "all cores",
-                      "load_average": os.getloadavg(), "max_wait_ms": args.max_wait_ms, "results": rows}, indent=2))
+    runs = []
+    for repeat in range(args.repeats):
+        for max_batch, clients in ((1, 1), (1, args.clients), (8, args.clients)):
+            for name, kit in kits.items():
+                with ServerThread(kit, max_batch=max_batch, max_wait_ms=args.max_wait_ms) as url:
+                    row = run(url, bodies, clients, args.seconds, args.warmup)
+                    stats = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["stats"]
+                row = {"repeat": repeat, "artifact": name, "max_batch": max_batch, "clients": clients, **row,
+                       "mean_batch": round(stats["questions"] / max(1, stats["batches"]), 2),
+                       "windows_per_run": kit.batch_size}
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    report = {"artifacts": {n: {"precision": k.manifest["precision"],
+                                "recipe": ((k.manifest.get("quantization") or {}).get("recipe") or {}).get("name"),
+                                "windows_per_run": k.batch_size} for n, k in kits.items()},
+              "cpu": cpu_model(), "cores": os.cpu_count(), "ort_threads": args.threads or "all cores",
+              "load_average": os.getloadavg(), "max_wait_ms": args.max_wait_ms, "seconds": args.seconds,
+              "repeats": args.repeats, "summary": summarise(runs, list(kits)), "runs": runs}
+    print(json.dumps(report["summary"], indent=1))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
 
 
 if __name__ == "__main__":

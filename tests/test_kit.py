@@ -109,7 +109,13 @@ def test_long_context_and_batch(reduced_dir, kit_examples, hf_tokenizer):
     assert squad.postprocess([example], features, preds.start_logits, preds.end_logits)["long"] == answer.text
 
     pairs = [(e.question, e.context) for e in kit_examples[::5]] + [(question, long_context)]
+    runs = []
+    real_run = kit.session.run
+    kit.session.run = lambda names, feed: runs.append(feed["input_ids"].shape) or real_run(names, feed)
     batch = kit.answer_batch(pairs)
+    kit.session.run = real_run
+    windows = sum(len(kit.windows(q, c)) for q, c in pairs)
+    assert kit.describe()["windows_per_run"] == 16 and len(runs) == -(-windows // 16)  # windows of all questions share runs
     for (q, c), got in zip(pairs, batch):
         alone = kit.answer(q, c)
         assert (got.text, got.start, got.end) == (alone.text, alone.start, alone.end)
@@ -243,3 +249,24 @@ def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tm
                                  max_answer_length=kit.max_answer_length)
     answers = kit.answer_batch([(e.question, e.context) for e in examples])
     assert [a.text for a in answers] == [measured[e.id] for e in examples]
+
+
+def test_feeding_rule_follows_quantization_and_length_rule(full_dir, tmp_path):
+    """Dynamic INT8 runs one window at a time; static INT8 and FP32 batch; ratio/LAT graphs are padded to seq_len.
+    A manifest whose recorded feeding contradicts that is refused."""
+    from qtool_runtime.kit import check_manifest, feeding
+
+    base = json.loads((full_dir / "manifest.json").read_text())
+    reduced = {**base, "length_config": {**base["length_config"], "keep": [300, 250, 200, 150, 120, 100]}}
+    for quant, rule, want in [(None, "cap", (True, False)), ({"mode": "static"}, "cap", (True, False)),
+                              ({"mode": "dynamic"}, "cap", (False, False)), ({"mode": "static"}, "ratio", (True, True))]:
+        m = {**reduced, "quantization": quant, "length_config": {**reduced["length_config"], "rule": rule}}
+        m.pop("feeding", None)
+        assert feeding(m) == want, (quant, rule)
+    assert base["feeding"] == {"batchable": True, "pad_to_seq_len": False}  # what export wrote
+    lying = _copy(full_dir, tmp_path / "lying")
+    m = json.loads((lying / "manifest.json").read_text())
+    m["quantization"] = {"mode": "dynamic"}
+    (lying / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="contradicts the graph's quantization"):
+        check_manifest(lying)

@@ -5,11 +5,15 @@ from toolchain import manifest as manifests
 from toolchain import squad
 from toolchain.quantize import (
     RECIPES_BY_NAME,
+    STATIC_PREFERENCE,
     QuantizationError,
     Recipe,
+    Trial,
     calibration_examples,
+    choose,
     quantize_artifact,
     select_nodes,
+    speed,
     tuning_examples,
 )
 
@@ -53,7 +57,7 @@ def test_recipes_select_weight_matmuls_by_recorded_role(exported_root):
 
 @pytest.fixture(scope="module")
 def int8_dir(exported_root):
-    recipes = [RECIPES_BY_NAME[n] for n in ("static-all", "dynamic-all", "static-fp32-ffn-out")]
+    recipes = [RECIPES_BY_NAME[n] for n in ("static-fp32-out", "dynamic-all", "static-all")]
     return quantize_artifact(exported_root / REDUCED_DIR, samples=32, tune_questions=60, tolerance=5.0,
                              recipes=recipes, timing_batches=(1, 4), log=lambda _: None)
 
@@ -67,17 +71,18 @@ def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_r
     tuning = quant["tuning"]
     assert tuning["squad_file"] == "train" and tuning["protocols"] == ["unpadded", "bucketed"]
     trials = tuning["trials"]
-    assert [t["recipe"] for t in trials] == ["static-all", "dynamic-all", "static-fp32-ffn-out"]
+    assert [t["recipe"] for t in trials] == ["static-fp32-out", "dynamic-all", "static-all"]
     eligible = [t for t in trials if t["f1_drop"] <= 5.0]
     assert eligible and all(t["within_tolerance"] == (t["f1_drop"] <= 5.0) for t in trials)
-    speed = {t["recipe"]: (t["latency_ms"]["small"] * t["latency_ms"]["large"]) ** 0.5 for t in trials}
-    assert quant["recipe"]["name"] == min(eligible, key=lambda t: speed[t["recipe"]])["recipe"]
+    as_trials = [Trial(**t) for t in trials]
+    assert quant["recipe"]["name"] == choose(as_trials, RECIPES_BY_NAME, 5.0).recipe
     assert all(len(t["kept_agreement"]) == 6 for t in trials)
     for t in trials:  # the drop that counts is the worse protocol's
         drops = [tuning["fp32_f1"][p] - t["f1_by_protocol"][p] for p in tuning["protocols"]]
         assert t["f1_drop"] == pytest.approx(max(drops))
-    static = next(t for t in trials if t["recipe"] == "static-all")  # static INT8 does not care about batch-mates
-    assert static["f1_by_protocol"]["unpadded"] == pytest.approx(static["f1_by_protocol"]["bucketed"], abs=0.5)
+    for name in ("static-fp32-out", "static-all"):  # static INT8 does not care about batch-mates
+        static = next(t for t in trials if t["recipe"] == name)
+        assert static["f1_by_protocol"]["unpadded"] == pytest.approx(static["f1_by_protocol"]["bucketed"], abs=0.5)
     assert (int8_dir / "model.onnx").stat().st_size < 0.4 * (exported_root / REDUCED_DIR / "model.onnx").stat().st_size
     assert manifest.source_fp32["sha256"] == fp32.files["model.onnx"]
     assert manifest.interface == fp32.interface and manifest.length_config == fp32.length_config
@@ -106,3 +111,56 @@ def test_unreachable_tolerance_fails_and_writes_nothing(exported_root, tmp_path,
 def test_only_fp32_artifacts_are_quantized(int8_dir):
     with pytest.raises(QuantizationError, match="needs an FP32 artifact"):
         quantize_artifact(int8_dir, tolerance=None, log=lambda _: None)
+
+
+def _trial(name: str, ms: float, drop: float = 0.0) -> Trial:
+    return Trial(name, "", 70.0 - drop, 0.0, drop, 1, latency_ms={"small": ms, "large": ms}, within_tolerance=drop <= 1.0)
+
+
+def test_choose_prefers_static_unless_measurably_slower():
+    recipes = RECIPES_BY_NAME
+    close = [_trial("dynamic-all-pc", 10.0), _trial("static-fp32-out", 10.0 * STATIC_PREFERENCE * 0.99)]
+    assert choose(close, recipes, 1.0).recipe == "static-fp32-out"  # within timing noise: static wins
+    slower = [_trial("dynamic-all-pc", 10.0), _trial("static-fp32-out", 10.0 * STATIC_PREFERENCE * 1.02)]
+    assert choose(slower, recipes, 1.0).recipe == "dynamic-all-pc"
+    lossy = [_trial("dynamic-all-pc", 10.0), _trial("static-fp32-out", 9.0, drop=2.0)]
+    assert choose(lossy, recipes, 1.0).recipe == "dynamic-all-pc"  # outside tolerance never wins
+    assert speed(lossy[1]) == 9.0
+    with pytest.raises(QuantizationError, match="best was static-fp32-out"):
+        choose([_trial("static-fp32-out", 9.0, drop=2.0)], recipes, 1.0)
+
+
+def test_static_recipe_leaves_matmul_outputs_fp32_and_records_what_it_did(int8_dir, exported_root):
+    """The chosen graph is checked for what its manifest says: static graphs run MatMulIntegerToFloat (U8 inputs,
+    FP32 outputs), never QLinearMatMul; the record names calibration, tensors and the per-tensor drift."""
+    import onnx
+
+    path = quantize_artifact(exported_root / REDUCED_DIR, exported_root.parent / "int8-static", samples=16,
+                             tolerance=None, recipes=[RECIPES_BY_NAME["static-fp32-out"]], log=lambda _: None)
+    manifest = manifests.load(path)
+    ops = [n.op_type for n in onnx.load(str(path / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 6 * 6 + 1 and "QLinearMatMul" not in ops
+    quant = manifest.quantization
+    assert quant["mode"] == "static" and quant["batchable"] and manifest.feeding == {"batchable": True, "pad_to_seq_len": False}
+    assert quant["calibration"]["set"] == "squad" and quant["calibration"]["method"] == "minmax"
+    assert quant["calibration"]["windows"] == 16 and len(quant["quantized"]["nodes"]) == 6 * 6 + 1
+    drift = quant["drift"]
+    errors = [r["rel_error"] for r in drift["worst"]]
+    assert drift["windows"] == 16 and errors == sorted(errors, reverse=True) and 0 < errors[0] < 1
+    assert set(drift["added_by_role"]) == {"q", "k", "v", "attn_out", "ffn_in", "ffn_out", "head"}
+    dynamic = manifests.load(int8_dir) if manifests.load(int8_dir).quantization["mode"] == "dynamic" else None
+    if dynamic is not None:
+        assert dynamic.feeding["batchable"] is False
+
+
+def test_drift_of_a_graph_against_itself_is_zero(exported_root):
+    from toolchain.drift import tensor_drift
+
+    folder = exported_root / REDUCED_DIR
+    manifest = manifests.load(folder)
+    import numpy as np
+
+    feed = {"input_ids": np.array([[101, 2054, 2003, 102, 3000, 2001, 1037, 2103, 102]]),
+            "attention_mask": np.ones((1, 9), dtype=np.int64), "token_type_ids": np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1]])}
+    rows = tensor_drift(folder / "model.onnx", folder / "model.onnx", manifest.roles, [feed])
+    assert len(rows) == 2 * (6 * 6 + 1) and all(r.rel_error == 0.0 for r in rows)

@@ -32,6 +32,7 @@ def run_bench(
     plain_ort: bool = True,
     squad_file: str = "dev",
     limit: int | None = None,
+    neighbours: int = 0,
     batch_sizes: Sequence[int] = (1, 32),
     rounds: int = 8,
     workload_windows: int = 200,
@@ -61,6 +62,7 @@ def run_bench(
         quantize_plain_ort(folders[0], out / "ort-int8-full", samples=calib_samples)
     if standard:
         build_standard(model_dir, out, log=log)
-    return verify_artifacts(out, model_dir=model_dir, squad_file=squad_file, limit=limit, batch_sizes=batch_sizes, rounds=rounds,
+    return verify_artifacts(out, model_dir=model_dir, squad_file=squad_file, limit=limit, neighbours=neighbours,
+                            batch_sizes=batch_sizes, rounds=rounds,
                             workload_windows=workload_windows, threads=threads, torch_configs=torch_configs,
                             report_dir=report_dir, log=log)

@@ -21,6 +21,8 @@ CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, 
 VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
                 "post-attention state) or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps "
                 "its last layer output). Default: what `qtool train` recorded in the model folder, else qtool.")
+NEIGHBOURS_HELP = ("The document workload: widen each context with this many neighbouring paragraphs of the same article "
+                   "on each side, so windows are full of real tokens (0: SQuAD's own paragraphs).")
 RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "
              "tokens in), so unpadded windows keep what padded ones keep; 'ratio' scales k_i with the input length "
              "(LAT), right only for inputs padded to --seq-len.")
@@ -110,13 +112,14 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
 @click.option("--protocol", type=click.Choice(["padded", "unpadded"]), default="padded", show_default=True,
               help="Feed windows padded to --seq-len, or each at its real length.")
 @click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
+@click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, as_json) -> None:
+def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, neighbours, as_json) -> None:
     """SQuAD v1.1 EM/F1 of a PyTorch checkpoint under each length configuration."""
     from .verify import evaluate_model
 
     rows = _run(evaluate_model, model_dir, configs, squad_file=squad_file, limit=limit, seq_len=seq_len,
-                length_rule=length_rule, protocol=protocol, variant=variant)
+                length_rule=length_rule, protocol=protocol, variant=variant, neighbours=neighbours)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -288,6 +291,7 @@ def _verify_options(f):
     for option in reversed([
         click.option("--squad", "squad_file", default="dev", show_default=True, help="SQuAD JSON to score on."),
         click.option("--limit", type=POSITIVE, default=None, help="Score only the first N questions (default: all of dev, minutes per graph)."),
+        click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP),
         click.option("--batch-sizes", default="1,32", show_default=True, help="Batch sizes of the all-real seq-len latency protocol."),
         click.option("--rounds", default=8, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median reported) after 2 warm-up rounds."),
         click.option("--workload", "workload_windows", default=200, show_default=True, type=POSITIVE, help="Dev windows in the real-workload latency protocol."),
@@ -305,11 +309,11 @@ def _verify_options(f):
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="PyTorch model for reference rows (default: the manifest's source).")
 @_verify_options
-def verify(path, model_dir, squad_file, limit, batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
+def verify(path, model_dir, squad_file, limit, neighbours, batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
     """Check, score (padded and unpadded) and time (side by side) every artifact under PATH; write the report."""
     from .verify import format_table, verify_artifacts
 
-    report = _run(verify_artifacts, path, model_dir=model_dir, squad_file=squad_file, limit=limit,
+    report = _run(verify_artifacts, path, model_dir=model_dir, squad_file=squad_file, limit=limit, neighbours=neighbours,
                   batch_sizes=_batch_sizes(batch_sizes), rounds=rounds, workload_windows=workload_windows,
                   threads=threads, torch_configs=torch_configs, report_dir=report_dir, log=click.echo)
     click.echo(format_table(report))
@@ -328,7 +332,7 @@ def verify(path, model_dir, squad_file, limit, batch_sizes, rounds, workload_win
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options
 def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, squad_file, limit,
-          batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
+          neighbours, batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
     from .bench import run_bench
     from .verify import format_table
@@ -336,7 +340,7 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
     report = _run(run_bench, model_dir, configs, out, length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples,
                   batch_sizes=_batch_sizes(batch_sizes),
                   tolerance=tolerance, tune_questions=tune_questions, standard=not no_standard, squad_file=squad_file,
-                  limit=limit, rounds=rounds, workload_windows=workload_windows, threads=threads,
+                  limit=limit, neighbours=neighbours, rounds=rounds, workload_windows=workload_windows, threads=threads,
                   torch_configs=torch_configs, report_dir=report_dir, log=click.echo)
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")

@@ -82,8 +82,34 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
-def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> list[SquadExample]:
-    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions.
+def widen_contexts(data: dict, neighbours: int) -> dict:
+    """The document workload: each paragraph's context becomes itself plus up to `neighbours` paragraphs of the
+    same article on each side, joined by newlines (answer offsets shifted), so windows are full of real tokens
+    as when a team answers over documents or retrieved multi-paragraph chunks. Questions stay the same."""
+    articles = []
+    for article in data["data"]:
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list) or not all(isinstance(p, dict) and _is_str(p.get("context")) for p in paragraphs):
+            articles.append(article)  # load_squad's checks name the malformed place
+            continue
+        contexts = [p["context"] for p in paragraphs]
+        wide = []
+        for i, paragraph in enumerate(paragraphs):
+            lo, hi = max(0, i - neighbours), min(len(contexts), i + neighbours + 1)
+            prefix = "".join(c + "\n" for c in contexts[lo:i])
+            shifted = [{**qa, "answers": [{**a, "answer_start": a["answer_start"] + len(prefix)}
+                                          if isinstance(a, dict) and isinstance(a.get("answer_start"), int) else a
+                                          for a in qa.get("answers", [])]}
+                       if isinstance(qa, dict) and isinstance(qa.get("answers"), list) else qa
+                       for qa in paragraph.get("qas", [])]
+            wide.append({**paragraph, "context": prefix + "\n".join(contexts[i:hi]), "qas": shifted})
+        articles.append({**article, "paragraphs": wide})
+    return {**data, "data": articles}
+
+
+def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neighbours: int = 0) -> list[SquadExample]:
+    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions;
+    `neighbours` > 0 gives the document workload (`widen_contexts`).
 
     The whole file is checked, not just the slice, so a malformed or v2.0 file fails at once with one line
     naming the place (e.g. data[3].paragraphs[0].qas[2]) instead of a KeyError deep in a run.
@@ -103,6 +129,10 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0) -> l
     version = str(data.get("version", ""))
     if version.lstrip("v").startswith("2"):
         raise SquadFormatError(f"{path} is SQuAD version {version}: {V2_MESSAGE}")
+    if neighbours < 0:
+        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
+    if neighbours:
+        data = widen_contexts(data, neighbours)
     examples: list[SquadExample] = []
     end = None if limit is None else offset + limit
     index = 0

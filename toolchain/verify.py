@@ -52,9 +52,11 @@ def evaluate_model(
     variant: str | None = None,
     protocol: str = "padded",
     batch_size: int = 32,
+    neighbours: int = 0,
     show_progress: bool = True,
 ) -> list[dict]:
-    """SQuAD EM/F1 of a PyTorch checkpoint under each length configuration ('full' or 'k1,k2,...')."""
+    """SQuAD EM/F1 of a PyTorch checkpoint under each length configuration ('full' or 'k1,k2,...');
+    `neighbours` > 0: the document workload (squad.widen_contexts)."""
     from .model import flops_ratio, load_qa_model, trained_variant
 
     model, tokenizer = load_qa_model(model_dir)
@@ -63,13 +65,14 @@ def evaluate_model(
     if not 2 <= seq_len <= dims.max_positions:
         raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{dims.max_positions})")
     parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs]
-    examples = squad.load_squad(squad_file, limit=limit)
+    examples = squad.load_squad(squad_file, limit=limit, neighbours=neighbours)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     rows = []
     for config in parsed:
         preds = predict_torch(model, features, config, batch_size=batch_size, protocol=protocol, show_progress=show_progress)
         rows.append({
             "config": config.label, "rule": config.rule, "variant": config.variant, "protocol": protocol,
+            "neighbours": neighbours,
             "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn),
             **score(examples, features, preds),
         })
@@ -174,13 +177,14 @@ def verify_artifacts(
     model_dir: str | Path | None = None,
     squad_file: str = "dev",
     limit: int | None = None,
-    protocols: Sequence[str] = ("padded", "unpadded"),
+    protocols: Sequence[str] = PROTOCOLS,
     batch_sizes: Sequence[int] = (1, 32),
     rounds: int = 8,
     workload_windows: int = 200,
     threads: int | None = None,
     torch_configs: str = "full",
     report_dir: str | Path | None = None,
+    neighbours: int = 0,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -202,7 +206,7 @@ def verify_artifacts(
     first = next(iter(found.values()))
     seq_len = first.length_config.seq_len
     tokenizer = AutoTokenizer.from_pretrained(next(iter(found)), local_files_only=True, use_fast=True)
-    examples = squad.load_squad(squad_file, limit=limit)
+    examples = squad.load_squad(squad_file, limit=limit, neighbours=neighbours)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=first.doc_stride)
     real = features.attention_mask.sum(1)
     log(f"{len(examples)} questions, {len(features)} windows (mean {real.mean():.0f} real tokens) at length {seq_len}")
@@ -239,12 +243,16 @@ def verify_artifacts(
                "config": manifest.length_config.label, "rule": manifest.length_config.rule,
                "flops_ratio": manifest.flops_ratio, "size_mb": (folder / manifest.graph).stat().st_size / 1e6,
                "recipe": ((manifest.quantization or {}).get("recipe") or {}).get("name", "")}
-        for protocol in _distinct_protocols(protocols, invariant=manifest.invariant):
-            p = predict_onnx(session, features, protocol=protocol, invariant=manifest.invariant, show_progress=show_progress)
+        # FP32 invariance is exact (tests check it); an INT8 graph's is a property to measure: every protocol runs
+        trusted = manifest.invariant and manifest.precision == "fp32"
+        for protocol in _distinct_protocols(protocols, invariant=trusted):
+            p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress)
             result = score(examples, features, p)
-            for same in _same_as(protocol, protocols, invariant=manifest.invariant):
+            for same in _same_as(protocol, protocols, invariant=trusted):
                 preds[(folder.name, same)] = p
                 row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
+        row["batchable"] = manifest.feeding["batchable"]
+        row["f1_spread"] = max(row[f"f1_{p}"] for p in protocols) - min(row[f"f1_{p}"] for p in protocols)
         twin = manifests.twin_of(folder, manifest, found)
         row["fp32_twin"] = twin.name if twin else None
         rows.append(row)
@@ -260,6 +268,8 @@ def verify_artifacts(
     _, _, workload_questions = _workload(features, workload_windows)
     report = {
         "squad_file": str(squad_file), "questions": len(examples), "windows": len(features),
+        "workload": f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs",
+        "full_windows": float((real == seq_len).mean()),
         "mean_real_tokens": float(real.mean()), "seq_len": seq_len, "protocols": list(protocols),
         "machine": machine_info(threads),
         "latency": {"batch_sizes": list(batch_sizes), "rounds": rounds, "warmup": 2, "statistic": "median",
@@ -311,13 +321,13 @@ def format_table(report: dict, markdown: bool = False) -> str:
     protocols = report["protocols"]
     keys = [f"b{b}@{report['seq_len']}" for b in report["latency"]["batch_sizes"]] + ["real_b1", "real_b32"]
     table = PrettyTable()
-    table.field_names = (["graph", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols]
+    table.field_names = (["graph", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols] + ["spread"]
                          + [f"ms {k}" for k in keys] + [f"x std {k}" for k in keys] + ["MB", "FLOPs"])
     for r in report["rows"]:
         lat, speed = r.get("latency_ms", {}), r.get("speedup_vs_std", {})
         table.add_row(
             [r["name"], r["precision"], r["config"], r["rule"] if r["config"] != "full" else ""]
-            + [f"{r[f'f1_{p}']:.2f}" for p in protocols]
+            + [f"{r[f'f1_{p}']:.2f}" for p in protocols] + [f"{r['f1_spread']:.2f}" if "f1_spread" in r else ""]
             + [f"{lat[k]:.2f}" if k in lat else "" for k in keys]
             + [f"{speed[k]:.2f}x" if k in speed else "" for k in keys]
             + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{r['flops_ratio']:.2f}"]
@@ -388,10 +398,11 @@ def write_report(dest: Path, report: dict) -> None:
     atomic.write_text(dest / "report.json", json.dumps(report, indent=2) + "\n")
     atomic.write_text(dest / "report.md", (
         "# qtool verify report\n\n"
-        f"SQuAD `{report['squad_file']}`, {report['questions']} questions ({report['windows']} windows, mean "
-        f"{report['mean_real_tokens']:.0f} real tokens), configurations stated for {report['seq_len']} tokens. "
-        f"F1 per input protocol: padded (batches of 32 windows, each padded to {report['seq_len']}) and unpadded "
-        f"(every window alone at its real length). Latency: onnxruntime CPU on {report['machine']['cpu']} ({report['machine']['threads']} "
+        f"SQuAD `{report['squad_file']}`, {report.get('workload', 'paragraphs')}: {report['questions']} questions "
+        f"({report['windows']} windows, mean {report['mean_real_tokens']:.0f} real tokens), configurations stated for {report['seq_len']} tokens. "
+        f"F1 per input protocol: padded (batches of 32 windows, each padded to {report['seq_len']}), unpadded "
+        f"(every window alone at its real length) and bucketed (length-sorted batches of 32 padded to their "
+        f"longest); `spread` is the largest F1 difference between protocols (0 for a batch-invariant graph). Latency: onnxruntime CPU on {report['machine']['cpu']} ({report['machine']['threads']} "
         f"threads, flags {', '.join(report['machine']['flags'])}); every graph in one process, {lat['rounds']} "
         f"interleaved rounds after {lat['warmup']} warm-up, medians. `b1@L`/`b32@L`: one batch of L real tokens "
         f"(ms per batch); `real_b1`: the first {lat['workload_windows']} dev windows one by one, unpadded; "
