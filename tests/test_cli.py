@@ -36,7 +36,9 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     fp32 = next(r for r in report["rows"] if r["name"].startswith("fp32-"))
     assert int8["fp32_twin"] == fp32["name"] and len(int8["kept_agreement_vs_fp32"]) == 6
     assert set(int8["latency_ms"]) == {"b1@384", "b2@384", "real_b1", "real_b32"}
-    assert set(int8["int8_cost_f1"]) == {"padded", "unpadded"}
+    assert set(int8["int8_cost_f1"]) == {"padded", "unpadded", "bucketed"}
+    # the default recipe is static: verify runs every protocol on it and the answers agree (one flip at most)
+    assert int8["recipe"] == "static-fp32-out" and int8["batchable"] and int8["f1_spread"] < 3.4
     # cap rule: the FP32 reduced graph answers the same padded or not
     assert abs(fp32["f1_padded"] - fp32["f1_unpadded"]) < 0.5
     assert (root / "report.md").read_text().count("|") > 20 and (root / "pareto.png").stat().st_size > 10_000

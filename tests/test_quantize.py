@@ -47,7 +47,7 @@ def test_recipes_select_weight_matmuls_by_recorded_role(exported_root):
     assert len(every) == 6 * 6 + 1
     kept = select_nodes(manifest, RECIPES_BY_NAME["static-fp32-ffn-out"])
     assert len(kept) == 6 * 5 + 1 and not set(kept) & set(manifest.roles["ffn_out"])
-    assert len(select_nodes(manifest, RECIPES_BY_NAME["static-fp32-ffn-out-qk-head"])) == 6 * 3
+    assert select_nodes(manifest, RECIPES_BY_NAME["static-fp32-out-ffn-out"]) == kept
     with pytest.raises(QuantizationError, match="role"):
         select_nodes(manifest, Recipe("bad", keep_fp32=("gate_proj",)))
     manifest.roles["head"] = []

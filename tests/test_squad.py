@@ -162,3 +162,22 @@ def test_postprocess_respects_max_answer_length(minilm_tokenizer, squad_dir):
     assert len(minilm_tokenizer.tokenize(text)) <= squad.MAX_ANSWER_LENGTH
     with pytest.raises(ValueError):
         squad.postprocess(examples, feats, start[:1], end[:1])
+
+
+def test_document_workload_widens_contexts_with_neighbouring_paragraphs():
+    """Each question keeps its own id and question; its context gains up to N paragraphs of the same article on
+    each side, and every gold answer still points at its own text."""
+    from toolchain import squad
+
+    plain = squad.load_squad("dev", limit=60)
+    wide = squad.load_squad("dev", limit=60, neighbours=2)
+    assert [e.id for e in wide] == [e.id for e in plain] and [e.question for e in wide] == [e.question for e in plain]
+    paragraphs = list(dict.fromkeys(e.context for e in squad.load_squad("dev", limit=200)))
+    for p, w in zip(plain, wide):
+        assert p.context in w.context and len(w.context) > len(p.context)
+        for text, start in zip(w.answers, w.answer_starts):
+            assert w.context[start: start + len(text)] == text
+    first = paragraphs.index(plain[0].context)
+    assert wide[0].context == "\n".join(paragraphs[first: first + 3])  # the article's first paragraph: 2 after it
+    with pytest.raises(squad.InputError, match="neighbours must be 0 or more"):
+        squad.load_squad("dev", limit=1, neighbours=-1)

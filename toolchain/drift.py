@@ -5,11 +5,16 @@ the output of every quantized weight MatMul exposed (the tensor names survive qu
 ToFloat and QDQ keep them), on the same windows one at a time, and each tensor's relative error
 ||int8 - fp32|| / ||fp32|| and SQNR are reported, worst first. An input's error is what the layers before it
 accumulated; an output's error minus its input's is what quantizing that MatMul added.
+
+Drop-and-Restore orders a layer's rows by significance, so the two graphs' rows need not be in the same order:
+rows are matched by the token position they hold (the graph's `kept_i` outputs), and tokens only one graph
+kept are left out (the kept-token agreement reports those).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +23,8 @@ from typing import Sequence
 import numpy as np
 
 TOP = 12  # tensors kept in the quantization record
+ATTENTION_ROLES = ("q", "k", "v", "attn_out")  # run on the rows the previous layer kept; FFN roles on this layer's
+LAYER = re.compile(r"layer\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -74,20 +81,45 @@ def tensor_drift(fp32_path: str | Path, int8_path: str | Path, roles: dict[str, 
         sessions = [ort.InferenceSession(str(_with_outputs(Path(p), names, Path(scratch))), options,
                                          providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
         shared = [n for n in names if all(n in {o.name for o in s.get_outputs()} for s in sessions)]
-        err = dict.fromkeys(shared, 0.0)
-        ref = dict.fromkeys(shared, 0.0)
+        kept = sorted((o.name for o in sessions[0].get_outputs() if o.name.startswith("kept_")), key=lambda k: int(k[5:]))
+        err: dict[tuple[str, str], float] = {}
+        ref: dict[tuple[str, str], float] = {}
         for feed in feeds:
-            a, b = (dict(zip(shared, s.run(shared, feed))) for s in sessions)
-            for n in shared:
-                if a[n].shape == b[n].shape:
-                    err[n] += float(np.sum((a[n].astype(np.float64) - b[n]) ** 2))
-                    ref[n] += float(np.sum(a[n].astype(np.float64) ** 2))
+            a, b = (dict(zip(shared + kept, s.run(shared + kept, feed))) for s in sessions)
+            for tensor, node, role, _ in watched:
+                if tensor in a:
+                    x, y = _aligned(a, b, tensor, _rows_from(node, role, kept))
+                    err[(tensor, node)] = err.get((tensor, node), 0.0) + float(np.sum((x - y) ** 2))
+                    ref[(tensor, node)] = ref.get((tensor, node), 0.0) + float(np.sum(x ** 2))
     rows = []
     for tensor, node, role, side in watched:
-        if tensor in err and ref[tensor] > 0:
-            rel = math.sqrt(err[tensor] / ref[tensor])
+        if ref.get((tensor, node), 0) > 0:
+            rel = math.sqrt(err[(tensor, node)] / ref[(tensor, node)])
             rows.append(TensorDrift(tensor, node, role, side, rel, -20 * math.log10(rel) if rel > 0 else math.inf))
     return sorted(rows, key=lambda r: -r.rel_error)
+
+
+def _rows_from(node: str, role: str, kept: list[str]) -> str | None:
+    """The `kept_i` output naming the token position of each row of `node`'s tensors (None: rows in order)."""
+    match = LAYER.search(node)
+    if not kept or match is None or role == "head":
+        return None
+    layer = int(match.group(1)) - (1 if role in ATTENTION_ROLES else 0)
+    return kept[layer] if layer >= 0 else None
+
+
+def _aligned(a: dict, b: dict, tensor: str, rows_from: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The tensor's rows both graphs hold, in the same token order (batch of one window)."""
+    x, y = a[tensor].astype(np.float64), b[tensor].astype(np.float64)
+    if rows_from is None or x.ndim != 3:
+        return (x, y) if x.shape == y.shape else (x[:0], y[:0])
+    pa, pb = a[rows_from][0], b[rows_from][0]
+    if len(pa) != x.shape[1] or len(pb) != y.shape[1]:
+        return (x, y) if x.shape == y.shape else (x[:0], y[:0])
+    where_b = {int(p): r for r, p in enumerate(pb)}
+    pairs = [(r, where_b[int(p)]) for r, p in enumerate(pa) if int(p) in where_b]
+    ra, rb = (np.array([p[i] for p in pairs], dtype=np.int64) for i in (0, 1))
+    return x[0, ra], y[0, rb]
 
 
 def drift_record(rows: Sequence[TensorDrift], windows: int, top: int = TOP) -> dict:
