@@ -7,11 +7,12 @@ and the validation (onnxruntime vs PyTorch on real SQuAD features: logits and ke
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
+
+from qtool_runtime.errors import QtoolError
 
 import numpy as np
 import torch

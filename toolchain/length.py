@@ -5,9 +5,10 @@ Torch-free, so the deployment runtime and manifests can read configurations with
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 from dataclasses import dataclass
 from typing import Sequence
+
+from qtool_runtime.errors import QtoolError
 
 
 class LengthConfigError(QtoolError, ValueError):

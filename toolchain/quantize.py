@@ -16,7 +16,6 @@ neural-compressor's `quantize`.
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import logging
 import shutil
 import tempfile
@@ -24,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Literal, Sequence
+
+from qtool_runtime.errors import QtoolError
 
 import numpy as np
 

@@ -16,11 +16,12 @@ runs length-sorted batches cut to their longest window, which is exact and sever
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
+
+from qtool_runtime.errors import QtoolError
 
 import numpy as np
 

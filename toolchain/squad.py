@@ -6,7 +6,6 @@ and articles removed, white space collapsed) and each prediction takes the best 
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import collections
 import json
 import re
@@ -14,6 +13,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from qtool_runtime.errors import QtoolError
 
 import numpy as np
 from qtool_runtime.kit import max_question_tokens

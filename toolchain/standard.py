@@ -13,12 +13,13 @@ exactly like qtool's own graphs.
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import logging
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
+
+from qtool_runtime.errors import QtoolError
 
 from . import artifact, squad
 from . import manifest as manifests

@@ -8,13 +8,14 @@ between graphs are the figures to compare; absolute times differ from machine to
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
+from qtool_runtime.errors import QtoolError
 
 import numpy as np
 

@@ -8,10 +8,11 @@ them in, so a recipe written once works for every family.
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
+
+from qtool_runtime.errors import QtoolError
 
 import torch
 from torch import nn
