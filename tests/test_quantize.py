@@ -164,3 +164,20 @@ def test_drift_of_a_graph_against_itself_is_zero(exported_root):
             "attention_mask": np.ones((1, 9), dtype=np.int64), "token_type_ids": np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1]])}
     rows = tensor_drift(folder / "model.onnx", folder / "model.onnx", manifest.roles, [feed])
     assert len(rows) == 2 * (6 * 6 + 1) and all(r.rel_error == 0.0 for r in rows)
+
+
+def test_document_calibration_mixes_paragraph_and_widened_windows(minilm_tokenizer, squad_dir):
+    """--calib-neighbours: half the calibration windows come from contexts widened with neighbouring paragraphs
+    (full windows of running text); tuning stays held out from the calibration questions actually read."""
+    from toolchain.quantize import calibration_features
+
+    train = str(squad_dir / "train-v1.1.json")
+    plain = calibration_features(train, 32, minilm_tokenizer, 384, 128)
+    mixed = calibration_features(train, 32, minilm_tokenizer, 384, 128, neighbours=2)
+    assert len(plain) == len(mixed) == 32
+    np = pytest.importorskip("numpy")
+    np.testing.assert_array_equal(mixed.input_ids[:16], plain.input_ids[:16])  # the paragraph half is unchanged
+    wide = mixed.attention_mask[16:].sum(1)
+    assert (wide == 384).mean() > 0.5 and wide.mean() > plain.attention_mask.sum(1).mean()
+    tune = tuning_examples(20, train, 32)
+    assert len(tune) == 20 and not {e.id for e in tune} & {e.id for e in squad.load_squad(train, limit=32)}

@@ -157,13 +157,17 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--calib", default="squad", show_default=True, help="'squad' (shipped, offline) or a SQuAD JSON path.")
 @click.option("--samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
+@click.option("--calib-neighbours", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Take half the calibration windows from contexts widened by this many neighbouring paragraphs on each "
+                   "side (full windows of running text, the document workload); needs a SQuAD file with whole articles, "
+                   "e.g. --calib ../shared/squad/train-v1.1.json.")
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
 @click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: the recipe the README measures "
               "fastest within tolerance on the reference model) without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
-def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
+def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
     from .artifact import find_artifacts
     from .manifest import load
@@ -188,7 +192,8 @@ def quantize(path, calib, samples, tolerance, tune_questions, recipe_names, no_t
             dest = _run(quantize_plain_ort, src, src.with_name("ort-int8-" + src.name.removeprefix("fp32-")),
                         calib=calib, samples=samples)
         else:
-            dest = _run(quantize_artifact, src, calib=calib, samples=samples, tolerance=None if no_tune else tolerance,
+            dest = _run(quantize_artifact, src, calib=calib, samples=samples, calib_neighbours=calib_neighbours,
+                        tolerance=None if no_tune else tolerance,
                         tune_questions=tune_questions, recipes=recipes, log=click.echo)
         click.echo(f"wrote {dest}")
 

@@ -60,6 +60,9 @@ class Recipe:
     # the same U8S8 kernel the dynamic path runs). The FFN-out MatMul's output carries BERT's activation outliers.
     quantize_outputs: bool = False
     quant_format: Literal["QOperator", "QDQ"] = "QOperator"
+    # 7-bit weights: on CPUs without VNNI, onnxruntime's U8S8 kernels add pairs of u8*s8 products in int16, which
+    # can saturate with full-range weights (neural-compressor warns about it there)
+    reduce_range: bool = False
 
     @property
     def batchable(self) -> bool:
@@ -67,7 +70,7 @@ class Recipe:
         return self.mode == "static"
 
     def describe(self) -> str:
-        weights = "per-channel" if self.per_channel else "per-tensor"
+        weights = ("per-channel" if self.per_channel else "per-tensor") + (", 7-bit range" if self.reduce_range else "")
         if self.mode == "static":
             outputs = "U8 outputs" if self.quantize_outputs else "FP32 outputs"
             parts = [f"static INT8 weight MatMuls (S8 {weights} weights, U8 inputs with {self.calibration} scales "
@@ -97,6 +100,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("static-all-pct", quantize_outputs=True, calibration="percentile"),
     Recipe("static-fp32-ffn-out", quantize_outputs=True, keep_fp32=("ffn_out",)),
     Recipe("dynamic-fp32-ffn-out", mode="dynamic", per_channel=False, keep_fp32=("ffn_out",)),
+    Recipe("static-fp32-out-rr", reduce_range=True),
 )
 RECIPES_BY_NAME = {r.name: r for r in RECIPES}
 # The ladder `quantize` climbs when no --recipe is named: every recipe that leaves MatMul outputs FP32, and the
@@ -110,25 +114,37 @@ DEFAULT_RECIPE = "static-fp32-out"
 STATIC_PREFERENCE = 1.05
 
 
-def calibration_examples(calib: str, samples: int) -> list[squad.SquadExample]:
-    """'squad' = the calibration set shipped in the package (offline); else a path to SQuAD v1.1 JSON."""
+def calibration_examples(calib: str, samples: int, neighbours: int = 0) -> list[squad.SquadExample]:
+    """'squad' = the calibration set shipped in the package (offline); else a path to SQuAD v1.1 JSON;
+    `neighbours` > 0 widens the contexts (the document workload, squad.widen_contexts)."""
     if calib in CALIBRATION_SETS:
         path = Path(str(files("toolchain.calibration").joinpath(CALIBRATION_SETS[calib])))
     else:
         path = Path(calib)
         if not path.is_file():
             raise FileNotFoundError(f"calibration set {calib!r}: not a shipped set {list(CALIBRATION_SETS)} nor a file")
-    examples = squad.load_squad(path, limit=samples)
+    examples = squad.load_squad(path, limit=samples, neighbours=neighbours)
     if not examples:
         raise QuantizationError(f"calibration set {calib!r} holds no questions")
     return examples
 
 
-def calibration_features(calib: str, samples: int, tokenizer, seq_len: int, doc_stride: int) -> squad.Features:
-    """Windows of the first `samples` calibration questions, at most `samples` of them."""
-    f = squad.featurize(calibration_examples(calib, samples), tokenizer, max_length=seq_len, doc_stride=doc_stride)
-    head = slice(0, samples)
-    return squad.Features(f.input_ids[head], f.attention_mask[head], f.token_type_ids[head], f.example_index[head], f.offsets[head])
+def calibration_features(calib: str, samples: int, tokenizer, seq_len: int, doc_stride: int,
+                         neighbours: int = 0) -> squad.Features:
+    """Windows of the first calibration questions, at most `samples`. With `neighbours` > 0, half of them come
+    from the same questions with contexts widened by that many paragraphs on each side, so the static activation
+    ranges also cover full windows of running text (the document workload), not only single paragraphs."""
+
+    def windows(count: int, wide: int) -> squad.Features:
+        f = squad.featurize(calibration_examples(calib, count, wide), tokenizer, max_length=seq_len, doc_stride=doc_stride)
+        head = slice(0, count)
+        return squad.Features(f.input_ids[head], f.attention_mask[head], f.token_type_ids[head], f.example_index[head],
+                              f.offsets[head])
+
+    if not neighbours:
+        return windows(samples, 0)
+    return squad.concatenate([windows(samples - samples // 2, 0), windows(samples // 2, neighbours)],
+                             pad_id=tokenizer.pad_token_id or 0)
 
 
 def calibration_reader(features: squad.Features, batch_size: int = 8, inputs: Sequence[str] | None = None):
@@ -209,6 +225,7 @@ def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: lis
             calibration_data_reader=reader, calibrate_method=method, quant_format=QuantFormat[recipe.quant_format],
             op_types_to_quantize=op_types,
             nodes_to_quantize=nodes, per_channel=recipe.per_channel, calibration_sampling_size=len(reader),
+            reduce_range=recipe.reduce_range,
             extra_options=extra,
         )
         reader.rewind()
@@ -237,10 +254,13 @@ class Trial:
     within_tolerance: bool = False
 
 
-def tuning_examples(questions: int, calib: str) -> list[squad.SquadExample]:
+def tuning_examples(questions: int, calib: str, samples: int = 10**9) -> list[squad.SquadExample]:
     """The last `questions` SQuAD train questions that are not calibration questions: held out from both
-    calibration and every dev-set report."""
-    calib_ids = {e.id for e in calibration_examples(calib, 10**9)} if calib in CALIBRATION_SETS or Path(calib).is_file() else set()
+    calibration and every dev-set report. A shipped set is excluded whole; a file (e.g. SQuAD train itself) by
+    the first `samples` questions, the ones calibration reads."""
+    if calib in CALIBRATION_SETS:
+        samples = 10**9
+    calib_ids = {e.id for e in calibration_examples(calib, samples)} if calib in CALIBRATION_SETS or Path(calib).is_file() else set()
     pool = squad.load_squad("train", offset=max(0, 87_599 - questions - 400))
     held_out = [e for e in pool if e.id not in calib_ids]
     return held_out[-questions:]
@@ -269,6 +289,7 @@ def quantize_artifact(
     *,
     calib: str = "squad",
     samples: int = DEFAULT_CALIB_SAMPLES,
+    calib_neighbours: int = 0,
     tolerance: float | None = DEFAULT_TOLERANCE,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
     recipes: Sequence[Recipe] = LADDER,
@@ -297,9 +318,9 @@ def quantize_artifact(
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     seq_len = manifest.length_config.seq_len
-    calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride)
+    calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride, calib_neighbours)
     reader = calibration_reader(calib_features, 8, manifest.interface.inputs)
-    tuning_set = TuningSet.of(tuning_examples(tune_questions if tolerance is not None else DRIFT_WINDOWS, calib),
+    tuning_set = TuningSet.of(tuning_examples(tune_questions if tolerance is not None else DRIFT_WINDOWS, calib, samples),
                               tokenizer, manifest)
     with tempfile.TemporaryDirectory(prefix="qtool-quant-") as work:
         candidates = recipes if tolerance is not None else recipes[:1]
@@ -327,7 +348,7 @@ def quantize_artifact(
         for line in format_drift(drift):
             log(line)
         record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
-                                     len(calib_features), tuning, drift)
+                                     len(calib_features), tuning, drift, calib_neighbours=calib_neighbours)
         write_int8(src, manifest, dest, paths[chosen.name], quantization=record)
     return dest
 
@@ -442,7 +463,7 @@ def tuning_record(tuning_set: TuningSet, baseline: dict[str, float], tolerance: 
 
 
 def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: list[str], calib: str, samples: int,
-                        windows: int, tuning: dict | None, drift: dict) -> dict:
+                        windows: int, tuning: dict | None, drift: dict, *, calib_neighbours: int = 0) -> dict:
     """Step 5: what the manifest says was done: format, calibration, which tensors are INT8, and why."""
     static = recipe.mode == "static"
     return {
@@ -453,7 +474,9 @@ def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: lis
         "description": recipe.describe(),
         "batchable": recipe.batchable,
         "calibration": {"set": calib, "questions": samples, "windows": windows, "method": recipe.calibration,
-                        "seq_len": manifest.length_config.seq_len} if static else None,
+                        "seq_len": manifest.length_config.seq_len,
+                        "document_windows": {"neighbours": calib_neighbours, "share": 0.5} if calib_neighbours else None,
+                        } if static else None,
         "quantized": {
             "weights": f"S8 {'per-channel' if recipe.per_channel else 'per-tensor'}: " + ", ".join(
                 r for r in manifest.roles if r not in recipe.keep_fp32),

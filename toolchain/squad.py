@@ -239,7 +239,7 @@ def featurize(
              for lo in range(0, len(examples), FEATURIZE_CHUNK)]
     if not parts:
         raise InputError("no questions to featurize")
-    return _concatenate(parts, pad_id=tokenizer.pad_token_id or 0)
+    return concatenate(parts, pad_id=tokenizer.pad_token_id or 0)
 
 
 def check_question_lengths(examples: Sequence[SquadExample], tokenizer, max_length: int, doc_stride: int) -> None:
@@ -314,8 +314,9 @@ def _answer_tokens(example: SquadExample, spans: np.ndarray, context_tokens: np.
     return int(context_tokens[ctx[:, 0] <= start_char][-1]), int(context_tokens[ctx[:, 1] >= end_char][0])
 
 
-def _concatenate(parts: list[Features], pad_id: int) -> Features:
-    """One Features from chunks of possibly different widths (unpadded chunks), one field at a time."""
+def concatenate(parts: list[Features], pad_id: int) -> Features:
+    """One Features from parts of possibly different widths (unpadded chunks), one field at a time; the parts'
+    example indices are kept as they are."""
     width = max(p.input_ids.shape[1] for p in parts)
 
     def cat(name: str, fill: int) -> np.ndarray:
