@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.kit import MAX_TOKENS
+from qtool_runtime.kit import FEEDING_KEYS, MAX_TOKENS, feeding
 
 from .families import OPTIONAL_ROLES
 from .families import ROLES as FAMILY_ROLES
@@ -63,12 +63,11 @@ class Manifest:
 
     @property
     def feeding(self) -> dict[str, bool]:
-        """How the kit may feed the graph. `batchable`: no activation scale is computed per batch, so windows of
-        several requests may share a run (FP32, static INT8). `pad_to_seq_len`: drop counts or significance see
-        padding (the ratio rule, LAT's variant), so every window is padded to seq_len as validated."""
-        lc = self.length_config
-        static = self.precision == "fp32" or (self.quantization or {}).get("mode") == "static"
-        return {"batchable": static, "pad_to_seq_len": not lc.is_full and (lc.rule == "ratio" or lc.variant == "lat")}
+        """How the kit may feed the graph (`qtool_runtime.kit.feeding`, the one rule both sides read):
+        `batchable` (no activation scale computed per batch) and `pad_to_seq_len` (drop counts or significance
+        see padding, so every window is padded to seq_len as validated)."""
+        rule = feeding({"length_config": self.length_config.to_dict(), "quantization": self.quantization})
+        return dict(zip(FEEDING_KEYS, rule))
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -335,7 +335,7 @@ def quantize_artifact(
             baseline = tuning_set.baseline(src / manifest.graph, log)
             latency = time_candidates(src / manifest.graph, paths, manifest, timing_batches)
             for trial in trials:
-                score_trial(trial, paths[trial.recipe], RECIPES_BY_NAME.get(trial.recipe) or candidates[0], tuning_set,
+                score_trial(trial, paths[trial.recipe], tuning_set,
                             baseline, latency, tolerance)
                 log(format_trial(trial, timing_batches))
             log(f"  {'fp32':<28} b{timing_batches[0]} {latency['small']['fp32']:.1f} ms  "
@@ -404,7 +404,7 @@ def time_candidates(fp32_graph: Path, paths: dict[str, Path], manifest: manifest
             "large": time_graphs(graphs, manifest.interface, seq_len, batch_size=large, rounds=3, warmup=1)}
 
 
-def score_trial(trial: Trial, graph: Path, recipe: Recipe, tuning_set: TuningSet, baseline: dict[str, float],
+def score_trial(trial: Trial, graph: Path, tuning_set: TuningSet, baseline: dict[str, float],
                 latency: dict[str, dict[str, float]], tolerance: float) -> None:
     """Step 3: F1 under every protocol the graph will be fed with (really run each: a recipe's batch
     invariance is measured here, not assumed); the worse drop counts."""

@@ -142,7 +142,7 @@ def check_manifest(folder: str | Path) -> dict:
     need(m["max_answer_length"] <= lc["seq_len"],
          f"max_answer_length {m['max_answer_length']} exceeds the sequence length {lc['seq_len']}")
     if "feeding" in m:
-        need(m["feeding"] == dict(zip(("batchable", "pad_to_seq_len"), feeding(m))),
+        need(m["feeding"] == dict(zip(FEEDING_KEYS, feeding(m))),
              f"feeding {m['feeding']!r} contradicts the graph's quantization and length rule")
     iface = m.get("interface")
     need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
@@ -151,6 +151,9 @@ def check_manifest(folder: str | Path) -> dict:
          f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
     need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
     return m
+
+
+FEEDING_KEYS = ("batchable", "pad_to_seq_len")
 
 
 def feeding(manifest: dict) -> tuple[bool, bool]:
