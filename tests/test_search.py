@@ -2,6 +2,7 @@ import optuna
 import pytest
 
 from toolchain import squad
+from toolchain.errors import InputError
 from toolchain.length import LengthConfig
 from toolchain.search import EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, search_configs, search_examples, trained_space
 
@@ -40,6 +41,14 @@ def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
     assert "below what LengthDrop trained" not in result["space"]  # this model has no LengthDrop record
     rows = result["evaluated"]
     assert rows[0]["config"] == "full" and rows[0]["macs_unpadded"] == 1.0
+    # scored on the mix: the same questions as paragraphs and as documents; F1 is their mean
+    assert [w.split(" ")[0] for w in result["workloads"]] == ["paragraphs", "documents"]
+    for r in rows:
+        by = r["f1_by_workload"]
+        assert list(by) == result["workloads"] and r["f1"] == pytest.approx(sum(by.values()) / 2)
+        assert set(r["cost_by_workload"]) == set(by)
+    full = rows[0]["f1_by_workload"]
+    assert full["paragraphs"] != full[result["workloads"][1]]  # two different workloads really ran
     assert 2 <= len(rows) <= 5
     front = result["pareto"]
     assert front == sorted(front, key=lambda r: r["macs_unpadded"])
@@ -65,6 +74,23 @@ def test_two_workers_share_one_resumable_study(trained_dir, tmp_path):
     resumed = search_configs(trained_dir, trials=7, questions=6, min_ratio=0.5, storage=storage, log=lambda _: None)
     assert resumed["trials"] == 7  # resumed: the study grows to the new budget on top of the workers' trials
     assert {r["config"] for r in first["evaluated"]} <= {r["config"] for r in resumed["evaluated"]}
+
+
+def test_document_questions_are_the_search_questions_widened():
+    paragraphs, documents = search_examples(20), search_examples(20, neighbours=2)
+    assert sum(len(d.context) > len(p.context) for p, d in zip(paragraphs, documents)) >= 18
+    assert [e.id for e in paragraphs] == [e.id for e in documents]
+    for p, d in zip(paragraphs, documents):
+        assert p.context in d.context
+        assert all(d.context[s:s + len(t)] == t for t, s in zip(d.answers, d.answer_starts))
+
+
+def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
+    storage = str(tmp_path / "study.journal")
+    search_configs(trained_dir, trials=1, questions=4, neighbours=0, min_ratio=0.5, storage=storage, log=lambda _: None)
+    with pytest.raises(InputError, match="other settings.*workloads"):
+        search_configs(trained_dir, trials=2, questions=4, neighbours=2, min_ratio=0.5, storage=storage,
+                       log=lambda _: None)
 
 
 def test_evolution_breeds_from_the_pareto_front():

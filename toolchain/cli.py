@@ -14,6 +14,7 @@ import click
 
 from .latency import DEFAULT_LENGTHS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
+from .squad import DOCUMENT_NEIGHBOURS
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -203,6 +204,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--trials", default=40, show_default=True, type=POSITIVE, help="Configurations to evaluate (in the whole study, across workers and resumed runs).")
 @click.option("--questions", default=300, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions scored per configuration (never dev).")
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
+@click.option("--neighbours", default=DOCUMENT_NEIGHBOURS, show_default=True, type=click.IntRange(min=0),
+              help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
 @click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
 @click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="evolution", show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
@@ -213,9 +216,10 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--latency-model", type=click.Path(dir_okay=False), default=None, help="Cost = INT8 latency at real lengths predicted by this `qtool fit-latency` file (relative to the standard recipe's graph); default cost: MACs at real lengths.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
-def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler, population, storage, study_name, workers,
+def search(model_dir, trials, questions, offset, neighbours, min_ratio, length_rule, sampler, population, storage, study_name, workers,
            seed, latency_model, out) -> None:
-    """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train, unpadded windows."""
+    """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
+    documents), unpadded windows."""
     from .search import search_configs
 
     if out:
@@ -224,7 +228,8 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
             raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
         if not os.access(parent, os.W_OK):
             raise click.BadParameter(f"folder of {out} is not writable", param_hint="--out")
-    result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
+    result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, neighbours=neighbours,
+                  min_ratio=min_ratio,
                   length_rule=length_rule, sampler=sampler, population=population, storage=storage,
                   study_name=study_name, workers=workers, seed=seed, latency_model=latency_model, log=click.echo)
     click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
@@ -232,7 +237,9 @@ def search(model_dir, trials, questions, offset, min_ratio, length_rule, sampler
     click.echo("Pareto front (cheapest first):")
     for row in result["pareto"]:
         latency = f"  latency {row['latency']:.3f}" if "latency" in row else ""
-        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}")
+        per_workload = "".join(f"  {name.split(' ')[0]} {f1:.2f}" for name, f1 in row.get("f1_by_workload", {}).items())
+        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}"
+                   f"{per_workload}")
     if out:
         from .atomic import write_text
 

@@ -46,16 +46,25 @@ def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = "cap",
     return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
-def search_examples(questions: int, offset: int = 0) -> list[squad.SquadExample]:
+def search_examples(questions: int, offset: int = 0, neighbours: int = 0) -> list[squad.SquadExample]:
     """Held-out SQuAD train questions for the search: never dev, never the calibration set, and apart from
-    the slice quantization tunes on."""
+    the slice quantization tunes on. `neighbours` > 0: the same questions with widened contexts (documents)."""
     from .quantize import calibration_examples
 
     start = SEARCH_POOL_END - offset - questions
     if start < 0:
         raise InputError(f"--questions {questions} with --offset {offset} asks for more than SQuAD train holds")
     calib = {e.id for e in calibration_examples("squad", 10**9)}
-    return [e for e in squad.load_squad("train", limit=questions + 300, offset=max(0, start - 300)) if e.id not in calib][-questions:]
+    window = dict(limit=questions + 300, offset=max(0, start - 300))
+    chosen = [e for e in squad.load_squad("train", **window) if e.id not in calib][-questions:]
+    if not neighbours:
+        return chosen
+    ids = {e.id for e in chosen}
+    return [e for e in squad.load_squad("train", **window, neighbours=neighbours) if e.id in ids]
+
+
+def workload_name(neighbours: int) -> str:
+    return f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs"
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
@@ -136,9 +145,10 @@ def open_storage(storage: str | None):
 
 
 def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: float, rule: str, seq_len: int,
-                   latency_model: str | None = None, log: Callable[[str], None] = print):
-    """The search objective (F1 up; cost down: predicted latency at real lengths if a latency model is
-    given, else MACs at real lengths) over a model loaded once per process."""
+                   neighbours: int = 0, latency_model: str | None = None, log: Callable[[str], None] = print):
+    """The search objective over a model loaded once per process: F1 up (the mean over the workloads:
+    paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
+    (predicted latency at real lengths if a latency model is given, else MACs at real lengths)."""
     from .latency import LatencyModel
 
     from .model import load_qa_model, trained_variant
@@ -147,28 +157,35 @@ def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: fl
     model, tokenizer = load_qa_model(model_dir)
     variant = trained_variant(model)  # search the model the way it was trained
     dims = dims_of(model)
-    layers, hidden, ffn = dims.layers, dims.hidden, dims.ffn
-    examples = search_examples(questions, offset)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
-    lengths = features.attention_mask.sum(1)
+    stride = squad.default_doc_stride(seq_len)
+    workloads = {}
+    for n in (0, neighbours) if neighbours else (0,):
+        examples = search_examples(questions, offset, n)
+        workloads[workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=stride))
+    lengths = {name: f.attention_mask.sum(1) for name, (_, f) in workloads.items()}
+    every_window = np.concatenate(list(lengths.values()))
     timing = LatencyModel.load(latency_model) if latency_model else None
 
+    def cost_of(config: LengthConfig, at: np.ndarray) -> float:
+        return timing.cost(config, at) if timing else macs_ratio_at_lengths(config, at, dims.hidden, dims.ffn)
+
     def objective(trial) -> tuple[float, float]:
-        ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(layers)]
+        ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(dims.layers)]
         config = config_from_ratios(ratios, seq_len, rule, variant)
-        result = score(examples, features, predict_torch(model, features, config, protocol="unpadded"))
-        macs = macs_ratio_at_lengths(config, lengths, hidden, ffn)
+        results = {name: score(ex, f, predict_torch(model, f, config, protocol="unpadded"))
+                   for name, (ex, f) in workloads.items()}
+        f1 = float(np.mean([r["f1"] for r in results.values()]))
+        cost = cost_of(config, every_window)
         trial.set_user_attr("config", config.label)
-        trial.set_user_attr("exact_match", result["exact_match"])
-        trial.set_user_attr("macs_unpadded", macs)
-        line = f"  {config.label:<28} MACs {macs:.3f}"
-        cost = macs
+        trial.set_user_attr("exact_match", float(np.mean([r["exact_match"] for r in results.values()])))
+        trial.set_user_attr("f1_by_workload", {name: r["f1"] for name, r in results.items()})
+        trial.set_user_attr("cost_by_workload", {name: cost_of(config, at) for name, at in lengths.items()})
+        trial.set_user_attr("macs_unpadded", macs_ratio_at_lengths(config, every_window, dims.hidden, dims.ffn))
         if timing is not None:
-            cost = timing.cost(config, lengths)
             trial.set_user_attr("latency", cost)
-            line += f"  latency {cost:.3f}"
-        log(f"{line}  F1 {result['f1']:6.2f}")
-        return result["f1"], cost
+        log(f"  {config.label:<28} cost {cost:.3f}  F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
+            + f"  (mean {f1:.2f})")
+        return f1, cost
 
     return objective
 
@@ -194,8 +211,80 @@ def _worker(job: dict) -> None:
                               sampler=make_sampler(job["sampler"], job["seed"], job["population"]))
     objective = make_objective(model_dir=job["model_dir"], questions=job["questions"], offset=job["offset"],
                                min_ratio=job["min_ratio"], rule=job["rule"], seq_len=job["seq_len"],
-                               latency_model=job["latency_model"])
+                               neighbours=job["neighbours"], latency_model=job["latency_model"])
     _run_trials(study, objective, job["trials"], progress=False)
+
+
+def describe_space(model_dir: str | Path, min_ratio: float | None, length_rule: str) -> tuple[float, str]:
+    """(the smallest keep ratio searched, a sentence saying how it relates to what LengthDrop trained)."""
+    trained, record, trained_rule = trained_space(model_dir)
+    if min_ratio is None:
+        min_ratio = trained if trained is not None else 0.5
+    if not 0.0 < min_ratio <= 1.0:
+        raise InputError(f"min_ratio must be in (0, 1], got {min_ratio}")
+    space = f"per-layer keep ratio in [{min_ratio:.2f}, 1]"
+    if trained is None:
+        space += "; no LengthDrop training record, so not what training covered"
+    else:
+        within = "below" if min_ratio < trained - 1e-9 else "within"
+        space += f", {within} what LengthDrop trained ([{trained:.2f}, 1], {record})"
+    if trained_rule is not None:
+        space += (f"; LengthDrop sampled under the {trained_rule} rule"
+                  + ("" if trained_rule == length_rule else f", not the {length_rule} rule searched here"))
+    return min_ratio, space
+
+
+def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str | Path) -> str:
+    if latency_model is None:
+        return "encoder MACs at the windows' real lengths / plain model on the same windows"
+    import hashlib
+
+    from .latency import LatencyModel
+
+    timing = LatencyModel.load(latency_model)
+    if timing.layers != layers:
+        raise InputError(f"latency model {latency_model} was fitted on {timing.layers}-layer graphs; "
+                         f"{model_dir} has {layers} layers")
+    digest = hashlib.sha256(Path(latency_model).read_bytes()).hexdigest()[:12]
+    return (f"INT8 latency at the windows' real lengths (batch 1) / {timing.reference} on the same windows, "
+            f"predicted by the latency model {Path(latency_model).name} (sha256 {digest}) fitted on "
+            f"{timing.machine.get('cpu')}")
+
+
+def open_study(*, settings: dict, storage: str | None, study_name: str, sampler: str, seed: int, population: int,
+               layers: int):
+    """Create or resume a study. A study is identified by its settings (slice, workloads, rule, space, cost):
+    resuming one with other settings would mix trials that measured different things, so it is refused."""
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
+                                study_name=study_name, load_if_exists=storage is not None,
+                                sampler=make_sampler(sampler, seed, population))
+    recorded = study.user_attrs.get("settings")
+    if recorded is None and study.get_trials(deepcopy=False):
+        recorded = {"cost": study.user_attrs.get("cost")}  # a study from before settings were recorded
+    if recorded is not None and recorded != settings:
+        differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        raise InputError(f"study {study_name!r} in {storage} was run with other settings ({', '.join(differ)}); "
+                         "use a new --study for this one")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
+    return study
+
+
+def study_rows(study) -> list[dict]:
+    """One row per distinct configuration among the completed trials."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    unique: dict[str, dict] = {}
+    for t in done:
+        row = {"config": t.user_attrs["config"], "f1": t.values[0], "cost": t.values[1],
+               "macs_unpadded": t.user_attrs.get("macs_unpadded", t.values[1]),
+               "exact_match": t.user_attrs["exact_match"], "trial": t.number}
+        for key in ("latency", "f1_by_workload", "cost_by_workload"):
+            if key in t.user_attrs:
+                row[key] = t.user_attrs[key]
+        unique.setdefault(row["config"], row)
+    return list(unique.values())
 
 
 def search_configs(
@@ -204,6 +293,7 @@ def search_configs(
     trials: int = 40,
     questions: int = 300,
     offset: int = 0,
+    neighbours: int = squad.DOCUMENT_NEIGHBOURS,
     min_ratio: float | None = None,
     length_rule: str = "cap",
     seq_len: int = squad.MAX_LENGTH,
@@ -218,9 +308,13 @@ def search_configs(
 ) -> dict:
     """Search and return every evaluated configuration plus the Pareto-optimal ones (cheapest first).
 
+    Each candidate is scored on the same held-out questions twice: on their own paragraphs and, with
+    `neighbours` > 0, as documents (contexts widened with that many neighbouring paragraphs each side, so
+    windows are full of real tokens). F1 is the mean of the two; the cost is over every window of both.
+
     With `workers` > 1, that many local processes join one study in `storage` (workers must share one).
-    Re-running with the same storage and study resumes it until it holds `trials` completed trials; other
-    machines join by running the same command against the same RDB URL.
+    Re-running with the same storage, study and settings resumes it until it holds `trials` completed trials;
+    other machines join by running the same command against the same RDB URL.
 
     The cost minimised is the INT8 latency predicted by `latency_model` (a `qtool fit-latency` file) at the
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
@@ -229,85 +323,43 @@ def search_configs(
         raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    trained, record, trained_rule = trained_space(model_dir)
-    if min_ratio is None:
-        min_ratio = trained if trained is not None else 0.5
-    if not 0.0 < min_ratio <= 1.0:
-        raise InputError(f"min_ratio must be in (0, 1], got {min_ratio}")
-    if trained is None:
-        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1]; no LengthDrop training record, so not what training covered"
-    elif min_ratio < trained - 1e-9:
-        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], below what LengthDrop trained ([{trained:.2f}, 1], {record})"
-    else:
-        space = f"per-layer keep ratio in [{min_ratio:.2f}, 1], within what LengthDrop trained ([{trained:.2f}, 1], {record})"
-    if trained_rule is not None:
-        space += (f"; LengthDrop sampled under the {trained_rule} rule"
-                  + ("" if trained_rule == length_rule else f", not the {length_rule} rule searched here"))
+    min_ratio, space = describe_space(model_dir, min_ratio, length_rule)
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     if workers > 1 and storage is None:
         raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
+    if neighbours < 0:
+        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
     search_examples(questions, offset)  # the slice exists, before any process starts
     from transformers import AutoConfig
 
     layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
-    if latency_model is not None:
-        from .latency import LatencyModel
-
-        timing = LatencyModel.load(latency_model)
-        if timing.layers != layers:
-            raise InputError(f"latency model {latency_model} was fitted on {timing.layers}-layer graphs; "
-                             f"{model_dir} has {layers} layers")
-        import hashlib
-
-        digest = hashlib.sha256(Path(latency_model).read_bytes()).hexdigest()[:12]
-        cost = (f"INT8 latency at the windows' real lengths (batch 1) / {timing.reference} on the same windows, "
-                f"predicted by the latency model {Path(latency_model).name} (sha256 {digest}) fitted on "
-                f"{timing.machine.get('cpu')}")
-        latency_model = str(latency_model)
-    else:
-        cost = "encoder MACs at the windows' real lengths / plain model on the same windows"
-
+    cost = describe_cost(latency_model, layers, model_dir)
+    latency_model = None if latency_model is None else str(latency_model)
+    workloads = [workload_name(n) for n in ((0, neighbours) if neighbours else (0,))]
+    settings = dict(questions=questions, offset=offset, workloads=workloads, rule=length_rule, seq_len=seq_len,
+                    min_ratio=min_ratio, cost=cost)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
-                                study_name=study_name, load_if_exists=storage is not None,
-                                sampler=make_sampler(sampler, seed, population))
-    recorded = study.user_attrs.get("cost")
-    if recorded is not None and recorded != cost:
-        raise InputError(f"study {study_name!r} in {storage} minimises another cost ({recorded}); "
-                         "use a new --study for this one")
-    if recorded is None:
-        study.set_user_attr("cost", cost)
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
-    common = dict(model_dir=str(model_dir), trials=trials, questions=questions, offset=offset, min_ratio=min_ratio,
-                  rule=length_rule, seq_len=seq_len, sampler=sampler, population=population, study_name=study_name,
-                  latency_model=latency_model)
+    study = open_study(settings=settings, storage=storage, study_name=study_name, sampler=sampler, seed=seed,
+                       population=population, layers=layers)
+    task = dict(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio, rule=length_rule,
+                seq_len=seq_len, neighbours=neighbours, latency_model=latency_model)
     if workers == 1:
-        objective = make_objective(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio,
-                                   rule=length_rule, seq_len=seq_len, latency_model=latency_model, log=log)
-        _run_trials(study, objective, trials, progress=True)
+        _run_trials(study, make_objective(**task, log=log), trials, progress=True)
     else:
-        jobs = [dict(common, storage=storage, seed=seed + i) for i in range(workers)]
+        jobs = [dict(task, trials=trials, sampler=sampler, population=population, study_name=study_name,
+                     storage=storage, seed=seed + i) for i in range(workers)]
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             pool.map(_worker, jobs)
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    rows = [{"config": t.user_attrs["config"], "f1": t.values[0], "cost": t.values[1],
-             "macs_unpadded": t.user_attrs.get("macs_unpadded", t.values[1]),
-             "exact_match": t.user_attrs["exact_match"], "trial": t.number} for t in done]
-    if latency_model is not None:
-        for row, t in zip(rows, done):
-            row["latency"] = t.user_attrs["latency"]
-    unique = {}
-    for row in rows:
-        unique.setdefault(row["config"], row)
-    rows = list(unique.values())
+    rows = study_rows(study)
     front = [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])]
     return {
-        "objective": {"maximize": "F1 on held-out SQuAD train, unpadded windows, length rule " + length_rule,
+        "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
+                                  "train, unpadded windows, length rule " + length_rule,
                       "minimize": cost},
         "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
-        "trials": len(done), "study": study_name, "storage": storage, "evaluated": rows, "pareto": front,
+        "workloads": workloads,
+        "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))), "study": study_name, "storage": storage, "evaluated": rows,
+        "pareto": front,
     }

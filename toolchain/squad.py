@@ -28,6 +28,11 @@ MAX_ANSWER_LENGTH = 30
 N_BEST = 20
 
 
+# The document workload's construction (reports on dev, tuning and search on held-out train): each question's
+# context is its paragraph plus this many neighbouring paragraphs of the same article on each side.
+DOCUMENT_NEIGHBOURS = 2
+
+
 def default_doc_stride(seq_len: int) -> int:
     """SQuAD's usual 128-token window overlap, or half the window for short windows (the one default)."""
     return min(DOC_STRIDE, seq_len // 2)
