@@ -93,6 +93,41 @@ def test_same_seed_gives_the_same_model_whatever_ran_before(tmp_path):
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
+def test_length_drop_can_be_restricted_to_the_configurations_to_ship():
+    args = TrainArgs(base="minilm", out="unused", max_length=384, length_drop=True, length_rule="cap",
+                     sandwich_configs=("348,287,234,202,170,149", "315,251,242,159,142,33"))
+    for width in (64, 384):
+        subs = sandwich(args, 6, width, random.Random(width))
+        assert [c.label for c, _ in subs] == list(args.sandwich_configs) and all(s == () for _, s in subs)
+        assert all(c.seq_len == 384 and c.rule == "cap" for c, _ in subs)
+
+
+def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenizer):
+    """--neighbours widens the training contexts (more, fuller windows); snapshots are loadable models that
+    differ step by step; a restricted sandwich runs (a bad configuration fails before featurizing)."""
+    from toolchain import squad
+    from toolchain.errors import QtoolError
+
+    common = dict(base="minilm", limit=12, max_length=128, batch_size=4, max_steps=2, length_drop=True,
+                  length_rule="cap", neighbours=1, seed=3, bf16=False)
+    with pytest.raises(QtoolError, match="length configuration"):
+        train(TrainArgs(out=str(tmp_path / "bad"), sandwich_configs=("100,x",), **common))
+    args = TrainArgs(out=str(tmp_path / "doc"), sandwich_configs=("120,100,90,80,70,60",), snapshot_every=1,
+                     snapshot_dir=str(tmp_path / "curve"), **common)
+    info = train(args)
+    paragraphs = squad.featurize(squad.load_squad("train", limit=12), minilm_tokenizer, 128, 64)
+    assert info["features"] > 1.5 * len(paragraphs)
+    snapshots = sorted(p.name for p in (tmp_path / "curve").iterdir())
+    assert snapshots == ["step-1", "step-2"]
+    first, _ = load_qa_model(tmp_path / "curve" / "step-1")
+    second, _ = load_qa_model(tmp_path / "curve" / "step-2")
+    assert json.loads((tmp_path / "curve" / "step-1" / "qtool_train.json").read_text())["steps"] == 1
+    w1, w2 = first.qa_outputs.weight, second.qa_outputs.weight
+    assert not torch.equal(w1, w2)
+    final, _ = load_qa_model(tmp_path / "doc")
+    assert torch.equal(final.qa_outputs.weight, w2)
+
+
 def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
     """LengthDrop runs the sandwich from a QA checkpoint; an interrupted run resumes from its checkpoint."""
     out = tmp_path / "ld"
@@ -152,7 +187,9 @@ def test_training_sees_few_distinct_batch_shapes(tmp_path):
      ("lr", float("nan"), "--lr"), ("max_steps", 0, "--max-steps"), ("limit", 0, "--limit"),
      ("epochs", -1.0, "--epochs"), ("time_budget", 0.0, "--time-budget"), ("warmup", 1.0, "warmup"),
      ("length_drop_ratio", 1.0, "--length-drop-ratio"), ("layerdrop", -0.1, "--layerdrop"),
-     ("num_sandwich", -1, "--num-sandwich"), ("doc_stride", 128, "doc_stride"), ("threads", 0, "--threads")],
+     ("num_sandwich", -1, "--num-sandwich"), ("doc_stride", 128, "doc_stride"), ("threads", 0, "--threads"),
+     ("neighbours", -1, "--neighbours"), ("sandwich_configs", ("100,90",), "--sandwich-config"),
+     ("snapshot_every", 2, "--snapshot-dir")],
 )
 def test_train_args_are_validated(tmp_path, field, value, option):
     args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)

@@ -87,8 +87,17 @@ def main() -> None:
               help="How LengthDrop's sampled configurations meet a batch: 'ratio' draws counts for the batch's own width; "
                    "'cap' draws them for --max-length and keeps min(k_i, tokens in), as a cap graph does to unpadded "
                    "windows. Train with the rule you will export and search with.")
+@click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Train on documents: widen each context with this many neighbouring paragraphs of its article each "
+                   "side, so windows are full of real tokens and LengthDrop drops real tokens.")
+@click.option("--sandwich-config", "sandwich_configs", multiple=True,
+              help="LengthDrop restricted to this configuration (repeat for several; stated for --max-length): each "
+                   "step distils exactly these from the full model instead of a random sandwich.")
+@click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve).")
+@click.option("--snapshot-dir", type=click.Path(file_okay=False), default=None, help="Where snapshots go (step-N folders).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
-          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant, length_rule) -> None:
+          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant, length_rule,
+          neighbours, sandwich_configs, snapshot_every, snapshot_dir) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from .train import TrainArgs, train as run_train
 
@@ -97,7 +106,8 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         length_drop_ratio=length_drop_ratio, layerdrop=layerdrop, max_length=max_length, doc_stride=doc_stride,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
         time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, threads=threads, seed=seed,
-        variant=variant, length_rule=length_rule,
+        variant=variant, length_rule=length_rule, neighbours=neighbours, sandwich_configs=tuple(sandwich_configs),
+        snapshot_every=snapshot_every, snapshot_dir=snapshot_dir,
     )
     info = _run(run_train, args, resume=resume)
     click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))

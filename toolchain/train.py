@@ -63,6 +63,15 @@ class TrainArgs:
     # counts for the batch's own width (every window drops its share); 'cap' draws them for max_length and
     # keeps min(k_i, tokens in), which is what a cap graph does to an unpadded window.
     length_rule: str = "ratio"
+    # The document workload for training: each context widened with this many neighbouring paragraphs of its
+    # article (squad.widen_contexts), so windows are full of real tokens and sub-models drop real tokens.
+    neighbours: int = 0
+    # LengthDrop restricted to the configurations you intend to ship (stated for max_length, read under
+    # length_rule): every step distils each of them from the full model instead of drawing a random sandwich.
+    sandwich_configs: tuple[str, ...] = ()
+    # Learning curves: every `snapshot_every` steps the model is written to snapshot_dir/step-N.
+    snapshot_every: int | None = None
+    snapshot_dir: str | None = None
 
     def validate(self) -> None:
         """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
@@ -93,6 +102,12 @@ class TrainArgs:
         need(self.save_every >= 0, "save_every", "0 or more seconds", self.save_every)
         if self.threads is not None:
             need(self.threads >= 1, "--threads", "at least 1", self.threads)
+        need(self.neighbours >= 0, "--neighbours", "0 or more paragraphs", self.neighbours)
+        need(not self.sandwich_configs or self.length_drop, "--sandwich-config", "used with --length-drop",
+             self.sandwich_configs)
+        if self.snapshot_every is not None:
+            need(self.snapshot_every >= 1, "--snapshot-every", "at least 1 step", self.snapshot_every)
+            need(self.snapshot_dir is not None, "--snapshot-dir", "given with --snapshot-every", self.snapshot_dir)
 
 
 def resolve_base(base: str) -> str:
@@ -131,11 +146,15 @@ def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Rando
 
 
 def sandwich(args: TrainArgs, num_layers: int, width: int, rng: random.Random) -> list[tuple[LengthConfig, tuple[int, ...]]]:
-    """The sub-models of one LengthDrop step: the smallest, then `num_sandwich` random ones (with skipped layers).
+    """The sub-models of one LengthDrop step: the smallest, then `num_sandwich` random ones (with skipped layers);
+    or, with `sandwich_configs`, exactly those.
 
     Under the 'ratio' rule the counts are drawn for this batch's width; under 'cap' for max_length, so a
     short batch keeps min(k_i, tokens in) exactly as a cap graph will on an unpadded window.
     """
+    if args.sandwich_configs:
+        return [(LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant), ())
+                for text in args.sandwich_configs]
     budget = width if args.length_rule == "ratio" else args.max_length
     subs = [(smallest_config(num_layers, budget, args.length_drop_ratio, args.variant), ())]
     for _ in range(args.num_sandwich):
@@ -227,7 +246,9 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
 
-    examples = squad.load_squad(args.train_file, limit=args.limit)
+    for text in args.sandwich_configs:  # a bad configuration fails before featurizing
+        LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant)
+    examples = squad.load_squad(args.train_file, limit=args.limit, neighbours=args.neighbours)
     feats = squad.featurize(
         examples, tokenizer, args.max_length, args.doc_stride or squad.default_doc_stride(args.max_length),
         pad_to_max_length=False, with_targets=True
@@ -320,29 +341,38 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if time.monotonic() - last_save > args.save_every:
             _save_checkpoint(ckpt_dir, model, optimizer, state)
             last_save = time.monotonic()
+        if args.snapshot_every and state["step"] % args.snapshot_every == 0:
+            _save_model(Path(args.snapshot_dir) / f"step-{state['step']}", model, tokenizer, args, state, n)
         if progress is not None:
             progress({**state, "width": width})
         if args.time_budget and state["elapsed"] >= args.time_budget:
             break
     bar.close()
 
+    info = _save_model(out, model, tokenizer, args, state, n)
+    return info
+
+
+def _save_model(folder: Path, model, tokenizer, args: TrainArgs, state: dict, features: int) -> dict:
+    """Write a loadable model folder (weights, tokenizer, training record) in one rename; returns the record.
+    Exporting this folder later runs Drop-and-Restore the way it was trained (the variant is recorded)."""
+    was_training = model.training
     model.eval()
     info = {
         "args": asdict(args),
-        "features": n,
+        "features": features,
         "steps": state["step"],
         "examples_seen": state["examples"],
-        "epochs_seen": state["examples"] / n,
+        "epochs_seen": state["examples"] / features,
         "seconds": round(state["elapsed"], 1),
         "examples_per_second": round(state["examples"] / max(state["elapsed"], 1e-9), 2),
         "final_loss_ema": state["loss_ema"],
         "torch": torch.__version__,
     }
-    # the finished model replaces `out` in one rename, which also drops the checkpoint it no longer needs
-    # exporting this folder later runs Drop-and-Restore the way it was trained
     setattr(model.config, VARIANT_ATTRIBUTE, args.variant)
-    with atomic.staging_dir(out) as tmp:
+    with atomic.staging_dir(folder) as tmp:  # for `out`, the rename also drops the checkpoint it no longer needs
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "qtool_train.json").write_text(json.dumps(info, indent=2))
+    model.train(was_training)
     return info
