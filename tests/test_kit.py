@@ -175,8 +175,8 @@ def test_refuses_altered_or_misdescribed_artifacts(full_dir, tmp_path):
         # numbers the graph cannot take: refused at open, never a traceback mid-request
         "seq_len": (lambda m: (m.update(max_positions=1024), m["length_config"].update(seq_len=1024)),
                     "does not run on a window of 1024 tokens"),
-        "huge": (lambda m: m.update(doc_stride=10**30), "must be a positive integer"),
-        "answer": (lambda m: m.update(max_answer_length=10**4), "must be a positive integer|exceeds the sequence length"),
+        "huge": (lambda m: m.update(doc_stride=10**30), "must be an integer in 1..65536"),
+        "answer": (lambda m: m.update(max_answer_length=10**4), "must be an integer in|exceeds the sequence length"),
     }
     for name, (change, message) in cases.items():
         with pytest.raises(ArtifactError, match=message):

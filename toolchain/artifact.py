@@ -6,10 +6,7 @@ artifact behind. The manifest records sha256 of every other file; `check_artifac
 
 from __future__ import annotations
 
-from qtool_runtime.errors import QtoolError
-from qtool_runtime.kit import inside
 import datetime as _dt
-import hashlib
 import json
 import platform
 from contextlib import contextmanager
@@ -17,23 +14,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from qtool_runtime.contract import FORMAT, MANIFEST, sha256  # noqa: F401
+from qtool_runtime.errors import QtoolError
+from qtool_runtime.kit import inside
+
 from . import atomic
 
-MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
-FORMAT = "qtool-artifact/1"
 
 
 class ArtifactError(QtoolError, ValueError):
     """An artifact folder that is missing, incomplete or altered."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:

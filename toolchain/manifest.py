@@ -11,14 +11,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.kit import FEEDING_KEYS, MAX_TOKENS, feeding
+from qtool_runtime.contract import FEEDING_KEYS, MAX_TOKENS, PRECISIONS, bounded_int, check_fields, feeding
 
 from .families import OPTIONAL_ROLES
 from .families import ROLES as FAMILY_ROLES
 from .length import LengthConfig, LengthConfigError
 from .runtime import GraphError, GraphInterface, is_invariant
 
-PRECISIONS = ("fp32", "int8")
 KINDS = ("qtool", "standard")  # our Drop-and-Restore graphs, or the standard recipe's plain-model graphs
 # Roles of weight MatMuls that quantization recipes select from (recorded by export, never guessed later).
 ROLES = FAMILY_ROLES + OPTIONAL_ROLES
@@ -106,20 +105,10 @@ class Manifest:
             if not ok:
                 raise ManifestError(f"{where}: {message}")
 
-        need(isinstance(self.graph, str) and self.graph and Path(self.graph).name == self.graph
-             and not self.graph.startswith("."), f"graph {self.graph!r} must be a file name inside the folder")
-        need(self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {PRECISIONS}")
+        check_fields(self.to_json(), lambda message: need(False, message))
         need(self.kind in KINDS, f"kind {self.kind!r} is not one of {KINDS}")
-        for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS,
-                 f"{name} must be an integer in 1..{MAX_TOKENS}, got {value!r}")
+        need(bounded_int(self.opset), f"opset must be an integer in 1..{MAX_TOKENS}, got {self.opset!r}")
         need(isinstance(self.flops_ratio, (int, float)) and 0 <= self.flops_ratio <= 1e3, "flops_ratio must be a number")
-        seq_len = self.length_config.seq_len
-        need(seq_len <= self.max_positions, f"sequence length {seq_len} exceeds max_positions {self.max_positions}")
-        need(self.doc_stride < seq_len, f"doc_stride {self.doc_stride} must be below the sequence length {seq_len}")
-        need(self.max_answer_length <= seq_len,
-             f"max_answer_length {self.max_answer_length} exceeds the sequence length {seq_len}")
         need(isinstance(self.roles, dict) and all(r in ROLES and isinstance(n, list) for r, n in self.roles.items()),
              f"roles must map {ROLES} to node-name lists")
         need(self.interface.is_reduced == (not self.length_config.is_full),

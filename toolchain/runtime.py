@@ -21,15 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-from qtool_runtime.errors import QtoolError
-
 import numpy as np
+from qtool_runtime.contract import MODEL_INPUTS, SPAN_OUTPUTS
+from qtool_runtime.errors import QtoolError
 
 from . import squad
 from .length import LengthConfig
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SPAN_OUTPUTS = ("start_logits", "end_logits")
 KEPT_PREFIX = "kept_"
 PROTOCOLS = ("padded", "unpadded", "bucketed")
 Protocol = Literal["padded", "unpadded", "bucketed"]

@@ -7,7 +7,6 @@ batch), and spans are decoded by `spans.best_span`, the decoder qtool's own scor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -16,18 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .contract import (FEEDING_KEYS, FORMAT, MANIFEST, MAX_TOKENS, MODEL_INPUTS, PRECISIONS,  # noqa: F401
+                       SPAN_OUTPUTS, TOKENIZER, check_fields, feeding, sha256)
 from .errors import QtoolError
 from .spans import best_span
-
-MANIFEST = "manifest.json"
-FORMAT = "qtool-artifact/1"
-TOKENIZER = "tokenizer.json"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SPAN_OUTPUTS = ("start_logits", "end_logits")
-PRECISIONS = ("fp32", "int8")
-LENGTH_RULES = ("cap", "ratio")
-# No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
-MAX_TOKENS = 1 << 16
 
 
 class KitError(QtoolError, ValueError):
@@ -40,18 +31,6 @@ class ArtifactError(KitError):
 
 class InputError(KitError):
     """A question or context the artifact cannot answer (empty, or a question too long for a window)."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS
 
 
 def inside(folder: Path, name: str) -> bool:
@@ -94,7 +73,7 @@ def read_text_file(path: str | Path, what: str = "context file") -> str:
 def check_manifest(folder: str | Path) -> dict:
     """Read manifest.json, re-hash every file it lists, and check the fields the kit relies on.
 
-    The same checks as toolchain.manifest, reimplemented here so the kit installs without the toolchain.
+    The fields are checked by `contract.check_fields`, the same function the toolchain writes manifests with.
     """
     folder = Path(folder)
     path = folder / MANIFEST
@@ -105,9 +84,12 @@ def check_manifest(folder: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
 
+    def fail(message: str):
+        raise ArtifactError(f"{path}: {message}")
+
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise ArtifactError(f"{path}: {message}")
+            fail(message)
 
     need(isinstance(m, dict), f"a manifest must be a JSON object, got {type(m).__name__}")
     need(m.get("format") == FORMAT, f"unknown format {m.get('format')!r}, expected {FORMAT}")
@@ -121,49 +103,10 @@ def check_manifest(folder: str | Path) -> dict:
             raise ArtifactError(f"{folder}: {name} is listed in the manifest but missing")
         if sha256(file) != digest:
             raise ArtifactError(f"{folder}: {name} does not match its sha256 in the manifest (altered or corrupt)")
-    graph = m.get("graph")
-    need(isinstance(graph, str) and graph and Path(graph).name == graph and not graph.startswith("."),
-         f"graph {graph!r} must be a file name inside the folder")
-    need(graph in files, f"the graph {graph!r} is not among the checksummed files")
+    check_fields(m, fail)
+    need(m["graph"] in files, f"the graph {m['graph']!r} is not among the checksummed files")
     need(TOKENIZER in files, f"{TOKENIZER} is not among the checksummed files; the kit needs the fast tokenizer")
-    need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
-    for name in ("max_positions", "doc_stride", "max_answer_length"):
-        need(_positive_int(m.get(name)), f"{name} must be a positive integer, got {m.get(name)!r}")
-    lc = m.get("length_config")
-    counts = [k for k in lc["keep"] if k is not None] if isinstance(lc, dict) and isinstance(lc.get("keep"), list) else []
-    need(isinstance(lc, dict) and _positive_int(lc.get("seq_len")) and isinstance(lc.get("keep"), list)
-         and counts and all(_positive_int(k) and k <= lc["seq_len"] for k in counts)
-         and all(a >= b for a, b in zip(counts, counts[1:])),
-         f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
-    need(lc.get("rule", "ratio") in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
-    need(lc["seq_len"] <= m["max_positions"],
-         f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
-    need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")
-    need(m["max_answer_length"] <= lc["seq_len"],
-         f"max_answer_length {m['max_answer_length']} exceeds the sequence length {lc['seq_len']}")
-    if "feeding" in m:
-        need(m["feeding"] == dict(zip(FEEDING_KEYS, feeding(m))),
-             f"feeding {m['feeding']!r} contradicts the graph's quantization and length rule")
-    iface = m.get("interface")
-    need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
-         "interface must list the graph's inputs and outputs")
-    need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= set(MODEL_INPUTS),
-         f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
-    need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
     return m
-
-
-FEEDING_KEYS = ("batchable", "pad_to_seq_len")
-
-
-def feeding(manifest: dict) -> tuple[bool, bool]:
-    """(batchable, pad_to_seq_len): the manifest's `feeding` record, or for manifests older than it the rule it
-    encodes (check_manifest refuses a record that contradicts the rule): only dynamic INT8 is not batchable
-    (activation scales per batch), and the ratio rule and LAT's variant see padding."""
-    lc = manifest["length_config"]
-    drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
-    return ((manifest.get("quantization") or {}).get("mode") != "dynamic",
-            drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat"))
 
 
 def _probe(session, manifest: dict, folder: Path, pad_id: int) -> None:

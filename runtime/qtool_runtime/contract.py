@@ -1,0 +1,82 @@
+"""The artifact contract, torch-free: what an artifact folder holds and what its manifest may say.
+
+Both sides import it: the toolchain writes manifests that pass `check_fields`, and the kit refuses any that do
+not. Constants name the folder's files, the graph's interface and the bounds; `feeding` is the one rule for
+how a graph may be fed (batched, padded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, NoReturn
+
+MANIFEST = "manifest.json"
+FORMAT = "qtool-artifact/1"
+TOKENIZER = "tokenizer.json"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SPAN_OUTPUTS = ("start_logits", "end_logits")
+PRECISIONS = ("fp32", "int8")
+LENGTH_RULES = ("cap", "ratio")
+FEEDING_KEYS = ("batchable", "pad_to_seq_len")
+# No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
+MAX_TOKENS = 1 << 16
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bounded_int(value: object) -> bool:
+    """A count of tokens, positions or an opset: an int (not a bool) in 1..MAX_TOKENS."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS
+
+
+def is_file_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and Path(name).name == name and not name.startswith(".")
+
+
+def feeding(manifest: dict) -> tuple[bool, bool]:
+    """(batchable, pad_to_seq_len) for a manifest: only dynamic INT8 is not batchable (activation scales
+    computed per batch), and the ratio rule and LAT's variant see padding, so they need every window padded to
+    seq_len as validated. A manifest's own `feeding` record must agree (check_fields)."""
+    lc = manifest["length_config"]
+    drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
+    return ((manifest.get("quantization") or {}).get("mode") != "dynamic",
+            drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat"))
+
+
+def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
+    """Check a manifest's fields and their relations (not its files); `fail` raises the caller's error."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            fail(message)
+
+    need(is_file_name(m.get("graph")), f"graph {m.get('graph')!r} must be a file name inside the folder")
+    need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
+    for name in ("max_positions", "doc_stride", "max_answer_length"):
+        need(bounded_int(m.get(name)), f"{name} must be an integer in 1..{MAX_TOKENS}, got {m.get(name)!r}")
+    lc = m.get("length_config")
+    counts = [k for k in lc["keep"] if k is not None] if isinstance(lc, dict) and isinstance(lc.get("keep"), list) else []
+    need(isinstance(lc, dict) and bounded_int(lc.get("seq_len")) and isinstance(lc.get("keep"), list)
+         and counts and all(bounded_int(k) and k <= lc["seq_len"] for k in counts)
+         and all(a >= b for a, b in zip(counts, counts[1:])),
+         f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
+    need(lc.get("rule", "ratio") in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
+    need(lc["seq_len"] <= m["max_positions"], f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
+    need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")
+    need(m["max_answer_length"] <= lc["seq_len"],
+         f"max_answer_length {m['max_answer_length']} exceeds the sequence length {lc['seq_len']}")
+    if "feeding" in m:
+        need(m["feeding"] == dict(zip(FEEDING_KEYS, feeding(m))),
+             f"feeding {m['feeding']!r} contradicts the graph's quantization and length rule")
+    iface = m.get("interface")
+    need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
+         "interface must list the graph's inputs and outputs")
+    need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= set(MODEL_INPUTS),
+         f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
+    need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
