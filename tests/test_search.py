@@ -4,7 +4,8 @@ import pytest
 from toolchain import squad
 from toolchain.errors import InputError
 from toolchain.length import LengthConfig
-from toolchain.search import EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, search_configs, search_examples, trained_space
+from toolchain.search import (EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, recommend, search_configs,
+                              search_examples, trained_space)
 
 
 def test_ratios_always_give_valid_configs():
@@ -47,6 +48,7 @@ def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
         by = r["f1_by_workload"]
         assert list(by) == result["workloads"] and r["f1"] == pytest.approx(sum(by.values()) / 2)
         assert set(r["cost_by_workload"]) == set(by)
+    assert result["recommended"] in rows  # at worst the full model itself
     full = rows[0]["f1_by_workload"]
     assert full["paragraphs"] != full[result["workloads"][1]]  # two different workloads really ran
     assert 2 <= len(rows) <= 5
@@ -91,6 +93,24 @@ def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
     with pytest.raises(InputError, match="other settings.*workloads"):
         search_configs(trained_dir, trials=2, questions=4, neighbours=2, min_ratio=0.5, storage=storage,
                        log=lambda _: None)
+
+
+def test_the_recommendation_is_the_cheapest_that_holds_every_workload():
+    def row(config, cost, paragraphs, documents):
+        return {"config": config, "cost": cost, "f1": (paragraphs + documents) / 2,
+                "f1_by_workload": {"paragraphs": paragraphs, "documents": documents}}
+
+    full = row("full", 1.0, 71.1, 63.7)
+    cheap_but_loses_documents = row("300,250,200,150,120,100", 0.6, 71.1, 50.0)
+    holds = row("341,334,332,292,280,254", 0.86, 71.1, 64.5)
+    holds_dearer = row("367,358,357,343,307,294", 0.92, 71.3, 63.6)
+    loses_paragraphs = row("350,331,305,278,246,229", 0.83, 70.0, 64.0)
+    rows = [full, cheap_but_loses_documents, holds, holds_dearer, loses_paragraphs]
+    assert recommend(rows)["config"] == holds["config"]
+    assert recommend(rows, tolerance=1.5)["config"] == loses_paragraphs["config"]
+    assert recommend(rows, tolerance=20)["config"] == cheap_but_loses_documents["config"]
+    assert recommend([holds]) is None  # no full model to compare with
+    assert recommend([full, cheap_but_loses_documents])["config"] == "full"
 
 
 def test_evolution_breeds_from_the_pareto_front():

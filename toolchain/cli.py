@@ -250,6 +250,10 @@ def search(model_dir, trials, questions, offset, neighbours, min_ratio, length_r
         per_workload = "".join(f"  {name.split(' ')[0]} {f1:.2f}" for name, f1 in row.get("f1_by_workload", {}).items())
         click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}"
                    f"{per_workload}")
+    best = result["recommended"]
+    if best is not None:
+        click.echo(f"recommended (cheapest within {result['recommend_tolerance']} F1 of the full model on every "
+                   f"workload): --config {best['config']}  cost {best['cost']:.3f}")
     if out:
         from .atomic import write_text
 

@@ -287,6 +287,24 @@ def study_rows(study) -> list[dict]:
     return list(unique.values())
 
 
+# How much F1 a recommended configuration may give up against the full model, on each workload.
+RECOMMEND_TOLERANCE = 0.5
+
+
+def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> dict | None:
+    """The cheapest evaluated configuration whose F1 on every workload is within `tolerance` of the full
+    model's on the same questions (the promise is speed at the same accuracy), or None without a full row."""
+    full = next((r for r in rows if r["config"] == "full"), None)
+    if full is None:
+        return None
+
+    def holds(row: dict) -> bool:
+        by, ref = row.get("f1_by_workload", {"all": row["f1"]}), full.get("f1_by_workload", {"all": full["f1"]})
+        return all(by[name] >= ref[name] - tolerance for name in ref)
+
+    return min((r for r in rows if holds(r)), key=lambda r: (r["cost"], -r["f1"]))
+
+
 def search_configs(
     model_dir: str | Path,
     *,
@@ -359,7 +377,7 @@ def search_configs(
                                   "train, unpadded windows, length rule " + length_rule,
                       "minimize": cost},
         "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
-        "workloads": workloads,
+        "workloads": workloads, "recommended": recommend(rows), "recommend_tolerance": RECOMMEND_TOLERANCE,
         "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))), "study": study_name, "storage": storage, "evaluated": rows,
         "pareto": front,
     }
