@@ -181,20 +181,12 @@ def predict_torch(
 
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session with full graph optimisation; a corrupt graph raises GraphError."""
-    import onnxruntime as ort
+    from qtool_runtime.kit import ort_session
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX graph not found: {path}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several private exception types
-        raise GraphError(f"{path} is not a loadable ONNX graph: {exc}") from exc
+    return ort_session(path, threads, GraphError)
 
 
 def predict_onnx(

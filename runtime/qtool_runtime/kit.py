@@ -70,6 +70,22 @@ def read_text_file(path: str | Path, what: str = "context file") -> str:
         raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
+def ort_session(path: Path, threads: int | None = None, error: type[Exception] = ArtifactError):
+    """An onnxruntime CPU session with full graph optimisation, as the toolchain validated and timed the graph
+    (the toolchain opens its sessions here too); a graph onnxruntime cannot load raises `error`, one line."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several private exception types
+        raise error(f"{path} is not a loadable ONNX graph: {exc}") from exc
+
+
 def check_manifest(folder: str | Path) -> dict:
     """Read manifest.json, re-hash every file it lists, and check the fields the kit relies on.
 
@@ -178,7 +194,6 @@ class Artifact:
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16) -> "Artifact":
         """Verify every sha256 and the manifest's shape, load the graph and check it has the stated interface."""
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         folder = Path(folder)
@@ -187,15 +202,7 @@ class Artifact:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         manifest = check_manifest(folder)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(str(folder / manifest["graph"]), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises several private exception types
-            raise ArtifactError(f"{folder / manifest['graph']} is not a loadable ONNX graph: {exc}") from exc
+        session = ort_session(folder / manifest["graph"], threads)
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
         if names[0] != iface["inputs"] or names[1] != iface["outputs"]:
