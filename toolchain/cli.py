@@ -180,6 +180,8 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
 def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
+    from qtool_runtime.contract import Precision
+
     from .artifact import find_artifacts
     from .manifest import load
     from .quantize import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
@@ -192,7 +194,7 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
     recipes = [RECIPES_BY_NAME[r] for r in recipe_names] or list(LADDER)
 
     def sources():
-        found = [f for f in find_artifacts(path) if load(f, check_graph=False).precision == "fp32"]
+        found = [f for f in find_artifacts(path) if load(f, check_graph=False).precision == Precision.FP32]
         if not found:
             raise QuantizationError(f"{path} holds no FP32 artifacts to quantize")
         return found

@@ -171,7 +171,10 @@ def fit_latency_model(
     whole). Needs at least two configurations, one of them reduced, all of one depth: the reduced graphs are
     what tell the per-layer terms apart.
     """
+    from qtool_runtime.contract import Precision
+
     from . import manifest as manifest_mod
+    from .manifest import Kind
     from .runtime import onnx_session
     from .verify import machine_info
 
@@ -179,8 +182,8 @@ def fit_latency_model(
     baseline: tuple[str, Path, Manifest] | None = None
     for folder in map(Path, folders):
         m = manifest_mod.load(folder)
-        if m.kind == "standard":
-            if m.precision != "int8":
+        if m.kind == Kind.STANDARD:
+            if m.precision != Precision.INT8:
                 continue  # the standard recipe's FP32 graphs are not what a team ships
             if baseline is not None:
                 raise InputError(f"two standard-recipe INT8 graphs given ({baseline[0]}, {folder.name}); give one")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from qtool_runtime.contract import LENGTH_RULES, VARIANTS, LengthRule, Variant
 from qtool_runtime.errors import QtoolError
 
 
@@ -15,18 +16,16 @@ class LengthConfigError(QtoolError, ValueError):
     """A length configuration that cannot drive this model."""
 
 
-LENGTH_RULES = ("cap", "ratio")
 SKIP = "skip"  # a layer the configuration leaves out entirely (LayerDrop, LAT's layer configurations, pruned layers)
 # How dropped tokens are ranked and restored. `qtool`: significance sums attention over real queries only, and a
 # dropped token keeps its post-attention state from the layer that dropped it. `lat` (Kim & Cho's code, Intel's
 # Dynamic-TinyBERT): significance sums over all queries, [CLS] is always kept, and a dropped token keeps the
 # output of the last layer that kept it.
-VARIANTS = ("qtool", "lat")
-DEFAULT_VARIANT = "qtool"
-DEFAULT_LENGTH_RULE = "cap"
+DEFAULT_VARIANT = Variant.QTOOL
+DEFAULT_LENGTH_RULE = LengthRule.CAP
 RULE_DOC = {
-    "cap": "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)",
-    "ratio": "k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))): expects inputs padded to seq_len",
+    LengthRule.CAP: "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)",
+    LengthRule.RATIO: "k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))): expects inputs padded to seq_len",
 }
 
 
@@ -42,8 +41,15 @@ class LengthConfig:
 
     keep: tuple[int | None, ...]  # None: the layer is skipped
     seq_len: int = 384
-    rule: str = DEFAULT_LENGTH_RULE
-    variant: str = DEFAULT_VARIANT
+    rule: LengthRule = DEFAULT_LENGTH_RULE  # a plain string is taken and turned into its mode
+    variant: Variant = DEFAULT_VARIANT
+
+    def __post_init__(self) -> None:
+        # modes arrive as CLI and JSON strings; unknown ones stay as given for validate() to refuse with one line
+        if self.rule in LENGTH_RULES:
+            object.__setattr__(self, "rule", LengthRule(self.rule))
+        if self.variant in VARIANTS:
+            object.__setattr__(self, "variant", Variant(self.variant))
 
     @classmethod
     def parse(
@@ -116,7 +122,7 @@ class LengthConfig:
         A skipped layer passes every token on."""
         if self.keep[layer] is None:
             return n_in
-        if self.rule == "cap":
+        if self.rule == LengthRule.CAP:
             return _sym_min(n_in, self.keep[layer])
         k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
         return _sym_min(n_in, _sym_max(1, k))
@@ -144,7 +150,7 @@ class LengthConfig:
     def from_dict(cls, data: dict) -> "LengthConfig":
         """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
-                     data.get("rule", "ratio"), data.get("variant", DEFAULT_VARIANT))
+                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT))
         config.validate(len(config.keep))
         return config
 

@@ -11,14 +11,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.contract import FEEDING_KEYS, MAX_TOKENS, PRECISIONS, bounded_int, check_fields, feeding
+from qtool_runtime.contract import FEEDING_KEYS, MAX_TOKENS, PRECISIONS, Mode, Precision, bounded_int, check_fields, feeding
 
 from .families import OPTIONAL_ROLES
 from .families import ROLES as FAMILY_ROLES
 from .length import LengthConfig, LengthConfigError
 from .runtime import GraphError, GraphInterface, is_invariant
 
-KINDS = ("qtool", "standard")  # our Drop-and-Restore graphs, or the standard recipe's plain-model graphs
+class Kind(Mode):
+    QTOOL = "qtool"  # our Drop-and-Restore graphs
+    STANDARD = "standard"  # the standard recipe's plain-model graphs (what a team gets without qtool)
+
+
+KINDS = Kind.choices()
 # Roles of weight MatMuls that quantization recipes select from (recorded by export, never guessed later).
 ROLES = FAMILY_ROLES + OPTIONAL_ROLES
 
@@ -57,8 +62,7 @@ class Manifest:
     def invariant(self) -> bool:
         """Answers depend neither on padding nor on batch-mates (no per-batch activation scales, no
         padding-dependent drop counts): every input protocol gives the same logits."""
-        static = self.precision == "fp32" or (self.quantization or {}).get("mode") == "static"
-        return is_invariant(self.length_config, static=static)
+        return is_invariant(self.length_config, static=self.feeding["batchable"])
 
     @property
     def feeding(self) -> dict[str, bool]:
@@ -168,4 +172,4 @@ def twin_of(folder: Path, manifest: Manifest, others: dict[Path, Manifest]) -> P
     if not manifest.source_fp32:
         return None
     digest = manifest.source_fp32.get("sha256")
-    return next((f for f, m in others.items() if m.precision == "fp32" and m.files.get(m.graph) == digest), None)
+    return next((f for f, m in others.items() if m.precision == Precision.FP32 and m.files.get(m.graph) == digest), None)

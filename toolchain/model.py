@@ -23,6 +23,7 @@ from torch import nn
 
 from .families import Family, UnsupportedModelError, dims_of, family_of, supported  # noqa: F401
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
+from qtool_runtime.contract import Variant
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
 ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] under `lat`); a constant, not n-dependent
@@ -151,7 +152,7 @@ def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool"
     sums over all queries, as LAT's code does. The query mask enters as a matrix-vector product, so the
     [batch, heads, n, n] probabilities are read once and never copied.
     """
-    if variant == "lat":
+    if Variant(variant) == Variant.LAT:
         received = probs.sum(dim=(1, 2))
     else:
         queries = mask[:, None, None, :].to(probs.dtype)  # [B, 1, 1, n]
@@ -194,7 +195,7 @@ def drop_and_restore(
     if config is not None:
         config.validate(len(encoder_layers))
         skip_layers = tuple(skip_layers) + config.skipped
-    lat = config is not None and config.variant == "lat"
+    lat = config is not None and config.variant == Variant.LAT
     h = family.embed(model, input_ids, attention_mask, token_type_ids)
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)

@@ -24,14 +24,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
-from qtool_runtime.errors import QtoolError
-
 import numpy as np
+from qtool_runtime.contract import LengthRule, Precision, QuantMode
+from qtool_runtime.errors import QtoolError
 
 from . import artifact, atomic, squad
 from . import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
-from .runtime import GraphInterface, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from .runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
 CALIBRATION_SETS = {"squad": "squad-train-300.json"}
 DEFAULT_TUNE_QUESTIONS = 1000
@@ -40,7 +40,7 @@ DEFAULT_TOLERANCE = 1.0  # largest F1 drop against the FP32 graph a recipe may c
 # Recipes are scored as deployments feed graphs: one window at a time, and length-bucketed batches of 32.
 # Dynamic INT8 computes activation scales per batch, so its answers depend on batch-mates: both count.
 # A `ratio` graph expects windows padded to seq_len (its manifest says so): it is scored that way.
-TUNING_PROTOCOLS = {"cap": ("unpadded", "bucketed"), "ratio": ("padded",)}
+TUNING_PROTOCOLS = {LengthRule.CAP: (Protocol.UNPADDED, Protocol.BUCKETED), LengthRule.RATIO: (Protocol.PADDED,)}
 
 
 class QuantizationError(QtoolError, RuntimeError):
@@ -50,7 +50,7 @@ class QuantizationError(QtoolError, RuntimeError):
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    mode: Literal["static", "dynamic"] = "static"
+    mode: QuantMode = QuantMode.STATIC
     keep_fp32: tuple[str, ...] = ()  # roles left in FP32
     per_channel: bool = True
     smooth_quant: float | None = None  # SmoothQuant alpha (static only), None = off
@@ -67,11 +67,11 @@ class Recipe:
     @property
     def batchable(self) -> bool:
         """Answers do not depend on batch-mates: no activation scale is computed per batch."""
-        return self.mode == "static"
+        return not self.mode.per_batch_scales
 
     def describe(self) -> str:
         weights = ("per-channel" if self.per_channel else "per-tensor") + (", 7-bit range" if self.reduce_range else "")
-        if self.mode == "static":
+        if self.mode == QuantMode.STATIC:
             outputs = "U8 outputs" if self.quantize_outputs else "FP32 outputs"
             parts = [f"static INT8 weight MatMuls (S8 {weights} weights, U8 inputs with {self.calibration} scales "
                      f"calibrated on SQuAD, {outputs}, {self.quant_format})"]
@@ -92,14 +92,14 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("static-fp32-out-pct", calibration="percentile"),
     Recipe("static-fp32-out-entropy", calibration="entropy"),
     Recipe("static-fp32-out-ffn-out", keep_fp32=("ffn_out",)),
-    Recipe("dynamic-all-pc", mode="dynamic"),
-    Recipe("dynamic-all", mode="dynamic", per_channel=False),
+    Recipe("dynamic-all-pc", mode=QuantMode.DYNAMIC),
+    Recipe("dynamic-all", mode=QuantMode.DYNAMIC, per_channel=False),
     # by name only (--recipe): static recipes that quantize MatMul outputs too lost 3.6-4.8 F1 (README)
     Recipe("static-all", quantize_outputs=True),
     Recipe("static-all-sq", quantize_outputs=True, smooth_quant=0.5),
     Recipe("static-all-pct", quantize_outputs=True, calibration="percentile"),
     Recipe("static-fp32-ffn-out", quantize_outputs=True, keep_fp32=("ffn_out",)),
-    Recipe("dynamic-fp32-ffn-out", mode="dynamic", per_channel=False, keep_fp32=("ffn_out",)),
+    Recipe("dynamic-fp32-ffn-out", mode=QuantMode.DYNAMIC, per_channel=False, keep_fp32=("ffn_out",)),
     Recipe("static-fp32-out-rr", reduce_range=True),
 )
 RECIPES_BY_NAME = {r.name: r for r in RECIPES}
@@ -208,7 +208,7 @@ def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: lis
             raise QuantizationError(f"recipe {recipe.name} quantizes embeddings, but {fp32} has no word-embedding Gather")
         nodes = [*nodes, *gathers]
         op_types.append("Gather")
-    if recipe.mode == "dynamic":
+    if recipe.mode == QuantMode.DYNAMIC:
         quant_config = config.DynamicQuantConfig(
             op_types_to_quantize=op_types, nodes_to_quantize=nodes, per_channel=recipe.per_channel,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -304,7 +304,7 @@ def quantize_artifact(
     """
     src = Path(src)
     manifest = manifests.load(src)
-    if manifest.precision != "fp32":
+    if manifest.precision != Precision.FP32:
         raise QuantizationError(f"{src} is {manifest.precision}, quantize needs an FP32 artifact")
     if tolerance is not None and tolerance < 0:
         raise QuantizationError(f"tolerance must be >= 0 F1 points, got {tolerance}")
@@ -465,7 +465,7 @@ def tuning_record(tuning_set: TuningSet, baseline: dict[str, float], tolerance: 
 def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: list[str], calib: str, samples: int,
                         windows: int, tuning: dict | None, drift: dict, *, calib_neighbours: int = 0) -> dict:
     """Step 5: what the manifest says was done: format, calibration, which tensors are INT8, and why."""
-    static = recipe.mode == "static"
+    static = recipe.mode == QuantMode.STATIC
     return {
         "tool": "onnx-neural-compressor (Intel Neural Compressor, ONNX flavour)",
         "mode": recipe.mode,
@@ -507,7 +507,7 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
         graph = Path(work) / "model.onnx"
         quantize_static(str(src / manifest.graph), str(graph), calibration_reader(features, 8, manifest.interface.inputs))
         write_int8(src, manifest, Path(dest), graph, kind="standard", quantization={
-            "tool": "onnxruntime.quantization.quantize_static", "mode": "static",
+            "tool": "onnxruntime.quantization.quantize_static", "mode": QuantMode.STATIC,
             "recipe": {"name": "ort-static-defaults"}, "description": "onnxruntime quantize_static defaults (QDQ, per-tensor, MinMax)",
             "calibration": {"set": calib, "questions": samples, "features": len(features)},
         })

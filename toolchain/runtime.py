@@ -19,18 +19,35 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-from qtool_runtime.contract import MODEL_INPUTS, SPAN_OUTPUTS
+from qtool_runtime.contract import MODEL_INPUTS, SPAN_OUTPUTS, Mode
 from qtool_runtime.errors import QtoolError
 
 from . import squad
 from .length import LengthConfig
 
 KEPT_PREFIX = "kept_"
-PROTOCOLS = ("padded", "unpadded", "bucketed")
-Protocol = Literal["padded", "unpadded", "bucketed"]
+class Protocol(Mode):
+    """How windows are fed to a graph when it is scored."""
+
+    PADDED = "padded"  # the papers' protocol: batches of windows, each padded to seq_len
+    UNPADDED = "unpadded"  # every window alone at its real length (what the kit does for dynamic graphs)
+    BUCKETED = "bucketed"  # length-sorted batches, each padded to its longest window (the kit for static graphs)
+
+    def groups(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """The rows that share a run, in the order they run."""
+        n = len(lengths)
+        if self == Protocol.BUCKETED:
+            order = np.argsort(lengths, kind="stable")
+            return [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
+        if self == Protocol.PADDED:
+            return [np.arange(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+        return [np.array([row]) for row in range(n)]
+
+
+PROTOCOLS = Protocol.choices()
 
 
 class GraphError(QtoolError, ValueError):
@@ -101,18 +118,11 @@ def batches(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is unknown; choose one of {PROTOCOLS}")
+    protocol = Protocol.BUCKETED if invariant else Protocol(protocol)  # exact for an invariant graph, and fastest
     lengths = features.attention_mask.sum(1)
-    n = len(features)
-    if invariant or protocol == "bucketed":
-        order = np.argsort(lengths, kind="stable")
-        groups = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
-    elif protocol == "padded":
-        groups = [np.arange(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-    else:
-        groups = [np.array([row]) for row in range(n)]
-    for rows in groups:
+    for rows in protocol.groups(lengths, batch_size):
         inputs = features.model_inputs(rows)
-        if protocol != "padded" or invariant:
+        if protocol != Protocol.PADDED:
             width = int(lengths[rows].max())
             inputs = {k: v[:, :width] for k, v in inputs.items()}
         yield rows, inputs
@@ -123,8 +133,8 @@ def is_invariant(config: LengthConfig | None, *, static: bool = True) -> bool:
     scales (`static`), and no drop ops or drop counts that see padding (the cap rule, qtool's significance)."""
     if config is None or config.is_full:
         return static
-    # `lat` significance sums attention from padding queries too, so padding changes which tokens are kept
-    return static and config.rule == "cap" and config.variant != "lat"
+    # the ratio rule's counts and `lat` significance (padding queries included) both see padding
+    return static and not config.rule.sees_padding and not config.variant.sees_padding
 
 
 def _assemble(n: int, width: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +167,7 @@ def predict_torch(
     config: LengthConfig | None = None,
     *,
     batch_size: int = 32,
-    protocol: Protocol = "padded",
+    protocol: Protocol = Protocol.PADDED,
     show_progress: bool = False,
 ) -> Predictions:
     """Span logits (and kept positions) from the PyTorch Drop-and-Restore model (FP32, eval mode)."""
@@ -194,7 +204,7 @@ def predict_onnx(
     features: squad.Features,
     *,
     batch_size: int = 32,
-    protocol: Protocol = "padded",
+    protocol: Protocol = Protocol.PADDED,
     invariant: bool = False,
     show_progress: bool = False,
 ) -> Predictions:

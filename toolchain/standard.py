@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from qtool_runtime.contract import Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, squad
@@ -57,8 +58,8 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
             interface=interface, opset=_opset(graph), max_positions=int(dims.max_positions),
             doc_stride=squad.default_doc_stride(seq_len), max_answer_length=squad.MAX_ANSWER_LENGTH,
             source_model=str(source), model_type=config.model_type,
-            flops_ratio=1.0, quantization=recipe if precision == "int8" else None,
-            validation={"against": "optimum exporter's own validation"} | recipe if precision == "fp32" else None,
+            flops_ratio=1.0, quantization=recipe if precision == Precision.INT8 else None,
+            validation={"against": "optimum exporter's own validation"} | recipe if precision == Precision.FP32 else None,
         ))
     return dest
 
@@ -102,7 +103,7 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
                    recipe={"tool": "optimum ORTOptimizer, AutoOptimizationConfig.O2 (onnxruntime BERT fusions)",
                            "description": "fused Attention, SkipLayerNormalization, BiasGelu"}),
             _write(int8_path, work / "export", out / NAMES["int8"], precision="int8", config=config, source=model_dir,
-                   recipe={"tool": "onnxruntime.quantization.quantize_dynamic", "mode": "dynamic",
+                   recipe={"tool": "onnxruntime.quantization.quantize_dynamic", "mode": QuantMode.DYNAMIC,
                            "recipe": {"name": "avx512_vnni dynamic"},
                            "description": "fusions + dynamic INT8 (S8 per-tensor weights, U8 activations, QAttention)"}),
         ]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import atomic, squad
 from .errors import InputError
 from .families import dims_of
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
+from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
 from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
 
 CHECKPOINT_DIR = "checkpoint"
@@ -62,7 +62,7 @@ class TrainArgs:
     # How sandwich configurations meet each batch, as the length rule will at inference: 'ratio' draws the
     # counts for the batch's own width (every window drops its share); 'cap' draws them for max_length and
     # keeps min(k_i, tokens in), which is what a cap graph does to an unpadded window.
-    length_rule: str = "ratio"
+    length_rule: str = LengthRule.RATIO
     # The document workload for training: each context widened with this many neighbouring paragraphs of its
     # article (squad.widen_contexts), so windows are full of real tokens and sub-models drop real tokens.
     neighbours: int = 0
@@ -155,7 +155,7 @@ def sandwich(args: TrainArgs, num_layers: int, width: int, rng: random.Random) -
     if args.sandwich_configs:
         return [(LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant), ())
                 for text in args.sandwich_configs]
-    budget = width if args.length_rule == "ratio" else args.max_length
+    budget = width if LengthRule(args.length_rule).sees_padding else args.max_length
     subs = [(smallest_config(num_layers, budget, args.length_drop_ratio, args.variant), ())]
     for _ in range(args.num_sandwich):
         skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from qtool_runtime.errors import QtoolError
-
 import numpy as np
+from qtool_runtime.contract import Precision
+from qtool_runtime.errors import QtoolError
 
 from . import artifact, atomic, squad
 from . import manifest as manifests
+from .manifest import Kind
 from .families import dims_of
 from .length import LengthConfig
 from .runtime import (
@@ -228,7 +229,7 @@ def verify_artifacts(
         dims = dims_of(model)
         configs = [LengthConfig.full(dims.layers, seq_len)]
         if torch_configs == "all":
-            configs += [m.length_config for m in found.values() if m.kind == "qtool" and m.precision == "fp32" and not m.length_config.is_full]
+            configs += [m.length_config for m in found.values() if m.kind == Kind.QTOOL and m.precision == Precision.FP32 and not m.length_config.is_full]
         for config in configs:
             row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": "qtool", "precision": "fp32",
                    "config": config.label, "rule": config.rule,
@@ -250,7 +251,7 @@ def verify_artifacts(
                "flops_ratio": manifest.flops_ratio, "size_mb": (folder / manifest.graph).stat().st_size / 1e6,
                "recipe": ((manifest.quantization or {}).get("recipe") or {}).get("name", "")}
         # FP32 invariance is exact (tests check it); an INT8 graph's is a property to measure: every protocol runs
-        trusted = manifest.invariant and manifest.precision == "fp32"
+        trusted = manifest.invariant and manifest.precision == Precision.FP32
         for protocol in _distinct_protocols(protocols, invariant=trusted):
             p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress)
             result = score(examples, features, p)
@@ -304,8 +305,8 @@ def _derive(rows: list[dict], preds: dict, features: squad.Features, protocols: 
     """Speedups vs the standard INT8 graph and vs qtool's FP32 full graph; INT8 vs its FP32 twin."""
     by_name = {r["name"]: r for r in rows}
     baselines = {"std": by_name.get(STANDARD_INT8),
-                 "fp32_full": next((r for r in rows if r["runtime"] == "onnxruntime" and r["kind"] == "qtool"
-                                    and r["precision"] == "fp32" and r["config"] == "full"), None)}
+                 "fp32_full": next((r for r in rows if r["runtime"] == "onnxruntime" and r["kind"] == Kind.QTOOL
+                                    and r["precision"] == Precision.FP32 and r["config"] == "full"), None)}
     for row in rows:
         if "latency_ms" not in row:
             continue

@@ -8,16 +8,68 @@ how a graph may be fed (batched, padded).
 from __future__ import annotations
 
 import hashlib
+from enum import Enum
 from pathlib import Path
 from typing import Callable, NoReturn
+
+
+class Mode(str, Enum):
+    """A mode that is its own JSON and CLI string: compare against members, never against literals."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+class LengthRule(Mode):
+    """How keep counts stated for seq_len meet a window of L real tokens."""
+
+    CAP = "cap"  # k_i(L) = min(k_i, n_in): an unpadded window keeps what it would keep padded
+    RATIO = "ratio"  # k_i(L) = ceil(k_i * L / seq_len), LAT's scaling: only right for inputs padded to seq_len
+
+    @property
+    def sees_padding(self) -> bool:
+        """Whether padding changes which real tokens are kept (so the graph must be fed padded to seq_len)."""
+        return self is LengthRule.RATIO
+
+
+class Variant(Mode):
+    """How dropped tokens are ranked and restored (toolchain.length documents both)."""
+
+    QTOOL = "qtool"  # significance over real queries; a dropped token keeps its post-attention state
+    LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
+
+    @property
+    def sees_padding(self) -> bool:
+        return self is Variant.LAT
+
+
+class QuantMode(Mode):
+    STATIC = "static"  # activation scales fixed by calibration
+    DYNAMIC = "dynamic"  # activation scales computed per run, so per batch
+
+    @property
+    def per_batch_scales(self) -> bool:
+        """Whether a window's answer depends on its batch-mates (such a graph must not batch requests)."""
+        return self is QuantMode.DYNAMIC
+
+
+class Precision(Mode):
+    FP32 = "fp32"
+    INT8 = "int8"
+
 
 MANIFEST = "manifest.json"
 FORMAT = "qtool-artifact/1"
 TOKENIZER = "tokenizer.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPAN_OUTPUTS = ("start_logits", "end_logits")
-PRECISIONS = ("fp32", "int8")
-LENGTH_RULES = ("cap", "ratio")
+PRECISIONS = Precision.choices()
+LENGTH_RULES = LengthRule.choices()
+VARIANTS = Variant.choices()
 FEEDING_KEYS = ("batchable", "pad_to_seq_len")
 # No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
 MAX_TOKENS = 1 << 16
@@ -46,8 +98,9 @@ def feeding(manifest: dict) -> tuple[bool, bool]:
     seq_len as validated. A manifest's own `feeding` record must agree (check_fields)."""
     lc = manifest["length_config"]
     drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
-    return ((manifest.get("quantization") or {}).get("mode") != "dynamic",
-            drops and (lc.get("rule", "ratio") == "ratio" or lc.get("variant", "qtool") == "lat"))
+    mode = (manifest.get("quantization") or {}).get("mode")
+    rule, variant = LengthRule(lc.get("rule", LengthRule.RATIO)), Variant(lc.get("variant", Variant.QTOOL))
+    return (not (mode and QuantMode(mode).per_batch_scales), drops and (rule.sees_padding or variant.sees_padding))
 
 
 def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
@@ -66,7 +119,10 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          and counts and all(bounded_int(k) and k <= lc["seq_len"] for k in counts)
          and all(a >= b for a, b in zip(counts, counts[1:])),
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
-    need(lc.get("rule", "ratio") in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
+    need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
+    need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
+    mode = (m.get("quantization") or {}).get("mode") if isinstance(m.get("quantization") or {}, dict) else "?"
+    need(mode is None or mode in QuantMode.choices(), f"quantization mode {mode!r} is not one of {QuantMode.choices()}")
     need(lc["seq_len"] <= m["max_positions"], f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
     need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")
     need(m["max_answer_length"] <= lc["seq_len"],
