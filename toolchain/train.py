@@ -218,19 +218,12 @@ def _check_out(out: Path) -> None:
         raise InputError(f"--out {out} is a file, not a folder")
 
 
-def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
-    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
-    from tqdm.auto import tqdm
+def _load_base(args: TrainArgs):
+    """(model, tokenizer) of the base, seeded; refuses a model we cannot run token by token or a length past it."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    args.validate()
-    if args.bf16 is None:  # the record says what ran
-        args = replace(args, bf16=native_bf16())
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    _check_out(out)
-    ckpt_dir = out / CHECKPOINT_DIR
+    from .model import check_supported
+
     base = resolve_base(args.base)
     local = Path(base).is_dir()
     tokenizer = AutoTokenizer.from_pretrained(base, use_fast=True, local_files_only=local)
@@ -238,27 +231,26 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     # depends on whatever the process drew from torch's global generator before
     torch.manual_seed(args.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
-    from .model import check_supported
-
     check_supported(model)
-    dims = dims_of(model)
-    num_layers, max_positions = dims.layers, dims.max_positions
+    max_positions = dims_of(model).max_positions
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
+    return model, tokenizer
 
+
+def _training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Features:
     for text in args.sandwich_configs:  # a bad configuration fails before featurizing
         LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant)
     examples = squad.load_squad(args.train_file, limit=args.limit, neighbours=args.neighbours)
-    feats = squad.featurize(
-        examples, tokenizer, args.max_length, args.doc_stride or squad.default_doc_stride(args.max_length),
-        pad_to_max_length=False, with_targets=True
-    )
-    n = len(feats)
-    steps_per_epoch = max(1, n // args.batch_size)
-    max_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
+    return squad.featurize(examples, tokenizer, args.max_length,
+                           args.doc_stride or squad.default_doc_stride(args.max_length),
+                           pad_to_max_length=False, with_targets=True)
 
-    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]
+
+def _optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
+    """AdamW (no decay on biases and norms) and the run state, both from the checkpoint when resuming."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
@@ -270,69 +262,92 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         state = saved["state"]
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
+    return optimizer, state
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch's batches: length-sorted within pools of 64 batches so a batch pads little, then shuffled.
+    A function of (seed, epoch) alone, so a resumed run sees the same batches."""
+    n = len(lengths)
+    steps = max(1, n // batch_size)
+    gen = np.random.default_rng(seed + epoch)
+    order = gen.permutation(n)
+    pool = 64 * batch_size
+    batches = []
+    for p in range(0, steps * batch_size, pool):
+        chunk = order[p : min(p + pool, steps * batch_size)]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in gen.permutation(len(batches))]
+
+
+def _step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: int, width: int,
+               rng: random.Random, autocast) -> float:
+    """Forward and backward of one step: the full model on the span loss, then (LengthDrop) each sub-model
+    distilled from the full model's logits. Returns the summed loss."""
+    with autocast:
+        s_full, e_full = drop_and_restore(model, **batch)
+        loss = (F.cross_entropy(s_full.float(), starts) + F.cross_entropy(e_full.float(), ends)) / 2
+    loss.backward()
+    total = loss.item()
+    if args.length_drop:
+        teacher_s, teacher_e = s_full.detach(), e_full.detach()
+        mask = batch["attention_mask"]
+        for config, skip in sandwich(args, num_layers, width, rng):
+            with autocast:
+                s, e = drop_and_restore(model, **batch, config=config, skip_layers=skip)
+                kd = (_distill(s, teacher_s, mask) + _distill(e, teacher_e, mask)) / 2
+            kd.backward()
+            total += kd.item()
+    return total
+
+
+def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
+    from tqdm.auto import tqdm
+
+    args.validate()
+    if args.bf16 is None:  # the record says what ran
+        args = replace(args, bf16=native_bf16())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    _check_out(out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    model, tokenizer = _load_base(args)
+    num_layers = dims_of(model).layers
+    feats = _training_features(args, tokenizer, num_layers)
+    n, lengths, max_width = len(feats), feats.attention_mask.sum(1), feats.input_ids.shape[1]
+    steps_per_epoch = max(1, n // args.batch_size)
+    max_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
+    optimizer, state = _optimizer_and_state(args, model, ckpt_dir, resume)
     out.mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(args.seed + state["step"])
     model.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-    start_time = time.monotonic() - state["elapsed"]
-    last_save = time.monotonic()
+    start_time, last_save = time.monotonic() - state["elapsed"], time.monotonic()
     bar = tqdm(total=max_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-
-    lengths = feats.attention_mask.sum(1)
-    max_width = feats.input_ids.shape[1]
-
-    def batches_for(epoch: int) -> list[np.ndarray]:
-        # Length bucketing: sort within pools of 64 batches so a batch pads little, then shuffle batches.
-        gen = np.random.default_rng(args.seed + epoch)
-        order = gen.permutation(n)
-        pool = 64 * args.batch_size
-        batches = []
-        for p in range(0, steps_per_epoch * args.batch_size, pool):
-            chunk = order[p : min(p + pool, steps_per_epoch * args.batch_size)]
-            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-            batches.extend(chunk[i : i + args.batch_size] for i in range(0, len(chunk), args.batch_size))
-        return [batches[i] for i in gen.permutation(len(batches))]
-
-    epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
-
+    batches: tuple[int, list[np.ndarray]] = (-1, [])
     while state["step"] < max_steps:
-        step = state["step"]
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch_batches[0] != epoch:
-            epoch_batches = (epoch, batches_for(epoch))
-        rows = epoch_batches[1][index]
+        epoch, index = divmod(state["step"], steps_per_epoch)
+        if batches[0] != epoch:
+            batches = (epoch, epoch_batches(lengths, args.batch_size, args.seed, epoch))
+        rows = batches[1][index]
         width = batch_width(int(lengths[rows].max()), max_width)
         batch = {k: torch.from_numpy(v[:, :width]) for k, v in feats.model_inputs(rows).items()}
-        starts = torch.from_numpy(feats.start_positions[rows])
-        ends = torch.from_numpy(feats.end_positions[rows])
-
-        elapsed = time.monotonic() - start_time
-        prog = step / max_steps
+        progress_share = state["step"] / max_steps
         if args.time_budget:
-            prog = max(prog, elapsed / args.time_budget)
+            progress_share = max(progress_share, (time.monotonic() - start_time) / args.time_budget)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * _lr_factor(prog, args.warmup)
-
+            group["lr"] = args.lr * _lr_factor(progress_share, args.warmup)
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            s_full, e_full = drop_and_restore(model, **batch)
-            loss = (F.cross_entropy(s_full.float(), starts) + F.cross_entropy(e_full.float(), ends)) / 2
-        loss.backward()
-        total = loss.item()
-        if args.length_drop:
-            teacher_s, teacher_e = s_full.detach(), e_full.detach()
-            mask = batch["attention_mask"]
-            for config, skip in sandwich(args, num_layers, width, rng):
-                with autocast:
-                    s, e = drop_and_restore(model, **batch, config=config, skip_layers=skip)
-                    kd = (_distill(s, teacher_s, mask) + _distill(e, teacher_e, mask)) / 2
-                kd.backward()
-                total += kd.item()
+        total = _step_loss(args, model, batch, torch.from_numpy(feats.start_positions[rows]),
+                           torch.from_numpy(feats.end_positions[rows]), num_layers, width, rng, autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-        state["step"] = step + 1
+        state["step"] += 1
         state["examples"] += len(rows)
         state["elapsed"] = time.monotonic() - start_time
         state["loss_ema"] = total if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * total
@@ -348,9 +363,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if args.time_budget and state["elapsed"] >= args.time_budget:
             break
     bar.close()
-
-    info = _save_model(out, model, tokenizer, args, state, n)
-    return info
+    return _save_model(out, model, tokenizer, args, state, n)
 
 
 def _save_model(folder: Path, model, tokenizer, args: TrainArgs, state: dict, features: int) -> dict:
