@@ -47,9 +47,12 @@ def test_export_quantize_verify(trained_dir, tmp_path):
             manifest = manifests.load(folder)  # still intact
             assert not {"report.json", "report.md", "pareto.png"} & set(manifest.files)
     single = root / fp32["name"]
-    result = run("verify", single, "--limit", 5, "--rounds", 1, "--workload", 2, "--torch-configs", "none")
+    result = run("verify", single, "--limit", 5, "--rounds", 1, "--workload", 2, "--torch-configs", "none",
+                 "--protocol", "unpadded")
     assert result.exit_code == 0, result.output
     assert not (single / "report.json").exists() and f"report: {root / 'report.md'}" in result.output
+    only = json.loads((root / "report.json").read_text())
+    assert only["protocols"] == ["unpadded"] and "f1_padded" not in only["rows"][0]
 
 
 def test_bench_measures_qtool_against_the_standard_recipe(bench_run):

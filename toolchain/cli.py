@@ -14,6 +14,7 @@ import click
 
 from .latency import DEFAULT_LENGTHS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
+from .runtime import PROTOCOLS
 from .squad import DOCUMENT_NEIGHBOURS
 
 POSITIVE = click.IntRange(min=1)
@@ -336,12 +337,16 @@ def _verify_options(f):
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="PyTorch model for reference rows (default: the manifest's source).")
+@click.option("--protocol", "protocols", type=click.Choice(PROTOCOLS), multiple=True, default=PROTOCOLS, show_default=True,
+              help="Input protocols to score under (repeatable): padded batches, unpadded windows, bucketed batches.")
 @_verify_options
-def verify(path, model_dir, squad_file, limit, neighbours, batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
-    """Check, score (padded and unpadded) and time (side by side) every artifact under PATH; write the report."""
+def verify(path, model_dir, protocols, squad_file, limit, neighbours, batch_sizes, rounds, workload_windows, threads,
+           torch_configs, report_dir) -> None:
+    """Check, score (under each input protocol) and time (side by side) every artifact under PATH; write the report."""
     from .verify import format_table, verify_artifacts
 
-    report = _run(verify_artifacts, path, model_dir=model_dir, squad_file=squad_file, limit=limit, neighbours=neighbours,
+    report = _run(verify_artifacts, path, model_dir=model_dir, protocols=tuple(dict.fromkeys(protocols)),
+                  squad_file=squad_file, limit=limit, neighbours=neighbours,
                   batch_sizes=_batch_sizes(batch_sizes), rounds=rounds, workload_windows=workload_windows,
                   threads=threads, torch_configs=torch_configs, report_dir=report_dir, log=click.echo)
     click.echo(format_table(report))
