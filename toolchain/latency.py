@@ -17,7 +17,6 @@ below 1/1.5 is the "1.5x faster than the standard recipe" line.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -139,20 +138,14 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
     graph's weights from the caches, and a deployment serving one graph runs it warm."""
     from .runtime import GraphInterface, synthetic_feed
 
-    feeds = {name: {n: synthetic_feed(GraphInterface.of_session(s), 1, n, seed=n) for n in lengths}
-             for name, s in sessions.items()}
-    times: dict[str, dict[int, list[float]]] = {name: {n: [] for n in lengths} for name in sessions}
-    for r in range(warmup + rounds):
-        for name, session in sessions.items():
-            for n, feed in feeds[name].items():
-                session.run(None, feed)
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    session.run(None, feed)
-                if r >= warmup:
-                    times[name][n].append((time.perf_counter() - t0) * 1000.0 / 3)
-        log(f"  latency round {r + 1}/{warmup + rounds}{' (warm-up)' if r < warmup else ''}")
-    return {name: {n: float(np.median(v)) for n, v in per.items()} for name, per in times.items()}
+    from functools import partial
+
+    from .timing import interleaved_ms
+
+    work = {(name, n): partial(s.run, None, synthetic_feed(GraphInterface.of_session(s), 1, n, seed=n))
+            for name, s in sessions.items() for n in lengths}
+    medians = interleaved_ms(work, rounds=rounds, warmup=warmup, repeat=3, untimed_first=True, log=log)
+    return {name: {n: medians[(name, n)] for n in lengths} for name in sessions}
 
 
 def fit_latency_model(

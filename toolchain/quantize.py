@@ -269,18 +269,13 @@ def tuning_examples(questions: int, calib: str, samples: int = 10**9) -> list[sq
 def time_graphs(paths: dict[str, Path], interface: GraphInterface, seq_len: int, *, batch_size: int = 1,
                 rounds: int = 15, warmup: int = 2) -> dict[str, float]:
     """Median ms per run of each graph on the same synthetic batch, the graphs interleaved round by round."""
-    import time
+    from functools import partial
 
-    sessions = {name: onnx_session(p) for name, p in paths.items()}
+    from .timing import interleaved_ms
+
     feed = synthetic_feed(interface, batch_size, seq_len)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for r in range(warmup + rounds):
-        for name, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            if r >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    work = {name: partial(onnx_session(p).run, None, feed) for name, p in paths.items()}
+    return interleaved_ms(work, rounds=rounds, warmup=warmup)
 
 
 def quantize_artifact(

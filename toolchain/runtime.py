@@ -16,7 +16,6 @@ runs length-sorted batches cut to their longest window, which is exact and sever
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -257,16 +256,3 @@ def synthetic_feed(interface: GraphInterface, batch_size: int, seq_len: int, see
         "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64),
     }
     return {k: v for k, v in feed.items() if k in interface.inputs}
-
-
-def latency_ms(session, batch_size: int, seq_len: int, warmup: int = 3, runs: int = 10, seed: int = 0) -> float:
-    """Median wall-clock milliseconds of one onnxruntime run on a full-length batch, after warm-up."""
-    feed = synthetic_feed(GraphInterface.of_session(session), batch_size, seq_len, seed)
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))

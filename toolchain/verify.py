@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +22,7 @@ from qtool_runtime.errors import QtoolError
 from . import artifact, atomic, squad
 from . import manifest as manifests
 from .manifest import Kind
+from .timing import interleaved_ms
 from .families import dims_of
 from .length import LengthConfig
 from .runtime import (
@@ -146,18 +147,16 @@ def time_artifacts(
         return feeds
 
     feeds = {name: runner(s) for name, s in sessions.items()}
-    times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in feeds[name]} for name in sessions}
-    for r in range(warmup + rounds):
-        for name, session in sessions.items():
-            for key, batch_list in feeds[name].items():
-                t0 = time.perf_counter()
-                for feed in batch_list:
-                    session.run(None, feed)
-                elapsed = (time.perf_counter() - t0) * 1000.0
-                if r >= warmup:
-                    times[name][key].append(elapsed / n if key.startswith("real") else elapsed)
-        log(f"  latency round {r + 1}/{warmup + rounds}{' (warm-up)' if r < warmup else ''}")
-    return {name: {k: float(np.median(v)) for k, v in per.items()} for name, per in times.items()}
+
+    def run_all(session, batch_list):
+        for feed in batch_list:
+            session.run(None, feed)
+
+    work = {(name, key): partial(run_all, sessions[name], batch_list)
+            for name in sessions for key, batch_list in feeds[name].items()}
+    medians = interleaved_ms(work, rounds=rounds, warmup=warmup, log=log)
+    return {name: {key: medians[(name, key)] / (n if key.startswith("real") else 1) for key in feeds[name]}
+            for name in sessions}
 
 
 def report_destination(root: Path, report_dir: str | Path | None) -> Path:
