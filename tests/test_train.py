@@ -115,6 +115,7 @@ def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenize
     args = TrainArgs(out=str(tmp_path / "doc"), sandwich_configs=("120,100,90,80,70,60",), snapshot_every=1,
                      snapshot_dir=str(tmp_path / "curve"), **common)
     info = train(args)
+    assert info["args"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the record says what ran
     paragraphs = squad.featurize(squad.load_squad("train", limit=12), minilm_tokenizer, 128, 64)
     assert info["features"] > 1.5 * len(paragraphs)
     snapshots = sorted(p.name for p in (tmp_path / "curve").iterdir())
@@ -126,6 +127,24 @@ def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenize
     assert not torch.equal(w1, w2)
     final, _ = load_qa_model(tmp_path / "doc")
     assert torch.equal(final.qa_outputs.weight, w2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
+    from toolchain.errors import QtoolError
+
+    with pytest.raises(QtoolError, match="^--device cuda: no CUDA GPU"):
+        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64, device="cuda"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_uses_the_gpu_when_one_is_present(tmp_path):
+    info = train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=16, max_steps=2, max_length=128, batch_size=4,
+                           length_drop=True, num_sandwich=1, seed=0))
+    assert info["args"]["device"] == "cuda" and info["args"]["bf16"] == torch.cuda.is_bf16_supported()
+    model, _ = load_qa_model(tmp_path / "o")  # saved weights load on the CPU
+    assert next(model.parameters()).device.type == "cpu"
 
 
 def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
@@ -189,7 +208,7 @@ def test_training_sees_few_distinct_batch_shapes(tmp_path):
      ("length_drop_ratio", 1.0, "--length-drop-ratio"), ("layerdrop", -0.1, "--layerdrop"),
      ("num_sandwich", -1, "--num-sandwich"), ("doc_stride", 128, "doc_stride"), ("threads", 0, "--threads"),
      ("neighbours", -1, "--neighbours"), ("sandwich_configs", ("100,90",), "--sandwich-config"),
-     ("snapshot_every", 2, "--snapshot-dir")],
+     ("snapshot_every", 2, "--snapshot-dir"), ("device", "tpu", "--device")],
 )
 def test_train_args_are_validated(tmp_path, field, value, option):
     args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)

@@ -77,8 +77,9 @@ def main() -> None:
 @click.option("--max-steps", type=POSITIVE, default=None, help="Stop after this many optimizer steps.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many minutes; the LR schedule follows it.")
 @click.option("--limit", type=POSITIVE, default=None, help="Use only the first N training questions.")
-@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast on CPU (default: only where the CPU has native bf16, "
-              "AVX512-BF16 or AMX; elsewhere torch emulates it and a step is about 6x slower).")
+@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: where the device has native bf16: a CUDA GPU "
+              "that supports it, or a CPU with AVX512-BF16 or AMX; elsewhere torch emulates it and a step is about 6x slower).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the CUDA GPU when one is present, else the CPU).")
 @click.option("--threads", type=POSITIVE, default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
 @click.option("--seed", default=42, show_default=True)
@@ -97,7 +98,7 @@ def main() -> None:
 @click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve).")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False), default=None, help="Where snapshots go (step-N folders).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
-          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, threads, resume, seed, variant, length_rule,
+          batch_size, lr, epochs, max_steps, time_budget, limit, bf16, device, threads, resume, seed, variant, length_rule,
           neighbours, sandwich_configs, snapshot_every, snapshot_dir) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from .train import TrainArgs, train as run_train
@@ -106,7 +107,7 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         base=base, out=out, train_file=train_file, length_drop=length_drop, num_sandwich=num_sandwich,
         length_drop_ratio=length_drop_ratio, layerdrop=layerdrop, max_length=max_length, doc_stride=doc_stride,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
-        time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, threads=threads, seed=seed,
+        time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, device=device, threads=threads, seed=seed,
         variant=variant, length_rule=length_rule, neighbours=neighbours, sandwich_configs=tuple(sandwich_configs),
         snapshot_every=snapshot_every, snapshot_dir=snapshot_dir,
     )
