@@ -54,7 +54,7 @@ def run_bench(
     for rule in length_rules[1:]:
         folders += export_configs(model_dir, reduced, out, length_rule=rule)
     log(f"exported {len(folders)} graphs")
-    for src in folders[1:]:
+    for src in folders[1:] or folders[:1]:  # the full graph ships when no reduced configuration is asked for
         log(f"quantizing {src.name}")
         quantize_artifact(src, samples=calib_samples, tolerance=tolerance, tune_questions=tune_questions,
                           recipes=recipes, timing_batches=timing_batches, log=log)
