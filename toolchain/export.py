@@ -107,30 +107,16 @@ def weight_roles(path: str | Path, role_paths: dict[str, list[str]]) -> dict[str
 
 
 def tidy_graph(path: str | Path) -> None:
-    """Name nodes after the module they came from ('...layer.3.output.dense/MatMul') and drop export metadata.
+    """Name nodes after the module they came from and drop export metadata (passes.TIDY, checked pass by pass).
 
     Readable names let quantization recipes select ops by role; the dropped metadata holds local stack traces.
     """
-    import ast
-
     import onnx
 
+    from .passes import TIDY, run_passes
+
     model = onnx.load(str(path))
-    seen: dict[str, int] = {}
-    for node in model.graph.node:
-        props = {p.key: p.value for p in node.metadata_props}
-        try:
-            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
-        except (ValueError, SyntaxError):
-            scopes = []
-        modules = [s for s in scopes[:-1] if s]
-        base = f"{modules[-1] if modules else 'graph'}/{node.op_type}"
-        seen[base] = seen.get(base, -1) + 1
-        node.name = base if seen[base] == 0 else f"{base}_{seen[base]}"
-        del node.metadata_props[:]
-    del model.metadata_props[:]
-    model.producer_name = "qtool"
-    onnx.save(model, str(path))
+    onnx.save(run_passes(model, TIDY), str(path))
 
 
 def validate_graph(
