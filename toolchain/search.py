@@ -305,6 +305,22 @@ def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> d
     return min((r for r in rows if holds(r)), key=lambda r: (r["cost"], -r["f1"]))
 
 
+def _check_arguments(model_dir: str | Path, *, sampler: str, workers: int, storage: str | None, neighbours: int,
+                     questions: int, offset: int) -> None:
+    """Refuse a search that cannot run, before any model is loaded or process started."""
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and storage is None:
+        raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
+    if neighbours < 0:
+        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
+    search_examples(questions, offset)  # the slice exists
+
+
 def search_configs(
     model_dir: str | Path,
     *,
@@ -337,18 +353,9 @@ def search_configs(
     The cost minimised is the INT8 latency predicted by `latency_model` (a `qtool fit-latency` file) at the
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
-    if sampler not in SAMPLERS:
-        raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
-    if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+    _check_arguments(model_dir, sampler=sampler, workers=workers, storage=storage, neighbours=neighbours,
+                     questions=questions, offset=offset)
     min_ratio, space = describe_space(model_dir, min_ratio, length_rule)
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and storage is None:
-        raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
-    if neighbours < 0:
-        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
-    search_examples(questions, offset)  # the slice exists, before any process starts
     from transformers import AutoConfig
 
     layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
