@@ -63,10 +63,6 @@ def search_examples(questions: int, offset: int = 0, neighbours: int = 0) -> lis
     return [e for e in squad.load_squad("train", **window, neighbours=neighbours) if e.id in ids]
 
 
-def workload_name(neighbours: int) -> str:
-    return f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs"
-
-
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
     """(smallest per-layer keep ratio, record file, length rule) LengthDrop trained this model with.
 
@@ -161,7 +157,7 @@ def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: fl
     workloads = {}
     for n in (0, neighbours) if neighbours else (0,):
         examples = search_examples(questions, offset, n)
-        workloads[workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=stride))
+        workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=stride))
     lengths = {name: f.attention_mask.sum(1) for name, (_, f) in workloads.items()}
     every_window = np.concatenate(list(lengths.values()))
     timing = LatencyModel.load(latency_model) if latency_model else None
@@ -361,7 +357,7 @@ def search_configs(
     layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
     cost = describe_cost(latency_model, layers, model_dir)
     latency_model = None if latency_model is None else str(latency_model)
-    workloads = [workload_name(n) for n in ((0, neighbours) if neighbours else (0,))]
+    workloads = [squad.workload_name(n) for n in ((0, neighbours) if neighbours else (0,))]
     settings = dict(questions=questions, offset=offset, workloads=workloads, rule=length_rule, seq_len=seq_len,
                     min_ratio=min_ratio, cost=cost)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -33,6 +33,11 @@ N_BEST = 20
 DOCUMENT_NEIGHBOURS = 2
 
 
+def workload_name(neighbours: int) -> str:
+    """How reports name the workload a `neighbours` setting builds."""
+    return f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs"
+
+
 def default_doc_stride(seq_len: int) -> int:
     """SQuAD's usual 128-token window overlap, or half the window for short windows (the one default)."""
     return min(DOC_STRIDE, seq_len // 2)

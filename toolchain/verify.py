@@ -274,7 +274,7 @@ def verify_artifacts(
     single, _, workload_questions = _workload(features, workload_windows)
     report = {
         "squad_file": str(squad_file), "questions": len(examples), "windows": len(features),
-        "workload": f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs",
+        "workload": squad.workload_name(neighbours),
         "full_windows": float((real == seq_len).mean()),
         "mean_real_tokens": float(real.mean()), "seq_len": seq_len, "protocols": list(protocols),
         "machine": machine_info(threads),
