@@ -153,17 +153,26 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(min=1))
 @click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Largest logit difference ONNX vs PyTorch allowed.")
 @click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
-def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol, variant) -> None:
-    """Export one validated ONNX graph per configuration into OUT/fp32-<config>/."""
+@click.option("--menu", "menu", multiple=True, help="With --config runtime: a configuration the run-time graph is meant "
+              "to run (repeatable; full is always on the menu). Each is validated against PyTorch.")
+def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol, variant,
+           menu) -> None:
+    """Export one validated ONNX graph per configuration into OUT/fp32-<config>/.
+
+    --config runtime writes OUT/fp32-runtime/: one graph whose keep counts are an input, so a deployment
+    chooses the configuration per request (qtool answer --config/--budget-ms, qtool serve --latency-target-ms)."""
     from .export import export_configs
     from .manifest import load
 
     folders = _run(export_configs, model_dir, configs, out, squad_file=squad_file, samples=samples, seq_len=seq_len,
-                   doc_stride=doc_stride, length_rule=length_rule, variant=variant, opset=opset, atol=atol)
+                   doc_stride=doc_stride, length_rule=length_rule, variant=variant, opset=opset, atol=atol, menu=menu)
     for folder in folders:
         v = load(folder).validation
-        click.echo(f"{folder}  max|Δlogit| {v['max_abs_diff']:.1e} on {v['features']} windows (padded and unpadded), "
-                   f"kept agreement {min(v['kept_agreement']) if v['kept_agreement'] else 1.0:.3f}")
+        checks = v.get("configs") or {"": v}
+        for label, c in checks.items():
+            agreement = min(c["kept_agreement"]) if c["kept_agreement"] else 1.0
+            click.echo(f"{folder}{'  at ' + label if label else ''}  max|Δlogit| {c['max_abs_diff']:.1e} on "
+                       f"{v['features']} windows (padded and unpadded), kept agreement {agreement:.3f}")
 
 
 @main.command()
@@ -386,8 +395,12 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
 @click.option("--context", default=None, help="The context paragraph (or use --context-file).")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Read the context from this UTF-8 file.")
 @click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
-def answer(artifact, question, context, context_file, threads) -> None:
-    """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets)."""
+@click.option("--config", default=None, help="Run-time configuration graphs: the menu entry to run ('full' or 'k1,k2,...').")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Run-time configuration graphs: the most accurate menu entry predicted to answer within this time.")
+def answer(artifact, question, context, context_file, threads, config, budget_ms) -> None:
+    """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets,
+    and the configuration that produced it)."""
     from qtool_runtime.kit import read_text_file
     from qtool_runtime.serve import answer_json
 
@@ -395,7 +408,7 @@ def answer(artifact, question, context, context_file, threads) -> None:
         raise click.UsageError("give exactly one of --context or --context-file")
     if context_file is not None:
         context = _run(read_text_file, context_file)
-    click.echo(_run(answer_json, artifact, question, context, threads=threads))
+    click.echo(_run(answer_json, artifact, question, context, threads=threads, config=config, budget_ms=budget_ms))
 
 
 @main.command()
@@ -406,12 +419,17 @@ def answer(artifact, question, context, context_file, threads) -> None:
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a request waits for others to share its batch.")
 @click.option("--max-body-bytes", default=1 << 20, show_default=True, type=POSITIVE, help="Larger request bodies get 413.")
 @click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
-def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads) -> None:
-    """Serve ARTIFACT over HTTP: POST /answer ({"question", "context"} or a list), GET /health."""
+@click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Run-time configuration graphs: per batch, run the most accurate menu entry whose predicted time "
+                   "for all queued work meets this target (full when idle, cheaper under load).")
+def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads, latency_target_ms) -> None:
+    """Serve ARTIFACT over HTTP: POST /answer ({"question", "context"} or a list), GET /health.
+
+    Items sent to a run-time configuration graph may name a "config" (a menu entry) or a "budget_ms"."""
     from qtool_runtime.serve import serve as run_server
 
     _run(run_server, artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-         max_body_bytes=max_body_bytes, threads=threads)
+         max_body_bytes=max_body_bytes, threads=threads, latency_target_ms=latency_target_ms)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ and the validation (onnxruntime vs PyTorch on real SQuAD features: logits and ke
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
 
+from qtool_runtime.contract import LengthRule, MenuEntry
 from qtool_runtime.errors import QtoolError
 
 import numpy as np
@@ -21,10 +23,11 @@ from . import artifact, atomic, squad
 from . import manifest as manifests
 from .length import LengthConfig
 from .families import dims_of, family_of
-from .model import DropAndRestoreQA, flops_ratio
+from .model import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
 from .runtime import PROTOCOLS, GraphInterface, kept_agreement, onnx_session, predict_onnx, predict_torch
 
 DEFAULT_OPSET = 18
+RUNTIME = "runtime"  # --config RUNTIME: the run-time configuration graph (keep counts are an input)
 DEFAULT_ATOL = 1e-3
 
 
@@ -46,16 +49,38 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
     Reduced configurations also output `kept_i`: the original positions layer i kept, for agreement checks.
     """
     module = DropAndRestoreQA(model, config, return_kept=not config.is_full).eval()
+    interface = GraphInterface.for_config(config, family_of(model).inputs)
+    return _export(module, model, interface, config.seq_len, path, opset)
+
+
+def export_runtime_graph(model: torch.nn.Module, layout: LengthConfig, path: str | Path,
+                         opset: int = DEFAULT_OPSET) -> Path:
+    """Write the run-time configuration graph: keep counts are its last input (int64 [layers], cap rule).
+
+    TopK and the slices that follow take their sizes from that input, so one graph runs every configuration
+    whose skipped layers are `layout`'s (the layers it skips are an export-time choice: they have no nodes).
+    """
+    module = RuntimeConfigQA(model, layout).eval()
+    interface = GraphInterface.for_runtime(layout, family_of(model).inputs)
+    layers = len(layout.keep)
+    sample_keep = torch.tensor([max(1, layout.seq_len * (layers - i) // (layers + 1)) for i in range(layers)])
+    return _export(module, model, interface, layout.seq_len, path, opset, extra=(sample_keep,))
+
+
+def _export(module: torch.nn.Module, model: torch.nn.Module, interface: GraphInterface, seq: int, path: str | Path,
+            opset: int, extra: tuple = ()) -> Path:
+    """torch.export through the dynamo ONNX exporter, batch and sequence axes dynamic, then the tidy passes."""
     family = family_of(model)
-    seq = config.seq_len
     sample = tuple(
         torch.full((2, seq), 1000, dtype=torch.long) if name == "input_ids"
         else torch.ones(2, seq, dtype=torch.long) if name == "attention_mask" else torch.zeros(2, seq, dtype=torch.long)
         for name in family.inputs
-    )
+    ) + extra
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("sequence", min=2, max=family.dims(model.config).max_positions)
-    dims = {name: {0: batch, 1: length} for name in family.inputs}
+    dims = tuple({0: batch, 1: length} for _ in family.inputs) + tuple(None for _ in extra)
+    if any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        dims = (dims,)  # forward(*inputs): torch.export binds every input to one parameter
     path = Path(path)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silences "torchvision is not installed" chatter
     with warnings.catch_warnings(), torch.no_grad():
@@ -63,8 +88,8 @@ def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path,
         program = torch.onnx.export(
             module,
             sample,
-            input_names=list(family.inputs),
-            output_names=list(GraphInterface.for_config(config, family.inputs).outputs),
+            input_names=list(interface.inputs),
+            output_names=list(interface.outputs),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=dims,
@@ -125,8 +150,12 @@ def validate_graph(
     config: LengthConfig,
     features: squad.Features,
     atol: float = DEFAULT_ATOL,
+    *,
+    runtime: bool = False,
 ) -> dict:
     """Run the graph and PyTorch on the same features under every input protocol; raise on any mismatch.
+
+    `runtime`: the graph is a run-time configuration graph, fed `config`'s counts as its keep_counts input.
 
     Padded (every window at the configured length), unpadded (every window alone at its real length, which
     checks the in-graph length rule) and bucketed (length-sorted batches padded to their longest). Logits are compared on real (non-padding) positions only: padding
@@ -136,7 +165,8 @@ def validate_graph(
     real = features.attention_mask.astype(bool)
     diff, agreement = 0.0, [1.0] * (0 if config.is_full else len(config.keep))
     for protocol in PROTOCOLS:
-        got = predict_onnx(session, features, protocol=protocol)  # faithful batching: no invariance assumed
+        keep = [config.seq_len if k is None else k for k in config.keep] if runtime else None
+        got = predict_onnx(session, features, protocol=protocol, keep=keep)  # faithful batching: no invariance assumed
         want = predict_torch(model, features, config, protocol=protocol)
         diff = max(
             diff,
@@ -152,11 +182,69 @@ def validate_graph(
         "atol": atol,
         "kept_agreement": agreement,
     }
+    where = f"{path} at {config.label}" if runtime else str(path)
     if not np.isfinite(diff) or diff > atol:
-        raise ExportValidationError(f"{path}: logits differ from PyTorch by {diff:.2e} (> atol {atol:.0e})")
+        raise ExportValidationError(f"{where}: logits differ from PyTorch by {diff:.2e} (> atol {atol:.0e})")
     if any(a < 1.0 for a in agreement):
-        raise ExportValidationError(f"{path}: kept tokens differ from PyTorch (per-layer agreement {agreement})")
+        raise ExportValidationError(f"{where}: kept tokens differ from PyTorch (per-layer agreement {agreement})")
     return report
+
+
+def validate_runtime_graph(path: str | Path, model: torch.nn.Module, configs: Sequence[LengthConfig],
+                           features: squad.Features, atol: float = DEFAULT_ATOL) -> dict:
+    """validate_graph at each configuration the run-time graph is meant to run (raise at the first mismatch)."""
+    reports = {c.label: validate_graph(path, model, c, features, atol, runtime=True) for c in configs}
+    return {"features": len(features), "protocols": list(PROTOCOLS), "atol": atol,
+            "max_abs_diff": max(r["max_abs_diff"] for r in reports.values()),
+            "configs": {label: {"max_abs_diff": r["max_abs_diff"], "kept_agreement": r["kept_agreement"]}
+                        for label, r in reports.items()}}
+
+
+def runtime_layout(menu: Sequence[LengthConfig]) -> LengthConfig:
+    """The run-time graph's full configuration: every layer at seq_len, except the layers every entry skips."""
+    first = menu[0]
+    skips = {c.skipped for c in menu}
+    if len(skips) > 1:
+        raise ExportError(f"menu configurations skip different layers {sorted(skips)}; skipped layers are an "
+                          "export-time choice: export one run-time graph per set of skipped layers")
+    if any(c.rule != LengthRule.CAP for c in menu):
+        raise ExportError("a run-time configuration graph runs the cap rule; use --length-rule cap")
+    keep = tuple(None if k is None else first.seq_len for k in first.keep)
+    return LengthConfig(keep, first.seq_len, LengthRule.CAP, first.variant)
+
+
+def export_runtime_artifact(
+    model: torch.nn.Module,
+    tokenizer,
+    menu: Sequence[LengthConfig],
+    dest: str | Path,
+    features: squad.Features,
+    *,
+    source: str = "",
+    opset: int = DEFAULT_OPSET,
+    atol: float = DEFAULT_ATOL,
+    doc_stride: int = squad.DOC_STRIDE,
+) -> Path:
+    """Export, validate at every menu configuration and at full, and write the run-time configuration artifact.
+
+    The menu always starts with the layout's full configuration (what a server runs when it is idle)."""
+    layout = runtime_layout(menu)
+    menu = list(dict.fromkeys([layout, *menu]))
+    dims = dims_of(model)
+    with artifact.staging(Path(dest)) as tmp:
+        graph = export_runtime_graph(model, layout, tmp / artifact.GRAPH, opset=opset)
+        report = validate_runtime_graph(graph, model, menu, features, atol=atol)
+        tokenizer.save_pretrained(tmp)
+        manifests.write(tmp, manifests.Manifest(
+            graph=artifact.GRAPH, precision="fp32", length_config=layout,
+            interface=GraphInterface.for_runtime(layout, family_of(model).inputs), opset=opset,
+            max_positions=int(dims.max_positions), doc_stride=doc_stride, max_answer_length=squad.MAX_ANSWER_LENGTH,
+            source_model=str(source), model_type=model.config.model_type,
+            flops_ratio=flops_ratio(layout, dims.hidden, dims.ffn), roles=weight_roles(graph, family_of(model).role_paths(model)),
+            validation={"against": "pytorch-fp32", **report},
+            menu=[MenuEntry(c.keep, macs_ratio=flops_ratio(c, dims.hidden, dims.ffn)) for c in menu],
+        ))
+    return Path(dest)
 
 
 def artifact_name(config: LengthConfig, precision: str = "fp32") -> str:
@@ -214,8 +302,12 @@ def export_configs(
     variant: str | None = None,
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
+    menu: Sequence[str] = (),
 ) -> list[Path]:
     """Export each configuration ('full' or 'k1,k2,...') of a trained model into out/<precision>-<config>/.
+
+    The configuration RUNTIME writes out/fp32-runtime/: one graph whose keep counts are an input, meant to run
+    the `menu` configurations (and full), validated at each.
 
     Everything is checked before the first graph is written: configurations, the sequence length against
     the model's position table, the document stride against the sequence length. `variant=None` runs the
@@ -233,12 +325,23 @@ def export_configs(
     doc_stride = squad.default_doc_stride(seq_len) if doc_stride is None else doc_stride
     if not 0 < doc_stride < seq_len:
         raise ExportError(f"--doc-stride {doc_stride} must be positive and smaller than --seq-len {seq_len}")
-    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs]
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs if c != RUNTIME]
+    menu_configs = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in menu]
+    if RUNTIME in configs:
+        if not menu_configs:
+            raise ExportError(f"--config {RUNTIME} needs its menu: --menu k1,k2,... (repeatable), e.g. from qtool search")
+        runtime_layout(menu_configs)  # refuse mixed skips or another rule before any work
+    elif menu_configs:
+        raise ExportError(f"--menu is for the run-time configuration graph; add --config {RUNTIME}")
     examples = squad.load_squad(squad_file, limit=samples)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=doc_stride)
-    return [
+    written = [
         export_artifact(model, tokenizer, c, Path(out) / artifact_name(c), features, source=str(model_dir),
                         opset=opset, atol=atol, doc_stride=doc_stride)
         for c in parsed
     ]
+    if RUNTIME in configs:
+        written.append(export_runtime_artifact(model, tokenizer, menu_configs, Path(out) / f"fp32-{RUNTIME}", features,
+                                               source=str(model_dir), opset=opset, atol=atol, doc_stride=doc_stride))
+    return written
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.contract import FEEDING_KEYS, MAX_TOKENS, PRECISIONS, Mode, Precision, bounded_int, check_fields, feeding
+from qtool_runtime.contract import (FEEDING_KEYS, MAX_TOKENS, PRECISIONS, MenuEntry, Mode, Precision, bounded_int,
+                                    check_fields, feeding)
 
 from .families import OPTIONAL_ROLES
 from .families import ROLES as FAMILY_ROLES
@@ -50,6 +51,7 @@ class Manifest:
     validation: dict | None = None
     quantization: dict | None = None
     source_fp32: dict | None = None  # {"folder": name, "sha256": of its graph}: the FP32 twin of an INT8 graph
+    menu: list[MenuEntry] | None = None  # a run-time configuration graph's configurations (contract.check_menu)
     files: dict[str, str] = field(default_factory=dict)
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -57,6 +59,18 @@ class Manifest:
     @property
     def is_reduced(self) -> bool:
         return self.interface.is_reduced
+
+    @property
+    def is_runtime(self) -> bool:
+        """A run-time configuration graph: one graph, keep counts chosen per run from its menu."""
+        return self.interface.takes_keep
+
+    def menu_configs(self) -> list[LengthConfig]:
+        """The menu as length configurations (the single configuration of any other graph)."""
+        if not self.menu:
+            return [self.length_config]
+        lc = self.length_config
+        return [LengthConfig(tuple(e.keep), lc.seq_len, lc.rule, lc.variant) for e in self.menu]
 
     @property
     def invariant(self) -> bool:
@@ -77,6 +91,10 @@ class Manifest:
         data["feeding"] = self.feeding
         data["length_config"] = self.length_config.to_dict()
         data["interface"] = self.interface.to_dict()
+        if self.menu is None:
+            data.pop("menu")
+        else:
+            data["menu"] = [e.to_dict() if isinstance(e, MenuEntry) else e for e in self.menu]
         for key in ("files", "created", "versions"):  # artifact.write_manifest fills these
             if not data[key]:
                 data.pop(key)
@@ -101,7 +119,9 @@ class Manifest:
         values.setdefault("source_model", "")
         values.setdefault("model_type", "")
         manifest = cls(**values)
-        manifest.check_shape(where)
+        manifest.check_shape(where)  # the menu's raw shape first (contract.check_menu), then its type
+        if isinstance(manifest.menu, list):
+            manifest.menu = [MenuEntry.from_dict(e) for e in manifest.menu]
         return manifest
 
     def check_shape(self, where: str = "manifest") -> None:
@@ -115,7 +135,7 @@ class Manifest:
         need(isinstance(self.flops_ratio, (int, float)) and 0 <= self.flops_ratio <= 1e3, "flops_ratio must be a number")
         need(isinstance(self.roles, dict) and all(r in ROLES and isinstance(n, list) for r, n in self.roles.items()),
              f"roles must map {ROLES} to node-name lists")
-        need(self.interface.is_reduced == (not self.length_config.is_full),
+        need(self.interface.is_reduced == (not self.length_config.is_full or self.interface.takes_keep),
              "interface and length configuration disagree on whether the graph drops tokens")
         need(isinstance(self.files, dict), "files must map names to sha256")
 

@@ -180,8 +180,13 @@ def drop_and_restore(
     config: LengthConfig | None = None,
     skip_layers: Sequence[int] = (),
     return_kept: bool = False,
+    keep_counts: torch.Tensor | None = None,
 ):
     """Run a BERT QA model with Drop-and-Restore; returns (start_logits, end_logits[, kept positions per layer]).
+
+    `keep_counts` (int64 [layers], the run-time configuration graph's input) replaces the configuration's counts:
+    layer i keeps min(keep_counts[i], tokens that arrive), the cap rule; `config` then only says which layers
+    are skipped and the variant.
 
     `config=None` or a full configuration runs every token through every layer (the plain model).
     A configuration's skipped layers, and `skip_layers` (LayerDrop in training), pass hidden states through
@@ -200,7 +205,7 @@ def drop_and_restore(
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)
     positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
-    dropping = config is not None and not config.is_full
+    dropping = keep_counts is not None or (config is not None and not config.is_full)
     set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
 
@@ -213,7 +218,7 @@ def drop_and_restore(
         a, probs = _attention(family, heads, layer, h, mask_add)
         if dropping:
             n_in = h.shape[1]
-            k = config.keep_count(i, seq_len, n_in)
+            k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
             score = significance(probs, mask, config.variant, positions)
             if lat:  # LAT always keeps [CLS]
                 score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
@@ -239,6 +244,13 @@ def drop_and_restore(
     return start_logits, end_logits
 
 
+def _input_count(keep_counts: torch.Tensor, layer: int, n_in):
+    """min(keep_counts[layer], n_in), at least 1: a data-dependent size that torch.export carries as unbacked."""
+    k = keep_counts[layer].item()
+    torch._check(k >= 1)
+    return torch.sym_min(k, n_in) if not isinstance(n_in, int) or not isinstance(k, int) else min(k, n_in)
+
+
 class DropAndRestoreQA(nn.Module):
     """A QA model fixed to one length configuration: the module that `export` traces."""
 
@@ -254,3 +266,21 @@ class DropAndRestoreQA(nn.Module):
         return drop_and_restore(
             self.model, input_ids, attention_mask, token_type_ids, self.config, return_kept=self.return_kept
         )
+
+
+class RuntimeConfigQA(nn.Module):
+    """A QA model whose keep counts are an input (`keep_counts`): the module the run-time configuration graph
+    traces. `layout` is its full configuration; the layers it skips stay an export-time choice."""
+
+    def __init__(self, model: nn.Module, layout: LengthConfig):
+        super().__init__()
+        check_supported(model)
+        layout.validate(dims_of(model).layers)
+        self.model = model
+        self.layout = layout
+
+    def forward(self, *inputs: torch.Tensor):
+        """The family's model inputs in order, then keep_counts (DistilBERT has no token_type_ids)."""
+        named = dict(zip(family_of(self.model).inputs, inputs[:-1]))
+        return drop_and_restore(self.model, named["input_ids"], named["attention_mask"], named.get("token_type_ids"),
+                                self.layout, return_kept=True, keep_counts=inputs[-1])

@@ -147,8 +147,12 @@ def calibration_features(calib: str, samples: int, tokenizer, seq_len: int, doc_
                              pad_id=tokenizer.pad_token_id or 0)
 
 
-def calibration_reader(features: squad.Features, batch_size: int = 8, inputs: Sequence[str] | None = None):
-    """The one calibration reader: SQuAD windows in batches, rewindable, for INC and onnxruntime alike."""
+def calibration_reader(features: squad.Features, batch_size: int = 8, inputs: Sequence[str] | None = None,
+                       keeps: Sequence[dict[str, np.ndarray]] = ()):
+    """The one calibration reader: SQuAD windows in batches, rewindable, for INC and onnxruntime alike.
+
+    `keeps` (a run-time configuration graph's menu as keep-count feeds): batch i runs under keeps[i % len], so the
+    activation ranges cover every configuration the graph will run."""
     from onnx_neural_compressor.data_reader import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
@@ -156,6 +160,7 @@ def calibration_reader(features: squad.Features, batch_size: int = 8, inputs: Se
             wanted = set(inputs) if inputs else None
             self.batches = [
                 {k: v for k, v in features.model_inputs(slice(lo, lo + batch_size)).items() if wanted is None or k in wanted}
+                | (keeps[(lo // batch_size) % len(keeps)] if keeps else {})
                 for lo in range(0, len(features), batch_size)
             ]
             self.position = 0
@@ -314,7 +319,7 @@ def quantize_artifact(
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     seq_len = manifest.length_config.seq_len
     calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride, calib_neighbours)
-    reader = calibration_reader(calib_features, 8, manifest.interface.inputs)
+    reader = calibration_reader(calib_features, 8, manifest.interface.inputs, menu_feeds(manifest))
     tuning_set = TuningSet.of(tuning_examples(tune_questions if tolerance is not None else DRIFT_WINDOWS, calib, samples),
                               tokenizer, manifest)
     with tempfile.TemporaryDirectory(prefix="qtool-quant-") as work:
@@ -339,7 +344,8 @@ def quantize_artifact(
             tuning = tuning_record(tuning_set, baseline, tolerance, latency, timing_batches, trials)
         log(f"chosen recipe: {chosen.name}")
         drift = drift_record(tensor_drift(src / manifest.graph, paths[chosen.name], manifest.roles,
-                                          tuning_set.single_window_feeds(DRIFT_WINDOWS)), DRIFT_WINDOWS)
+                                          tuning_set.single_window_feeds(DRIFT_WINDOWS, (menu_feeds(manifest) or [{}])[0])),
+                             DRIFT_WINDOWS)
         for line in format_drift(drift):
             log(line)
         record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
@@ -351,6 +357,12 @@ def quantize_artifact(
 DRIFT_WINDOWS = 16  # held-out train windows the per-tensor error report runs on
 
 
+def menu_feeds(manifest: manifests.Manifest) -> list[dict[str, np.ndarray]]:
+    """A run-time configuration graph's menu as keep-count feeds ([] for a graph of one configuration)."""
+    seq_len = manifest.length_config.seq_len
+    return [manifest.interface.keep_feed(e.feed(seq_len), seq_len) for e in manifest.menu or []]
+
+
 @dataclass
 class TuningSet:
     """Held-out SQuAD train questions and their windows, and the protocols a graph of this rule is fed with."""
@@ -359,26 +371,40 @@ class TuningSet:
     features: squad.Features
     protocols: tuple[str, ...]
     fp32_preds: dict = field(default_factory=dict)
+    # a run-time configuration graph is scored at each menu entry: label -> keep counts (None: the one configuration)
+    configs: dict[str, tuple | None] = field(default_factory=lambda: {"": None})
 
     @classmethod
     def of(cls, examples: list[squad.SquadExample], tokenizer, manifest: manifests.Manifest) -> "TuningSet":
         features = squad.featurize(examples, tokenizer, max_length=manifest.length_config.seq_len,
                                    doc_stride=manifest.doc_stride)
-        return cls(examples, features, TUNING_PROTOCOLS[manifest.length_config.rule])
+        configs = {c.label: c.keep for c in manifest.menu_configs()} if manifest.is_runtime else {"": None}
+        return cls(examples, features, TUNING_PROTOCOLS[manifest.length_config.rule], configs=configs)
+
+    @property
+    def runs(self) -> list[tuple[str, str, tuple | None]]:
+        """(key, protocol, keep counts) of every scored run; the key is the protocol, '@config' for menu entries."""
+        return [(p + (f"@{label}" if label else ""), p, keep) for label, keep in self.configs.items() for p in self.protocols]
+
+    def predict(self, session) -> dict[str, object]:
+        seq_len = self.features.input_ids.shape[1]
+        return {key: predict_onnx(session, self.features, protocol=p, invariant=False,
+                                  keep=None if keep is None else [seq_len if k is None else k for k in keep])
+                for key, p, keep in self.runs}
 
     def baseline(self, fp32_graph: Path, log: Callable[[str], None]) -> dict[str, float]:
         """The FP32 graph's F1 under each protocol (its predictions kept for kept-token agreement)."""
-        session = onnx_session(fp32_graph)
-        self.fp32_preds = {p: predict_onnx(session, self.features, protocol=p, invariant=False) for p in self.protocols}
-        f1 = {p: score(self.examples, self.features, self.fp32_preds[p])["f1"] for p in self.protocols}
+        self.fp32_preds = self.predict(onnx_session(fp32_graph))
+        f1 = {key: score(self.examples, self.features, preds)["f1"] for key, preds in self.fp32_preds.items()}
         log(f"FP32 on {len(self.examples)} held-out SQuAD train questions: "
-            + ", ".join(f"F1 {p} {f1[p]:.2f}" for p in self.protocols))
+            + ", ".join(f"F1 {key} {f1[key]:.2f}" for key in f1))
         return f1
 
-    def single_window_feeds(self, count: int) -> list[dict[str, np.ndarray]]:
-        """The first `count` windows, each alone at its real length (no padding, no batch-mates)."""
+    def single_window_feeds(self, count: int, keep: dict[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+        """The first `count` windows, each alone at its real length (no padding, no batch-mates); `keep`: the
+        keep-count feed of a run-time configuration graph."""
         lengths = self.features.attention_mask.sum(1)
-        return [{k: v[row: row + 1, : lengths[row]] for k, v in self.features.model_inputs().items()}
+        return [{k: v[row: row + 1, : lengths[row]] for k, v in self.features.model_inputs().items()} | (keep or {})
                 for row in range(min(count, len(self.features)))]
 
 
@@ -402,17 +428,16 @@ def time_candidates(fp32_graph: Path, paths: dict[str, Path], manifest: manifest
 def score_trial(trial: Trial, graph: Path, tuning_set: TuningSet, baseline: dict[str, float],
                 latency: dict[str, dict[str, float]], tolerance: float) -> None:
     """Step 3: F1 under every protocol the graph will be fed with (really run each: a recipe's batch
-    invariance is measured here, not assumed); the worse drop counts."""
-    session = onnx_session(graph)
-    preds = {p: predict_onnx(session, tuning_set.features, protocol=p, invariant=False) for p in tuning_set.protocols}
-    results = {p: score(tuning_set.examples, tuning_set.features, preds[p]) for p in tuning_set.protocols}
-    trial.f1_by_protocol = {p: r["f1"] for p, r in results.items()}
-    worst = max(tuning_set.protocols, key=lambda p: baseline[p] - results[p]["f1"])
+    invariance is measured here, not assumed), at every menu entry of a run-time graph; the worst drop counts."""
+    preds = tuning_set.predict(onnx_session(graph))
+    results = {key: score(tuning_set.examples, tuning_set.features, p) for key, p in preds.items()}
+    trial.f1_by_protocol = {key: r["f1"] for key, r in results.items()}
+    worst = max(results, key=lambda key: baseline[key] - results[key]["f1"])
     trial.f1, trial.exact_match = results[worst]["f1"], results[worst]["exact_match"]
     trial.f1_drop = baseline[worst] - results[worst]["f1"]
     trial.within_tolerance = trial.f1_drop <= tolerance
     trial.latency_ms = {k: v[trial.recipe] for k, v in latency.items()}
-    first = tuning_set.protocols[0]
+    first = tuning_set.runs[-1][0]  # a run-time graph's last menu entry: it drops the most
     trial.kept_agreement = kept_agreement(tuning_set.fp32_preds[first], preds[first], tuning_set.features.attention_mask)
 
 
@@ -447,6 +472,7 @@ def tuning_record(tuning_set: TuningSet, baseline: dict[str, float], tolerance: 
     small, large = timing_batches
     return {
         "squad_file": "train", "protocols": list(tuning_set.protocols), "questions": len(tuning_set.examples),
+        "configs": [label for label in tuning_set.configs if label] or None,
         "fp32_f1": baseline, "tolerance_f1": tolerance,
         "drop": "the worse of the protocols: dynamic INT8 answers depend on batch-mates",
         "latency": {"statistic": "median, graphs interleaved", "batch_sizes": {"small": small, "large": large},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from qtool_runtime.contract import MODEL_INPUTS, SPAN_OUTPUTS, Mode
+from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Mode
 from qtool_runtime.errors import QtoolError
 
 from . import squad
@@ -69,10 +69,26 @@ class GraphInterface:
         """True when the graph drops tokens (and reports which it kept)."""
         return bool(self.kept_outputs)
 
+    @property
+    def takes_keep(self) -> bool:
+        """True for a run-time configuration graph: its keep counts are the input KEEP_INPUT."""
+        return KEEP_INPUT in self.inputs
+
+    def keep_feed(self, keep: np.ndarray | None, seq_len: int) -> dict[str, np.ndarray]:
+        """The keep-count input to add to a feed ({} for a graph of one configuration; full when `keep` is None)."""
+        if not self.takes_keep:
+            return {}
+        return {KEEP_INPUT: np.full(len(self.kept_outputs), seq_len, np.int64) if keep is None else np.asarray(keep, np.int64)}
+
     @classmethod
     def for_config(cls, config: LengthConfig, inputs: Sequence[str] = MODEL_INPUTS) -> "GraphInterface":
         kept = () if config.is_full else tuple(f"{KEPT_PREFIX}{i}" for i in range(len(config.keep)))
         return cls(tuple(inputs), kept)
+
+    @classmethod
+    def for_runtime(cls, layout: LengthConfig, inputs: Sequence[str] = MODEL_INPUTS) -> "GraphInterface":
+        """The run-time configuration graph: the model inputs, then KEEP_INPUT; kept positions for every layer."""
+        return cls((*inputs, KEEP_INPUT), tuple(f"{KEPT_PREFIX}{i}" for i in range(len(layout.keep))))
 
     @classmethod
     def of_session(cls, session) -> "GraphInterface":
@@ -206,17 +222,21 @@ def predict_onnx(
     protocol: Protocol = Protocol.PADDED,
     invariant: bool = False,
     show_progress: bool = False,
+    keep: np.ndarray | Sequence[int] | None = None,
 ) -> Predictions:
     """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session.
 
     `invariant` (see `batches`) comes from the manifest: only the caller knows how a graph was quantized.
+    `keep`: the counts a run-time configuration graph runs (None: full).
     """
     interface = GraphInterface.of_session(session)
     names = [o.name for o in session.get_outputs()]
+    keep_feed = interface.keep_feed(keep, features.input_ids.shape[1])
     parts, kept = [], []
     with _progress(len(features), "onnx", show_progress) as bar:
         for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=invariant):
-            out = dict(zip(names, session.run(None, {k: v for k, v in inputs.items() if k in interface.inputs})))
+            feed = {k: v for k, v in inputs.items() if k in interface.inputs} | keep_feed
+            out = dict(zip(names, session.run(None, feed)))
             parts.append((rows, out["start_logits"], out["end_logits"]))
             kept.append([out[n] for n in interface.kept_outputs])
             bar.update(len(rows))
@@ -247,12 +267,13 @@ def kept_agreement(a: Predictions, b: Predictions, attention_mask: np.ndarray) -
     return shares
 
 
-def synthetic_feed(interface: GraphInterface, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch of `seq_len` real (unpadded) random tokens: the papers' latency protocol."""
+def synthetic_feed(interface: GraphInterface, batch_size: int, seq_len: int, seed: int = 0,
+                   keep: np.ndarray | Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """A batch of `seq_len` real (unpadded) random tokens: the papers' latency protocol (`keep`: see predict_onnx)."""
     rng = np.random.default_rng(seed)
     feed = {
         "input_ids": rng.integers(1000, 20000, size=(batch_size, seq_len), dtype=np.int64),
         "attention_mask": np.ones((batch_size, seq_len), dtype=np.int64),
         "token_type_ids": np.zeros((batch_size, seq_len), dtype=np.int64),
     }
-    return {k: v for k, v in feed.items() if k in interface.inputs}
+    return {k: v for k, v in feed.items() if k in interface.inputs} | interface.keep_feed(keep, seq_len)

@@ -6,9 +6,11 @@
 """
 
 from .errors import QtoolError
-from .kit import Answer, Artifact, ArtifactError, InputError, KitError, Windows, check_manifest, read_text_file
+from .contract import MenuEntry
+from .kit import Answer, Artifact, ArtifactError, ConfigError, InputError, KitError, Windows, check_manifest, read_text_file
+from .menu import MenuTimes
 from .spans import Span, best_span
 
 __version__ = "0.1.0"
-__all__ = ["Answer", "Artifact", "ArtifactError", "InputError", "KitError", "Span", "Windows", "best_span",
+__all__ = ["Answer", "Artifact", "ArtifactError", "ConfigError", "InputError", "MenuEntry", "MenuTimes", "KitError", "Span", "Windows", "best_span",
            "QtoolError", "check_manifest", "read_text_file"]

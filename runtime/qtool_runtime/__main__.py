@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx.add_argument("--context")
     ctx.add_argument("--context-file", type=Path)
     ans.add_argument("--threads", type=int, default=None)
+    ans.add_argument("--config", default=None, help="run-time configuration graphs: the menu entry to run")
+    ans.add_argument("--budget-ms", type=float, default=None,
+                     help="run-time configuration graphs: the most accurate entry predicted to answer within this time")
     srv = sub.add_parser("serve", help="serve POST /answer and GET /health over HTTP")
     srv.add_argument("artifact")
     srv.add_argument("--host", default="127.0.0.1")
@@ -28,16 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--max-wait-ms", type=float, default=5.0)
     srv.add_argument("--max-body-bytes", type=int, default=1 << 20)
     srv.add_argument("--threads", type=int, default=None)
+    srv.add_argument("--latency-target-ms", type=float, default=None,
+                     help="run-time configuration graphs: per batch, the most accurate entry predicted to meet this")
     args = parser.parse_args(argv)
     from .serve import answer_json, serve
 
     try:
         if args.command == "answer":
             context = args.context if args.context is not None else read_text_file(args.context_file)
-            print(answer_json(args.artifact, args.question, context, threads=args.threads))
+            print(answer_json(args.artifact, args.question, context, threads=args.threads, config=args.config,
+                              budget_ms=args.budget_ms))
         else:
             serve(args.artifact, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                  max_body_bytes=args.max_body_bytes, threads=args.threads)
+                  max_body_bytes=args.max_body_bytes, threads=args.threads, latency_target_ms=args.latency_target_ms)
     except one_line_errors() as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

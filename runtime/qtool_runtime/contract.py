@@ -8,9 +8,13 @@ how a graph may be fed (batched, padded).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Mode(str, Enum):
@@ -66,6 +70,9 @@ MANIFEST = "manifest.json"
 FORMAT = "qtool-artifact/1"
 TOKENIZER = "tokenizer.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The run-time configuration graph's extra input: int64 [layers], how many tokens each layer keeps (cap rule:
+# layer i keeps min(keep_counts[i], tokens that arrive); a skipped layer's value is ignored).
+KEEP_INPUT = "keep_counts"
 SPAN_OUTPUTS = ("start_logits", "end_logits")
 PRECISIONS = Precision.choices()
 LENGTH_RULES = LengthRule.choices()
@@ -73,6 +80,58 @@ VARIANTS = Variant.choices()
 FEEDING_KEYS = ("batchable", "pad_to_seq_len")
 # No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
 MAX_TOKENS = 1 << 16
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One configuration a run-time configuration graph is meant to run, with what it was measured to give.
+
+    `keep` has one count per layer (None at a layer the graph skips); `f1` maps a workload ("paragraphs",
+    "documents") to F1 on held-out SQuAD train; `ms` is milliseconds per full window at batch 1 where measured.
+    """
+
+    keep: tuple[int | None, ...]
+    f1: dict[str, float] = field(default_factory=dict)
+    ms: float | None = None
+    macs_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        return ",".join("skip" if k is None else str(k) for k in self.keep)
+
+    @property
+    def mean_f1(self) -> float | None:
+        return sum(self.f1.values()) / len(self.f1) if self.f1 else None
+
+    def feed(self, seq_len: int) -> "np.ndarray":
+        """The graph's `keep_counts` input (a skipped layer gets seq_len; the graph ignores it)."""
+        import numpy as np
+
+        return np.array([seq_len if k is None else k for k in self.keep], dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        return {"keep": list(self.keep), "label": self.label, "f1": dict(self.f1), "ms": self.ms,
+                "macs_ratio": self.macs_ratio}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MenuEntry":
+        return cls(tuple(data["keep"]), dict(data.get("f1") or {}), data.get("ms"), data.get("macs_ratio"))
+
+
+def check_keep(keep: object, layout: list, seq_len: int) -> str | None:
+    """Why `keep` cannot drive a run-time graph whose full configuration is `layout` (None: it can).
+
+    One count per layer, None exactly at the layers the graph skips, counts in 1..seq_len, never increasing."""
+    if not isinstance(keep, (list, tuple)) or len(keep) != len(layout):
+        return f"a configuration needs {len(layout)} keep counts, got {keep!r}"
+    if any((k is None) != (s is None) for k, s in zip(keep, layout)):
+        return f"configuration {list(keep)} must skip exactly the layers the graph skips ({list(layout)})"
+    counts = [k for k in keep if k is not None]
+    if not all(bounded_int(k) and k <= seq_len for k in counts):
+        return f"keep counts must be integers in 1..{seq_len}, got {list(keep)}"
+    if any(a < b for a, b in zip(counts, counts[1:])):
+        return f"configuration {list(keep)} increases; dropped tokens cannot come back"
+    return None
 
 
 def sha256(path: Path) -> str:
@@ -133,6 +192,30 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
     iface = m.get("interface")
     need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
          "interface must list the graph's inputs and outputs")
-    need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= set(MODEL_INPUTS),
-         f"interface inputs {iface['inputs']} must include input_ids and come from {list(MODEL_INPUTS)}")
+    need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= {*MODEL_INPUTS, KEEP_INPUT},
+         f"interface inputs {iface['inputs']} must include input_ids and come from {[*MODEL_INPUTS, KEEP_INPUT]}")
+    check_menu(m, need)
     need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
+
+
+def check_menu(m: dict, need: Callable[[bool, str], None]) -> None:
+    """A run-time configuration graph (it takes KEEP_INPUT) has a non-empty menu of configurations it can run,
+    under the cap rule; a graph of one configuration has none."""
+    runtime = KEEP_INPUT in m["interface"]["inputs"]
+    menu = m.get("menu")
+    if not runtime:
+        need(menu is None, "only a run-time configuration graph (input keep_counts) has a menu")
+        return
+    lc = m["length_config"]
+    need(lc.get("rule") == LengthRule.CAP, "a run-time configuration graph runs the cap rule")
+    need(all(k is None or k == lc["seq_len"] for k in lc["keep"]),
+         "a run-time configuration graph's length_config is its full configuration (skipped layers: null)")
+    need(isinstance(menu, list) and menu and all(isinstance(e, dict) for e in menu),
+         "a run-time configuration graph needs a menu: a non-empty list of configurations")
+    for entry in menu:
+        problem = check_keep(entry.get("keep"), lc["keep"], lc["seq_len"])
+        need(problem is None, f"menu: {problem}")
+        need(isinstance(entry.get("f1") or {}, dict) and all(isinstance(v, (int, float)) for v in (entry.get("f1") or {}).values()),
+             f"menu entry {entry.get('keep')}: f1 must map workloads to numbers")
+        need(entry.get("ms") is None or (isinstance(entry["ms"], (int, float)) and entry["ms"] > 0),
+             f"menu entry {entry.get('keep')}: ms must be a positive number")

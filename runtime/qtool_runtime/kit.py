@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import (FEEDING_KEYS, FORMAT, MANIFEST, MAX_TOKENS, MODEL_INPUTS, PRECISIONS,  # noqa: F401
-                       SPAN_OUTPUTS, TOKENIZER, check_fields, feeding, sha256)
+from .contract import (FEEDING_KEYS, FORMAT, KEEP_INPUT, MANIFEST, MAX_TOKENS, MODEL_INPUTS, PRECISIONS,  # noqa: F401
+                       SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding, sha256)
+from .menu import MenuTimes, choose, measure
 from .errors import QtoolError
 from .spans import best_span
 
@@ -31,6 +32,10 @@ class ArtifactError(KitError):
 
 class InputError(KitError):
     """A question or context the artifact cannot answer (empty, or a question too long for a window)."""
+
+
+class ConfigError(KitError):
+    """A configuration the artifact cannot run: not on its menu, or asked of a graph of one configuration."""
 
 
 def inside(folder: Path, name: str) -> bool:
@@ -131,6 +136,8 @@ def _probe(session, manifest: dict, folder: Path, pad_id: int) -> None:
     seq_len = manifest["length_config"]["seq_len"]
     feed = {"input_ids": np.full((1, seq_len), pad_id, dtype=np.int64), "attention_mask": np.ones((1, seq_len), np.int64),
             "token_type_ids": np.zeros((1, seq_len), np.int64)}
+    if KEEP_INPUT in manifest["interface"]["inputs"]:  # the smallest menu entry: the one that drops the most
+        feed[KEEP_INPUT] = MenuEntry.from_dict(min(manifest["menu"], key=lambda e: sum(k or 0 for k in e["keep"]))).feed(seq_len)
     try:
         session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in manifest["interface"]["inputs"]})
     except Exception as exc:  # onnxruntime's own exception types
@@ -145,10 +152,11 @@ class Answer:
     score: float  # start logit + end logit of the span; -inf when no span was allowed
     start: int  # character offsets into the context: context[start:end] == text
     end: int
+    config: str = ""  # the length configuration that produced it ('full' or 'k1,k2,...')
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score if math.isfinite(self.score) else None,
-                "start": self.start, "end": self.end}
+                "start": self.start, "end": self.end, "config": self.config}
 
 
 @dataclass
@@ -183,6 +191,8 @@ class Artifact:
         # so such graphs run one window at a time (what qtool verify's unpadded protocol measures).
         if not batchable:
             self.batch_size = 1
+        self.menu: list[MenuEntry] = [MenuEntry.from_dict(e) for e in manifest.get("menu") or []]
+        self.times: MenuTimes | None = None  # measure_menu() fills it: what budgets are predicted with
         self._pad_id = pad_id
         self._tokenizer = tokenizer
         self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
@@ -225,6 +235,54 @@ class Artifact:
     def name(self) -> str:
         return self.folder.name
 
+    def label(self, entry: MenuEntry | None) -> str:
+        """'full' or 'k1,k2,...': the configuration an answer came from."""
+        keep = entry.keep if entry is not None else self.manifest["length_config"]["keep"]
+        return "full" if all(k == self.seq_len for k in keep) else ",".join("skip" if k is None else str(k) for k in keep)
+
+    def entry(self, config: str | Sequence[int | None] | None = None) -> MenuEntry | None:
+        """The menu entry `config` names: 'full', 'k1,k2,...' or a list of counts; None: the first (full).
+
+        A graph of one configuration has no menu (None); asking it for a configuration is an error."""
+        if not self.menu:
+            if config is not None and config not in ("full", self.label(None)):
+                raise ConfigError(f"{self.name} runs one configuration ({self.label(None)}); export --config runtime "
+                                  "for a graph that chooses per request")
+            return None
+        if config is None:
+            return self.menu[0]
+        for entry in self.menu:
+            if config in (entry.label, self.label(entry)) or (not isinstance(config, str) and tuple(config) == entry.keep):
+                return entry
+        keep = config.split(",") if isinstance(config, str) else config
+        problem = check_keep([None if str(k) == "skip" else k for k in keep], self.manifest["length_config"]["keep"],
+                             self.seq_len) if isinstance(config, (list, tuple)) else None
+        raise ConfigError(problem or f"configuration {config!r} is not on the menu of {self.name}: "
+                          + "; ".join(self.label(e) for e in self.menu))
+
+    def measure_menu(self, *, lengths: Sequence[int] | None = None, rounds: int = 5) -> MenuTimes:
+        """Time every menu entry on this machine, one window of random tokens at a time (see menu.measure)."""
+        if not self.menu:
+            raise ConfigError(f"{self.name} has no menu: it runs one configuration")
+        lengths = tuple(lengths or (self.seq_len // 4, self.seq_len // 2, self.seq_len))
+        rng = np.random.default_rng(0)
+
+        def run_window(entry: MenuEntry, n: int) -> None:
+            feed = {"input_ids": rng.integers(1000, 20000, (1, n)), "attention_mask": np.ones((1, n), np.int64),
+                    "token_type_ids": np.zeros((1, n), np.int64), KEEP_INPUT: entry.feed(self.seq_len)}
+            self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
+
+        self.times = measure(run_window, self.menu, lengths, rounds=rounds)
+        return self.times
+
+    def choose(self, prepared: Sequence[Windows], budget_ms: float) -> MenuEntry | None:
+        """The most accurate menu entry whose predicted time for `prepared` meets `budget_ms` (menu.choose)."""
+        if not self.menu:
+            return None
+        if self.times is None:
+            self.measure_menu()
+        return choose(self.menu, self.times, [len(ids) for item in prepared for ids in item.input_ids], budget_ms)
+
     def describe(self) -> dict:
         """What a health check reports: which graph answers and under which length configuration."""
         lc = self.manifest["length_config"]
@@ -234,6 +292,7 @@ class Artifact:
                 "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
                 "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,
                 "windows_per_run": self.batch_size, "pad_to_seq_len": self.pad_to_seq_len,
+                "menu": [{**e.to_dict(), "label": self.label(e)} for e in self.menu] or None,
                 "sha256": self.manifest["files"][self.manifest["graph"]]}
 
     def windows(self, question: str, context: str) -> Windows:
@@ -265,10 +324,13 @@ class Artifact:
             raise InputError("the context has no tokens the model knows")
         return out
 
-    def logits(self, prepared: Sequence[Windows]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    def logits(self, prepared: Sequence[Windows],
+               entry: MenuEntry | None = None) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """Start/end logits per window. Windows sorted by length share runs of up to `batch_size`, each padded
         to its longest (padding ranks last under the cap rule, so a window answers as it would alone), or, for
-        graphs that expect it (`pad_to_seq_len`), to seq_len. Graphs that are not batchable run one at a time."""
+        graphs that expect it (`pad_to_seq_len`), to seq_len. Graphs that are not batchable run one at a time.
+        A run-time configuration graph runs `entry` (default: its menu's first, full)."""
+        keep = {KEEP_INPUT: (entry or self.menu[0]).feed(self.seq_len)} if self.menu else {}
         flat = [(q, w) for q, item in enumerate(prepared) for w in range(len(item))]
         length = {key: len(prepared[key[0]].input_ids[key[1]]) for key in flat}
         out: list[list] = [[None] * len(item) for item in prepared]
@@ -283,28 +345,41 @@ class Artifact:
                 feed["input_ids"][i, :n] = prepared[q].input_ids[w]
                 feed["attention_mask"][i, :n] = 1
                 feed["token_type_ids"][i, :n] = prepared[q].token_type_ids[w]
-            start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
+            start, end = self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in (feed | keep).items() if k in self.inputs})
             for i, (q, w) in enumerate(rows):
                 n = length[(q, w)]
                 out[q][w] = (start[i, :n], end[i, :n])
         return out
 
-    def run(self, prepared: Sequence[Windows]) -> list[Answer]:
+    def run(self, prepared: Sequence[Windows], config: str | Sequence[int | None] | MenuEntry | None = None
+            ) -> list[Answer]:
         """Answer already-windowed questions: batched graph runs, then the best span per question."""
+        entry = config if isinstance(config, MenuEntry) else self.entry(config)
+        label = self.label(entry)
         answers = []
-        for item, logits in zip(prepared, self.logits(prepared)):
+        for item, logits in zip(prepared, self.logits(prepared, entry)):
             span = best_span(((s, e, o) for (s, e), o in zip(logits, item.offsets)),
                              max_answer_length=self.max_answer_length)
             if span is None:
-                answers.append(Answer("", float("-inf"), 0, 0))
+                answers.append(Answer("", float("-inf"), 0, 0, label))
             else:
                 answers.append(Answer(item.context[span.start_char: span.end_char], span.score,
-                                      span.start_char, span.end_char))
+                                      span.start_char, span.end_char, label))
         return answers
 
-    def answer(self, question: str, context: str) -> Answer:
-        return self.run([self.windows(question, context)])[0]
+    def answer(self, question: str, context: str, *, config: str | Sequence[int | None] | None = None,
+               budget_ms: float | None = None) -> Answer:
+        """Answer one question; a run-time configuration graph runs `config` (a menu entry), or the most accurate
+        entry predicted to answer within `budget_ms`, or full."""
+        return self.answer_batch([(question, context)], config=config, budget_ms=budget_ms)[0]
 
-    def answer_batch(self, pairs: Sequence[tuple[str, str]]) -> list[Answer]:
-        """Answer many (question, context) pairs; their windows share graph runs."""
-        return self.run([self.windows(q, c) for q, c in pairs])
+    def answer_batch(self, pairs: Sequence[tuple[str, str]], *, config: str | Sequence[int | None] | None = None,
+                     budget_ms: float | None = None) -> list[Answer]:
+        """Answer many (question, context) pairs; their windows share graph runs (and one configuration)."""
+        if config is not None and budget_ms is not None:
+            raise ConfigError("name a configuration or a budget, not both")
+        if budget_ms is not None and not budget_ms > 0:
+            raise ConfigError(f"budget_ms must be a positive number of milliseconds, got {budget_ms}")
+        prepared = [self.windows(q, c) for q, c in pairs]
+        entry = self.choose(prepared, budget_ms) if budget_ms is not None else self.entry(config)
+        return self.run(prepared, entry)

@@ -4,6 +4,11 @@ POST /answer takes {"question", "context"} or a list of them; GET /health says w
 Requests arriving within `max_wait_ms` of each other run together, up to `max_batch` questions, in one
 worker thread (onnxruntime already uses every core per run; two runs at once would only contend).
 Bad input is always a 4xx with {"error": "..."}; a 500 means a bug.
+
+A run-time configuration graph chooses its configuration per batch: an item may name a menu entry
+("config") or a budget ("budget_ms"); the others run full, or, with `latency_target_ms`, the most accurate
+menu entry whose predicted time for all queued work (this batch and what waits behind it) meets the target:
+full when idle, cheaper under load. Every answer says which configuration produced it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kit import Answer, Artifact, InputError, Windows, check_text
+from .contract import MenuEntry
+from .kit import Answer, Artifact, ConfigError, InputError, Windows, check_text
+from .menu import choose
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 200 SQuAD paragraphs
 MAX_QUESTIONS = 64  # per request
@@ -30,10 +37,14 @@ class RequestError(Exception):
         self.status = status
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     windows: list[Windows]
     future: asyncio.Future
+    entries: list[MenuEntry | None] = field(default_factory=list)  # per question: named by the request, or None
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for item in self.windows for ids in item.input_ids]
 
 
 @dataclass
@@ -43,19 +54,27 @@ class Stats:
     batches: int = 0
     largest_batch: int = 0
     sizes: dict[int, int] = field(default_factory=dict)  # questions per batch -> how many batches
+    configs: dict[str, int] = field(default_factory=dict)  # questions answered per configuration
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "questions": self.questions, "batches": self.batches,
-                "largest_batch": self.largest_batch, "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+                "largest_batch": self.largest_batch, "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+                "configs": dict(self.configs)}
 
 
 class Batcher:
     """Collect jobs for up to `max_wait_ms` (or until `max_batch` questions) and answer them in one run."""
 
-    def __init__(self, artifact: Artifact, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(self, artifact: Artifact, max_batch: int, max_wait_ms: float,
+                 latency_target_ms: float | None = None) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be positive and max_wait_ms not negative, got {max_batch}, {max_wait_ms}")
+        if latency_target_ms is not None and not (latency_target_ms > 0 and artifact.menu):
+            raise ConfigError(f"--latency-target-ms needs a positive target and a run-time configuration graph "
+                              f"(export --config runtime); got {latency_target_ms} for {artifact.name}")
         self.artifact = artifact
+        self.latency_target_ms = latency_target_ms
+        self._waiting: set[_Job] = set()  # submitted, not yet taken into a batch: the work queued behind it
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.stats = Stats()
@@ -76,16 +95,45 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def submit(self, windows: list[Windows]) -> list[Answer]:
+    async def submit(self, windows: list[Windows], entries: list[MenuEntry | None] | None = None) -> list[Answer]:
+        """Answer `windows`; `entries[i]` is the configuration question i named (None: the server chooses)."""
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(windows, future))
+        job = _Job(windows, future, entries or [None] * len(windows))
+        self._waiting.add(job)
+        await self._queue.put(job)
         return await future
+
+    def plan(self, jobs: list[_Job]) -> dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]]:
+        """Group the batch's questions by configuration: label -> (entry, [(job, question)]). Questions that named
+        none run the menu's first entry (full), or under a latency target the most accurate entry whose predicted
+        time for this batch and all work waiting behind it meets the target."""
+        default = None
+        if self.latency_target_ms is not None:
+            queued = [n for j in [*jobs, *self._waiting] for n in j.lengths()]
+            default = choose(self.artifact.menu, self.artifact.times, queued, self.latency_target_ms)
+        groups: dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]] = {}
+        for j, job in enumerate(jobs):
+            for q, named in enumerate(job.entries):
+                entry = named or default or self.artifact.entry(None)
+                groups.setdefault(self.artifact.label(entry), (entry, []))[1].append((j, q))
+        return groups
+
+    def answer_jobs(self, jobs: list[_Job]) -> list[list[Answer]]:
+        """Run the batch, one graph run per configuration in it (in the worker thread)."""
+        out: list[list[Answer | None]] = [[None] * len(j.windows) for j in jobs]
+        for label, (entry, members) in self.plan(jobs).items():
+            answers = self.artifact.run([jobs[j].windows[q] for j, q in members], entry)
+            for (j, q), answer in zip(members, answers):
+                out[j][q] = answer
+            self.stats.configs[label] = self.stats.configs.get(label, 0) + len(members)
+        return out
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         carry: _Job | None = None
         while True:
             job = carry or await self._queue.get()
+            self._waiting.discard(job)
             carry = None
             jobs, count = [job], len(job.windows)
             deadline = loop.time() + self.max_wait
@@ -98,11 +146,11 @@ class Batcher:
                 if count + len(nxt.windows) > self.max_batch:
                     carry = nxt  # starts the next batch
                     break
+                self._waiting.discard(nxt)
                 jobs.append(nxt)
                 count += len(nxt.windows)
-            prepared = [w for j in jobs for w in j.windows]
             try:
-                answers = await loop.run_in_executor(self._executor, self.artifact.run, prepared)
+                answers = await loop.run_in_executor(self._executor, self.answer_jobs, jobs)
             except Exception as exc:  # a bug, not bad input: every waiting request gets it (a 500)
                 for j in jobs:
                     if not j.future.done():
@@ -112,15 +160,24 @@ class Batcher:
             self.stats.questions += count
             self.stats.largest_batch = max(self.stats.largest_batch, count)
             self.stats.sizes[count] = self.stats.sizes.get(count, 0) + 1
-            lo = 0
-            for j in jobs:
+            for j, answered in zip(jobs, answers):
                 if not j.future.done():
-                    j.future.set_result(answers[lo: lo + len(j.windows)])
-                lo += len(j.windows)
+                    j.future.set_result(answered)
 
 
-def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list[tuple[str, str]], bool]:
-    """Validate a request body: ({"question", "context"} or a list of them) -> (pairs, was_a_list)."""
+@dataclass(frozen=True)
+class Item:
+    """One question of a request, and the configuration or budget it asks for (run-time configuration graphs)."""
+
+    question: str
+    context: str
+    config: str | list | None = None
+    budget_ms: float | None = None
+
+
+def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list[Item], bool]:
+    """Validate a request body: ({"question", "context"[, "config" | "budget_ms"]} or a list of them) ->
+    (items, was_a_list)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -150,13 +207,23 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
                 check_text(key, item[key])
             except InputError as exc:
                 raise RequestError(422, f"{where}field {key!r}: {exc}") from None
-        pairs.append((item["question"], item["context"]))
+        config, budget = item.get("config"), item.get("budget_ms")
+        if config is not None and not isinstance(config, (str, list)):
+            raise RequestError(422, f"{where}field 'config' must be a menu label ('full', 'k1,k2,...') or a list of counts")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+            raise RequestError(422, f"{where}field 'budget_ms' must be a positive number, got {budget!r}")
+        if config is not None and budget is not None:
+            raise RequestError(422, f"{where}name a 'config' or a 'budget_ms', not both")
+        pairs.append(Item(item["question"], item["context"], config, budget))
     return pairs, many
 
 
 def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5.0,
-               max_body_bytes: int = MAX_BODY_BYTES, max_questions: int = MAX_QUESTIONS):
-    """The Starlette application serving `artifact`; `app.state.batcher.stats` counts batches."""
+               max_body_bytes: int = MAX_BODY_BYTES, max_questions: int = MAX_QUESTIONS,
+               latency_target_ms: float | None = None):
+    """The Starlette application serving `artifact`; `app.state.batcher.stats` counts batches.
+
+    `latency_target_ms` (run-time configuration graphs): the menu is timed on this machine first."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -165,7 +232,9 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    batcher = Batcher(artifact, max_batch, max_wait_ms)
+    batcher = Batcher(artifact, max_batch, max_wait_ms, latency_target_ms)
+    if artifact.menu and artifact.times is None:
+        artifact.measure_menu()  # budgets and the latency target are predicted from this machine's timings
     started = time.time()
 
     def error(status: int, message: str) -> JSONResponse:
@@ -188,24 +257,28 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
 
     async def answer(request: Request) -> JSONResponse:
         try:
-            pairs, many = parse_payload(await read_body(request), max_questions)
-            windows = []
-            for i, (q, c) in enumerate(pairs):
+            items, many = parse_payload(await read_body(request), max_questions)
+            windows, entries = [], []
+            for i, item in enumerate(items):
                 try:
-                    windows.append(artifact.windows(q, c))
-                except InputError as exc:
+                    windows.append(artifact.windows(item.question, item.context))
+                    entries.append(artifact.choose(windows[-1:], item.budget_ms) if item.budget_ms is not None
+                                   else artifact.entry(item.config) if item.config is not None else None)
+                except (InputError, ConfigError) as exc:
                     raise RequestError(422, f"item {i}: {exc}" if many else str(exc)) from exc
         except RequestError as exc:
             return error(exc.status, str(exc))
         except ClientDisconnect:
             return error(400, "the client disconnected before sending the whole body")
         batcher.stats.requests += 1
-        answers = await batcher.submit(windows)
+        answers = await batcher.submit(windows, entries)
         out = [a.to_dict() for a in answers]
         return JSONResponse(out if many else out[0])
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **artifact.describe(), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                             "latency_target_ms": latency_target_ms,
+                             "menu_times": artifact.times.to_dict() if artifact.times else None,
                              "max_body_bytes": max_body_bytes, "uptime_s": round(time.time() - started, 1),
                              "stats": batcher.stats.to_dict()})
 
@@ -262,13 +335,16 @@ class ServerThread:
 
 
 def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 8, max_wait_ms: float = 5.0,
-          max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, latency_target_ms: float | None = None) -> None:
     """Open `folder` (checked) and serve it until interrupted."""
     artifact = Artifact.open(folder, threads=threads)
-    make_server(artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes).run()
+    make_server(artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
+                latency_target_ms=latency_target_ms).run()
 
 
-def answer_json(folder: str, question: str, context: str, threads: int | None = None) -> str:
-    """One answer as JSON text (for `qtool answer`), with the artifact it came from."""
+def answer_json(folder: str, question: str, context: str, threads: int | None = None, *, config: str | None = None,
+                budget_ms: float | None = None) -> str:
+    """One answer as JSON text (for `qtool answer`), with the artifact and configuration it came from."""
     artifact = Artifact.open(folder, threads=threads)
-    return json.dumps({**artifact.answer(question, context).to_dict(), "artifact": artifact.name}, indent=2)
+    answer = artifact.answer(question, context, config=config, budget_ms=budget_ms)
+    return json.dumps({**answer.to_dict(), "artifact": artifact.name}, indent=2)
