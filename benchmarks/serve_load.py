@@ -6,6 +6,14 @@ setting for each artifact in turn, and the summary gives the median and range ov
 artifact's questions/s relative to the first one's in the same repeat. Not a test; about 20 s per run:
 
     python benchmarks/serve_load.py graphs/a/int8-X graphs/b/int8-X --seconds 20 --repeats 3
+
+With --runtime (a run-time configuration graph, #18) it compares instead, at rising client counts, on SQuAD dev
+paragraphs and documents (two neighbouring paragraphs each side): fixed full, fixed smallest menu entry
+(every request names it) and adaptive serving (`--latency-target-ms` per workload): questions/s, p50/p99, the
+share of answers per configuration and the F1 of the answers:
+
+    python benchmarks/serve_load.py --runtime runs/r18/int8-runtime --target paragraphs=60 --target documents=400 \
+        --client-counts 1,4,16 --seconds 15 --repeats 3 --out docs/serve-adaptive-18.json
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ def dev_questions(limit: int) -> list[dict]:
     return out[:limit]
 
 
-def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: float) -> dict:
-    """Closed-loop load for `warmup` + `seconds`; latencies of requests finished inside the timed part only."""
+def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: float,
+        answers: dict[int, dict] | None = None) -> dict:
+    """Closed-loop load for `warmup` + `seconds`; latencies of requests finished inside the timed part only.
+    `answers` (if given) collects the last answer to each body, by its index."""
     latencies: list[float] = []
     lock = threading.Lock()
     t_start = time.perf_counter() + warmup
@@ -44,7 +54,8 @@ def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: floa
     def client(k: int) -> None:
         i = k
         while True:
-            body = json.dumps(bodies[i % len(bodies)]).encode()
+            index = i % len(bodies)
+            body = json.dumps(bodies[index]).encode()
             i += clients
             t0 = time.perf_counter()
             if t0 >= t_end:
@@ -52,7 +63,9 @@ def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: floa
             req = urllib.request.Request(url + "/answer", data=body, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=60) as resp:
                 assert resp.status == 200
-                resp.read()
+                reply = json.loads(resp.read())
+            if answers is not None:
+                answers[index] = reply
             t1 = time.perf_counter()
             if t0 >= t_start and t1 <= t_end:
                 with lock:
@@ -95,9 +108,72 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
+def adaptive(args) -> dict:
+    """Fixed full, fixed smallest and adaptive serving of one run-time configuration graph (see the docstring)."""
+    from toolchain import squad
+
+    kit = Artifact.open(args.runtime, threads=args.threads)
+    times = kit.measure_menu(rounds=7)
+    smallest = min(kit.menu, key=lambda e: times.predict(e.label, [kit.seq_len]))
+    targets = dict(t.split("=") for t in args.target)
+    workloads = {"paragraphs": squad.load_squad("dev", limit=400),
+                 "documents": squad.load_squad("dev", limit=400, neighbours=squad.DOCUMENT_NEIGHBOURS)}
+    modes = {"fixed full": ({}, None), "fixed smallest": ({"config": smallest.label}, None)}
+    runs = []
+    for repeat in range(args.repeats):
+        for name, examples in workloads.items():
+            target = float(targets[name])
+            for clients in args.client_counts:
+                by_mode: dict[str, tuple[dict, dict[int, dict]]] = {}
+                for mode, (extra, latency_target) in {**modes, "adaptive": ({}, target)}.items():
+                    bodies = [{"question": e.question, "context": e.context, **extra} for e in examples]
+                    answers: dict[int, dict] = {}
+                    with ServerThread(kit, max_batch=8, max_wait_ms=args.max_wait_ms,
+                                      latency_target_ms=latency_target) as url:
+                        row = run(url, bodies, clients, args.seconds, args.warmup, answers)
+                        health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
+                        stats = health["stats"]
+                    answered = [examples[i] for i in answers]
+                    f1 = squad.squad_scores({examples[i].id: a["text"] for i, a in answers.items()}, answered)["f1"]
+                    row = {"repeat": repeat, "workload": name, "mode": mode, "clients": clients, "target_ms": target,
+                           **row, "meets_target": row["p99_ms"] <= target, "f1": round(f1, 2),
+                           "f1_questions": len(answered), "configs": stats["configs"], "slowdown": health["slowdown"],
+                           "mean_batch": round(stats["questions"] / max(1, stats["batches"]), 2)}
+                    by_mode[mode] = (row, answers)
+                common = set.intersection(*(set(a) for _, a in by_mode.values()))  # F1 on the same questions
+                for mode, (row, answers) in by_mode.items():
+                    row["f1_common"] = round(squad.squad_scores({examples[i].id: answers[i]["text"] for i in common},
+                                                                [examples[i] for i in sorted(common)])["f1"], 2)
+                    row["common_questions"] = len(common)
+                    runs.append(row)
+                    print(json.dumps(row), flush=True)
+    return {"artifact": str(args.runtime), "menu_times": times.to_dict(), "smallest": smallest.label,
+            "targets_ms": targets, "cpu": cpu_model(), "cores": os.cpu_count(), "ort_threads": args.threads or "all cores",
+            "seconds": args.seconds, "repeats": args.repeats, "summary": summarise_adaptive(runs), "runs": runs}
+
+
+def summarise_adaptive(runs: list[dict]) -> list[dict]:
+    """Median and range over repeats of questions/s, p99 and F1 per (workload, clients, mode)."""
+    out = []
+    for key in dict.fromkeys((r["workload"], r["clients"], r["mode"]) for r in runs):
+        rows = [r for r in runs if (r["workload"], r["clients"], r["mode"]) == key]
+
+        def stat(field: str) -> list[float]:
+            values = [r[field] for r in rows]
+            return [round(float(np.median(values)), 2), min(values), max(values)]
+
+        out.append({"workload": key[0], "clients": key[1], "mode": key[2], "target_ms": rows[0]["target_ms"],
+                    "questions_per_s": stat("questions_per_s"), "p50_ms": stat("p50_ms"), "p99_ms": stat("p99_ms"),
+                    "f1": stat("f1"), "f1_common": stat("f1_common"), "meets_target": [r["meets_target"] for r in rows]})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifacts", nargs="+")
+    parser.add_argument("artifacts", nargs="*")
+    parser.add_argument("--runtime", default=None, help="a run-time configuration graph: fixed vs adaptive serving")
+    parser.add_argument("--target", action="append", default=[], help="WORKLOAD=MS, the latency target (with --runtime)")
+    parser.add_argument("--client-counts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the batched settings")
@@ -106,6 +182,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--out", default=None, help="write every run and the summary here (JSON)")
     args = parser.parse_args()
+    if args.runtime:
+        report = adaptive(args)
+        print(json.dumps(report["summary"], indent=1))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2)
+        return
     kits = {f"{Path(a).resolve().parent.name}/{Path(a).name}": Artifact.open(a, threads=args.threads) for a in args.artifacts}
     bodies = dev_questions(400)
     runs = []

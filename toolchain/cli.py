@@ -391,6 +391,22 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
 
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--questions", default=200, show_default=True, type=POSITIVE,
+              help="Held-out SQuAD train questions (the search's slice) each entry is scored on, per workload.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Shift that slice back.")
+@click.option("--neighbours", default=2, show_default=True, type=POSITIVE,
+              help="Paragraphs on each side that make a question's document.")
+def menu(artifact, questions, offset, neighbours) -> None:
+    """Score every menu entry of a run-time configuration graph (export --config runtime) and record it in its
+    manifest: F1 on paragraphs and documents, ms per full window. Servers choose by this F1."""
+    from .menu import score_menu
+
+    _run(score_menu, artifact, questions=questions, offset=offset, neighbours=neighbours, log=click.echo)
+    click.echo(f"recorded the menu's F1 and ms in {Path(artifact) / 'manifest.json'}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("--question", required=True, help="The question.")
 @click.option("--context", default=None, help="The context paragraph (or use --context-file).")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Read the context from this UTF-8 file.")

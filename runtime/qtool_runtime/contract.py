@@ -180,7 +180,9 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
-    mode = (m.get("quantization") or {}).get("mode") if isinstance(m.get("quantization") or {}, dict) else "?"
+    quantization = m.get("quantization") or {}
+    need(isinstance(quantization, dict), f"quantization must be an object, got {type(quantization).__name__}")
+    mode = quantization.get("mode")
     need(mode is None or mode in QuantMode.choices(), f"quantization mode {mode!r} is not one of {QuantMode.choices()}")
     need(lc["seq_len"] <= m["max_positions"], f"sequence length {lc['seq_len']} exceeds max_positions {m['max_positions']}")
     need(m["doc_stride"] < lc["seq_len"], f"doc_stride {m['doc_stride']} must be below the sequence length {lc['seq_len']}")

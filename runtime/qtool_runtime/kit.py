@@ -245,7 +245,8 @@ class Artifact:
 
         A graph of one configuration has no menu (None); asking it for a configuration is an error."""
         if not self.menu:
-            if config is not None and config not in ("full", self.label(None)):
+            own = self.manifest["length_config"]["keep"]
+            if config is not None and config != self.label(None) and (isinstance(config, str) or list(config) != own):
                 raise ConfigError(f"{self.name} runs one configuration ({self.label(None)}); export --config runtime "
                                   "for a graph that chooses per request")
             return None

@@ -74,6 +74,9 @@ class Batcher:
                               f"(export --config runtime); got {latency_target_ms} for {artifact.name}")
         self.artifact = artifact
         self.latency_target_ms = latency_target_ms
+        # observed batch time over the menu's prediction (moving average): the menu is timed one window at a time on
+        # an idle machine; a server batches windows (cheaper) and shares the cores with its clients (dearer)
+        self.slowdown = 1.0
         self._waiting: set[_Job] = set()  # submitted, not yet taken into a batch: the work queued behind it
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -106,11 +109,11 @@ class Batcher:
     def plan(self, jobs: list[_Job]) -> dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]]:
         """Group the batch's questions by configuration: label -> (entry, [(job, question)]). Questions that named
         none run the menu's first entry (full), or under a latency target the most accurate entry whose predicted
-        time for this batch and all work waiting behind it meets the target."""
+        time for this batch and all work waiting behind it meets the target (predictions scaled by `slowdown`)."""
         default = None
         if self.latency_target_ms is not None:
             queued = [n for j in [*jobs, *self._waiting] for n in j.lengths()]
-            default = choose(self.artifact.menu, self.artifact.times, queued, self.latency_target_ms)
+            default = choose(self.artifact.menu, self.artifact.times, queued, self.latency_target_ms / self.slowdown)
         groups: dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]] = {}
         for j, job in enumerate(jobs):
             for q, named in enumerate(job.entries):
@@ -122,11 +125,21 @@ class Batcher:
         """Run the batch, one graph run per configuration in it (in the worker thread)."""
         out: list[list[Answer | None]] = [[None] * len(j.windows) for j in jobs]
         for label, (entry, members) in self.plan(jobs).items():
-            answers = self.artifact.run([jobs[j].windows[q] for j, q in members], entry)
+            prepared = [jobs[j].windows[q] for j, q in members]
+            started = time.perf_counter()
+            answers = self.artifact.run(prepared, entry)
+            if self.latency_target_ms is not None:
+                self.observe(entry, prepared, (time.perf_counter() - started) * 1e3)
             for (j, q), answer in zip(members, answers):
                 out[j][q] = answer
             self.stats.configs[label] = self.stats.configs.get(label, 0) + len(members)
         return out
+
+    def observe(self, entry: MenuEntry, prepared: list[Windows], ms: float, weight: float = 0.2) -> None:
+        """Move `slowdown` towards this run's observed / predicted time (bounded: one odd run cannot swing it)."""
+        predicted = self.artifact.times.predict(entry.label, [len(ids) for item in prepared for ids in item.input_ids])
+        if predicted > 0:
+            self.slowdown = min(8.0, max(0.25, (1 - weight) * self.slowdown + weight * ms / predicted))
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -277,7 +290,7 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **artifact.describe(), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                             "latency_target_ms": latency_target_ms,
+                             "latency_target_ms": latency_target_ms, "slowdown": round(batcher.slowdown, 3),
                              "menu_times": artifact.times.to_dict() if artifact.times else None,
                              "max_body_bytes": max_body_bytes, "uptime_s": round(time.time() - started, 1),
                              "stats": batcher.stats.to_dict()})

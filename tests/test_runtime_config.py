@@ -1,0 +1,259 @@
+"""The run-time configuration graph (#18): one graph whose keep counts are an input.
+
+It must equal each single-configuration graph (same kept tokens, logits within the export tolerance), quantize
+once (static INT8 calibrated across its menu and scored at every entry), and let the kit and the server choose
+the configuration per request, by name, by budget, or under a latency target. Graphs come from the session's
+trained MiniLM (conftest), exported here with a menu of the fixture's reduced configuration and a smaller one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REDUCED
+from qtool_runtime import Artifact, ConfigError, MenuEntry, MenuTimes
+from qtool_runtime.contract import KEEP_INPUT, check_fields
+from qtool_runtime.menu import by_accuracy, choose
+from qtool_runtime.serve import ServerThread
+from toolchain import manifest as manifests
+from toolchain import squad
+from toolchain.cli import main
+from toolchain.export import DEFAULT_ATOL, ExportError, export_configs
+from toolchain.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
+
+SMALL = "120,100,80,60,40,20"
+
+
+@pytest.fixture(scope="module")
+def runtime_dir(tmp_path_factory, trained_dir) -> Path:
+    root = tmp_path_factory.mktemp("runtime") / "minilm"
+    (folder,) = export_configs(trained_dir, ["runtime"], root, samples=8, menu=[REDUCED, SMALL])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def long_questions(squad_dir) -> list[squad.SquadExample]:
+    return squad.load_squad("dev", limit=6, offset=250, neighbours=1)  # contexts of several windows
+
+
+def test_manifest_records_menu_and_validation(runtime_dir):
+    manifest = manifests.load(runtime_dir)
+    assert manifest.is_runtime and manifest.interface.inputs[-1] == KEEP_INPUT
+    labels = [c.label for c in manifest.menu_configs()]
+    assert labels == ["full", REDUCED, SMALL], "full comes first: what a server runs when idle"
+    checked = manifest.validation["configs"]
+    assert set(checked) == set(labels)
+    assert all(c["max_abs_diff"] <= DEFAULT_ATOL for c in checked.values())
+    assert all(min(c["kept_agreement"] or [1.0]) == 1.0 for c in checked.values())
+    assert manifest.menu[2].macs_ratio < manifest.menu[1].macs_ratio < manifest.menu[0].macs_ratio == 1.0
+    assert manifest.feeding == {"batchable": True, "pad_to_seq_len": False}
+
+
+@pytest.mark.parametrize("protocol", [Protocol.UNPADDED, Protocol.BUCKETED])
+def test_equals_single_configuration_graphs(runtime_dir, exported_root, trained_dir, long_questions, protocol):
+    """At the full and the reduced configuration, the run-time graph keeps the same tokens as that configuration's
+    own graph and its logits agree within the export tolerance, on windows of real running text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir, local_files_only=True)
+    features = squad.featurize(long_questions, tokenizer, max_length=384, doc_stride=128)
+    assert (features.attention_mask.sum(1) == 384).mean() > 0.5, "the slice must hold full windows"
+    runtime = onnx_session(runtime_dir / "model.onnx")
+    real = features.attention_mask.astype(bool)
+    for config, folder in (("full", "fp32-full"), (REDUCED, "fp32-" + REDUCED.replace(",", "-"))):
+        keep = [384] * 6 if config == "full" else [int(k) for k in config.split(",")]
+        got = predict_onnx(runtime, features, protocol=protocol, keep=keep)
+        want = predict_onnx(onnx_session(exported_root / folder / "model.onnx"), features, protocol=protocol)
+        assert np.abs(got.start_logits - want.start_logits)[real].max() <= DEFAULT_ATOL
+        assert np.abs(got.end_logits - want.end_logits)[real].max() <= DEFAULT_ATOL
+        if want.kept is not None:
+            assert kept_agreement(want, got, features.attention_mask) == [1.0] * 6
+
+
+def test_kit_runs_the_named_entry(runtime_dir, exported_root, long_questions):
+    kit = Artifact.open(runtime_dir)
+    own = Artifact.open(exported_root / ("fp32-" + REDUCED.replace(",", "-")))
+    for e in long_questions[:3]:
+        named = kit.answer(e.question, e.context, config=REDUCED)
+        alone = own.answer(e.question, e.context)
+        assert (named.text, named.start) == (alone.text, alone.start)
+        assert named.score == pytest.approx(alone.score, abs=2 * DEFAULT_ATOL)
+        assert named.config == REDUCED and kit.answer(e.question, e.context).config == "full"
+    assert kit.answer(e.question, e.context, config=[int(k) for k in SMALL.split(",")]).config == SMALL
+    with pytest.raises(ConfigError, match="not on the menu"):
+        kit.answer(e.question, e.context, config="200,100,100,50,20,10")
+    with pytest.raises(ConfigError, match="increases"):
+        kit.answer(e.question, e.context, config=[100, 200, 100, 50, 20, 10])
+    with pytest.raises(ConfigError, match="runs one configuration"):
+        own.answer(e.question, e.context, config="full")
+    assert [m["label"] for m in kit.describe()["menu"]] == ["full", REDUCED, SMALL]
+
+
+def test_budget_picks_the_most_accurate_entry_that_fits(runtime_dir, long_questions):
+    kit = Artifact.open(runtime_dir)
+    times = kit.measure_menu(rounds=3)
+    e = long_questions[0]
+    lengths = [len(ids) for ids in kit.windows(e.question, e.context).input_ids]
+    full = times.predict(kit.menu[0].label, lengths)
+    assert kit.answer(e.question, e.context, budget_ms=full * 10).config == "full"
+    fastest = min(kit.menu, key=lambda m: times.predict(m.label, lengths))
+    assert kit.answer(e.question, e.context, budget_ms=1e-3).config == kit.label(fastest)
+    with pytest.raises(ConfigError, match="not both"):
+        kit.answer(e.question, e.context, config="full", budget_ms=5.0)
+
+
+def test_choose_ranks_by_recorded_f1_then_by_cost():
+    """menu.choose on a hand-made timing table: the rule, not the clock."""
+    full, mid, small = (MenuEntry((k,) * 2, f1=f1, macs_ratio=r) for k, f1, r in
+                        ((384, {"p": 80.0}, 1.0), (300, {"p": 81.0}, 0.8), (100, {"p": 60.0}, 0.3)))
+    times = MenuTimes((192, 384), {full.label: (10.0, 20.0), mid.label: (9.0, 16.0), small.label: (5.0, 8.0)})
+    assert by_accuracy([full, small, mid]) == [mid, full, small]  # recorded F1 decides, not MACs
+    assert choose([full, mid, small], times, [384, 384], budget_ms=40) == mid
+    assert choose([full, mid, small], times, [384, 384], budget_ms=31) == small
+    assert choose([full, mid, small], times, [384] * 10, budget_ms=1) == small  # nothing fits: the fastest
+    assert times.predict(full.label, [96, 288]) == pytest.approx(5.0 + 15.0)
+    unranked = [MenuEntry(e.keep, macs_ratio=e.macs_ratio) for e in (small, full, mid)]
+    assert [e.keep[0] for e in by_accuracy(unranked)] == [384, 300, 100]
+
+
+def post(url: str, body) -> tuple[int, object]:
+    request = urllib.request.Request(url + "/answer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_server_holds_a_latency_target(runtime_dir, long_questions, dev_examples):
+    """Idle: full. Queued work whose full-model time would pass the target: a cheaper entry. Named entries and
+    budgets are honoured; every answer says which configuration produced it."""
+    kit = Artifact.open(runtime_dir)
+    times = kit.measure_menu(rounds=3)
+    target = 1.5 * times.predict("384,384,384,384,384,384", [384])
+    with ServerThread(kit, max_batch=16, max_wait_ms=50, latency_target_ms=target) as url:
+        short = dev_examples[0]
+        status, answer = post(url, {"question": short.question, "context": short.context})
+        assert status == 200 and answer["config"] == "full"
+        status, answers = post(url, [{"question": short.question, "context": short.context, "config": SMALL},
+                                     {"question": short.question, "context": short.context}])
+        assert [a["config"] for a in answers] == [SMALL, "full"]
+        body = [{"question": e.question, "context": e.context} for e in long_questions]
+        results: list = []
+        clients = [threading.Thread(target=lambda: results.append(post(url, body))) for _ in range(2)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        configs = {a["config"] for status, answers in results for a in answers}
+        assert all(status == 200 for status, _ in results)
+        assert configs and "full" not in configs, f"under load the server must run cheaper entries, ran {configs}"
+        assert post(url, {"question": short.question, "context": short.context, "config": "1,1"})[0] == 422
+        assert post(url, {"question": short.question, "context": short.context, "budget_ms": -1})[0] == 422
+        health = json.loads(urllib.request.urlopen(url + "/health").read())
+        assert health["latency_target_ms"] == target and health["menu_times"]["lengths"]
+        assert sum(health["stats"]["configs"].values()) == health["stats"]["questions"]
+
+
+def test_latency_target_needs_a_menu(exported_root):
+    from qtool_runtime.serve import create_app
+
+    with pytest.raises(ConfigError, match="run-time configuration graph"):
+        create_app(Artifact.open(exported_root / "fp32-full"), latency_target_ms=50.0)
+
+
+def test_static_int8_is_calibrated_and_scored_across_the_menu(runtime_dir, long_questions, tmp_path):
+    from toolchain.quantize import RECIPES_BY_NAME, quantize_artifact
+
+    dest = quantize_artifact(runtime_dir, tmp_path / "int8-runtime", samples=16, tune_questions=24, tolerance=100.0,
+                             recipes=[RECIPES_BY_NAME["static-fp32-out"]], timing_batches=(1, 2), log=lambda _: None)
+    manifest = manifests.load(dest)
+    assert manifest.is_runtime and manifest.precision == "int8" and manifest.quantization["mode"] == "static"
+    tuning = manifest.quantization["tuning"]
+    assert tuning["configs"] == ["full", REDUCED, SMALL]
+    scored = tuning["trials"][0]["f1_by_protocol"]
+    assert set(scored) == {f"{p}@{c}" for p in ("unpadded", "bucketed") for c in tuning["configs"]}
+    kit = Artifact.open(dest)
+    e = long_questions[0]
+    assert kit.answer(e.question, e.context, config=SMALL).config == SMALL
+
+
+def test_cli_export_refuses_a_runtime_graph_without_a_menu(trained_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--model", str(trained_dir), "--config", "runtime", "--out", str(tmp_path / "g")])
+    assert result.exit_code != 0 and "--menu" in result.output and "Traceback" not in result.output
+    result = runner.invoke(main, ["export", "--model", str(trained_dir), "--config", "full", "--menu", REDUCED,
+                                  "--out", str(tmp_path / "g")])
+    assert result.exit_code != 0 and "--config runtime" in result.output
+    with pytest.raises(ExportError, match="skip different layers"):
+        export_configs(trained_dir, ["runtime"], tmp_path / "g", menu=["300,skip,200,150,100,50", REDUCED])
+    assert not (tmp_path / "g" / "fp32-runtime").exists()
+
+
+def test_contract_refuses_a_bad_menu(runtime_dir):
+    data = json.loads((runtime_dir / "manifest.json").read_text())
+
+    def problem(m: dict) -> str | None:
+        try:
+            check_fields(m, lambda message: (_ for _ in ()).throw(ValueError(message)))
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    assert problem(data) is None
+    assert "non-empty" in problem({**data, "menu": []})
+    assert "keep counts" in problem({**data, "menu": [{"keep": [384] * 5}]})
+    assert "increases" in problem({**data, "menu": [{"keep": [100, 200, 100, 50, 20, 10]}]})
+    plain = {**data, "interface": {**data["interface"], "inputs": data["interface"]["inputs"][:-1]}}
+    assert "only a run-time configuration graph" in problem(plain)
+
+
+def test_menu_is_scored_into_the_manifest(runtime_dir, exported_root, tmp_path):
+    """`qtool menu`: F1 per workload on held-out train and ms per window for every entry, and the kit then ranks
+    entries by that F1."""
+    import shutil
+
+    from qtool_runtime.menu import by_accuracy
+    from toolchain.menu import MenuError, score_menu
+
+    copy = tmp_path / "fp32-runtime"
+    shutil.copytree(runtime_dir, copy)
+    scored = score_menu(copy, questions=6, rounds=1, log=lambda _: None)
+    assert scored.menu_scored["squad_file"] == "train" and len(scored.menu) == 3
+    for entry in scored.menu:
+        assert set(entry.f1) == {squad.workload_name(0), squad.workload_name(squad.DOCUMENT_NEIGHBOURS)}
+        assert all(0 <= v <= 100 for v in entry.f1.values()) and entry.ms > 0
+    kit = Artifact.open(copy)
+    assert [e.keep for e in by_accuracy(kit.menu)] == [e.keep for e in sorted(scored.menu, key=lambda e: -e.mean_f1)]
+    with pytest.raises(MenuError, match="one configuration"):
+        score_menu(exported_root / "fp32-full", questions=2)
+
+
+def test_server_corrects_predictions_with_observed_batches(runtime_dir):
+    """The latency target is met on predicted time scaled by what batches really took (hand-made timing table)."""
+    from qtool_runtime.kit import Windows
+    from qtool_runtime.serve import Batcher, _Job
+
+    kit = Artifact.open(runtime_dir)
+    full, reduced, small = (e.label for e in kit.menu)
+    kit.times = MenuTimes((384,), {full: (10.0,), reduced: (8.0,), small: (4.0,)})
+    batcher = Batcher(kit, max_batch=8, max_wait_ms=5.0, latency_target_ms=35.0)
+    window = np.ones(384, dtype=np.int64)
+    item = Windows("q", "c", [window] * 3, [window * 0] * 3, [np.zeros((384, 2), np.int64)] * 3)
+    job = _Job([item], None, [None])
+    assert list(batcher.plan([job])) == ["full"]  # 3 full windows: 30 ms predicted, within 35
+    for _ in range(20):
+        batcher.observe(kit.menu[0], [item], ms=60.0)  # runs take twice the prediction
+    assert batcher.slowdown == pytest.approx(2.0, rel=0.05)
+    assert list(batcher.plan([job])) == [small]  # 35 / 2: only the smallest entry's 12 ms fits
+    named = _Job([item], None, [kit.entry(reduced)])
+    assert list(batcher.plan([named])) == [reduced], "a named entry is honoured whatever the load"
