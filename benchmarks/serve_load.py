@@ -81,6 +81,28 @@ def run(url: str, bodies: list[dict], clients: int, seconds: float, warmup: floa
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
 
 
+def _child(url: str, bodies: list[dict], clients: int, seconds: float, warmup: float, out) -> None:
+    answers: dict[int, dict] = {}
+    row = run(url, bodies, clients, seconds, warmup, answers)
+    out.put((row, answers))
+
+
+def run_elsewhere(url: str, bodies: list[dict], clients: int, seconds: float, warmup: float,
+                  answers: dict[int, dict]) -> dict:
+    """`run` from a separate client process: client threads in the server's process would hold its GIL and put
+    their own stalls into the server's latency (a deployment's clients are elsewhere)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    child = context.Process(target=_child, args=(url, bodies, clients, seconds, warmup, out))
+    child.start()
+    row, got = out.get()
+    child.join()
+    answers.update(got)
+    return row
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -130,14 +152,14 @@ def adaptive(args) -> dict:
                     answers: dict[int, dict] = {}
                     with ServerThread(kit, max_batch=8, max_wait_ms=args.max_wait_ms,
                                       latency_target_ms=latency_target) as url:
-                        row = run(url, bodies, clients, args.seconds, args.warmup, answers)
+                        row = run_elsewhere(url, bodies, clients, args.seconds, args.warmup, answers)
                         health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
                         stats = health["stats"]
                     answered = [examples[i] for i in answers]
                     f1 = squad.squad_scores({examples[i].id: a["text"] for i, a in answers.items()}, answered)["f1"]
                     row = {"repeat": repeat, "workload": name, "mode": mode, "clients": clients, "target_ms": target,
                            **row, "meets_target": row["p99_ms"] <= target, "f1": round(f1, 2),
-                           "f1_questions": len(answered), "configs": stats["configs"], "slowdown": health["slowdown"],
+                           "f1_questions": len(answered), "configs": stats["configs"], "slowdown": health["slowdown"], "pressure": health["pressure"],
                            "mean_batch": round(stats["questions"] / max(1, stats["batches"]), 2)}
                     by_mode[mode] = (row, answers)
                 common = set.intersection(*(set(a) for _, a in by_mode.values()))  # F1 on the same questions

@@ -257,3 +257,18 @@ def test_server_corrects_predictions_with_observed_batches(runtime_dir):
     assert list(batcher.plan([job])) == [small]  # 35 / 2: only the smallest entry's 12 ms fits
     named = _Job([item], None, [kit.entry(reduced)])
     assert list(batcher.plan([named])) == [reduced], "a named entry is honoured whatever the load"
+
+
+def test_verify_reports_every_menu_entry(runtime_dir, tmp_path):
+    """verify scores and times a run-time graph once per menu entry (rows <folder>@<configuration>)."""
+    from toolchain.verify import verify_artifacts
+
+    report = verify_artifacts(runtime_dir, limit=4, batch_sizes=(1,), rounds=1, workload_windows=4,
+                              torch_configs="none", report_dir=tmp_path / "report", show_progress=False,
+                              log=lambda _: None)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == [f"fp32-runtime@{c}" for c in ("full", REDUCED, SMALL)]
+    assert [r["config"] for r in rows.values()] == ["full", REDUCED, SMALL]
+    assert rows[f"fp32-runtime@{SMALL}"]["flops_ratio"] < rows["fp32-runtime@full"]["flops_ratio"] == 1.0
+    assert all(r["latency_ms"]["real_b1"] > 0 for r in rows.values())
+    assert (tmp_path / "report" / "report.md").is_file()

@@ -130,8 +130,11 @@ def time_artifacts(
     rounds: int = 8,
     warmup: int = 2,
     log: Callable[[str], None] = print,
+    keeps: dict[str, object] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median ms of every session under every latency protocol, all sessions interleaved round by round.
+
+    `keeps`: per name, the keep counts a run-time configuration graph runs (several names may share a session).
 
     Keys: 'b{n}@{seq_len}' (a batch of n windows, all seq_len real tokens); 'real_b1' and 'real_b32' (ms per
     window over the dev workload, unpadded one by one, or length-bucketed batches of 32).
@@ -139,14 +142,15 @@ def time_artifacts(
     single, bucketed, _ = _workload(features, workload_windows)
     n = sum(b["input_ids"].shape[0] for b in single)
 
-    def runner(session):
-        wanted = set(GraphInterface.of_session(session).inputs)
-        feeds = {f"b{b}@{seq_len}": [synthetic_feed(GraphInterface.of_session(session), b, seq_len)] for b in batch_sizes}
-        feeds["real_b1"] = [{k: v for k, v in f.items() if k in wanted} for f in single]
-        feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} for f in bucketed]
+    def runner(session, keep):
+        interface = GraphInterface.of_session(session)
+        wanted, extra = set(interface.inputs), interface.keep_feed(keep, seq_len)
+        feeds = {f"b{b}@{seq_len}": [synthetic_feed(interface, b, seq_len, keep=keep)] for b in batch_sizes}
+        feeds["real_b1"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in single]
+        feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in bucketed]
         return feeds
 
-    feeds = {name: runner(s) for name, s in sessions.items()}
+    feeds = {name: runner(s, (keeps or {}).get(name)) for name, s in sessions.items()}
 
     def run_all(session, batch_list):
         for feed in batch_list:
@@ -241,32 +245,24 @@ def verify_artifacts(
             rows.append(row)
             log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
 
-    sessions, preds = {}, {}
+    sessions, keeps, preds = {}, {}, {}
     for folder, manifest in found.items():
         session = onnx_session(folder / manifest.graph, threads)
-        sessions[folder.name] = session
-        row = {"name": folder.name, "runtime": "onnxruntime", "kind": manifest.kind, "precision": manifest.precision,
-               "config": manifest.length_config.label, "rule": manifest.length_config.rule,
-               "flops_ratio": manifest.flops_ratio, "size_mb": (folder / manifest.graph).stat().st_size / 1e6,
-               "recipe": ((manifest.quantization or {}).get("recipe") or {}).get("name", "")}
-        # FP32 invariance is exact (tests check it); an INT8 graph's is a property to measure: every protocol runs
-        trusted = manifest.invariant and manifest.precision == Precision.FP32
-        for protocol in _distinct_protocols(protocols, invariant=trusted):
-            p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress)
-            result = score(examples, features, p)
-            for same in _same_as(protocol, protocols, invariant=trusted):
-                preds[(folder.name, same)] = p
-                row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
-        row["batchable"] = manifest.feeding["batchable"]
-        row["f1_spread"] = max(row[f"f1_{p}"] for p in protocols) - min(row[f"f1_{p}"] for p in protocols)
-        twin = manifests.twin_of(folder, manifest, found)
-        row["fp32_twin"] = twin.name if twin else None
-        rows.append(row)
-        log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
+        # a run-time configuration graph gives one row per menu entry, named <folder>@<configuration>
+        for config in manifest.menu_configs() if manifest.is_runtime else [None]:
+            name = folder.name if config is None else f"{folder.name}@{config.label}"
+            sessions[name] = session
+            keeps[name] = None if config is None else [config.seq_len if k is None else k for k in config.keep]
+            row = _artifact_row(name, folder, manifest, session, config, examples, features, protocols, preds,
+                                keeps[name], show_progress)
+            twin = manifests.twin_of(folder, manifest, found)
+            row["fp32_twin"] = None if twin is None else twin.name if config is None else f"{twin.name}@{config.label}"
+            rows.append(row)
+            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
 
     log(f"timing {len(sessions)} graphs side by side ({rounds} rounds after 2 warm-up)")
     latency = time_artifacts(sessions, features, seq_len=seq_len, batch_sizes=batch_sizes,
-                             workload_windows=workload_windows, rounds=rounds, log=log)
+                             workload_windows=workload_windows, rounds=rounds, log=log, keeps=keeps)
     for row in rows:
         if row["name"] in latency:
             row["latency_ms"] = latency[row["name"]]
@@ -288,6 +284,29 @@ def verify_artifacts(
     write_report(dest, report)
     report["report_dir"] = str(dest)
     return report
+
+
+def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session, config: LengthConfig | None,
+                  examples, features: squad.Features, protocols: Sequence[str], preds: dict, keep, show_progress: bool
+                  ) -> dict:
+    """One artifact's row (at one menu entry of a run-time graph): F1/EM under every protocol, size, recipe."""
+    config = config or manifest.length_config
+    row = {"name": name, "runtime": "onnxruntime", "kind": manifest.kind, "precision": manifest.precision,
+           "config": config.label, "rule": config.rule,
+           "flops_ratio": next((e.macs_ratio for e in manifest.menu or [] if e.keep == config.keep), manifest.flops_ratio),
+           "size_mb": (folder / manifest.graph).stat().st_size / 1e6,
+           "recipe": ((manifest.quantization or {}).get("recipe") or {}).get("name", "")}
+    # FP32 invariance is exact (tests check it); an INT8 graph's is a property to measure: every protocol runs
+    trusted = manifest.invariant and manifest.precision == Precision.FP32
+    for protocol in _distinct_protocols(protocols, invariant=trusted):
+        p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress, keep=keep)
+        result = score(examples, features, p)
+        for same in _same_as(protocol, protocols, invariant=trusted):
+            preds[(name, same)] = p
+            row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
+    row["batchable"] = manifest.feeding["batchable"]
+    row["f1_spread"] = max(row[f"f1_{p}"] for p in protocols) - min(row[f"f1_{p}"] for p in protocols)
+    return row
 
 
 def _distinct_protocols(protocols: Sequence[str], *, invariant: bool) -> list[str]:

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .contract import MenuEntry
 from .kit import Answer, Artifact, ConfigError, InputError, Windows, check_text
 from .menu import choose
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 200 SQuAD paragraphs
+TAIL_WINDOW = 100  # recent requests whose latency the target is held on
+TAIL_MIN_JOBS = 20  # fewer than this: no p99 yet
+MAX_PRESSURE = 16.0
 MAX_QUESTIONS = 64  # per request
 
 
@@ -77,6 +83,10 @@ class Batcher:
         # observed batch time over the menu's prediction (moving average): the menu is timed one window at a time on
         # an idle machine; a server batches windows (cheaper) and shares the cores with its clients (dearer)
         self.slowdown = 1.0
+        # the target is on request latency, whose tail (HTTP, tokenizing, clients sharing the cores) no run prediction
+        # sees: while the recent p99 is above the target, `pressure` tightens the budget; below 0.8x it relaxes
+        self.pressure = 1.0
+        self.latencies: deque[float] = deque(maxlen=TAIL_WINDOW)  # ms from submit to answer, the latest jobs
         self._waiting: set[_Job] = set()  # submitted, not yet taken into a batch: the work queued behind it
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -100,20 +110,35 @@ class Batcher:
 
     async def submit(self, windows: list[Windows], entries: list[MenuEntry | None] | None = None) -> list[Answer]:
         """Answer `windows`; `entries[i]` is the configuration question i named (None: the server chooses)."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future, started = loop.create_future(), loop.time()
         job = _Job(windows, future, entries or [None] * len(windows))
         self._waiting.add(job)
         await self._queue.put(job)
-        return await future
+        answers = await future
+        self.latencies.append((loop.time() - started) * 1e3)
+        return answers
+
+    def budget_ms(self) -> float:
+        """The latency target as a budget for predicted run time: divided by `slowdown` and by `pressure`,
+        which moves with the recent p99 of request latency (per batch: x p99/target, at most x1.2, above the target;
+        /1.02 below 0.8x of it)."""
+        if len(self.latencies) >= TAIL_MIN_JOBS:
+            p99 = float(np.percentile(self.latencies, 99))
+            if p99 > self.latency_target_ms:
+                self.pressure = min(MAX_PRESSURE, self.pressure * min(1.2, p99 / self.latency_target_ms))
+            elif p99 < 0.8 * self.latency_target_ms:
+                self.pressure = max(1.0, self.pressure / 1.02)
+        return self.latency_target_ms / (self.slowdown * self.pressure)
 
     def plan(self, jobs: list[_Job]) -> dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]]:
         """Group the batch's questions by configuration: label -> (entry, [(job, question)]). Questions that named
         none run the menu's first entry (full), or under a latency target the most accurate entry whose predicted
-        time for this batch and all work waiting behind it meets the target (predictions scaled by `slowdown`)."""
+        time for this batch and all work waiting behind it meets the budget (`budget_ms`)."""
         default = None
         if self.latency_target_ms is not None:
             queued = [n for j in [*jobs, *self._waiting] for n in j.lengths()]
-            default = choose(self.artifact.menu, self.artifact.times, queued, self.latency_target_ms / self.slowdown)
+            default = choose(self.artifact.menu, self.artifact.times, queued, self.budget_ms())
         groups: dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]] = {}
         for j, job in enumerate(jobs):
             for q, named in enumerate(job.entries):
@@ -291,6 +316,7 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **artifact.describe(), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                              "latency_target_ms": latency_target_ms, "slowdown": round(batcher.slowdown, 3),
+                             "pressure": round(batcher.pressure, 3),
                              "menu_times": artifact.times.to_dict() if artifact.times else None,
                              "max_body_bytes": max_body_bytes, "uptime_s": round(time.time() - started, 1),
                              "stats": batcher.stats.to_dict()})
