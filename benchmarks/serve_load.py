@@ -12,7 +12,7 @@ paragraphs and documents (two neighbouring paragraphs each side): fixed full, fi
 (every request names it) and adaptive serving (`--latency-target-ms` per workload): questions/s, p50/p99, the
 share of answers per configuration and the F1 of the answers:
 
-    python benchmarks/serve_load.py --runtime runs/r18/int8-runtime --target paragraphs=60 --target documents=400 \
+    python benchmarks/serve_load.py --runtime runs/r18/int8-runtime --target paragraphs=600 --target documents=1500 \
         --client-counts 1,4,16 --seconds 15 --repeats 3 --out docs/serve-adaptive-18.json
 """
 
@@ -137,7 +137,10 @@ def adaptive(args) -> dict:
     kit = Artifact.open(args.runtime, threads=args.threads)
     times = kit.measure_menu(rounds=7)
     smallest = min(kit.menu, key=lambda e: times.predict(e.label, [kit.seq_len]))
-    targets = dict(t.split("=") for t in args.target)
+    targets = dict(t.split("=", 1) for t in args.target)
+    missing = [w for w in ("paragraphs", "documents") if w not in targets]
+    if missing:
+        raise SystemExit(f"--target WORKLOAD=MS is missing for {missing}")
     workloads = {"paragraphs": squad.load_squad("dev", limit=400),
                  "documents": squad.load_squad("dev", limit=400, neighbours=squad.DOCUMENT_NEIGHBOURS)}
     modes = {"fixed full": ({}, None), "fixed smallest": ({"config": smallest.label}, None)}

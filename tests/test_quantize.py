@@ -80,9 +80,13 @@ def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_r
     for t in trials:  # the drop that counts is the worse protocol's
         drops = [tuning["fp32_f1"][p] - t["f1_by_protocol"][p] for p in tuning["protocols"]]
         assert t["f1_drop"] == pytest.approx(max(drops))
-    for name in ("static-fp32-out", "static-all"):  # static INT8 does not care about batch-mates
+    # static INT8 does not care about batch-mates: at most one question of the slice flips. The FP32 ops between the
+    # INT8 MatMuls (softmax, LayerNorm) sum over the padded width, so a near-tie can round to another INT8 step (seen
+    # on AVX-512 VNNI, identically before and after the run-time graph change; never on AVX2)
+    one_question = 100.0 / tuning["questions"] + 1e-6
+    for name in ("static-fp32-out", "static-all"):
         static = next(t for t in trials if t["recipe"] == name)
-        assert static["f1_by_protocol"]["unpadded"] == pytest.approx(static["f1_by_protocol"]["bucketed"], abs=0.5)
+        assert static["f1_by_protocol"]["unpadded"] == pytest.approx(static["f1_by_protocol"]["bucketed"], abs=one_question)
     assert (int8_dir / "model.onnx").stat().st_size < 0.4 * (exported_root / REDUCED_DIR / "model.onnx").stat().st_size
     assert manifest.source_fp32["sha256"] == fp32.files["model.onnx"]
     assert manifest.interface == fp32.interface and manifest.length_config == fp32.length_config

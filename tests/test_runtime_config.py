@@ -94,6 +94,9 @@ def test_kit_runs_the_named_entry(runtime_dir, exported_root, long_questions):
         kit.answer(e.question, e.context, config=[100, 200, 100, 50, 20, 10])
     with pytest.raises(ConfigError, match="runs one configuration"):
         own.answer(e.question, e.context, config="full")
+    with pytest.raises(ConfigError, match="budget needs a run-time"):
+        own.answer(e.question, e.context, budget_ms=50.0)
+    assert own.answer(e.question, e.context, config=REDUCED).config == REDUCED  # its own configuration is fine
     assert [m["label"] for m in kit.describe()["menu"]] == ["full", REDUCED, SMALL]
 
 
@@ -102,9 +105,9 @@ def test_budget_picks_the_most_accurate_entry_that_fits(runtime_dir, long_questi
     times = kit.measure_menu(rounds=3)
     e = long_questions[0]
     lengths = [len(ids) for ids in kit.windows(e.question, e.context).input_ids]
-    full = times.predict(kit.menu[0].label, lengths)
+    full = times.predict("full", lengths)
     assert kit.answer(e.question, e.context, budget_ms=full * 10).config == "full"
-    fastest = min(kit.menu, key=lambda m: times.predict(m.label, lengths))
+    fastest = min(kit.menu, key=lambda m: times.predict(kit.label(m), lengths))
     assert kit.answer(e.question, e.context, budget_ms=1e-3).config == kit.label(fastest)
     with pytest.raises(ConfigError, match="not both"):
         kit.answer(e.question, e.context, config="full", budget_ms=5.0)
@@ -139,7 +142,7 @@ def test_server_holds_a_latency_target(runtime_dir, long_questions, dev_examples
     budgets are honoured; every answer says which configuration produced it."""
     kit = Artifact.open(runtime_dir)
     times = kit.measure_menu(rounds=3)
-    target = 1.5 * times.predict("384,384,384,384,384,384", [384])
+    target = 1.5 * times.predict("full", [384])
     with ServerThread(kit, max_batch=16, max_wait_ms=50, latency_target_ms=target) as url:
         short = dev_examples[0]
         status, answer = post(url, {"question": short.question, "context": short.context})
@@ -211,8 +214,12 @@ def test_contract_refuses_a_bad_menu(runtime_dir):
 
     assert problem(data) is None
     assert "non-empty" in problem({**data, "menu": []})
-    assert "keep counts" in problem({**data, "menu": [{"keep": [384] * 5}]})
-    assert "increases" in problem({**data, "menu": [{"keep": [100, 200, 100, 50, 20, 10]}]})
+    full = data["menu"][0]
+    assert "keep counts" in problem({**data, "menu": [full, {"keep": [384] * 5}]})
+    assert "increases" in problem({**data, "menu": [full, {"keep": [100, 200, 100, 50, 20, 10]}]})
+    assert "first entry" in problem({**data, "menu": data["menu"][1:]})
+    assert "f1 must map" in problem({**data, "menu": [{**full, "f1": {"paragraphs": True}}]})
+    assert "macs_ratio" in problem({**data, "menu": [{**full, "macs_ratio": "cheap"}]})
     plain = {**data, "interface": {**data["interface"], "inputs": data["interface"]["inputs"][:-1]}}
     assert "only a run-time configuration graph" in problem(plain)
 
@@ -244,7 +251,7 @@ def test_server_corrects_predictions_with_observed_batches(runtime_dir):
     from qtool_runtime.serve import Batcher, _Job
 
     kit = Artifact.open(runtime_dir)
-    full, reduced, small = (e.label for e in kit.menu)
+    full, reduced, small = (kit.label(e) for e in kit.menu)
     kit.times = MenuTimes((384,), {full: (10.0,), reduced: (8.0,), small: (4.0,)})
     batcher = Batcher(kit, max_batch=8, max_wait_ms=5.0, latency_target_ms=35.0)
     window = np.ones(384, dtype=np.int64)

@@ -45,13 +45,14 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
     features = {name: squad.featurize(ex, tokenizer, max_length=seq_len, doc_stride=manifest.doc_stride)
                 for name, ex in workloads.items()}
     session = onnx_session(folder / manifest.graph)
-    times = Artifact.open(folder).measure_menu(lengths=(seq_len,), rounds=rounds)
+    kit = Artifact.open(folder)
+    times = kit.measure_menu(lengths=(seq_len,), rounds=rounds)
     menu = []
     for entry in manifest.menu:
         f1 = {name: round(score(ex, features[name], predict_onnx(
             session, features[name], protocol=Protocol.BUCKETED, invariant=manifest.invariant,
             keep=entry.feed(seq_len)))["f1"], 2) for name, ex in workloads.items()}
-        menu.append(replace(entry, f1=f1, ms=round(times.ms[entry.label][0], 2)))
+        menu.append(replace(entry, f1=f1, ms=round(times.ms[kit.label(entry)][0], 2)))
         log(f"  {entry.label:<28} " + "  ".join(f"{n}: F1 {v:.2f}" for n, v in f1.items())
             + f"  {menu[-1].ms:.1f} ms per {seq_len}-token window")
     from .verify import machine_info

@@ -437,7 +437,8 @@ def score_trial(trial: Trial, graph: Path, tuning_set: TuningSet, baseline: dict
     trial.f1_drop = baseline[worst] - results[worst]["f1"]
     trial.within_tolerance = trial.f1_drop <= tolerance
     trial.latency_ms = {k: v[trial.recipe] for k, v in latency.items()}
-    first = tuning_set.runs[-1][0]  # a run-time graph's last menu entry: it drops the most
+    # the first protocol, at the menu entry that keeps the fewest tokens (a run-time graph's hardest case)
+    first = min(tuning_set.runs, key=lambda run: sum(k or 0 for k in run[2]) if run[2] else 0)[0]
     trial.kept_agreement = kept_agreement(tuning_set.fp32_preds[first], preds[first], tuning_set.features.attention_mask)
 
 
@@ -551,5 +552,7 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
             manifest, graph=artifact.GRAPH, precision="int8", opset=opset, kind=kind or manifest.kind, validation=None,
             quantization=quantization, source_fp32={"folder": src.name, "sha256": manifest.files[manifest.graph]},
             files={}, created=None, versions={},
+            # an FP32 graph's menu figures do not describe the INT8 graph: `qtool menu` measures it again
+            menu=None if manifest.menu is None else [replace(e, f1={}, ms=None) for e in manifest.menu], menu_scored=None,
         ))
     return dest

@@ -8,6 +8,7 @@ how a graph may be fed (batched, padded).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -214,10 +215,18 @@ def check_menu(m: dict, need: Callable[[bool, str], None]) -> None:
          "a run-time configuration graph's length_config is its full configuration (skipped layers: null)")
     need(isinstance(menu, list) and menu and all(isinstance(e, dict) for e in menu),
          "a run-time configuration graph needs a menu: a non-empty list of configurations")
+    need(menu[0].get("keep") == lc["keep"], f"the menu's first entry must be the graph's full configuration {lc['keep']}")
     for entry in menu:
         problem = check_keep(entry.get("keep"), lc["keep"], lc["seq_len"])
         need(problem is None, f"menu: {problem}")
-        need(isinstance(entry.get("f1") or {}, dict) and all(isinstance(v, (int, float)) for v in (entry.get("f1") or {}).values()),
-             f"menu entry {entry.get('keep')}: f1 must map workloads to numbers")
-        need(entry.get("ms") is None or (isinstance(entry["ms"], (int, float)) and entry["ms"] > 0),
-             f"menu entry {entry.get('keep')}: ms must be a positive number")
+        f1 = entry.get("f1") or {}
+        need(isinstance(f1, dict) and all(_number(v) and 0 <= v <= 100 for v in f1.values()),
+             f"menu entry {entry.get('keep')}: f1 must map workloads to numbers in 0..100")
+        for name in ("ms", "macs_ratio"):
+            need(entry.get(name) is None or (_number(entry[name]) and entry[name] > 0),
+                 f"menu entry {entry.get('keep')}: {name} must be a positive number")
+
+
+def _number(value: object) -> bool:
+    """An int or float that is not a bool and not NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

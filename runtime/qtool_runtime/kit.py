@@ -173,6 +173,15 @@ class Windows:
         return len(self.input_ids)
 
 
+def _counts(config: str | Sequence[int | str | None]) -> list[int | None] | None:
+    """'k1,k2,...' or a list as keep counts (None at 'skip'); None when it is not a list of counts."""
+    parts = config.split(",") if isinstance(config, str) else list(config)
+    try:
+        return [None if p is None or str(p).strip() == "skip" else int(p) for p in parts]
+    except (TypeError, ValueError):
+        return None
+
+
 class Artifact:
     """A checked artifact ready to answer: the onnxruntime session, the tokenizer and the manifest."""
 
@@ -240,24 +249,25 @@ class Artifact:
         keep = entry.keep if entry is not None else self.manifest["length_config"]["keep"]
         return "full" if all(k == self.seq_len for k in keep) else ",".join("skip" if k is None else str(k) for k in keep)
 
-    def entry(self, config: str | Sequence[int | None] | None = None) -> MenuEntry | None:
-        """The menu entry `config` names: 'full', 'k1,k2,...' or a list of counts; None: the first (full).
-
-        A graph of one configuration has no menu (None); asking it for a configuration is an error."""
+    def entry(self, config: str | Sequence[int | None] | MenuEntry | None = None) -> MenuEntry | None:
+        """The menu entry `config` names: 'full' (the menu's first entry), 'k1,k2,...', a list of counts ('skip' or
+        None at a skipped layer) or an entry; None: the first. A graph of one configuration has no menu (None);
+        asking it for another configuration is an error."""
+        if isinstance(config, MenuEntry):
+            config = list(config.keep)
+        keep = None if config is None or config == "full" else _counts(config)
         if not self.menu:
             own = self.manifest["length_config"]["keep"]
-            if config is not None and config != self.label(None) and (isinstance(config, str) or list(config) != own):
+            if config is not None and keep != own and not (config == "full" and self.label(None) == "full"):
                 raise ConfigError(f"{self.name} runs one configuration ({self.label(None)}); export --config runtime "
                                   "for a graph that chooses per request")
             return None
-        if config is None:
+        if keep is None:
             return self.menu[0]
         for entry in self.menu:
-            if config in (entry.label, self.label(entry)) or (not isinstance(config, str) and tuple(config) == entry.keep):
+            if list(entry.keep) == keep:
                 return entry
-        keep = config.split(",") if isinstance(config, str) else config
-        problem = check_keep([None if str(k) == "skip" else k for k in keep], self.manifest["length_config"]["keep"],
-                             self.seq_len) if isinstance(config, (list, tuple)) else None
+        problem = check_keep(keep, self.manifest["length_config"]["keep"], self.seq_len)
         raise ConfigError(problem or f"configuration {config!r} is not on the menu of {self.name}: "
                           + "; ".join(self.label(e) for e in self.menu))
 
@@ -273,16 +283,17 @@ class Artifact:
                     "token_type_ids": np.zeros((1, n), np.int64), KEEP_INPUT: entry.feed(self.seq_len)}
             self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
 
-        self.times = measure(run_window, self.menu, lengths, rounds=rounds)
+        self.times = measure(run_window, self.menu, lengths, rounds=rounds, label=self.label)
         return self.times
 
     def choose(self, prepared: Sequence[Windows], budget_ms: float) -> MenuEntry | None:
         """The most accurate menu entry whose predicted time for `prepared` meets `budget_ms` (menu.choose)."""
         if not self.menu:
-            return None
+            raise ConfigError(f"{self.name} runs one configuration; a budget needs a run-time configuration graph")
         if self.times is None:
             self.measure_menu()
-        return choose(self.menu, self.times, [len(ids) for item in prepared for ids in item.input_ids], budget_ms)
+        return choose(self.menu, self.times, [len(ids) for item in prepared for ids in item.input_ids], budget_ms,
+                      label=self.label)
 
     def describe(self) -> dict:
         """What a health check reports: which graph answers and under which length configuration."""

@@ -46,24 +46,27 @@ def by_accuracy(menu: Sequence[MenuEntry]) -> list[MenuEntry]:
     return sorted(menu, key=lambda e: -(e.macs_ratio if e.macs_ratio is not None else 1.0))
 
 
-def choose(menu: Sequence[MenuEntry], times: MenuTimes, window_lengths: Sequence[int], budget_ms: float) -> MenuEntry:
-    """The most accurate entry whose predicted time for `window_lengths` meets `budget_ms`; else the fastest."""
+def choose(menu: Sequence[MenuEntry], times: MenuTimes, window_lengths: Sequence[int], budget_ms: float, *,
+           label: Callable[[MenuEntry], str] = lambda e: e.label) -> MenuEntry:
+    """The most accurate entry whose predicted time for `window_lengths` meets `budget_ms`; else the fastest.
+    `label` names an entry as `times` does."""
     for entry in by_accuracy(menu):
-        if times.predict(entry.label, window_lengths) <= budget_ms:
+        if times.predict(label(entry), window_lengths) <= budget_ms:
             return entry
-    return min(menu, key=lambda e: times.predict(e.label, window_lengths))
+    return min(menu, key=lambda e: times.predict(label(e), window_lengths))
 
 
 def measure(run_window: Callable[[MenuEntry, int], None], menu: Sequence[MenuEntry], lengths: Sequence[int], *,
-            rounds: int = 5, warmup: int = 1) -> MenuTimes:
-    """Median ms of `run_window(entry, length)` per entry and length, entries interleaved round by round."""
-    samples: dict[tuple[str, int], list[float]] = {(e.label, n): [] for e in menu for n in lengths}
+            rounds: int = 5, warmup: int = 1, label: Callable[[MenuEntry], str] = lambda e: e.label) -> MenuTimes:
+    """Median ms of `run_window(entry, length)` per entry and length, entries interleaved round by round; the
+    table is keyed by `label` (the kit's: 'full' or the counts)."""
+    samples: dict[tuple[str, int], list[float]] = {(label(e), n): [] for e in menu for n in lengths}
     for r in range(warmup + rounds):
         for n in lengths:
             for entry in menu:
                 t0 = time.perf_counter()
                 run_window(entry, n)
                 if r >= warmup:
-                    samples[(entry.label, n)].append((time.perf_counter() - t0) * 1e3)
-    return MenuTimes(tuple(lengths), {e.label: tuple(float(np.median(samples[(e.label, n)])) for n in lengths)
+                    samples[(label(entry), n)].append((time.perf_counter() - t0) * 1e3)
+    return MenuTimes(tuple(lengths), {label(e): tuple(float(np.median(samples[(label(e), n)])) for n in lengths)
                                       for e in menu})

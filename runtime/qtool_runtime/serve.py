@@ -75,9 +75,11 @@ class Batcher:
                  latency_target_ms: float | None = None) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be positive and max_wait_ms not negative, got {max_batch}, {max_wait_ms}")
-        if latency_target_ms is not None and not (latency_target_ms > 0 and artifact.menu):
-            raise ConfigError(f"--latency-target-ms needs a positive target and a run-time configuration graph "
-                              f"(export --config runtime); got {latency_target_ms} for {artifact.name}")
+        if latency_target_ms is not None and not latency_target_ms > 0:
+            raise ConfigError(f"--latency-target-ms must be a positive number of milliseconds, got {latency_target_ms}")
+        if latency_target_ms is not None and not artifact.menu:
+            raise ConfigError(f"--latency-target-ms needs a run-time configuration graph (export --config runtime); "
+                              f"{artifact.name} runs one configuration")
         self.artifact = artifact
         self.latency_target_ms = latency_target_ms
         # observed batch time over the menu's prediction (moving average): the menu is timed one window at a time on
@@ -108,10 +110,12 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def submit(self, windows: list[Windows], entries: list[MenuEntry | None] | None = None) -> list[Answer]:
-        """Answer `windows`; `entries[i]` is the configuration question i named (None: the server chooses)."""
+    async def submit(self, windows: list[Windows], entries: list[MenuEntry | None] | None = None,
+                     started: float | None = None) -> list[Answer]:
+        """Answer `windows`; `entries[i]` is the configuration question i named (None: the server chooses);
+        `started` (the event loop's clock): when the request arrived, so its latency includes reading and windowing."""
         loop = asyncio.get_running_loop()
-        future, started = loop.create_future(), loop.time()
+        future, started = loop.create_future(), loop.time() if started is None else started
         job = _Job(windows, future, entries or [None] * len(windows))
         self._waiting.add(job)
         await self._queue.put(job)
@@ -124,7 +128,7 @@ class Batcher:
         which moves with the recent p99 of request latency (per batch: x p99/target, at most x1.2, above the target;
         /1.02 below 0.8x of it)."""
         if len(self.latencies) >= TAIL_MIN_JOBS:
-            p99 = float(np.percentile(self.latencies, 99))
+            p99 = float(np.percentile(list(self.latencies), 99))
             if p99 > self.latency_target_ms:
                 self.pressure = min(MAX_PRESSURE, self.pressure * min(1.2, p99 / self.latency_target_ms))
             elif p99 < 0.8 * self.latency_target_ms:
@@ -137,8 +141,9 @@ class Batcher:
         time for this batch and all work waiting behind it meets the budget (`budget_ms`)."""
         default = None
         if self.latency_target_ms is not None:
-            queued = [n for j in [*jobs, *self._waiting] for n in j.lengths()]
-            default = choose(self.artifact.menu, self.artifact.times, queued, self.budget_ms())
+            queued = [n for j in [*jobs, *list(self._waiting)] for n in j.lengths()]
+            default = choose(self.artifact.menu, self.artifact.times, queued, self.budget_ms(),
+                             label=self.artifact.label)
         groups: dict[str, tuple[MenuEntry | None, list[tuple[int, int]]]] = {}
         for j, job in enumerate(jobs):
             for q, named in enumerate(job.entries):
@@ -146,10 +151,10 @@ class Batcher:
                 groups.setdefault(self.artifact.label(entry), (entry, []))[1].append((j, q))
         return groups
 
-    def answer_jobs(self, jobs: list[_Job]) -> list[list[Answer]]:
-        """Run the batch, one graph run per configuration in it (in the worker thread)."""
+    def answer_jobs(self, jobs: list[_Job], groups: dict) -> list[list[Answer]]:
+        """Run the batch as `plan` grouped it (in the event loop), one graph run per configuration (worker thread)."""
         out: list[list[Answer | None]] = [[None] * len(j.windows) for j in jobs]
-        for label, (entry, members) in self.plan(jobs).items():
+        for label, (entry, members) in groups.items():
             prepared = [jobs[j].windows[q] for j, q in members]
             started = time.perf_counter()
             answers = self.artifact.run(prepared, entry)
@@ -162,7 +167,8 @@ class Batcher:
 
     def observe(self, entry: MenuEntry, prepared: list[Windows], ms: float, weight: float = 0.2) -> None:
         """Move `slowdown` towards this run's observed / predicted time (bounded: one odd run cannot swing it)."""
-        predicted = self.artifact.times.predict(entry.label, [len(ids) for item in prepared for ids in item.input_ids])
+        predicted = self.artifact.times.predict(self.artifact.label(entry),
+                                                [len(ids) for item in prepared for ids in item.input_ids])
         if predicted > 0:
             self.slowdown = min(8.0, max(0.25, (1 - weight) * self.slowdown + weight * ms / predicted))
 
@@ -170,7 +176,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         carry: _Job | None = None
         while True:
+            idle_since = loop.time()
             job = carry or await self._queue.get()
+            if self.latency_target_ms is not None and loop.time() - idle_since > self.latency_target_ms / 1e3:
+                # idle for longer than the target: the recorded tail no longer describes the load
+                self.pressure = 1.0
+                self.latencies.clear()
             self._waiting.discard(job)
             carry = None
             jobs, count = [job], len(job.windows)
@@ -188,7 +199,8 @@ class Batcher:
                 jobs.append(nxt)
                 count += len(nxt.windows)
             try:
-                answers = await loop.run_in_executor(self._executor, self.answer_jobs, jobs)
+                groups = self.plan(jobs)  # here, in the event loop, where the queue and the latencies change
+                answers = await loop.run_in_executor(self._executor, self.answer_jobs, jobs, groups)
             except Exception as exc:  # a bug, not bad input: every waiting request gets it (a 500)
                 for j in jobs:
                     if not j.future.done():
@@ -294,6 +306,7 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
         return b"".join(chunks)
 
     async def answer(request: Request) -> JSONResponse:
+        arrived = asyncio.get_running_loop().time()
         try:
             items, many = parse_payload(await read_body(request), max_questions)
             windows, entries = [], []
@@ -309,7 +322,7 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
         except ClientDisconnect:
             return error(400, "the client disconnected before sending the whole body")
         batcher.stats.requests += 1
-        answers = await batcher.submit(windows, entries)
+        answers = await batcher.submit(windows, entries, started=arrived)
         out = [a.to_dict() for a in answers]
         return JSONResponse(out if many else out[0])
 
