@@ -136,7 +136,7 @@ def adaptive(args) -> dict:
 
     kit = Artifact.open(args.runtime, threads=args.threads)
     times = kit.measure_menu(rounds=7)
-    smallest = min(kit.menu, key=lambda e: times.predict(e.label, [kit.seq_len]))
+    smallest = min(kit.menu, key=lambda e: times.predict(kit.label(e), [kit.seq_len]))
     targets = dict(t.split("=", 1) for t in args.target)
     missing = [w for w in ("paragraphs", "documents") if w not in targets]
     if missing:
