@@ -23,7 +23,7 @@ import numpy as np
 from toolchain import manifest as manifests
 from toolchain import squad
 from toolchain.runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
-from toolchain.timing import interleaved_ms
+from qtool_runtime.timing import interleaved_ms
 from toolchain.verify import machine_info
 
 

@@ -10,6 +10,7 @@ import torch
 
 from toolchain import squad
 from toolchain.train import TrainArgs, resolve_base, train
+from toolchain.settings import ExportSettings, VerifySettings
 
 TRAIN_STEPS = 100
 
@@ -67,7 +68,7 @@ def exported_root(tmp_path_factory, trained_dir) -> Path:
     from toolchain.export import export_configs
 
     root = tmp_path_factory.mktemp("graphs") / "minilm"
-    export_configs(trained_dir, ["full", REDUCED], root, samples=8)
+    export_configs(trained_dir, ["full", REDUCED], root, settings=ExportSettings(samples=8))
     return root
 
 
@@ -79,7 +80,8 @@ def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
     from toolchain.quantize import RECIPES_BY_NAME
 
     root = tmp_path_factory.mktemp("bench") / "bench"
-    report = run_bench(trained_dir, [REDUCED], root, calib_samples=8, tune_questions=20, tolerance=100.0,
-                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), limit=12, batch_sizes=(1, 2),
-                       rounds=1, workload_windows=4, plain_ort=False, log=lambda _: None)
+    verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)
+    report = run_bench(trained_dir, [REDUCED], root, verify, calib_samples=8, tune_questions=20, tolerance=100.0,
+                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), plain_ort=False,
+                       log=lambda _: None)
     return root, report

@@ -8,6 +8,7 @@ from toolchain import manifest as manifests
 from toolchain.export import ExportError, ExportValidationError, export_artifact, export_configs, validate_graph
 from toolchain.model import LengthConfig, load_qa_model
 from toolchain.runtime import GraphError, onnx_session, predict_onnx, predict_torch
+from toolchain.settings import ExportSettings
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 
@@ -129,9 +130,9 @@ def test_manifest_must_describe_its_folder(exported_root, tmp_path):
 
 def test_export_refuses_what_it_cannot_honour(trained_dir, tmp_path):
     with pytest.raises(ExportError, match="outside what the model takes"):
-        export_configs(trained_dir, ["full"], tmp_path / "g", seq_len=1024)
+        export_configs(trained_dir, ["full"], tmp_path / "g", settings=ExportSettings(seq_len=1024))
     with pytest.raises(ExportError, match="doc-stride 200 must be"):
-        export_configs(trained_dir, ["full"], tmp_path / "g", seq_len=128, doc_stride=200)
+        export_configs(trained_dir, ["full"], tmp_path / "g", settings=ExportSettings(seq_len=128, doc_stride=200))
     with pytest.raises(ExportError, match="cannot write opset 7"):
-        export_configs(trained_dir, ["full"], tmp_path / "g", samples=1, opset=7)
+        export_configs(trained_dir, ["full"], tmp_path / "g", settings=ExportSettings(samples=1, opset=7))
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())

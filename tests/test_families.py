@@ -17,6 +17,7 @@ from toolchain.families import ROLES, UnsupportedModelError, dims_of, family_of
 from toolchain.length import LengthConfig, LengthConfigError
 from toolchain.model import VARIANT_ATTRIBUTE, drop_and_restore, flops, load_qa_model, significance
 from toolchain.quantize import Recipe, quantize_graph, select_nodes
+from toolchain.settings import ExportSettings
 
 FAMILIES = ("bert", "roberta", "distilbert", "electra")
 
@@ -101,7 +102,7 @@ def test_export_validates_and_quantizes_by_role(family, layers, tmp_path, minilm
     model.save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     keep = ",".join(str(k) for k in np.linspace(300, 40, layers).astype(int))
-    (artifact,) = export_configs(folder, [keep], tmp_path / "graphs", samples=4)
+    (artifact,) = export_configs(folder, [keep], tmp_path / "graphs", settings=ExportSettings(samples=4))
     m = manifests.load(artifact)
     assert m.model_type == family
     assert m.interface.inputs == family_of(model).inputs
@@ -142,7 +143,7 @@ def test_skipped_layer_has_no_nodes_and_costs_nothing(tmp_path, minilm_tokenizer
     folder = tmp_path / "bert"
     model.save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
-    (artifact,) = export_configs(folder, ["300,skip,200,100"], tmp_path / "graphs", samples=4)
+    (artifact,) = export_configs(folder, ["300,skip,200,100"], tmp_path / "graphs", settings=ExportSettings(samples=4))
     graph = onnx.load(str(artifact / "model.onnx")).graph
     assert not [n.name for n in graph.node if "layer.1." in n.name]
     assert [n.name for n in graph.node if "layer.2." in n.name]
@@ -216,7 +217,7 @@ def test_recorded_variant_drives_export(tmp_path, trained_dir):
     shutil.copytree(trained_dir, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: "lat"}))
-    (artifact,) = export_configs(folder, ["300,250,200,150,120,100"], tmp_path / "graphs", samples=4)
+    (artifact,) = export_configs(folder, ["300,250,200,150,120,100"], tmp_path / "graphs", settings=ExportSettings(samples=4))
     m = manifests.load(artifact)
     assert m.length_config.variant == "lat" and artifact.name == "fp32-300-250-200-150-120-100-lat"
     assert m.validation["kept_agreement"] == [1.0] * 6

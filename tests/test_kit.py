@@ -21,6 +21,7 @@ import qtool_runtime
 from qtool_runtime import Answer, Artifact, ArtifactError, InputError
 from toolchain import squad
 from toolchain.runtime import onnx_session, predict_onnx
+from toolchain.settings import ExportSettings
 
 RUNTIME_DIR = Path(qtool_runtime.__file__).resolve().parent.parent  # runtime/: what `pip install ./runtime` takes
 DEV_OFFSET, DEV_LIMIT = 230, 50  # dev questions 250-269 have contexts longer than one 384-token window
@@ -238,7 +239,7 @@ def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tm
     from conftest import REDUCED
     from toolchain.export import export_configs
 
-    (folder,) = export_configs(trained_dir, [REDUCED], tmp_path, length_rule="ratio", samples=4)
+    (folder,) = export_configs(trained_dir, [REDUCED], tmp_path, settings=ExportSettings(length_rule="ratio", samples=4))
     assert folder.name.endswith("-ratio")
     kit = Artifact.open(folder, batch_size=8)
     assert kit.pad_to_seq_len

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from toolchain import squad
+from toolchain.length import LengthConfig, LengthConfigError
 from toolchain.model import (
-    LengthConfig,
-    LengthConfigError,
     UnsupportedModelError,
     check_supported,
     drop_and_restore,

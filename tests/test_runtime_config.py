@@ -28,6 +28,7 @@ from toolchain import squad
 from toolchain.cli import main
 from toolchain.export import DEFAULT_ATOL, ExportError, export_configs
 from toolchain.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
+from toolchain.settings import ExportSettings, VerifySettings
 
 SMALL = "120,100,80,60,40,20"
 
@@ -35,7 +36,7 @@ SMALL = "120,100,80,60,40,20"
 @pytest.fixture(scope="module")
 def runtime_dir(tmp_path_factory, trained_dir) -> Path:
     root = tmp_path_factory.mktemp("runtime") / "minilm"
-    (folder,) = export_configs(trained_dir, ["runtime"], root, samples=8, menu=[REDUCED, SMALL])
+    (folder,) = export_configs(trained_dir, ["runtime"], root, settings=ExportSettings(samples=8), menu=[REDUCED, SMALL])
     return folder
 
 
@@ -270,9 +271,9 @@ def test_verify_reports_every_menu_entry(runtime_dir, tmp_path):
     """verify scores and times a run-time graph once per menu entry (rows <folder>@<configuration>)."""
     from toolchain.verify import verify_artifacts
 
-    report = verify_artifacts(runtime_dir, limit=4, batch_sizes=(1,), rounds=1, workload_windows=4,
-                              torch_configs="none", report_dir=tmp_path / "report", show_progress=False,
-                              log=lambda _: None)
+    settings = VerifySettings(limit=4, batch_sizes=(1,), rounds=1, workload_windows=4, torch_configs="none",
+                              report_dir=tmp_path / "report")
+    report = verify_artifacts(runtime_dir, settings, show_progress=False, log=lambda _: None)
     rows = {r["name"]: r for r in report["rows"]}
     assert list(rows) == [f"fp32-runtime@{c}" for c in ("full", REDUCED, SMALL)]
     assert [r["config"] for r in rows.values()] == ["full", REDUCED, SMALL]

@@ -2,7 +2,7 @@
 
 import time
 
-from toolchain.timing import interleaved_ms
+from qtool_runtime.timing import interleaved_ms
 
 
 def test_work_is_interleaved_round_by_round_and_warmup_is_not_timed():

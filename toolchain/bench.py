@@ -12,7 +12,9 @@ from typing import Callable, Sequence
 
 from .errors import InputError
 from .export import export_configs
+from .length import DEFAULT_LENGTH_RULE
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, quantize_artifact, quantize_plain_ort
+from .settings import ExportSettings, VerifySettings
 from .standard import build_standard
 from .verify import verify_artifacts
 
@@ -21,8 +23,9 @@ def run_bench(
     model_dir: str | Path,
     configs: Sequence[str],
     out: str | Path,
+    verify: VerifySettings = VerifySettings(),
     *,
-    length_rules: Sequence[str] = ("cap",),
+    length_rules: Sequence[str] = (DEFAULT_LENGTH_RULE,),
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     tolerance: float = DEFAULT_TOLERANCE,
     tune_questions: int = DEFAULT_TUNE_QUESTIONS,
@@ -30,18 +33,9 @@ def run_bench(
     timing_batches: tuple[int, int] = (1, 32),
     standard: bool = True,
     plain_ort: bool = True,
-    squad_file: str = "dev",
-    limit: int | None = None,
-    neighbours: int = 0,
-    batch_sizes: Sequence[int] = (1, 32),
-    rounds: int = 8,
-    workload_windows: int = 200,
-    threads: int | None = None,
-    torch_configs: str = "full",
-    report_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Export, quantize, build the competitors, verify; returns the verify report.
+    """Export, quantize, build the competitors, verify (as `verify` says); returns the verify report.
 
     Each reduced configuration is exported once per rule in `length_rules` (the full graph does not drop,
     so it has no rule), so the report shows what each rule does to padded and unpadded inputs side by side.
@@ -49,10 +43,11 @@ def run_bench(
     out = Path(out)
     if not length_rules:
         raise InputError("at least one length rule is needed")
+    verify.check()
     reduced = [c for c in configs if c != "full"]
-    folders = export_configs(model_dir, ["full", *reduced], out, length_rule=length_rules[0])
+    folders = export_configs(model_dir, ["full", *reduced], out, settings=ExportSettings(length_rule=length_rules[0]))
     for rule in length_rules[1:]:
-        folders += export_configs(model_dir, reduced, out, length_rule=rule)
+        folders += export_configs(model_dir, reduced, out, settings=ExportSettings(length_rule=rule))
     log(f"exported {len(folders)} graphs")
     for src in folders[1:] or folders[:1]:  # the full graph ships when no reduced configuration is asked for
         log(f"quantizing {src.name}")
@@ -62,7 +57,4 @@ def run_bench(
         quantize_plain_ort(folders[0], out / "ort-int8-full", samples=calib_samples)
     if standard:
         build_standard(model_dir, out, log=log)
-    return verify_artifacts(out, model_dir=model_dir, squad_file=squad_file, limit=limit, neighbours=neighbours,
-                            batch_sizes=batch_sizes, rounds=rounds,
-                            workload_windows=workload_windows, threads=threads, torch_configs=torch_configs,
-                            report_dir=report_dir, log=log)
+    return verify_artifacts(out, verify, model_dir=model_dir, log=log)

@@ -13,8 +13,10 @@ from pathlib import Path
 import click
 
 from .latency import DEFAULT_LENGTHS
+from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
-from .runtime import PROTOCOLS
+from .runtime import PROTOCOLS, Protocol
+from .settings import ExportSettings, TorchReference, VerifySettings
 from .squad import DOCUMENT_NEIGHBOURS
 
 POSITIVE = click.IntRange(min=1)
@@ -83,12 +85,12 @@ def main() -> None:
 @click.option("--threads", type=POSITIVE, default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
 @click.option("--seed", default=42, show_default=True)
-@click.option("--variant", type=click.Choice(["qtool", "lat"]), default="qtool", show_default=True,
+@click.option("--variant", type=click.Choice(VARIANTS), default=str(DEFAULT_VARIANT), show_default=True,
               help="Drop-and-Restore variant LengthDrop trains (recorded in the model folder; export follows it).")
-@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="ratio", show_default=True,
-              help="How LengthDrop's sampled configurations meet a batch: 'ratio' draws counts for the batch's own width; "
-                   "'cap' draws them for --max-length and keeps min(k_i, tokens in), as a cap graph does to unpadded "
-                   "windows. Train with the rule you will export and search with.")
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True,
+              help="How LengthDrop's sampled configurations meet a batch: 'cap' draws them for --max-length and keeps "
+                   "min(k_i, tokens in), as a cap graph does to unpadded windows; 'ratio' draws counts for the batch's own "
+                   "width (LAT's training; the default before 2026-12-02). Train with the rule you will export and search with.")
 @click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0),
               help="Train on documents: widen each context with this many neighbouring paragraphs of its article each "
                    "side, so windows are full of real tokens and LengthDrop drops real tokens.")
@@ -121,10 +123,10 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
 @click.option("--squad", "squad_file", default="dev", show_default=True, help="'dev', 'train' or a SQuAD v1.1 JSON path.")
 @click.option("--limit", type=POSITIVE, default=None, help="Score only the first N questions (default: all).")
 @click.option("--seq-len", default=384, show_default=True, type=click.IntRange(min=2))
-@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
-@click.option("--protocol", type=click.Choice(["padded", "unpadded"]), default="padded", show_default=True,
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True, help=RULE_HELP)
+@click.option("--protocol", type=click.Choice([str(Protocol.PADDED), str(Protocol.UNPADDED)]), default=str(Protocol.PADDED), show_default=True,
               help="Feed windows padded to --seq-len, or each at its real length.")
-@click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help=VARIANT_HELP)
 @click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, neighbours, as_json) -> None:
@@ -145,14 +147,14 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help=CONFIG_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
-@click.option("--squad", "squad_file", default="dev", show_default=True, help="SQuAD JSON for validation windows.")
-@click.option("--samples", default=16, show_default=True, type=POSITIVE, help="Questions used to validate each graph against PyTorch.")
-@click.option("--seq-len", default=384, show_default=True, type=click.IntRange(min=2), help="Sequence length the configurations are stated for (at most the model's positions).")
+@click.option("--squad", "squad_file", default=ExportSettings.squad_file, show_default=True, help="SQuAD JSON for validation windows.")
+@click.option("--samples", default=ExportSettings.samples, show_default=True, type=POSITIVE, help="Questions used to validate each graph against PyTorch.")
+@click.option("--seq-len", default=ExportSettings.seq_len, show_default=True, type=click.IntRange(min=2), help="Sequence length the configurations are stated for (at most the model's positions).")
 @click.option("--doc-stride", type=POSITIVE, default=None, help="Window overlap in tokens (default: min(128, seq-len/2)); recorded in the manifest.")
-@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(min=1))
-@click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Largest logit difference ONNX vs PyTorch allowed.")
-@click.option("--variant", type=click.Choice(["qtool", "lat"]), default=None, help=VARIANT_HELP)
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(ExportSettings.length_rule), show_default=True, help=RULE_HELP)
+@click.option("--opset", default=ExportSettings.opset, show_default=True, type=click.IntRange(min=1))
+@click.option("--atol", default=ExportSettings.atol, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Largest logit difference ONNX vs PyTorch allowed.")
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help=VARIANT_HELP)
 @click.option("--menu", "menu", multiple=True, help="With --config runtime: a configuration the run-time graph is meant "
               "to run (repeatable; full is always on the menu). Each is validated against PyTorch.")
 def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol, variant,
@@ -164,8 +166,9 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
     from .export import export_configs
     from .manifest import load
 
-    folders = _run(export_configs, model_dir, configs, out, squad_file=squad_file, samples=samples, seq_len=seq_len,
-                   doc_stride=doc_stride, length_rule=length_rule, variant=variant, opset=opset, atol=atol, menu=menu)
+    settings = ExportSettings(squad_file=squad_file, samples=samples, seq_len=seq_len, doc_stride=doc_stride,
+                              length_rule=length_rule, variant=variant, opset=opset, atol=atol)
+    folders = _run(export_configs, model_dir, configs, out, settings=settings, menu=menu)
     for folder in folders:
         v = load(folder).validation
         checks = v.get("configs") or {"": v}
@@ -230,7 +233,7 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--neighbours", default=DOCUMENT_NEIGHBOURS, show_default=True, type=click.IntRange(min=0),
               help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
-@click.option("--length-rule", type=click.Choice(["cap", "ratio"]), default="cap", show_default=True, help=RULE_HELP)
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True, help=RULE_HELP)
 @click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="evolution", show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
 @click.option("--population", default=12, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
 @click.option("--storage", default=None, help="Shared optuna storage: a journal file path, sqlite:///FILE or an RDB URL (resume; join from other processes or machines).")
@@ -327,16 +330,19 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def _verify_options(f):
+    """The options `verify` and `bench` share; their defaults are VerifySettings'."""
     for option in reversed([
-        click.option("--squad", "squad_file", default="dev", show_default=True, help="SQuAD JSON to score on."),
+        click.option("--squad", "squad_file", default=VerifySettings.squad_file, show_default=True, help="SQuAD JSON to score on."),
         click.option("--limit", type=POSITIVE, default=None, help="Score only the first N questions (default: all of dev, minutes per graph)."),
-        click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP),
-        click.option("--batch-sizes", default="1,32", show_default=True, help="Batch sizes of the all-real seq-len latency protocol."),
-        click.option("--rounds", default=8, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median reported) after 2 warm-up rounds."),
-        click.option("--workload", "workload_windows", default=200, show_default=True, type=POSITIVE, help="Dev windows in the real-workload latency protocol."),
+        click.option("--neighbours", default=VerifySettings.neighbours, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP),
+        click.option("--batch-sizes", default=",".join(map(str, VerifySettings.batch_sizes)), show_default=True,
+                     help="Batch sizes of the all-real seq-len latency protocol."),
+        click.option("--rounds", default=VerifySettings.rounds, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median reported) after 2 warm-up rounds."),
+        click.option("--workload", "workload_windows", default=VerifySettings.workload_windows, show_default=True, type=POSITIVE,
+                     help="Dev windows in the real-workload latency protocol."),
         click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores)."),
-        click.option("--torch-configs", type=click.Choice(["full", "all", "none"]), default="full", show_default=True,
-                     help="PyTorch FP32 reference rows."),
+        click.option("--torch-configs", type=click.Choice(TorchReference.choices()), default=str(VerifySettings.torch_configs),
+                     show_default=True, help="PyTorch FP32 reference rows: the full model, every FP32 configuration too, or none."),
         click.option("--report-dir", type=click.Path(file_okay=False), default=None,
                      help="Where report.json/.md and pareto.png go (default: the artifact root; never inside an artifact)."),
     ]):
@@ -344,21 +350,22 @@ def _verify_options(f):
     return f
 
 
+def _verify_settings(*, batch_sizes: str, **options) -> VerifySettings:
+    return VerifySettings(batch_sizes=_batch_sizes(batch_sizes), **options)
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="PyTorch model for reference rows (default: the manifest's source).")
-@click.option("--protocol", "protocols", type=click.Choice(PROTOCOLS), multiple=True, default=PROTOCOLS, show_default=True,
+@click.option("--protocol", "protocols", type=click.Choice(PROTOCOLS), multiple=True, default=VerifySettings.protocols, show_default=True,
               help="Input protocols to score under (repeatable): padded batches, unpadded windows, bucketed batches.")
 @_verify_options
-def verify(path, model_dir, protocols, squad_file, limit, neighbours, batch_sizes, rounds, workload_windows, threads,
-           torch_configs, report_dir) -> None:
+def verify(path, model_dir, protocols, **options) -> None:
     """Check, score (under each input protocol) and time (side by side) every artifact under PATH; write the report."""
     from .verify import format_table, verify_artifacts
 
-    report = _run(verify_artifacts, path, model_dir=model_dir, protocols=tuple(dict.fromkeys(protocols)),
-                  squad_file=squad_file, limit=limit, neighbours=neighbours,
-                  batch_sizes=_batch_sizes(batch_sizes), rounds=rounds, workload_windows=workload_windows,
-                  threads=threads, torch_configs=torch_configs, report_dir=report_dir, log=click.echo)
+    settings = _verify_settings(protocols=tuple(dict.fromkeys(protocols)), **options)
+    report = _run(verify_artifacts, path, settings, model_dir=model_dir, log=click.echo)
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")
 
@@ -367,24 +374,21 @@ def verify(path, model_dir, protocols, squad_file, limit, neighbours, batch_size
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help="Reduced configuration(s) to ship (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
-@click.option("--length-rule", "length_rules", type=click.Choice(["cap", "ratio"]), multiple=True, default=("cap",),
+@click.option("--length-rule", "length_rules", type=click.Choice(LENGTH_RULES), multiple=True, default=(str(DEFAULT_LENGTH_RULE),),
               show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
 @click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE)
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options
-def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, squad_file, limit,
-          neighbours, batch_sizes, rounds, workload_windows, threads, torch_configs, report_dir) -> None:
+def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, **options) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
     from .bench import run_bench
     from .verify import format_table
 
-    report = _run(run_bench, model_dir, configs, out, length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples,
-                  batch_sizes=_batch_sizes(batch_sizes),
-                  tolerance=tolerance, tune_questions=tune_questions, standard=not no_standard, squad_file=squad_file,
-                  limit=limit, neighbours=neighbours, rounds=rounds, workload_windows=workload_windows, threads=threads,
-                  torch_configs=torch_configs, report_dir=report_dir, log=click.echo)
+    report = _run(run_bench, model_dir, configs, out, _verify_settings(**options),
+                  length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples, tolerance=tolerance,
+                  tune_questions=tune_questions, standard=not no_standard, log=click.echo)
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from qtool_runtime.contract import LengthRule, MenuEntry
+from qtool_runtime.contract import LengthRule, MenuEntry, Precision
 from qtool_runtime.errors import QtoolError
 
 import numpy as np
@@ -24,11 +25,12 @@ from . import manifest as manifests
 from .length import LengthConfig
 from .families import dims_of, family_of
 from .model import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
+from .settings import ExportSettings
 from .runtime import PROTOCOLS, GraphInterface, kept_agreement, onnx_session, predict_onnx, predict_torch
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = ExportSettings.opset
 RUNTIME = "runtime"  # --config RUNTIME: the run-time configuration graph (keep counts are an input)
-DEFAULT_ATOL = 1e-3
+DEFAULT_ATOL = ExportSettings.atol
 
 
 class ExportValidationError(QtoolError, RuntimeError):
@@ -213,18 +215,9 @@ def runtime_layout(menu: Sequence[LengthConfig]) -> LengthConfig:
     return LengthConfig(keep, first.seq_len, LengthRule.CAP, first.variant)
 
 
-def export_runtime_artifact(
-    model: torch.nn.Module,
-    tokenizer,
-    menu: Sequence[LengthConfig],
-    dest: str | Path,
-    features: squad.Features,
-    *,
-    source: str = "",
-    opset: int = DEFAULT_OPSET,
-    atol: float = DEFAULT_ATOL,
-    doc_stride: int = squad.DOC_STRIDE,
-) -> Path:
+def export_runtime_artifact(model: torch.nn.Module, tokenizer, menu: Sequence[LengthConfig], dest: str | Path,
+                            features: squad.Features, *, settings: ExportSettings = ExportSettings(), source: str = ""
+                            ) -> Path:
     """Export, validate at every menu configuration and at full, and write the run-time configuration artifact.
 
     The menu always starts with the layout's full configuration (what a server runs when it is idle)."""
@@ -232,60 +225,63 @@ def export_runtime_artifact(
     menu = list(dict.fromkeys([layout, *menu]))
     dims = dims_of(model)
     with artifact.staging(Path(dest)) as tmp:
-        graph = export_runtime_graph(model, layout, tmp / artifact.GRAPH, opset=opset)
-        report = validate_runtime_graph(graph, model, menu, features, atol=atol)
-        tokenizer.save_pretrained(tmp)
-        manifests.write(tmp, manifests.Manifest(
-            graph=artifact.GRAPH, precision="fp32", length_config=layout,
-            interface=GraphInterface.for_runtime(layout, family_of(model).inputs), opset=opset,
-            max_positions=int(dims.max_positions), doc_stride=doc_stride, max_answer_length=squad.MAX_ANSWER_LENGTH,
-            source_model=str(source), model_type=model.config.model_type,
-            flops_ratio=flops_ratio(layout, dims.hidden, dims.ffn), roles=weight_roles(graph, family_of(model).role_paths(model)),
-            validation={"against": "pytorch-fp32", **report},
-            menu=[MenuEntry(c.keep, macs_ratio=flops_ratio(c, dims.hidden, dims.ffn)) for c in menu],
-        ))
+        graph = export_runtime_graph(model, layout, tmp / artifact.GRAPH, opset=settings.opset)
+        report = validate_runtime_graph(graph, model, menu, features, atol=settings.atol)
+        _write_fp32_folder(
+            tmp, model, tokenizer, layout, report,
+            interface=GraphInterface.for_runtime(layout, family_of(model).inputs), settings=settings, source=source,
+            menu=[MenuEntry(c.keep, macs_ratio=flops_ratio(c, dims.hidden, dims.ffn)) for c in menu])
     return Path(dest)
 
 
-def artifact_name(config: LengthConfig, precision: str = "fp32") -> str:
-    return f"{precision}-{config.name()}"
-
-
-def export_artifact(
+def _write_fp32_folder(
+    tmp: Path,
     model: torch.nn.Module,
     tokenizer,
     config: LengthConfig,
-    dest: str | Path,
-    features: squad.Features,
+    report: dict,
     *,
-    source: str = "",
-    opset: int = DEFAULT_OPSET,
-    atol: float = DEFAULT_ATOL,
-    doc_stride: int = squad.DOC_STRIDE,
-) -> Path:
-    """Export, validate and write one shippable artifact folder (atomic: nothing is left on failure)."""
-    dest = Path(dest)
+    interface: GraphInterface,
+    settings: ExportSettings,
+    source: str,
+    menu: list[MenuEntry] | None = None,
+) -> None:
+    """The tokenizer and the manifest beside an exported, validated FP32 graph (one writer for both graph kinds)."""
     family = family_of(model)
     dims = family.dims(model.config)
+    tokenizer.save_pretrained(tmp)
+    manifests.write(tmp, manifests.Manifest(
+        graph=artifact.GRAPH,
+        precision=Precision.FP32,
+        length_config=config,
+        interface=interface,
+        opset=settings.opset,
+        max_positions=int(dims.max_positions),
+        doc_stride=settings.window_stride,
+        max_answer_length=squad.MAX_ANSWER_LENGTH,
+        source_model=str(source),
+        model_type=model.config.model_type,
+        flops_ratio=flops_ratio(config, dims.hidden, dims.ffn),
+        roles=weight_roles(tmp / artifact.GRAPH, family.role_paths(model)),
+        validation={"against": "pytorch-fp32", **report},
+        menu=menu,
+    ))
+
+
+def artifact_name(config: LengthConfig, precision: str = Precision.FP32) -> str:
+    return f"{precision}-{config.name()}"
+
+
+def export_artifact(model: torch.nn.Module, tokenizer, config: LengthConfig, dest: str | Path, features: squad.Features,
+                    *, settings: ExportSettings = ExportSettings(), source: str = "") -> Path:
+    """Export, validate and write one shippable artifact folder (atomic: nothing is left on failure)."""
+    dest = Path(dest)
     with artifact.staging(dest) as tmp:
-        graph = export_graph(model, config, tmp / artifact.GRAPH, opset=opset)
-        report = validate_graph(graph, model, config, features, atol=atol)
-        tokenizer.save_pretrained(tmp)
-        manifests.write(tmp, manifests.Manifest(
-            graph=artifact.GRAPH,
-            precision="fp32",
-            length_config=config,
-            interface=GraphInterface.for_config(config, family.inputs),
-            opset=opset,
-            max_positions=int(dims.max_positions),
-            doc_stride=doc_stride,
-            max_answer_length=squad.MAX_ANSWER_LENGTH,
-            source_model=str(source),
-            model_type=model.config.model_type,
-            flops_ratio=flops_ratio(config, dims.hidden, dims.ffn),
-            roles=weight_roles(graph, family.role_paths(model)),
-            validation={"against": "pytorch-fp32", **report},
-        ))
+        graph = export_graph(model, config, tmp / artifact.GRAPH, opset=settings.opset)
+        report = validate_graph(graph, model, config, features, atol=settings.atol)
+        _write_fp32_folder(tmp, model, tokenizer, config, report,
+                           interface=GraphInterface.for_config(config, family_of(model).inputs),
+                           settings=settings, source=source)
     return dest
 
 
@@ -294,14 +290,7 @@ def export_configs(
     configs: Sequence[str],
     out: str | Path,
     *,
-    squad_file: str = "dev",
-    samples: int = 16,
-    seq_len: int = squad.MAX_LENGTH,
-    doc_stride: int | None = None,
-    length_rule: str = "cap",
-    variant: str | None = None,
-    opset: int = DEFAULT_OPSET,
-    atol: float = DEFAULT_ATOL,
+    settings: ExportSettings = ExportSettings(),
     menu: Sequence[str] = (),
 ) -> list[Path]:
     """Export each configuration ('full' or 'k1,k2,...') of a trained model into out/<precision>-<config>/.
@@ -317,31 +306,29 @@ def export_configs(
 
     atomic.check_writable_dir(out, "--out")
     model, tokenizer = load_qa_model(model_dir)
-    variant = variant or trained_variant(model)
+    settings = replace(settings, variant=settings.variant or trained_variant(model))
     dims = dims_of(model)
-    limit = int(dims.max_positions)
+    seq_len, limit = settings.seq_len, int(dims.max_positions)
     if not 2 <= seq_len <= limit:
         raise ExportError(f"--seq-len {seq_len} is outside what the model takes (2..{limit} positions)")
-    doc_stride = squad.default_doc_stride(seq_len) if doc_stride is None else doc_stride
-    if not 0 < doc_stride < seq_len:
-        raise ExportError(f"--doc-stride {doc_stride} must be positive and smaller than --seq-len {seq_len}")
-    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs if c != RUNTIME]
-    menu_configs = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in menu]
+    settings = replace(settings, doc_stride=settings.window_stride)
+    if not 0 < settings.doc_stride < seq_len:
+        raise ExportError(f"--doc-stride {settings.doc_stride} must be positive and smaller than --seq-len {seq_len}")
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, settings.length_rule, settings.variant)
+              for c in configs if c != RUNTIME]
+    menu_configs = [LengthConfig.parse(c, dims.layers, seq_len, settings.length_rule, settings.variant) for c in menu]
     if RUNTIME in configs:
         if not menu_configs:
             raise ExportError(f"--config {RUNTIME} needs its menu: --menu k1,k2,... (repeatable), e.g. from qtool search")
         runtime_layout(menu_configs)  # refuse mixed skips or another rule before any work
     elif menu_configs:
         raise ExportError(f"--menu is for the run-time configuration graph; add --config {RUNTIME}")
-    examples = squad.load_squad(squad_file, limit=samples)
-    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=doc_stride)
-    written = [
-        export_artifact(model, tokenizer, c, Path(out) / artifact_name(c), features, source=str(model_dir),
-                        opset=opset, atol=atol, doc_stride=doc_stride)
-        for c in parsed
-    ]
+    examples = squad.load_squad(settings.squad_file, limit=settings.samples)
+    features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=settings.doc_stride)
+    written = [export_artifact(model, tokenizer, c, Path(out) / artifact_name(c), features, settings=settings,
+                               source=str(model_dir)) for c in parsed]
     if RUNTIME in configs:
         written.append(export_runtime_artifact(model, tokenizer, menu_configs, Path(out) / f"fp32-{RUNTIME}", features,
-                                               source=str(model_dir), opset=opset, atol=atol, doc_stride=doc_stride))
+                                               settings=settings, source=str(model_dir)))
     return written
 

@@ -26,6 +26,7 @@ import numpy as np
 from . import atomic
 from .errors import InputError
 from .length import LengthConfig
+from qtool_runtime.contract import Precision
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -140,7 +141,7 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
 
     from functools import partial
 
-    from .timing import interleaved_ms
+    from qtool_runtime.timing import interleaved_ms
 
     work = {(name, n): partial(s.run, None, synthetic_feed(GraphInterface.of_session(s), 1, n, seed=n))
             for name, s in sessions.items() for n in lengths}
@@ -154,7 +155,7 @@ def fit_latency_model(
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     rounds: int = 5,
     warmup: int = 1,
-    precision: str = "int8",
+    precision: str = Precision.INT8,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> LatencyModel:
@@ -162,14 +163,50 @@ def fit_latency_model(
 
     Uses the qtool graphs of `precision` among `folders` (others are skipped, so a bench folder can be given
     whole). Needs at least two configurations, one of them reduced, all of one depth: the reduced graphs are
-    what tell the per-layer terms apart.
+    what tell the per-layer terms apart. Steps: choose graphs -> time -> fit -> fit the baseline.
     """
+    from .runtime import onnx_session
+    from .verify import machine_info
+
+    ours, baseline = _graphs_to_fit(folders, precision)
+    lengths = _lengths_to_time(ours, lengths)
+    sessions = {name: onnx_session(folder / m.graph, threads) for name, (folder, m) in ours.items()}
+    if baseline is not None:
+        sessions[baseline[0]] = onnx_session(baseline[1] / baseline[2].graph, threads)
+    log(f"timing {len(sessions)} graphs at lengths {lengths}, batch 1, {rounds} rounds")
+    measured = _time_points(sessions, lengths, rounds=rounds, warmup=warmup, log=log)
+
+    rows = [(name, m.length_config, n, measured[name][n]) for name, (_, m) in ours.items() for n in lengths]
+    x = np.stack([features(c, n) for _, c, n, _ in rows])
+    y = np.array([ms for *_, ms in rows])
+    coef = _fit(x, y)
+    predicted = x @ coef
+    held_out = _held_out_errors(rows, x, y, [name for name, (_, m) in ours.items() if m.is_reduced]) if len(ours) >= 3 else {}
+    points = [{"graph": name, "config": config.label, "length": n, "ms": round(ms, 4), "predicted_ms": round(float(p), 4)}
+              for (name, config, n, ms), p in zip(rows, predicted)]
+    base_coef = None
+    if baseline is not None:
+        base_coef, base_points = _fit_baseline(baseline[0], lengths, measured[baseline[0]])
+        points += base_points
+    rel = np.abs(predicted - y) / y
+    fit_error = {"max_relative": round(float(rel.max()), 4), "median_relative": round(float(np.median(rel)), 4),
+                 "held_out_max_relative": held_out}
+    model = LatencyModel(layers=len(next(iter(ours.values()))[1].length_config.keep),
+                         coefficients=dict(zip(FEATURES, map(float, coef))), baseline=base_coef,
+                         machine=machine_info(threads), graphs=sorted(ours), baseline_graph=baseline[0] if baseline else None,
+                         points=points, fit_error=fit_error)
+    log(f"fitted on {len(rows)} points: median error {fit_error['median_relative']:.1%}, max {fit_error['max_relative']:.1%}"
+        + (f"; graphs left out: {', '.join(f'{k} {v:.1%}' for k, v in held_out.items())}" if held_out else ""))
+    return model
+
+
+def _graphs_to_fit(folders: Sequence[str | Path], precision: str
+                   ) -> tuple[dict[str, tuple[Path, Manifest]], tuple[str, Path, Manifest] | None]:
+    """qtool's graphs of `precision` (one model, one depth, a reduced one among them) and the standard recipe's INT8."""
     from qtool_runtime.contract import Precision
 
     from . import manifest as manifest_mod
     from .manifest import Kind
-    from .runtime import onnx_session
-    from .verify import machine_info
 
     ours: dict[str, tuple[Path, Manifest]] = {}
     baseline: tuple[str, Path, Manifest] | None = None
@@ -191,48 +228,33 @@ def fit_latency_model(
         raise InputError(f"fit one model at a time: the graphs come from {sorted(models)} (depths {sorted(depths)})")
     if len({m.length_config.label for _, m in ours.values()}) < 2 or all(not m.is_reduced for _, m in ours.values()):
         raise InputError("need at least two qtool configurations, one of them reduced, to tell the per-layer terms apart")
+    return ours, baseline
+
+
+def _lengths_to_time(ours: dict[str, tuple[Path, Manifest]], lengths: Sequence[int]) -> list[int]:
     longest = min(m.max_positions for _, m in ours.values())
     lengths = sorted(set(int(n) for n in lengths))
     if not lengths or lengths[0] < 2 or lengths[-1] > longest:
         raise InputError(f"lengths must lie in [2, {longest}], got {lengths}")
+    return lengths
 
-    sessions = {name: onnx_session(folder / m.graph, threads) for name, (folder, m) in ours.items()}
-    if baseline is not None:
-        sessions[baseline[0]] = onnx_session(baseline[1] / baseline[2].graph, threads)
-    log(f"timing {len(sessions)} graphs at lengths {lengths}, batch 1, {rounds} rounds")
-    measured = _time_points(sessions, lengths, rounds=rounds, warmup=warmup, log=log)
 
-    rows = [(name, m.length_config, n, measured[name][n]) for name, (_, m) in ours.items() for n in lengths]
-    x = np.stack([features(c, n) for _, c, n, _ in rows])
-    y = np.array([ms for *_, ms in rows])
-    coef = _fit(x, y)
-    predicted = x @ coef
-    # how well the model predicts a configuration it never saw: refit without each reduced graph in turn
+def _held_out_errors(rows: list, x: np.ndarray, y: np.ndarray, reduced: list[str]) -> dict[str, float]:
+    """How well the model predicts a configuration it never saw: refit without each reduced graph in turn."""
     held_out = {}
-    names = [name for name, (_, m) in ours.items() if m.is_reduced]
-    if len(ours) >= 3:
-        for name in names:
-            keep = np.array([r[0] != name for r in rows])
-            c = _fit(x[keep], y[keep])
-            err = np.abs(x[~keep] @ c - y[~keep]) / y[~keep]
-            held_out[name] = round(float(err.max()), 4)
-    points = [{"graph": name, "config": config.label, "length": n, "ms": round(ms, 4), "predicted_ms": round(float(p), 4)}
-              for (name, config, n, ms), p in zip(rows, predicted)]
-    base_coef = None
-    if baseline is not None:
-        xb = np.stack([baseline_features(n) for n in lengths])
-        yb = np.array([measured[baseline[0]][n] for n in lengths])
-        cb = _fit(xb, yb)
-        base_coef = dict(zip(BASELINE_FEATURES, map(float, cb)))
-        points += [{"graph": baseline[0], "config": "standard", "length": n, "ms": round(float(ms), 4),
-                    "predicted_ms": round(float(p), 4)} for n, ms, p in zip(lengths, yb, xb @ cb)]
-    rel = np.abs(predicted - y) / y
-    fit_error = {"max_relative": round(float(rel.max()), 4), "median_relative": round(float(np.median(rel)), 4),
-                 "held_out_max_relative": held_out}
-    layers = depths.pop()
-    model = LatencyModel(layers=layers, coefficients=dict(zip(FEATURES, map(float, coef))), baseline=base_coef,
-                         machine=machine_info(threads), graphs=sorted(ours), baseline_graph=baseline[0] if baseline else None,
-                         points=points, fit_error=fit_error)
-    log(f"fitted on {len(rows)} points: median error {fit_error['median_relative']:.1%}, max {fit_error['max_relative']:.1%}"
-        + (f"; graphs left out: {', '.join(f'{k} {v:.1%}' for k, v in held_out.items())}" if held_out else ""))
-    return model
+    for name in reduced:
+        keep = np.array([r[0] != name for r in rows])
+        c = _fit(x[keep], y[keep])
+        err = np.abs(x[~keep] @ c - y[~keep]) / y[~keep]
+        held_out[name] = round(float(err.max()), 4)
+    return held_out
+
+
+def _fit_baseline(name: str, lengths: list[int], measured: dict[int, float]) -> tuple[dict[str, float], list[dict]]:
+    """The standard recipe's ms as a function of length, so costs read as speed against it."""
+    xb = np.stack([baseline_features(n) for n in lengths])
+    yb = np.array([measured[n] for n in lengths])
+    cb = _fit(xb, yb)
+    points = [{"graph": name, "config": "standard", "length": n, "ms": round(float(ms), 4),
+               "predicted_ms": round(float(p), 4)} for n, ms, p in zip(lengths, yb, xb @ cb)]
+    return dict(zip(BASELINE_FEATURES, map(float, cb))), points

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.contract import (FEEDING_KEYS, MAX_TOKENS, PRECISIONS, MenuEntry, Mode, Precision, bounded_int,
+from qtool_runtime.contract import (FEEDING_KEYS, MAX_TOKENS, MenuEntry, Mode, Precision, bounded_int,
                                     check_fields, feeding)
 
 from .families import OPTIONAL_ROLES
@@ -47,7 +47,7 @@ class Manifest:
     model_type: str
     flops_ratio: float
     roles: dict[str, list[str]] = field(default_factory=dict)
-    kind: str = "qtool"
+    kind: str = Kind.QTOOL
     validation: dict | None = None
     quantization: dict | None = None
     source_fp32: dict | None = None  # {"folder": name, "sha256": of its graph}: the FP32 twin of an INT8 graph

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from qtool_runtime.contract import MenuEntry
 from qtool_runtime.errors import QtoolError
 
 from . import manifest as manifests

@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .families import Family, UnsupportedModelError, dims_of, family_of, supported  # noqa: F401
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, RULE_DOC, LengthConfig, LengthConfigError  # noqa: F401
+from .families import Family, UnsupportedModelError, dims_of, family_of
+from .length import DEFAULT_VARIANT, LengthConfig
 from qtool_runtime.contract import Variant
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
@@ -140,7 +140,7 @@ def _attention(family: Family, heads: int, layer: nn.Module, h: torch.Tensor,
     return family.attention_output(layer, context, h), probs
 
 
-def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = "qtool",
+def significance(probs: torch.Tensor, mask: torch.Tensor, variant: str = Variant.QTOOL,
                  positions: torch.Tensor | None = None) -> torch.Tensor:
     """Attention each token receives, summed over heads and queries; padding gets -1 (ranks last).
 
@@ -200,7 +200,6 @@ def drop_and_restore(
     if config is not None:
         config.validate(len(encoder_layers))
         skip_layers = tuple(skip_layers) + config.skipped
-    lat = config is not None and config.variant == Variant.LAT
     h = family.embed(model, input_ids, attention_mask, token_type_ids)
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)
@@ -219,29 +218,44 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
-            score = significance(probs, mask, config.variant, positions)
-            if lat:  # LAT always keeps [CLS]
-                score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
-            order = torch.topk(score, n_in, dim=1).indices
-            top, rest = order[:, :k], order[:, k:]
-            # qtool: a dropped token keeps its post-attention state from the layer that dropped it;
-            # lat: it keeps the output of the last layer that kept it (this layer's input)
-            set_aside.append((take_rows(h if lat else a, rest), torch.gather(positions, 1, rest)))
-            a, mask, positions = take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top)
+            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant)
+            set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
             kept.append(positions)
     if dropping:
-        states = torch.cat([s for s, _ in set_aside] + [h], dim=1)
-        where = torch.cat([p for _, p in set_aside] + [positions], dim=1)
-        # invert the permutation on the small [B, L] index, then move whole rows once
-        source = torch.zeros_like(where).scatter(1, where, torch.arange(seq_len, device=h.device).expand(b, seq_len))
-        h = take_rows(states, source)
+        h = _restore(set_aside, h, positions)
     logits = family.qa_head(model)(h)
     start_logits, end_logits = logits[..., 0], logits[..., 1]
     if return_kept:
         return start_logits, end_logits, kept
     return start_logits, end_logits
+
+
+def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n_in,
+          k, variant: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One layer's drop: sort tokens by significance once, keep the first k (their attention output, mask and
+    positions) and set the rest aside with their positions."""
+    lat = variant == Variant.LAT
+    score = significance(probs, mask, variant, positions)
+    if lat:  # LAT always keeps [CLS]
+        score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
+    order = torch.topk(score, n_in, dim=1).indices
+    top, rest = order[:, :k], order[:, k:]
+    # qtool: a dropped token keeps its post-attention state from the layer that dropped it;
+    # lat: it keeps the output of the last layer that kept it (this layer's input)
+    aside = (take_rows(h if lat else a, rest), torch.gather(positions, 1, rest))
+    return take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top), aside
+
+
+def _restore(set_aside: list[tuple[torch.Tensor, torch.Tensor]], h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Every token back at its position in one move: the set-aside states and the last layer's output."""
+    states = torch.cat([s for s, _ in set_aside] + [h], dim=1)
+    where = torch.cat([p for _, p in set_aside] + [positions], dim=1)
+    b, seq_len = where.shape
+    # invert the permutation on the small [B, L] index, then move whole rows once
+    source = torch.zeros_like(where).scatter(1, where, torch.arange(seq_len, device=h.device).expand(b, seq_len))
+    return take_rows(states, source)
 
 
 def _input_count(keep_counts: torch.Tensor, layer: int, n_in):

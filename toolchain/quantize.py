@@ -276,7 +276,7 @@ def time_graphs(paths: dict[str, Path], interface: GraphInterface, seq_len: int,
     """Median ms per run of each graph on the same synthetic batch, the graphs interleaved round by round."""
     from functools import partial
 
-    from .timing import interleaved_ms
+    from qtool_runtime.timing import interleaved_ms
 
     feed = synthetic_feed(interface, batch_size, seq_len)
     work = {name: partial(onnx_session(p).run, None, feed) for name, p in paths.items()}
@@ -303,17 +303,9 @@ def quantize_artifact(
     -> write. `tolerance=None` takes the first recipe without scoring or timing it.
     """
     src = Path(src)
-    manifest = manifests.load(src)
-    if manifest.precision != Precision.FP32:
-        raise QuantizationError(f"{src} is {manifest.precision}, quantize needs an FP32 artifact")
-    if tolerance is not None and tolerance < 0:
-        raise QuantizationError(f"tolerance must be >= 0 F1 points, got {tolerance}")
-    if not recipes:
-        raise QuantizationError("no recipes to try")
-    dest = Path(dest) if dest else src.with_name(src.name.replace("fp32-", "int8-", 1) if src.name.startswith("fp32-") else src.name + "-int8")
+    manifest = _quantizable(src, tolerance, recipes)
+    dest = Path(dest) if dest else int8_destination(src)
     atomic.check_writable_dir(dest.absolute().parent, "the INT8 artifact's folder")  # before minutes of tuning
-    for recipe in recipes:
-        select_nodes(manifest, recipe)  # refuse a recipe that names a role the graph lacks, before any work
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
@@ -327,21 +319,12 @@ def quantize_artifact(
         paths = {r.name: build_candidate(src / manifest.graph, manifest, r, reader, Path(work)) for r in candidates}
         trials = [Trial(r.name, r.describe(), float("nan"), float("nan"), float("nan"),
                         len(select_nodes(manifest, r)), size_mb=paths[r.name].stat().st_size / 1e6) for r in candidates]
-        tuning = None
         if tolerance is None:
             trials[0].within_tolerance = True
-            chosen = candidates[0]
+            chosen, tuning = candidates[0], None
         else:
-            baseline = tuning_set.baseline(src / manifest.graph, log)
-            latency = time_candidates(src / manifest.graph, paths, manifest, timing_batches)
-            for trial in trials:
-                score_trial(trial, paths[trial.recipe], tuning_set,
-                            baseline, latency, tolerance)
-                log(format_trial(trial, timing_batches))
-            log(f"  {'fp32':<28} b{timing_batches[0]} {latency['small']['fp32']:.1f} ms  "
-                f"b{timing_batches[1]} {latency['large']['fp32']:.0f} ms")
-            chosen = next(r for r in candidates if r.name == choose(trials, {r.name: r for r in candidates}, tolerance).recipe)
-            tuning = tuning_record(tuning_set, baseline, tolerance, latency, timing_batches, trials)
+            chosen, tuning = _score_time_choose(src, manifest, candidates, trials, paths, tuning_set, tolerance,
+                                                timing_batches, log)
         log(f"chosen recipe: {chosen.name}")
         drift = drift_record(tensor_drift(src / manifest.graph, paths[chosen.name], manifest.roles,
                                           tuning_set.single_window_feeds(DRIFT_WINDOWS, (menu_feeds(manifest) or [{}])[0])),
@@ -352,6 +335,41 @@ def quantize_artifact(
                                      len(calib_features), tuning, drift, calib_neighbours=calib_neighbours)
         write_int8(src, manifest, dest, paths[chosen.name], quantization=record)
     return dest
+
+
+def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) -> manifests.Manifest:
+    """The FP32 artifact's manifest, once the request is known to make sense (before any work)."""
+    manifest = manifests.load(src)
+    if manifest.precision != Precision.FP32:
+        raise QuantizationError(f"{src} is {manifest.precision}, quantize needs an FP32 artifact")
+    if tolerance is not None and tolerance < 0:
+        raise QuantizationError(f"tolerance must be >= 0 F1 points, got {tolerance}")
+    if not recipes:
+        raise QuantizationError("no recipes to try")
+    for recipe in recipes:
+        select_nodes(manifest, recipe)  # refuse a recipe that names a role the graph lacks
+    return manifest
+
+
+def int8_destination(src: Path) -> Path:
+    """fp32-X -> int8-X beside it (X-int8 for a folder named otherwise)."""
+    return src.with_name(src.name.replace("fp32-", "int8-", 1) if src.name.startswith("fp32-") else src.name + "-int8")
+
+
+def _score_time_choose(src: Path, manifest: manifests.Manifest, candidates: Sequence[Recipe], trials: list[Trial],
+                       paths: dict[str, Path], tuning_set: TuningSet, tolerance: float, timing_batches: tuple[int, int],
+                       log: Callable[[str], None]) -> tuple[Recipe, dict]:
+    """Score every candidate against the FP32 graph, time them side by side, choose; returns the tuning record too."""
+    baseline = tuning_set.baseline(src / manifest.graph, log)
+    latency = time_candidates(src / manifest.graph, paths, manifest, timing_batches)
+    for trial in trials:
+        score_trial(trial, paths[trial.recipe], tuning_set, baseline, latency, tolerance)
+        log(format_trial(trial, timing_batches))
+    log(f"  {'fp32':<28} b{timing_batches[0]} {latency['small']['fp32']:.1f} ms  "
+        f"b{timing_batches[1]} {latency['large']['fp32']:.0f} ms")
+    by_name = {r.name: r for r in candidates}
+    chosen = by_name[choose(trials, by_name, tolerance).recipe]
+    return chosen, tuning_record(tuning_set, baseline, tolerance, latency, timing_batches, trials)
 
 
 DRIFT_WINDOWS = 16  # held-out train windows the per-tensor error report runs on

@@ -30,7 +30,7 @@ import optuna
 from .errors import InputError
 from . import squad
 from .families import dims_of
-from .length import LengthConfig
+from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from .verify import pareto_front
 
 SAMPLERS = ("nsga2", "evolution")
@@ -38,7 +38,8 @@ SAMPLERS = ("nsga2", "evolution")
 SEARCH_POOL_END = 87_599 - 2_000
 
 
-def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = "cap", variant: str = "qtool") -> LengthConfig:
+def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAULT_LENGTH_RULE,
+                       variant: str = DEFAULT_VARIANT) -> LengthConfig:
     keep, n = [], seq_len
     for r in ratios:
         n = max(1, min(n, math.ceil(n * r)))
@@ -75,7 +76,7 @@ def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]
         except (OSError, json.JSONDecodeError):
             continue
         if args.get("length_drop"):
-            return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name, args.get("length_rule", "ratio")
+            return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name, args.get("length_rule", LengthRule.RATIO)  # records before the rule was recorded trained ratio
     return None, "no LengthDrop training record", None
 
 
@@ -148,7 +149,7 @@ def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: fl
     from .latency import LatencyModel
 
     from .model import load_qa_model, trained_variant
-    from .runtime import predict_torch, score
+    from .runtime import Protocol, predict_torch, score
 
     model, tokenizer = load_qa_model(model_dir)
     variant = trained_variant(model)  # search the model the way it was trained
@@ -168,7 +169,7 @@ def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: fl
     def objective(trial) -> tuple[float, float]:
         ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(dims.layers)]
         config = config_from_ratios(ratios, seq_len, rule, variant)
-        results = {name: score(ex, f, predict_torch(model, f, config, protocol="unpadded"))
+        results = {name: score(ex, f, predict_torch(model, f, config, protocol=Protocol.UNPADDED))
                    for name, (ex, f) in workloads.items()}
         f1 = float(np.mean([r["f1"] for r in results.values()]))
         cost = cost_of(config, every_window)
@@ -325,7 +326,7 @@ def search_configs(
     offset: int = 0,
     neighbours: int = squad.DOCUMENT_NEIGHBOURS,
     min_ratio: float | None = None,
-    length_rule: str = "cap",
+    length_rule: str = DEFAULT_LENGTH_RULE,
     seq_len: int = squad.MAX_LENGTH,
     sampler: str = "evolution",
     population: int = 12,
@@ -365,22 +366,29 @@ def search_configs(
                        population=population, layers=layers)
     task = dict(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio, rule=length_rule,
                 seq_len=seq_len, neighbours=neighbours, latency_model=latency_model)
-    if workers == 1:
-        _run_trials(study, make_objective(**task, log=log), trials, progress=True)
-    else:
-        jobs = [dict(task, trials=trials, sampler=sampler, population=population, study_name=study_name,
-                     storage=storage, seed=seed + i) for i in range(workers)]
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.map(_worker, jobs)
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    study = _run_study(study, task, trials=trials, workers=workers, sampler=sampler, population=population,
+                       study_name=study_name, storage=storage, seed=seed, log=log)
     rows = study_rows(study)
-    front = [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])]
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
                                   "train, unpadded windows, length rule " + length_rule,
                       "minimize": cost},
         "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
         "workloads": workloads, "recommended": recommend(rows), "recommend_tolerance": RECOMMEND_TOLERANCE,
-        "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))), "study": study_name, "storage": storage, "evaluated": rows,
-        "pareto": front,
+        "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+        "study": study_name, "storage": storage, "evaluated": rows,
+        "pareto": [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])],
     }
+
+
+def _run_study(study: optuna.Study, task: dict, *, trials: int, workers: int, sampler: str, population: int,
+               study_name: str, storage: str | None, seed: int, log: Callable[[str], None]) -> optuna.Study:
+    """Run the study until it holds `trials` completed trials: here, or in `workers` spawned processes sharing it."""
+    if workers == 1:
+        _run_trials(study, make_objective(**task, log=log), trials, progress=True)
+        return study
+    jobs = [dict(task, trials=trials, sampler=sampler, population=population, study_name=study_name,
+                 storage=storage, seed=seed + i) for i in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(_worker, jobs)
+    return optuna.load_study(study_name=study_name, storage=open_storage(storage))

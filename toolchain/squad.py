@@ -129,7 +129,30 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neig
         raise InputError(f"offset must be 0 or more, got {offset}")
     if limit is not None and limit < 1:
         raise InputError(f"limit must be a positive number of questions, got {limit}")
+    if neighbours < 0:
+        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
     path = resolve_squad_file(path)
+    data = _read_squad_json(path)
+    if neighbours:
+        data = widen_contexts(data, neighbours)
+    end = None if limit is None else offset + limit
+    examples, index = [], 0
+    for where, title, context, qa in _checked_questions(path, data):
+        if index >= offset and (end is None or index < end):
+            examples.append(SquadExample(
+                id=qa["id"], title=title, question=qa["question"].strip(), context=context,
+                answers=tuple(ans["text"] for ans in qa["answers"]),
+                answer_starts=tuple(ans["answer_start"] for ans in qa["answers"])))
+        index += 1
+    if index == 0:
+        raise SquadFormatError(f"{path} holds no questions")
+    if offset >= index:
+        raise InputError(f"offset {offset} is past the end of {path} ({index} questions)")
+    return examples
+
+
+def _read_squad_json(path: Path) -> dict:
+    """The file's JSON, refused in one line when it is not SQuAD v1.1's top level."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -140,63 +163,47 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neig
     version = str(data.get("version", ""))
     if version.lstrip("v").startswith("2"):
         raise SquadFormatError(f"{path} is SQuAD version {version}: {V2_MESSAGE}")
-    if neighbours < 0:
-        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
-    if neighbours:
-        data = widen_contexts(data, neighbours)
-    examples: list[SquadExample] = []
-    end = None if limit is None else offset + limit
-    index = 0
+    return data
+
+
+def _checked_questions(path: Path, data: dict) -> Iterable[tuple[str, str, str, dict]]:
+    """Every question in file order as (where, title, context, qa), each checked against SQuAD v1.1's shape."""
     seen: set[str] = set()
     for a, article in enumerate(data["data"]):
-        where = f"data[{a}]"
-        _expect(isinstance(article, dict) and isinstance(article.get("paragraphs"), list), path, where,
+        _expect(isinstance(article, dict) and isinstance(article.get("paragraphs"), list), path, f"data[{a}]",
                 'has no "paragraphs" list')
         title = article.get("title", "")
+        title = title if _is_str(title) else ""
         for p, paragraph in enumerate(article["paragraphs"]):
             where = f"data[{a}].paragraphs[{p}]"
             _expect(isinstance(paragraph, dict), path, where, "is not an object")
             _expect(_is_str(paragraph.get("context")), path, where, 'has no "context" string')
             _expect(isinstance(paragraph.get("qas"), list), path, where, 'has no "qas" list')
-            context = paragraph["context"]
             for q, qa in enumerate(paragraph["qas"]):
-                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
-                _expect(isinstance(qa, dict), path, where, "is not an object")
-                if qa.get("is_impossible") or "plausible_answers" in qa:
-                    raise SquadFormatError(f"{path}: {where} is a SQuAD v2.0 question: {V2_MESSAGE}")
-                _expect(_is_str(qa.get("id")), path, where, 'has no "id" string')
-                _expect(_is_str(qa.get("question")), path, where, 'has no "question" string')
-                _expect(qa["id"] not in seen, path, where, f"repeats the question id {qa['id']!r}")
-                seen.add(qa["id"])
-                answers = qa.get("answers", [])
-                _expect(isinstance(answers, list), path, where, '"answers" is not a list')
-                _expect(bool(answers), path, where, 'has no answers (every SQuAD v1.1 question has at least one; '
-                        'unanswerable questions are SQuAD v2.0, which qtool does not score)')
-                for i, ans in enumerate(answers):
-                    _expect(
-                        isinstance(ans, dict) and _is_str(ans.get("text"))
-                        and isinstance(ans.get("answer_start"), int) and not isinstance(ans["answer_start"], bool)
-                        and 0 <= ans["answer_start"] <= len(context),
-                        path, f"{where}.answers[{i}]",
-                        'is not {"text": string, "answer_start": integer within the context}',
-                    )
-                if index >= offset and (end is None or index < end):
-                    examples.append(
-                        SquadExample(
-                            id=qa["id"],
-                            title=title if _is_str(title) else "",
-                            question=qa["question"].strip(),
-                            context=context,
-                            answers=tuple(ans["text"] for ans in answers),
-                            answer_starts=tuple(ans["answer_start"] for ans in answers),
-                        )
-                    )
-                index += 1
-    if index == 0:
-        raise SquadFormatError(f"{path} holds no questions")
-    if offset >= index:
-        raise InputError(f"offset {offset} is past the end of {path} ({index} questions)")
-    return examples
+                _check_question(path, f"{where}.qas[{q}]", qa, paragraph["context"], seen)
+                yield f"{where}.qas[{q}]", title, paragraph["context"], qa
+
+
+def _check_question(path: Path, where: str, qa: object, context: str, seen: set[str]) -> None:
+    _expect(isinstance(qa, dict), path, where, "is not an object")
+    if qa.get("is_impossible") or "plausible_answers" in qa:
+        raise SquadFormatError(f"{path}: {where} is a SQuAD v2.0 question: {V2_MESSAGE}")
+    _expect(_is_str(qa.get("id")), path, where, 'has no "id" string')
+    _expect(_is_str(qa.get("question")), path, where, 'has no "question" string')
+    _expect(qa["id"] not in seen, path, where, f"repeats the question id {qa['id']!r}")
+    seen.add(qa["id"])
+    answers = qa.get("answers", [])
+    _expect(isinstance(answers, list), path, where, '"answers" is not a list')
+    _expect(bool(answers), path, where, 'has no answers (every SQuAD v1.1 question has at least one; '
+            'unanswerable questions are SQuAD v2.0, which qtool does not score)')
+    for i, ans in enumerate(answers):
+        _expect(
+            isinstance(ans, dict) and _is_str(ans.get("text"))
+            and isinstance(ans.get("answer_start"), int) and not isinstance(ans["answer_start"], bool)
+            and 0 <= ans["answer_start"] <= len(context),
+            path, f"{where}.answers[{i}]",
+            'is not {"text": string, "answer_start": integer within the context}',
+        )
 
 
 @dataclass

@@ -60,10 +60,10 @@ class TrainArgs:
     save_every: float = 600.0  # seconds
     threads: int | None = None
     variant: str = DEFAULT_VARIANT  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
-    # How sandwich configurations meet each batch, as the length rule will at inference: 'ratio' draws the
-    # counts for the batch's own width (every window drops its share); 'cap' draws them for max_length and
-    # keeps min(k_i, tokens in), which is what a cap graph does to an unpadded window.
-    length_rule: str = LengthRule.RATIO
+    # How sandwich configurations meet each batch, as the length rule will at inference: 'cap' (the one default,
+    # as export and search) draws them for max_length and keeps min(k_i, tokens in), which is what a cap graph
+    # does to an unpadded window; 'ratio' draws the counts for the batch's own width (LAT's training).
+    length_rule: str = DEFAULT_LENGTH_RULE
     # The document workload for training: each context widened with this many neighbouring paragraphs of its
     # article (squad.widen_contexts), so windows are full of real tokens and sub-models drop real tokens.
     neighbours: int = 0
@@ -317,17 +317,39 @@ def _step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: in
     return total
 
 
-def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
-    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
-    from tqdm.auto import tqdm
-
+def _resolved(args: TrainArgs) -> TrainArgs:
+    """The arguments checked, with the device and bf16 the run really uses (so the record says what ran)."""
     args.validate()
     device = training_device(args.device)
-    args = replace(args, device=device)  # the record says what ran
+    args = replace(args, device=device)
     if args.bf16 is None:
         args = replace(args, bf16=native_bf16(device))
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.optim.Optimizer, feats: squad.Features,
+                    rows: np.ndarray, width: int, num_layers: int, rng: random.Random, autocast, *, lr: float) -> float:
+    """One optimizer step on one batch of windows (cut to `width`); returns the step's loss."""
+    device = args.device
+    batch = {k: torch.from_numpy(v[:, :width]).to(device) for k, v in feats.model_inputs(rows).items()}
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total = _step_loss(args, model, batch, torch.from_numpy(feats.start_positions[rows]).to(device),
+                       torch.from_numpy(feats.end_positions[rows]).to(device), num_layers, width, rng, autocast)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return total
+
+
+def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
+    from tqdm.auto import tqdm
+
+    args = _resolved(args)
+    device = args.device
     out = Path(args.out)
     _check_out(out)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -353,17 +375,11 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
             batches = (epoch, epoch_batches(lengths, args.batch_size, args.seed, epoch))
         rows = batches[1][index]
         width = batch_width(int(lengths[rows].max()), max_width)
-        batch = {k: torch.from_numpy(v[:, :width]).to(device) for k, v in feats.model_inputs(rows).items()}
         progress_share = state["step"] / max_steps
         if args.time_budget:
             progress_share = max(progress_share, (time.monotonic() - start_time) / args.time_budget)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * _lr_factor(progress_share, args.warmup)
-        optimizer.zero_grad(set_to_none=True)
-        total = _step_loss(args, model, batch, torch.from_numpy(feats.start_positions[rows]).to(device),
-                           torch.from_numpy(feats.end_positions[rows]).to(device), num_layers, width, rng, autocast)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        total = _optimizer_step(args, model, optimizer, feats, rows, width, num_layers, rng, autocast,
+                                lr=args.lr * _lr_factor(progress_share, args.warmup))
 
         state["step"] += 1
         state["examples"] += len(rows)

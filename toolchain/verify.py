@@ -22,11 +22,12 @@ from qtool_runtime.errors import QtoolError
 from . import artifact, atomic, squad
 from . import manifest as manifests
 from .manifest import Kind
-from .timing import interleaved_ms
+from qtool_runtime.timing import interleaved_ms
 from .families import dims_of
-from .length import LengthConfig
+from .length import DEFAULT_LENGTH_RULE, LengthConfig
+from .settings import TorchReference, VerifySettings
 from .runtime import (
-    PROTOCOLS,
+    Protocol,
     GraphInterface,
     is_invariant,
     kept_agreement,
@@ -51,9 +52,9 @@ def evaluate_model(
     squad_file: str = "dev",
     limit: int | None = None,
     seq_len: int = squad.MAX_LENGTH,
-    length_rule: str = "cap",
+    length_rule: str = DEFAULT_LENGTH_RULE,
     variant: str | None = None,
-    protocol: str = "padded",
+    protocol: str = Protocol.PADDED,
     batch_size: int = 32,
     neighbours: int = 0,
     show_progress: bool = True,
@@ -183,107 +184,122 @@ def report_destination(root: Path, report_dir: str | Path | None) -> Path:
 
 def verify_artifacts(
     root: str | Path,
+    settings: VerifySettings = VerifySettings(),
     *,
     model_dir: str | Path | None = None,
-    squad_file: str = "dev",
-    limit: int | None = None,
-    protocols: Sequence[str] = PROTOCOLS,
-    batch_sizes: Sequence[int] = (1, 32),
-    rounds: int = 8,
-    workload_windows: int = 200,
-    threads: int | None = None,
-    torch_configs: str = "full",
-    report_dir: str | Path | None = None,
-    neighbours: int = 0,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Score and time every artifact under `root`; write report.json/.md and pareto.png to the report folder.
 
-    Rows: PyTorch FP32 (reference; `torch_configs` = 'full', 'all' or 'none'), then each artifact. Speedups
-    are against the standard recipe's INT8 graph when present (and the FP32 full qtool graph).
+    Rows: PyTorch FP32 (reference; `settings.torch_configs`), then each artifact. Speedups are against the
+    standard recipe's INT8 graph when present (and the FP32 full qtool graph). Steps: workload -> rows -> time ->
+    derive -> report.
     """
+    settings.check()
+    root = Path(root)
+    dest = report_destination(root, settings.report_dir)
+    found = dict(manifests.find(root))
+    examples, features = _workload_of(found, settings, log)
+    first = next(iter(found.values()))
+    rows = _torch_rows(model_dir or first.source_model, found, examples, features, settings, show_progress, log)
+    sessions, keeps, preds = {}, {}, {}
+    rows += _onnx_rows(found, examples, features, settings, sessions, keeps, preds, show_progress, log)
+    log(f"timing {len(sessions)} graphs side by side ({settings.rounds} rounds after 2 warm-up)")
+    latency = time_artifacts(sessions, features, seq_len=first.length_config.seq_len, batch_sizes=settings.batch_sizes,
+                             workload_windows=settings.workload_windows, rounds=settings.rounds, log=log, keeps=keeps)
+    for row in rows:
+        if row["name"] in latency:
+            row["latency_ms"] = latency[row["name"]]
+    _derive(rows, preds, features, settings.protocols)
+    report = _report(examples, features, rows, settings, seq_len=first.length_config.seq_len,
+                     baseline=STANDARD_INT8 if STANDARD_INT8 in latency else None)
+    write_report(dest, report)
+    report["report_dir"] = str(dest)
+    return report
+
+
+def _workload_of(found: dict, settings: VerifySettings, log: Callable[[str], None]):
+    """The questions and their windows, cut as the first artifact's manifest says (length, stride)."""
     from transformers import AutoTokenizer
 
-    root = Path(root)
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown or not protocols:
-        raise VerifyError(f"protocols {list(protocols)}: choose from {PROTOCOLS}")
-    if rounds < 1 or workload_windows < 1 or any(b < 1 for b in batch_sizes):
-        raise VerifyError("rounds, workload windows and batch sizes must be positive")
-    dest = report_destination(root, report_dir)
-    found = dict(manifests.find(root))
     first = next(iter(found.values()))
     seq_len = first.length_config.seq_len
     tokenizer = AutoTokenizer.from_pretrained(next(iter(found)), local_files_only=True, use_fast=True)
-    examples = squad.load_squad(squad_file, limit=limit, neighbours=neighbours)
+    examples = squad.load_squad(settings.squad_file, limit=settings.limit, neighbours=settings.neighbours)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=first.doc_stride)
     real = features.attention_mask.sum(1)
     log(f"{len(examples)} questions, {len(features)} windows (mean {real.mean():.0f} real tokens) at length {seq_len}")
+    return examples, features
 
-    rows: list[dict] = []
-    model_dir = model_dir or first.source_model
-    if torch_configs != "none":
-        from .model import flops_ratio, load_qa_model
 
-        if not model_dir or not Path(model_dir, "config.json").is_file():
-            raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
-        model, _ = load_qa_model(model_dir)
-        dims = dims_of(model)
-        configs = [LengthConfig.full(dims.layers, seq_len)]
-        if torch_configs == "all":
-            configs += [m.length_config for m in found.values() if m.kind == Kind.QTOOL and m.precision == Precision.FP32 and not m.length_config.is_full]
-        for config in configs:
-            row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": "qtool", "precision": "fp32",
-                   "config": config.label, "rule": config.rule,
-                   "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn)}
-            invariant = is_invariant(config)
-            for protocol in _distinct_protocols(protocols, invariant=invariant):
-                result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))
-                for same in _same_as(protocol, protocols, invariant=invariant):
-                    row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
-            rows.append(row)
-            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
+def _torch_rows(model_dir, found: dict, examples, features: squad.Features, settings: VerifySettings,
+                show_progress: bool, log: Callable[[str], None]) -> list[dict]:
+    """The PyTorch FP32 reference rows: the full model, and with 'all' every FP32 qtool configuration found."""
+    if settings.torch_configs == TorchReference.NONE:
+        return []
+    from .model import flops_ratio, load_qa_model
 
-    sessions, keeps, preds = {}, {}, {}
+    if not model_dir or not Path(model_dir, "config.json").is_file():
+        raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
+    model, _ = load_qa_model(model_dir)
+    dims = dims_of(model)
+    seq_len = next(iter(found.values())).length_config.seq_len
+    configs = [LengthConfig.full(dims.layers, seq_len)]
+    if settings.torch_configs == TorchReference.ALL:
+        configs += [m.length_config for m in found.values()
+                    if m.kind == Kind.QTOOL and m.precision == Precision.FP32 and not m.length_config.is_full]
+    rows = []
+    for config in configs:
+        row = {"name": f"pytorch-fp32-{config.name()}", "runtime": "pytorch", "kind": Kind.QTOOL, "precision": Precision.FP32,
+               "config": config.label, "rule": config.rule, "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn)}
+        invariant = is_invariant(config)
+        for protocol in _distinct_protocols(settings.protocols, invariant=invariant):
+            result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))
+            for same in _same_as(protocol, settings.protocols, invariant=invariant):
+                row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
+        rows.append(row)
+        log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in settings.protocols))
+    return rows
+
+
+def _onnx_rows(found: dict, examples, features: squad.Features, settings: VerifySettings, sessions: dict, keeps: dict,
+               preds: dict, show_progress: bool, log: Callable[[str], None]) -> list[dict]:
+    """One row per artifact (per menu entry of a run-time graph, named <folder>@<configuration>); fills the
+    sessions and keep counts the timing step runs, and the predictions the derive step compares."""
+    rows = []
     for folder, manifest in found.items():
-        session = onnx_session(folder / manifest.graph, threads)
-        # a run-time configuration graph gives one row per menu entry, named <folder>@<configuration>
+        session = onnx_session(folder / manifest.graph, settings.threads)
         for config in manifest.menu_configs() if manifest.is_runtime else [None]:
             name = folder.name if config is None else f"{folder.name}@{config.label}"
             sessions[name] = session
             keeps[name] = None if config is None else [config.seq_len if k is None else k for k in config.keep]
-            row = _artifact_row(name, folder, manifest, session, config, examples, features, protocols, preds,
+            row = _artifact_row(name, folder, manifest, session, config, examples, features, settings.protocols, preds,
                                 keeps[name], show_progress)
             twin = manifests.twin_of(folder, manifest, found)
             row["fp32_twin"] = None if twin is None else twin.name if config is None else f"{twin.name}@{config.label}"
             rows.append(row)
-            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in protocols))
+            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in settings.protocols))
+    return rows
 
-    log(f"timing {len(sessions)} graphs side by side ({rounds} rounds after 2 warm-up)")
-    latency = time_artifacts(sessions, features, seq_len=seq_len, batch_sizes=batch_sizes,
-                             workload_windows=workload_windows, rounds=rounds, log=log, keeps=keeps)
-    for row in rows:
-        if row["name"] in latency:
-            row["latency_ms"] = latency[row["name"]]
-    _derive(rows, preds, features, protocols)
-    single, _, workload_questions = _workload(features, workload_windows)
-    report = {
-        "squad_file": str(squad_file), "questions": len(examples), "windows": len(features),
-        "workload": squad.workload_name(neighbours),
+
+def _report(examples, features: squad.Features, rows: list[dict], settings: VerifySettings, *, seq_len: int,
+            baseline: str | None) -> dict:
+    """The report's record: what was scored (workload, windows), on which machine, how it was timed, the rows."""
+    real = features.attention_mask.sum(1)
+    single, _, workload_questions = _workload(features, settings.workload_windows)
+    return {
+        "squad_file": str(settings.squad_file), "questions": len(examples), "windows": len(features),
+        "workload": squad.workload_name(settings.neighbours),
         "full_windows": float((real == seq_len).mean()),
-        "mean_real_tokens": float(real.mean()), "seq_len": seq_len, "protocols": list(protocols),
-        "machine": machine_info(threads),
-        "latency": {"batch_sizes": list(batch_sizes), "rounds": rounds, "warmup": 2, "statistic": "median",
-                    "workload_windows": len(single), "workload_questions": workload_questions,
-                    "windows_per_question": len(single) / workload_questions,
-                    "interleaved": True},
-        "baseline": STANDARD_INT8 if STANDARD_INT8 in latency else None,
+        "mean_real_tokens": float(real.mean()), "seq_len": seq_len, "protocols": list(settings.protocols),
+        "machine": machine_info(settings.threads),
+        "latency": {"batch_sizes": list(settings.batch_sizes), "rounds": settings.rounds, "warmup": 2,
+                    "statistic": "median", "workload_windows": len(single), "workload_questions": workload_questions,
+                    "windows_per_question": len(single) / workload_questions, "interleaved": True},
+        "baseline": baseline,
         "versions": artifact.tool_versions(), "rows": rows,
     }
-    write_report(dest, report)
-    report["report_dir"] = str(dest)
-    return report
 
 
 def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session, config: LengthConfig | None,
@@ -391,8 +407,8 @@ def plot_pareto(report: dict, path: str | Path, panels: Sequence[tuple[str, str,
     if not panels:
         raise VerifyError("the report has no latency under the plotted protocols")
     rows = [r for r in report["rows"] if "latency_ms" in r]
-    styles = {("qtool", "fp32"): ("o", "tab:blue"), ("qtool", "int8"): ("s", "tab:orange"),
-              ("standard", "fp32"): ("^", "tab:gray"), ("standard", "int8"): ("D", "tab:red")}
+    styles = {(Kind.QTOOL, Precision.FP32): ("o", "tab:blue"), (Kind.QTOOL, Precision.INT8): ("s", "tab:orange"),
+              (Kind.STANDARD, Precision.FP32): ("^", "tab:gray"), (Kind.STANDARD, Precision.INT8): ("D", "tab:red")}
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.8, 4.8), dpi=120, squeeze=False)
     for ax, (key, protocol, title) in zip(axes[0], panels):
         shown = [(i, r) for i, r in enumerate(rows, 1) if key in r["latency_ms"] and f"f1_{protocol}" in r]

@@ -15,8 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import (FEEDING_KEYS, FORMAT, KEEP_INPUT, MANIFEST, MAX_TOKENS, MODEL_INPUTS, PRECISIONS,  # noqa: F401
-                       SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding, sha256)
+from .contract import (FORMAT, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding, sha256)
 from .menu import MenuTimes, choose, measure
 from .errors import QtoolError
 from .spans import best_span

@@ -8,13 +8,14 @@ cost less per window), and `choose` takes the most accurate entry whose predicti
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .contract import MenuEntry
+from .timing import interleaved_ms
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,6 @@ def measure(run_window: Callable[[MenuEntry, int], None], menu: Sequence[MenuEnt
             rounds: int = 5, warmup: int = 1, label: Callable[[MenuEntry], str] = lambda e: e.label) -> MenuTimes:
     """Median ms of `run_window(entry, length)` per entry and length, entries interleaved round by round; the
     table is keyed by `label` (the kit's: 'full' or the counts)."""
-    samples: dict[tuple[str, int], list[float]] = {(label(e), n): [] for e in menu for n in lengths}
-    for r in range(warmup + rounds):
-        for n in lengths:
-            for entry in menu:
-                t0 = time.perf_counter()
-                run_window(entry, n)
-                if r >= warmup:
-                    samples[(label(entry), n)].append((time.perf_counter() - t0) * 1e3)
-    return MenuTimes(tuple(lengths), {label(e): tuple(float(np.median(samples[(label(e), n)])) for n in lengths)
-                                      for e in menu})
+    work = {(label(e), n): partial(run_window, e, n) for n in lengths for e in menu}
+    medians = interleaved_ms(work, rounds=rounds, warmup=warmup)
+    return MenuTimes(tuple(lengths), {label(e): tuple(medians[(label(e), n)] for n in lengths) for e in menu})

@@ -268,6 +268,37 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
     return pairs, many
 
 
+async def read_body(request, max_body_bytes: int) -> bytes:
+    """The request body, refused (413) past `max_body_bytes` whether or not it declares its length."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError(400, f"Content-Length {declared!r} is not a number")
+        if int(declared) > max_body_bytes:
+            raise RequestError(413, f"the body is {declared} bytes; at most {max_body_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # also bounds chunked bodies that declare no length
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise RequestError(413, f"the body exceeds {max_body_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def prepare_items(artifact: Artifact, items: list[Item], many: bool) -> tuple[list[Windows], list]:
+    """Each item's windows and menu entry (named, chosen by its budget, or None: the server's choice); a bad
+    item is a 422 naming it."""
+    windows, entries = [], []
+    for i, item in enumerate(items):
+        try:
+            windows.append(artifact.windows(item.question, item.context))
+            entries.append(artifact.choose(windows[-1:], item.budget_ms) if item.budget_ms is not None
+                           else artifact.entry(item.config) if item.config is not None else None)
+        except (InputError, ConfigError) as exc:
+            raise RequestError(422, f"item {i}: {exc}" if many else str(exc)) from exc
+    return windows, entries
+
+
 def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5.0,
                max_body_bytes: int = MAX_BODY_BYTES, max_questions: int = MAX_QUESTIONS,
                latency_target_ms: float | None = None):
@@ -290,33 +321,11 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(400, f"Content-Length {declared!r} is not a number")
-            if int(declared) > max_body_bytes:
-                raise RequestError(413, f"the body is {declared} bytes; at most {max_body_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():  # also bounds chunked bodies that declare no length
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise RequestError(413, f"the body exceeds {max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def answer(request: Request) -> JSONResponse:
         arrived = asyncio.get_running_loop().time()
         try:
-            items, many = parse_payload(await read_body(request), max_questions)
-            windows, entries = [], []
-            for i, item in enumerate(items):
-                try:
-                    windows.append(artifact.windows(item.question, item.context))
-                    entries.append(artifact.choose(windows[-1:], item.budget_ms) if item.budget_ms is not None
-                                   else artifact.entry(item.config) if item.config is not None else None)
-                except (InputError, ConfigError) as exc:
-                    raise RequestError(422, f"item {i}: {exc}" if many else str(exc)) from exc
+            items, many = parse_payload(await read_body(request, max_body_bytes), max_questions)
+            windows, entries = prepare_items(artifact, items, many)
         except RequestError as exc:
             return error(exc.status, str(exc))
         except ClientDisconnect:

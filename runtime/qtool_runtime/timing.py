@@ -1,4 +1,4 @@
-"""One timing loop for every side-by-side measurement (quantize's ladder, verify, fit-latency).
+"""One timing loop for every side-by-side measurement (quantize's ladder, verify, fit-latency, the kit's menu).
 
 Every round runs every piece of work in turn, after warm-up rounds, and the median of the timed rounds is
 kept: a slow spell of a noisy machine then hits every graph alike, and ratios measured in one loop hold

@@ -1,0 +1,71 @@
+"""Each stage's settings as one typed object: the library functions take it, the CLI reads its defaults from it.
+
+Torch-free, so `qtool --help` stays fast. A setting's default lives here once; the CLI options and the
+functions below them never restate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtool_runtime.contract import LengthRule, Mode
+from qtool_runtime.errors import QtoolError
+
+from . import squad
+from .runtime import PROTOCOLS
+
+
+class SettingsError(QtoolError, ValueError):
+    """A stage setting out of its range."""
+
+
+class TorchReference(Mode):
+    """Which PyTorch FP32 rows `verify` adds as references."""
+
+    FULL = "full"  # the full model only
+    ALL = "all"  # the full model and every FP32 qtool configuration found
+    NONE = "none"  # no PyTorch rows (no model needed)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How `qtool export` builds and validates graphs."""
+
+    squad_file: str = "dev"  # SQuAD windows the graph is validated on against PyTorch
+    samples: int = 16  # questions used to validate each graph
+    seq_len: int = squad.MAX_LENGTH  # the length configurations are stated for (at most the model's positions)
+    doc_stride: int | None = None  # window overlap; None: min(DOC_STRIDE, seq_len / 2)
+    length_rule: str = LengthRule.CAP
+    variant: str | None = None  # None: the variant `qtool train` recorded in the model folder
+    opset: int = 18
+    atol: float = 1e-3  # the largest logit difference ONNX vs PyTorch allowed
+
+    @property
+    def window_stride(self) -> int:
+        return squad.default_doc_stride(self.seq_len) if self.doc_stride is None else self.doc_stride
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """What `qtool verify` (and `qtool bench` after it) scores and times."""
+
+    squad_file: str = "dev"
+    limit: int | None = None  # the first N questions (None: all of dev, minutes per graph)
+    neighbours: int = 0  # > 0: the document workload (contexts widened by this many paragraphs each side)
+    protocols: tuple[str, ...] = PROTOCOLS
+    batch_sizes: tuple[int, ...] = (1, 32)  # the all-real seq_len latency protocol
+    rounds: int = 8  # interleaved timing rounds after 2 warm-up
+    workload_windows: int = 200  # windows in the real-workload latency protocol
+    threads: int | None = None  # onnxruntime intra-op threads (None: all cores)
+    torch_configs: str = TorchReference.FULL
+    report_dir: str | Path | None = None  # None: the artifact root, never inside an artifact
+
+    def check(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise SettingsError(f"protocols {list(self.protocols)}: choose from {PROTOCOLS}")
+        if self.rounds < 1 or self.workload_windows < 1 or not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise SettingsError("rounds, workload windows and batch sizes must be positive")
+        if self.torch_configs not in TorchReference.choices():
+            raise SettingsError(f"torch_configs {self.torch_configs!r}: choose from {TorchReference.choices()}")
