@@ -13,6 +13,7 @@ import argparse
 import json
 
 from toolchain.search import search_configs
+from toolchain.settings import SearchSettings
 
 
 def hypervolume(front: list[dict], ref_cost: float = 1.0, ref_f1: float = 0.0) -> float:
@@ -38,8 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for sampler in ("nsga2", "evolution"):
-        result = search_configs(args.model, trials=args.trials, questions=args.questions, min_ratio=args.min_ratio,
-                                sampler=sampler, population=args.population, seed=args.seed, log=lambda _: None)
+        settings = SearchSettings(trials=args.trials, questions=args.questions, min_ratio=args.min_ratio,
+                                  sampler=sampler, population=args.population, seed=args.seed)
+        result = search_configs(args.model, settings, log=lambda _: None)
         result["hypervolume"] = hypervolume(result["pareto"])
         results[sampler] = result
         print(f"{sampler:<10} trials {result['trials']}  front {len(result['pareto'])}  hypervolume {result['hypervolume']:.3f}")

@@ -12,6 +12,7 @@ from toolchain.cli import main
 from toolchain.errors import InputError
 from toolchain.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
 from toolchain.length import LengthConfig
+from toolchain.settings import SearchSettings
 
 
 def test_layer_tokens_follow_the_length_rule_and_skips():
@@ -132,11 +133,11 @@ def test_a_study_keeps_one_cost(trained_dir, tmp_path):
     from toolchain.search import search_configs
 
     storage = str(tmp_path / "study.journal")
-    search_configs(trained_dir, trials=1, questions=4, storage=storage, log=lambda _: None)
+    search_configs(trained_dir, SearchSettings(trials=1, questions=4, storage=storage), log=lambda _: None)
     _model(None).save(tmp_path / "latency.json")
     with pytest.raises(InputError, match="other settings \\(cost\\)"):
-        search_configs(trained_dir, trials=2, questions=4, storage=storage, latency_model=tmp_path / "latency.json",
-                       log=lambda _: None)
+        search_configs(trained_dir, SearchSettings(trials=2, questions=4, storage=storage,
+                                                   latency_model=tmp_path / "latency.json"), log=lambda _: None)
 
 
 def test_standard_command_refuses_a_folder_that_is_no_model(tmp_path):

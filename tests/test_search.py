@@ -6,6 +6,7 @@ from toolchain.errors import InputError
 from toolchain.length import LengthConfig
 from toolchain.search import (EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, recommend, search_configs,
                               search_examples, trained_space)
+from toolchain.settings import SearchSettings
 
 
 def test_ratios_always_give_valid_configs():
@@ -37,7 +38,7 @@ def test_search_slice_is_held_out_train():
 
 
 def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
-    result = search_configs(trained_dir, trials=5, questions=12, min_ratio=0.4, log=lambda _: None)
+    result = search_configs(trained_dir, SearchSettings(trials=5, questions=12, min_ratio=0.4), log=lambda _: None)
     assert "train" in result["objective"]["maximize"] and "unpadded" in result["objective"]["maximize"]
     assert "below what LengthDrop trained" not in result["space"]  # this model has no LengthDrop record
     rows = result["evaluated"]
@@ -65,15 +66,16 @@ def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
 def test_two_workers_share_one_resumable_study(trained_dir, tmp_path):
     storage = str(tmp_path / "study.journal")
     with pytest.raises(ValueError, match="must share a study"):
-        search_configs(trained_dir, trials=4, workers=2, log=lambda _: None)
-    first = search_configs(trained_dir, trials=4, questions=6, min_ratio=0.5, storage=storage, workers=2,
-                           sampler="evolution", population=2, log=lambda _: None)
+        search_configs(trained_dir, SearchSettings(trials=4, workers=2), log=lambda _: None)
+    first = search_configs(trained_dir, SearchSettings(trials=4, questions=6, min_ratio=0.5, storage=storage, workers=2,
+                                                       sampler="evolution", population=2), log=lambda _: None)
     assert 4 <= first["trials"] <= 5  # two workers racing to the budget may each finish one last trial
     study = optuna.load_study(study_name="qtool-search", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(storage)))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == first["trials"] and len({t.number for t in complete}) == len(complete)
-    resumed = search_configs(trained_dir, trials=7, questions=6, min_ratio=0.5, storage=storage, log=lambda _: None)
+    resumed = search_configs(trained_dir, SearchSettings(trials=7, questions=6, min_ratio=0.5, storage=storage),
+                             log=lambda _: None)
     assert resumed["trials"] == 7  # resumed: the study grows to the new budget on top of the workers' trials
     assert {r["config"] for r in first["evaluated"]} <= {r["config"] for r in resumed["evaluated"]}
 
@@ -89,9 +91,10 @@ def test_document_questions_are_the_search_questions_widened():
 
 def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
     storage = str(tmp_path / "study.journal")
-    search_configs(trained_dir, trials=1, questions=4, neighbours=0, min_ratio=0.5, storage=storage, log=lambda _: None)
+    search_configs(trained_dir, SearchSettings(trials=1, questions=4, neighbours=0, min_ratio=0.5, storage=storage),
+                   log=lambda _: None)
     with pytest.raises(InputError, match="other settings.*workloads"):
-        search_configs(trained_dir, trials=2, questions=4, neighbours=2, min_ratio=0.5, storage=storage,
+        search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=2, min_ratio=0.5, storage=storage),
                        log=lambda _: None)
 
 

@@ -16,8 +16,7 @@ from .latency import DEFAULT_LENGTHS
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
 from .runtime import PROTOCOLS, Protocol
-from .settings import ExportSettings, TorchReference, VerifySettings
-from .squad import DOCUMENT_NEIGHBOURS
+from .settings import ExportSettings, Sampler, SearchSettings, TorchReference, VerifySettings
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -227,23 +226,22 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
-@click.option("--trials", default=40, show_default=True, type=POSITIVE, help="Configurations to evaluate (in the whole study, across workers and resumed runs).")
-@click.option("--questions", default=300, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions scored per configuration (never dev).")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
-@click.option("--neighbours", default=DOCUMENT_NEIGHBOURS, show_default=True, type=click.IntRange(min=0),
+@click.option("--trials", default=SearchSettings.trials, show_default=True, type=POSITIVE, help="Configurations to evaluate (in the whole study, across workers and resumed runs).")
+@click.option("--questions", default=SearchSettings.questions, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions scored per configuration (never dev).")
+@click.option("--offset", default=SearchSettings.offset, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
+@click.option("--neighbours", default=SearchSettings.neighbours, show_default=True, type=click.IntRange(min=0),
               help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
-@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True, help=RULE_HELP)
-@click.option("--sampler", type=click.Choice(["nsga2", "evolution"]), default="evolution", show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
-@click.option("--population", default=12, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(SearchSettings.length_rule), show_default=True, help=RULE_HELP)
+@click.option("--sampler", type=click.Choice(Sampler.choices()), default=str(SearchSettings.sampler), show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
+@click.option("--population", default=SearchSettings.population, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
 @click.option("--storage", default=None, help="Shared optuna storage: a journal file path, sqlite:///FILE or an RDB URL (resume; join from other processes or machines).")
-@click.option("--study", "study_name", default="qtool-search", show_default=True, help="Study name inside --storage.")
-@click.option("--workers", default=1, show_default=True, type=POSITIVE, help="Local processes joining the study (needs --storage).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--study", "study_name", default=SearchSettings.study_name, show_default=True, help="Study name inside --storage.")
+@click.option("--workers", default=SearchSettings.workers, show_default=True, type=POSITIVE, help="Local processes joining the study (needs --storage).")
+@click.option("--seed", default=SearchSettings.seed, show_default=True)
 @click.option("--latency-model", type=click.Path(dir_okay=False), default=None, help="Cost = INT8 latency at real lengths predicted by this `qtool fit-latency` file (relative to the standard recipe's graph); default cost: MACs at real lengths.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
-def search(model_dir, trials, questions, offset, neighbours, min_ratio, length_rule, sampler, population, storage, study_name, workers,
-           seed, latency_model, out) -> None:
+def search(model_dir, out, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
     documents), unpadded windows."""
     from .search import search_configs
@@ -254,10 +252,7 @@ def search(model_dir, trials, questions, offset, neighbours, min_ratio, length_r
             raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
         if not os.access(parent, os.W_OK):
             raise click.BadParameter(f"folder of {out} is not writable", param_hint="--out")
-    result = _run(search_configs, model_dir, trials=trials, questions=questions, offset=offset, neighbours=neighbours,
-                  min_ratio=min_ratio,
-                  length_rule=length_rule, sampler=sampler, population=population, storage=storage,
-                  study_name=study_name, workers=workers, seed=seed, latency_model=latency_model, log=click.echo)
+    result = _run(search_configs, model_dir, SearchSettings(**options), log=click.echo)
     click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
     click.echo(f"space: {result['space']}")
     click.echo("Pareto front (cheapest first):")

@@ -31,9 +31,10 @@ from .errors import InputError
 from . import squad
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
+from .settings import Sampler, SearchSettings
 from .verify import pareto_front
 
-SAMPLERS = ("nsga2", "evolution")
+SAMPLERS = Sampler.choices()
 # Search questions: the end of SQuAD train, before the last 2,000 (quantization tunes on the last 1,000).
 SEARCH_POOL_END = 87_599 - 2_000
 
@@ -121,9 +122,9 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
 
 
 def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
+    if name == Sampler.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if name == "evolution":
+    if name == Sampler.EVOLUTION:
         return EvolutionSampler(population=population, seed=seed)
     raise InputError(f"sampler {name!r} is unknown; choose one of {SAMPLERS}")
 
@@ -320,21 +321,8 @@ def _check_arguments(model_dir: str | Path, *, sampler: str, workers: int, stora
 
 def search_configs(
     model_dir: str | Path,
+    settings: SearchSettings = SearchSettings(),
     *,
-    trials: int = 40,
-    questions: int = 300,
-    offset: int = 0,
-    neighbours: int = squad.DOCUMENT_NEIGHBOURS,
-    min_ratio: float | None = None,
-    length_rule: str = DEFAULT_LENGTH_RULE,
-    seq_len: int = squad.MAX_LENGTH,
-    sampler: str = "evolution",
-    population: int = 12,
-    storage: str | None = None,
-    study_name: str = "qtool-search",
-    workers: int = 1,
-    seed: int = 0,
-    latency_model: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Search and return every evaluated configuration plus the Pareto-optimal ones (cheapest first).
@@ -350,14 +338,19 @@ def search_configs(
     The cost minimised is the INT8 latency predicted by `latency_model` (a `qtool fit-latency` file) at the
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
+    s = settings
+    trials, questions, offset, neighbours, length_rule, seq_len = (s.trials, s.questions, s.offset, s.neighbours,
+                                                                   s.length_rule, s.seq_len)
+    sampler, population, storage, study_name, workers, seed = (s.sampler, s.population, s.storage, s.study_name,
+                                                               s.workers, s.seed)
     _check_arguments(model_dir, sampler=sampler, workers=workers, storage=storage, neighbours=neighbours,
                      questions=questions, offset=offset)
-    min_ratio, space = describe_space(model_dir, min_ratio, length_rule)
+    min_ratio, space = describe_space(model_dir, s.min_ratio, length_rule)
     from transformers import AutoConfig
 
     layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
-    cost = describe_cost(latency_model, layers, model_dir)
-    latency_model = None if latency_model is None else str(latency_model)
+    cost = describe_cost(s.latency_model, layers, model_dir)
+    latency_model = None if s.latency_model is None else str(s.latency_model)
     workloads = [squad.workload_name(n) for n in ((0, neighbours) if neighbours else (0,))]
     settings = dict(questions=questions, offset=offset, workloads=workloads, rule=length_rule, seq_len=seq_len,
                     min_ratio=min_ratio, cost=cost)

@@ -69,3 +69,31 @@ class VerifySettings:
             raise SettingsError("rounds, workload windows and batch sizes must be positive")
         if self.torch_configs not in TorchReference.choices():
             raise SettingsError(f"torch_configs {self.torch_configs!r}: choose from {TorchReference.choices()}")
+
+
+class Sampler(Mode):
+    """How `qtool search` proposes configurations."""
+
+    EVOLUTION = "evolution"  # LAT's evolutionary search (the better front in benchmarks/search_compare.py)
+    NSGA2 = "nsga2"  # optuna's NSGA-II
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What `qtool search` explores and how. A study records the settings that change what a trial measures
+    (questions, slice, workloads, rule, length, space, cost), so resuming with other ones is refused."""
+
+    trials: int = 40  # completed trials in the whole study, across workers and resumed runs
+    questions: int = 300  # held-out SQuAD train questions scored per configuration (never dev)
+    offset: int = 0  # shift the train slice back
+    neighbours: int = squad.DOCUMENT_NEIGHBOURS  # > 0: score on documents too; 0: paragraphs only
+    min_ratio: float | None = None  # smallest keep ratio per layer; None: what LengthDrop trained
+    length_rule: str = LengthRule.CAP
+    seq_len: int = squad.MAX_LENGTH
+    sampler: str = Sampler.EVOLUTION
+    population: int = 12  # random trials before the sampler breeds
+    storage: str | None = None  # optuna storage: journal file, sqlite:///FILE or an RDB URL
+    study_name: str = "qtool-search"
+    workers: int = 1  # local processes joining the study (needs storage)
+    seed: int = 0
+    latency_model: str | None = None  # a `qtool fit-latency` file; None: cost = MACs at real lengths
