@@ -43,13 +43,27 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     by_name = {n.name: n for n in graph.node}
+    users: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    biases = {i.name for i in graph.initializer if len(i.dims) == 1}
     watched = []
     for role, names in roles.items():
         for name in names:
             node = by_name.get(name)
             if node is not None:
-                watched += [(node.input[0], name, role, "input"), (node.output[0], name, role, "output")]
+                watched += [(node.input[0], name, role, "input"), (_dense_output(node, users, biases), name, role, "output")]
     return watched
+
+
+def _dense_output(matmul, users: dict[str, list], biases: set[str]) -> str:
+    """The weight MatMul's output, after its bias Add when it has one: the INT8 graph computes both in one node
+    (passes.FUSE_MATMUL_BIAS), so only the biased tensor exists in both graphs."""
+    after = users.get(matmul.output[0], [])
+    if len(after) == 1 and after[0].op_type == "Add" and any(i in biases for i in after[0].input):
+        return after[0].output[0]
+    return matmul.output[0]
 
 
 def _with_outputs(path: Path, tensors: Sequence[str], scratch: Path) -> Path:

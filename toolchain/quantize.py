@@ -31,6 +31,7 @@ from qtool_runtime.errors import QtoolError
 from . import artifact, atomic, squad
 from . import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
+from .passes import INT8_PASSES, run_passes
 from .runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
 CALIBRATION_SETS = {"squad": "squad-train-300.json"}
@@ -241,7 +242,7 @@ def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: lis
         if not raw.is_file():
             raise QuantizationError(f"neural-compressor wrote no graph for recipe {recipe.name}")
         # INC may store weights as external data beside the graph; ship one self-contained file instead.
-        onnx.save(onnx.load(str(raw), load_external_data=True), str(out))
+        onnx.save(run_passes(onnx.load(str(raw), load_external_data=True), INT8_PASSES), str(out))
 
 
 @dataclass
