@@ -136,14 +136,19 @@ def test_choose_prefers_static_unless_measurably_slower():
 
 def test_static_recipe_leaves_matmul_outputs_fp32_and_records_what_it_did(int8_dir, exported_root):
     """The chosen graph is checked for what its manifest says: static graphs run MatMulIntegerToFloat (U8 inputs,
-    FP32 outputs), never QLinearMatMul; the record names calibration, tensors and the per-tensor drift."""
+    FP32 outputs, bias inside), never QLinearMatMul; the record names calibration, tensors and the per-tensor drift
+    (every role, though the bias Adds are gone from the INT8 graph)."""
     import onnx
 
     path = quantize_artifact(exported_root / REDUCED_DIR, exported_root.parent / "int8-static", samples=16,
                              tolerance=None, recipes=[RECIPES_BY_NAME["static-fp32-out"]], log=lambda _: None)
     manifest = manifests.load(path)
-    ops = [n.op_type for n in onnx.load(str(path / "model.onnx"), load_external_data=False).graph.node]
+    nodes = onnx.load(str(path / "model.onnx"), load_external_data=False).graph.node
+    ops = [n.op_type for n in nodes]
     assert ops.count("MatMulIntegerToFloat") == 6 * 6 + 1 and "QLinearMatMul" not in ops
+    # the graph passes ran: each GEMM adds its own bias, one Gelu per layer replaces the written-out erf form
+    assert all(len(n.input) == 7 and n.input[6] for n in nodes if n.op_type == "MatMulIntegerToFloat")
+    assert ops.count("Gelu") == 6 and "Erf" not in ops
     quant = manifest.quantization
     assert quant["mode"] == "static" and quant["batchable"] and manifest.feeding == {"batchable": True, "pad_to_seq_len": False}
     assert quant["calibration"]["set"] == "squad" and quant["calibration"]["method"] == "minmax"

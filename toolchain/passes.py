@@ -198,9 +198,12 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(init)
 
 
-def _no_gelu_chain_left(model: onnx.ModelProto) -> str | None:
-    left = _gelu_chains(model)
-    return f"{len(left)} written-out GELUs remain" if left else None
+def _none_left(find: Callable[[onnx.ModelProto], list], what: str) -> Check:
+    """A fusion's promise: its pattern matches nowhere any more."""
+    def check(model: onnx.ModelProto) -> str | None:
+        left = find(model)
+        return f"{len(left)} {what} remain" if left else None
+    return check
 
 
 FUSE_GELU = GraphPass(
@@ -208,7 +211,7 @@ FUSE_GELU = GraphPass(
     "Replace each exact GELU the exporter writes out (Div, Erf, Add, Mul, Mul) by one onnxruntime Gelu node, so "
     "onnxruntime fuses the bias Add before it (BiasGelu) as it does for the standard recipe's graph. Same "
     "function (erf form), five fewer kernels per layer. A GELU written another way is left as it is.",
-    requires=_has_nodes, run=_fuse_gelu, ensures=_no_gelu_chain_left)
+    requires=_has_nodes, run=_fuse_gelu, ensures=_none_left(_gelu_chains, "written-out GELUs"))
 
 
 def _bias_adds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, str]]:
@@ -238,16 +241,11 @@ def _fuse_bias(model: onnx.ModelProto) -> None:
         model.graph.node.remove(add)
 
 
-def _no_bias_add_left(model: onnx.ModelProto) -> str | None:
-    left = _bias_adds(model)
-    return f"{len(left)} bias Adds after MatMulIntegerToFloat remain" if left else None
-
-
 FUSE_MATMUL_BIAS = GraphPass(
     "fuse-matmul-bias",
     "Move the bias Add after each MatMulIntegerToFloat (a static INT8 weight MatMul) into its optional bias input: "
     "the GEMM adds it in its epilogue instead of a separate pass over the activations.",
-    requires=_has_nodes, run=_fuse_bias, ensures=_no_bias_add_left)
+    requires=_has_nodes, run=_fuse_bias, ensures=_none_left(_bias_adds, "bias Adds after MatMulIntegerToFloat"))
 
 
 
