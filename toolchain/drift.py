@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .passes import consumers, only_user
 
 TOP = 12  # tensors kept in the quantization record
 ATTENTION_ROLES = ("q", "k", "v", "attn_out")  # run on the rows the previous layer kept; FFN roles on this layer's
@@ -43,10 +44,7 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     by_name = {n.name: n for n in graph.node}
-    users: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            users.setdefault(name, []).append(n)
+    users = consumers(graph)
     biases = {i.name for i in graph.initializer if len(i.dims) == 1}
     watched = []
     for role, names in roles.items():
@@ -60,10 +58,8 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
 def _dense_output(matmul, users: dict[str, list], biases: set[str]) -> str:
     """The weight MatMul's output, after its bias Add when it has one: the INT8 graph computes both in one node
     (passes.FUSE_MATMUL_BIAS), so only the biased tensor exists in both graphs."""
-    after = users.get(matmul.output[0], [])
-    if len(after) == 1 and after[0].op_type == "Add" and any(i in biases for i in after[0].input):
-        return after[0].output[0]
-    return matmul.output[0]
+    add = only_user(users, matmul.output[0], "Add")
+    return add.output[0] if add is not None and any(i in biases for i in add.input) else matmul.output[0]
 
 
 def _with_outputs(path: Path, tensors: Sequence[str], scratch: Path) -> Path:

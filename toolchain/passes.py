@@ -122,17 +122,19 @@ def _is_scalar(model: onnx.ModelProto, name: str, value: float) -> bool:
     return c is not None and c.size == 1 and abs(float(c.reshape(())) - value) < 1e-4 * max(1.0, abs(value))
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto | None]]:
+    """The nodes reading each tensor; a graph output counts as a reader (None) that no rewrite may remove."""
+    users: dict[str, list[onnx.NodeProto | None]] = {}
+    for node in graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
-    for out in model.graph.output:
-        users.setdefault(out.name, []).append(None)  # a graph output is a consumer no rewrite may remove
+    for out in graph.output:
+        users.setdefault(out.name, []).append(None)
     return users
 
 
-def _only_user(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
+def only_user(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
+    """The one node of `op_type` that reads `name`, when nothing else does."""
     found = users.get(name, [])
     return found[0] if len(found) == 1 and found[0] is not None and found[0].op_type == op_type else None
 
@@ -144,7 +146,7 @@ def _other(node: onnx.NodeProto, name: str) -> str:
 def _gelu_chains(model: onnx.ModelProto) -> list[tuple[str, list[onnx.NodeProto]]]:
     """Each exact GELU the exporter wrote out, x -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(0.5) -> Mul(x) (the two
     Muls in either order), as (x, its five nodes); intermediate tensors used elsewhere disqualify a chain."""
-    users = _consumers(model)
+    users = consumers(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
     chains = []
     for erf in (n for n in model.graph.node if n.op_type == "Erf"):
@@ -152,12 +154,12 @@ def _gelu_chains(model: onnx.ModelProto) -> list[tuple[str, list[onnx.NodeProto]
         if div is None or div.op_type != "Div" or not _is_scalar(model, div.input[1], float(np.sqrt(2.0))):
             continue
         x = div.input[0]
-        add = _only_user(users, erf.output[0], "Add")
+        add = only_user(users, erf.output[0], "Add")
         if add is None or not _is_scalar(model, _other(add, erf.output[0]), 1.0):
             continue
-        first = _only_user(users, add.output[0], "Mul")
-        second = first and _only_user(users, first.output[0], "Mul")
-        if second is None or _only_user(users, div.output[0], "Erf") is None:
+        first = only_user(users, add.output[0], "Mul")
+        second = first and only_user(users, first.output[0], "Mul")
+        if second is None or only_user(users, div.output[0], "Erf") is None:
             continue
         factors = {_other(first, add.output[0]), _other(second, first.output[0])}
         if x in factors and any(f != x and _is_scalar(model, f, 0.5) for f in factors):
@@ -216,11 +218,11 @@ FUSE_GELU = GraphPass(
 
 def _bias_adds(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, str]]:
     """(MatMulIntegerToFloat without a bias, the Add of a 1-D constant bias that alone consumes it, the bias)."""
-    users = _consumers(model)
+    users = consumers(model.graph)
     initializers = {i.name for i in model.graph.initializer}
     found = []
     for mm in (n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat" and len(n.input) < 7):
-        add = _only_user(users, mm.output[0], "Add")
+        add = only_user(users, mm.output[0], "Add")
         if add is None:
             continue
         bias = _other(add, mm.output[0])
