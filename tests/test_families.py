@@ -206,22 +206,49 @@ def test_lat_significance_counts_padding_queries():
     assert qtool[0, 3] == lat[0, 3] == -1.0
 
 
-def test_recorded_variant_drives_export(tmp_path, trained_dir):
-    """A checkpoint whose config records `lat` exports as LAT runs it (validated against PyTorch), and says so.
+def test_question_variant_keeps_the_question_segment(windows):
+    """`question` keeps [CLS] question [SEP] at every layer (the first k of it, in order, when k is smaller), and
+    ranks the context as qtool does; a family without token_type_ids refuses it in one line."""
+    model = tiny_model("bert", 4, seed=1)
+    inputs = {k: torch.from_numpy(v[:4]) for k, v in windows.model_inputs().items()}
+    question_len = ((inputs["token_type_ids"] == 0) & (inputs["attention_mask"] > 0)).sum(1)
+    assert question_len.min() > 8
+    keep = (300, 120, 40, 8)
+    with torch.no_grad():
+        *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="question"),
+                                    return_kept=True)
+        *_, kept_qtool = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384), return_kept=True)
+    for row, n_q in enumerate(question_len.tolist()):
+        for k, layer in zip(keep, kept):
+            assert set(layer[row].tolist()) >= set(range(min(k, n_q)))
+        assert sorted(kept[-1][row].tolist()) == list(range(8))
+    assert any(not set(range(n_q)) <= set(k[row].tolist())
+               for row, n_q in enumerate(question_len.tolist()) for k in kept_qtool[:3])  # qtool may drop them
+    distil = tiny_model("distilbert", 2)
+    with pytest.raises(UnsupportedModelError, match="no token_type_ids") as info:
+        drop_and_restore(distil, inputs["input_ids"], inputs["attention_mask"],
+                         config=LengthConfig((100, 50), 384, variant="question"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variant, invariant", [("lat", False), ("question", True)])
+def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir):
+    """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
+    says so. `lat` sees padding queries, so its graph must be fed padded; `question` does not.
 
     The MiniLM fine-tuned by the test session, not a random model: LAT's significance adds the near-uniform
     attention of padding queries, which in a random model leaves near-ties that float rounding reorders."""
     import shutil
 
-    folder = tmp_path / "lat-model"
+    folder = tmp_path / f"{variant}-model"
     shutil.copytree(trained_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: "lat"}))
+    (folder / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: variant}))
     (artifact,) = export_configs(folder, ["300,250,200,150,120,100"], tmp_path / "graphs", settings=ExportSettings(samples=4))
     m = manifests.load(artifact)
-    assert m.length_config.variant == "lat" and artifact.name == "fp32-300-250-200-150-120-100-lat"
+    assert m.length_config.variant == variant and artifact.name == f"fp32-300-250-200-150-120-100-{variant}"
     assert m.validation["kept_agreement"] == [1.0] * 6
-    assert not m.invariant  # LAT's significance sees padding queries
+    assert m.invariant == invariant
 
 
 @pytest.mark.parametrize("family", ["albert", "deberta"])

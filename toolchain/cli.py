@@ -22,8 +22,9 @@ POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
                "'skip' leaves a layer out, e.g. 315,251,skip,159,142,33 (repeatable).")
 VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
-                "post-attention state) or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps "
-                "its last layer output). Default: what `qtool train` recorded in the model folder, else qtool.")
+                "post-attention state), 'question' (qtool, and the question's tokens are always kept) "
+                "or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps its last layer "
+                "output). Default: what `qtool train` recorded in the model folder, else qtool.")
 NEIGHBOURS_HELP = ("The document workload: widen each context with this many neighbouring paragraphs of the same article "
                    "on each side, so windows are full of real tokens (0: SQuAD's own paragraphs).")
 RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "

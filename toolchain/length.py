@@ -20,7 +20,9 @@ SKIP = "skip"  # a layer the configuration leaves out entirely (LayerDrop, LAT's
 # How dropped tokens are ranked and restored. `qtool`: significance sums attention over real queries only, and a
 # dropped token keeps its post-attention state from the layer that dropped it. `lat` (Kim & Cho's code, Intel's
 # Dynamic-TinyBERT): significance sums over all queries, [CLS] is always kept, and a dropped token keeps the
-# output of the last layer that kept it.
+# output of the last layer that kept it. `question`: qtool, and the question segment ([CLS] question [SEP], the
+# tokens of token type 0) is always kept, so every layer still reads the question and ranks context tokens by the
+# attention they receive from it and from the rest of the window (families without token_type_ids refuse it).
 DEFAULT_VARIANT = Variant.QTOOL
 DEFAULT_LENGTH_RULE = LengthRule.CAP
 RULE_DOC = {

@@ -27,6 +27,9 @@ from qtool_runtime.contract import Variant
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
 ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] under `lat`); a constant, not n-dependent
+# `question`: a question token scores QUESTION_FIRST - position, above any sum of attention (at most heads * n) and
+# exact in float32, so question tokens rank first, in order, with no ties for runtimes to break differently
+QUESTION_FIRST = float(1 << 20)
 VARIANT_ATTRIBUTE = "qtool_drop_variant"  # where `qtool train` records the variant in the model's config.json
 
 
@@ -205,6 +208,8 @@ def drop_and_restore(
     mask = attention_mask.to(h.dtype)
     positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
     dropping = keep_counts is not None or (config is not None and not config.is_full)
+    question_len = _question_len(family, attention_mask, token_type_ids) if dropping and (
+        config.variant == Variant.QUESTION) else None
     set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
 
@@ -218,7 +223,7 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
-            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant)
+            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant, question_len)
             set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
@@ -232,14 +237,27 @@ def drop_and_restore(
     return start_logits, end_logits
 
 
+def _question_len(family: Family, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B]."""
+    if token_type_ids is None or "token_type_ids" not in family.inputs:
+        raise UnsupportedModelError(
+            f"the '{Variant.QUESTION}' variant finds the question by its token type; {family.model_type} has no "
+            "token_type_ids (use qtool or lat)")
+    return ((token_type_ids == 0) & (attention_mask > 0)).sum(dim=1, keepdim=True)
+
+
 def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n_in,
-          k, variant: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+          k, variant: str, question_len: torch.Tensor | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One layer's drop: sort tokens by significance once, keep the first k (their attention output, mask and
-    positions) and set the rest aside with their positions."""
+    positions) and set the rest aside with their positions. `question_len` ([B, 1]): the `question` variant ranks
+    the question segment first."""
     lat = variant == Variant.LAT
     score = significance(probs, mask, variant, positions)
     if lat:  # LAT always keeps [CLS]
         score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
+    if question_len is not None:
+        score = torch.where(positions < question_len, QUESTION_FIRST - positions.to(score.dtype), score)
     order = torch.topk(score, n_in, dim=1).indices
     top, rest = order[:, :k], order[:, k:]
     # qtool: a dropped token keeps its post-attention state from the layer that dropped it;

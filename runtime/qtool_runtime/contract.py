@@ -42,10 +42,11 @@ class LengthRule(Mode):
 
 
 class Variant(Mode):
-    """How dropped tokens are ranked and restored (toolchain.length documents both)."""
+    """How dropped tokens are ranked and restored (toolchain.length documents them)."""
 
     QTOOL = "qtool"  # significance over real queries; a dropped token keeps its post-attention state
     LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
+    QUESTION = "question"  # qtool, and the question segment ([CLS] question [SEP]) is always kept
 
     @property
     def sees_padding(self) -> bool:
