@@ -96,6 +96,18 @@ def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
     with pytest.raises(InputError, match="other settings.*workloads"):
         search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=2, min_ratio=0.5, storage=storage),
                        log=lambda _: None)
+    with pytest.raises(InputError, match=r"other settings \(variant\)"):
+        search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5, storage=storage,
+                                                   variant="question"), log=lambda _: None)
+
+
+def test_search_runs_the_variant_asked_for(trained_dir):
+    """The test model was trained with qtool's variant; --variant question searches the question-keeping one."""
+    seen = []
+    result = search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5,
+                                                        variant="question"), log=seen.append)
+    assert result["variant"] == "question" and "variant question" in result["objective"]["maximize"]
+    assert len(seen) == 2 and len(result["evaluated"]) >= 1
 
 
 def test_the_recommendation_is_the_cheapest_that_holds_every_workload():

@@ -234,6 +234,7 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
               help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
 @click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(SearchSettings.length_rule), show_default=True, help=RULE_HELP)
+@click.option("--variant", type=click.Choice(VARIANTS), default=SearchSettings.variant, help=VARIANT_HELP)
 @click.option("--sampler", type=click.Choice(Sampler.choices()), default=str(SearchSettings.sampler), show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
 @click.option("--population", default=SearchSettings.population, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
 @click.option("--storage", default=None, help="Shared optuna storage: a journal file path, sqlite:///FILE or an RDB URL (resume; join from other processes or machines).")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,6 +32,7 @@ from .errors import InputError
 from . import squad
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
+from qtool_runtime.contract import VARIANTS, Variant
 from .settings import Sampler, SearchSettings
 from .verify import pareto_front
 
@@ -142,34 +144,35 @@ def open_storage(storage: str | None):
     return JournalStorage(JournalFileBackend(str(storage)))
 
 
-def make_objective(*, model_dir: str, questions: int, offset: int, min_ratio: float, rule: str, seq_len: int,
-                   neighbours: int = 0, latency_model: str | None = None, log: Callable[[str], None] = print):
+def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[str], None] = print):
     """The search objective over a model loaded once per process: F1 up (the mean over the workloads:
     paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
-    (predicted latency at real lengths if a latency model is given, else MACs at real lengths)."""
+    (predicted latency at real lengths if a latency model is given, else MACs at real lengths).
+    `settings` arrive resolved (search_configs): min_ratio and variant are set."""
     from .latency import LatencyModel
 
-    from .model import load_qa_model, trained_variant
+    from .model import load_qa_model
     from .runtime import Protocol, predict_torch, score
 
+    s = settings
     model, tokenizer = load_qa_model(model_dir)
-    variant = trained_variant(model)  # search the model the way it was trained
     dims = dims_of(model)
-    stride = squad.default_doc_stride(seq_len)
+    stride = squad.default_doc_stride(s.seq_len)
     workloads = {}
-    for n in (0, neighbours) if neighbours else (0,):
-        examples = search_examples(questions, offset, n)
-        workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=stride))
+    for n in (0, s.neighbours) if s.neighbours else (0,):
+        examples = search_examples(s.questions, s.offset, n)
+        workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=s.seq_len,
+                                                                       doc_stride=stride))
     lengths = {name: f.attention_mask.sum(1) for name, (_, f) in workloads.items()}
     every_window = np.concatenate(list(lengths.values()))
-    timing = LatencyModel.load(latency_model) if latency_model else None
+    timing = LatencyModel.load(s.latency_model) if s.latency_model else None
 
     def cost_of(config: LengthConfig, at: np.ndarray) -> float:
         return timing.cost(config, at) if timing else macs_ratio_at_lengths(config, at, dims.hidden, dims.ffn)
 
     def objective(trial) -> tuple[float, float]:
-        ratios = [trial.suggest_float(f"r{i}", min_ratio, 1.0) for i in range(dims.layers)]
-        config = config_from_ratios(ratios, seq_len, rule, variant)
+        ratios = [trial.suggest_float(f"r{i}", s.min_ratio, 1.0) for i in range(dims.layers)]
+        config = config_from_ratios(ratios, s.seq_len, s.length_rule, s.variant)
         results = {name: score(ex, f, predict_torch(model, f, config, protocol=Protocol.UNPADDED))
                    for name, (ex, f) in workloads.items()}
         f1 = float(np.mean([r["f1"] for r in results.values()]))
@@ -199,18 +202,16 @@ def _run_trials(study, objective, trials: int, progress: bool) -> None:
                        callbacks=[MaxTrialsCallback(trials, states=states)])
 
 
-def _worker(job: dict) -> None:
+def _worker(job: tuple[str, SearchSettings]) -> None:
     """One search process joining the shared study (spawned: loads its own model, one thread)."""
     import torch
 
+    model_dir, settings = job
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=job["study_name"], storage=open_storage(job["storage"]),
-                              sampler=make_sampler(job["sampler"], job["seed"], job["population"]))
-    objective = make_objective(model_dir=job["model_dir"], questions=job["questions"], offset=job["offset"],
-                               min_ratio=job["min_ratio"], rule=job["rule"], seq_len=job["seq_len"],
-                               neighbours=job["neighbours"], latency_model=job["latency_model"])
-    _run_trials(study, objective, job["trials"], progress=False)
+    study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage),
+                              sampler=make_sampler(settings.sampler, settings.seed, settings.population))
+    _run_trials(study, make_objective(model_dir, settings), settings.trials, progress=False)
 
 
 def describe_space(model_dir: str | Path, min_ratio: float | None, length_rule: str) -> tuple[float, str]:
@@ -303,20 +304,22 @@ def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> d
     return min((r for r in rows if holds(r)), key=lambda r: (r["cost"], -r["f1"]))
 
 
-def _check_arguments(model_dir: str | Path, *, sampler: str, workers: int, storage: str | None, neighbours: int,
-                     questions: int, offset: int) -> None:
+def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
     """Refuse a search that cannot run, before any model is loaded or process started."""
-    if sampler not in SAMPLERS:
-        raise InputError(f"sampler {sampler!r} is unknown; choose one of {SAMPLERS}")
+    s = settings
+    if s.sampler not in SAMPLERS:
+        raise InputError(f"sampler {s.sampler!r} is unknown; choose one of {SAMPLERS}")
+    if s.variant is not None and s.variant not in VARIANTS:
+        raise InputError(f"variant {s.variant!r} is unknown; choose one of {VARIANTS}")
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and storage is None:
+    if s.workers < 1:
+        raise InputError(f"workers must be at least 1, got {s.workers}")
+    if s.workers > 1 and s.storage is None:
         raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
-    if neighbours < 0:
-        raise InputError(f"neighbours must be 0 or more paragraphs, got {neighbours}")
-    search_examples(questions, offset)  # the slice exists
+    if s.neighbours < 0:
+        raise InputError(f"neighbours must be 0 or more paragraphs, got {s.neighbours}")
+    search_examples(s.questions, s.offset)  # the slice exists
 
 
 def search_configs(
@@ -338,50 +341,52 @@ def search_configs(
     The cost minimised is the INT8 latency predicted by `latency_model` (a `qtool fit-latency` file) at the
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
-    s = settings
-    trials, questions, offset, neighbours, length_rule, seq_len = (s.trials, s.questions, s.offset, s.neighbours,
-                                                                   s.length_rule, s.seq_len)
-    sampler, population, storage, study_name, workers, seed = (s.sampler, s.population, s.storage, s.study_name,
-                                                               s.workers, s.seed)
-    _check_arguments(model_dir, sampler=sampler, workers=workers, storage=storage, neighbours=neighbours,
-                     questions=questions, offset=offset)
-    min_ratio, space = describe_space(model_dir, s.min_ratio, length_rule)
-    from transformers import AutoConfig
-
-    layers = AutoConfig.from_pretrained(model_dir, local_files_only=True).num_hidden_layers
+    _check_arguments(model_dir, settings)
+    min_ratio, space = describe_space(model_dir, settings.min_ratio, settings.length_rule)
+    layers, trained = _layers_and_variant(model_dir)
+    s = replace(settings, min_ratio=min_ratio, variant=Variant(settings.variant or trained),
+                latency_model=None if settings.latency_model is None else str(settings.latency_model))
     cost = describe_cost(s.latency_model, layers, model_dir)
-    latency_model = None if s.latency_model is None else str(s.latency_model)
-    workloads = [squad.workload_name(n) for n in ((0, neighbours) if neighbours else (0,))]
-    settings = dict(questions=questions, offset=offset, workloads=workloads, rule=length_rule, seq_len=seq_len,
-                    min_ratio=min_ratio, cost=cost)
+    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
+    recorded = dict(questions=s.questions, offset=s.offset, workloads=workloads, rule=s.length_rule,
+                    seq_len=s.seq_len, min_ratio=min_ratio, cost=cost)
+    if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
+        recorded["variant"] = str(s.variant)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(settings=settings, storage=storage, study_name=study_name, sampler=sampler, seed=seed,
-                       population=population, layers=layers)
-    task = dict(model_dir=str(model_dir), questions=questions, offset=offset, min_ratio=min_ratio, rule=length_rule,
-                seq_len=seq_len, neighbours=neighbours, latency_model=latency_model)
-    study = _run_study(study, task, trials=trials, workers=workers, sampler=sampler, population=population,
-                       study_name=study_name, storage=storage, seed=seed, log=log)
+    study = open_study(settings=recorded, storage=s.storage, study_name=s.study_name, sampler=s.sampler,
+                       seed=s.seed, population=s.population, layers=layers)
+    study = _run_study(study, str(model_dir), s, log=log)
     rows = study_rows(study)
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
-                                  "train, unpadded windows, length rule " + length_rule,
+                                  f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}",
                       "minimize": cost},
-        "space": space, "sampler": sampler, "squad_file": "train", "questions": questions, "offset": offset,
-        "workloads": workloads, "recommended": recommend(rows), "recommend_tolerance": RECOMMEND_TOLERANCE,
+        "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
+        "variant": str(s.variant), "workloads": workloads, "recommended": recommend(rows),
+        "recommend_tolerance": RECOMMEND_TOLERANCE,
         "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
-        "study": study_name, "storage": storage, "evaluated": rows,
+        "study": s.study_name, "storage": s.storage, "evaluated": rows,
         "pareto": [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])],
     }
 
 
-def _run_study(study: optuna.Study, task: dict, *, trials: int, workers: int, sampler: str, population: int,
-               study_name: str, storage: str | None, seed: int, log: Callable[[str], None]) -> optuna.Study:
+def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
+    """The model's layer count and the Drop-and-Restore variant it was trained with, from its config alone."""
+    from transformers import AutoConfig
+
+    from .model import VARIANT_ATTRIBUTE
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return config.num_hidden_layers, getattr(config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
+
+
+def _run_study(study: optuna.Study, model_dir: str, settings: SearchSettings, *,
+               log: Callable[[str], None]) -> optuna.Study:
     """Run the study until it holds `trials` completed trials: here, or in `workers` spawned processes sharing it."""
-    if workers == 1:
-        _run_trials(study, make_objective(**task, log=log), trials, progress=True)
+    if settings.workers == 1:
+        _run_trials(study, make_objective(model_dir, settings, log=log), settings.trials, progress=True)
         return study
-    jobs = [dict(task, trials=trials, sampler=sampler, population=population, study_name=study_name,
-                 storage=storage, seed=seed + i) for i in range(workers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    jobs = [(model_dir, replace(settings, seed=settings.seed + i)) for i in range(settings.workers)]
+    with multiprocessing.get_context("spawn").Pool(settings.workers) as pool:
         pool.map(_worker, jobs)
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))

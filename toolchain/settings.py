@@ -89,6 +89,7 @@ class SearchSettings:
     neighbours: int = squad.DOCUMENT_NEIGHBOURS  # > 0: score on documents too; 0: paragraphs only
     min_ratio: float | None = None  # smallest keep ratio per layer; None: what LengthDrop trained
     length_rule: str = LengthRule.CAP
+    variant: str | None = None  # Drop-and-Restore variant searched; None: the one the model was trained with
     seq_len: int = squad.MAX_LENGTH
     sampler: str = Sampler.EVOLUTION
     population: int = 12  # random trials before the sampler breeds
