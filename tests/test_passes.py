@@ -132,3 +132,64 @@ def test_fuse_matmul_bias_leaves_an_add_that_is_not_a_per_column_bias():
     broadcast = int8_matmul_graph(bias_shape=(2, 3))  # a 2-D addend is not the GEMM's bias
     fused = run_passes(broadcast, [FUSE_MATMUL_BIAS])
     assert [n.op_type for n in fused.graph.node] == ["MatMulIntegerToFloat", "Add"]
+
+
+def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4) -> onnx.ModelProto:
+    """x [B, S, D] and mask [B, S] -> Q, K, V projections -> the attention core as torch's exporter writes it
+    (split heads, q k^T, Div, additive mask bias, Softmax, context, merge heads) -> y; `read_probs`: the
+    probabilities are also summed into an output, as a layer that drops tokens reads them for significance."""
+    d = heads * head_dim
+    rng = np.random.default_rng(0)
+    weight = lambda name: helper.make_tensor(name, TensorProto.FLOAT, [d, d], rng.normal(0, 0.3, d * d).tolist())  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", f"w{p}"], [p], name=f"self.{p}/MatMul") for p in "qkv"]
+    nodes += [helper.make_node("Reshape", [p, "split"], [f"{p}4"], name=f"self/Reshape_{p}") for p in "qkv"]
+    nodes += [helper.make_node("Transpose", [f"{p}4"], [f"{p}t"], name=f"self/Transpose_{p}",
+                               perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3]) for p in "qkv"]
+    nodes += [helper.make_node("Cast", ["mask"], ["maskf"], name="graph/Cast", to=TensorProto.FLOAT),
+              helper.make_node("Sub", ["one", "maskf"], ["inv"], name="graph/Sub"),
+              helper.make_node("Unsqueeze", ["inv", "axes"], ["inv4"], name="graph/Unsqueeze"),
+              helper.make_node("Mul", ["inv4", "neg"], ["bias"], name="graph/Mul"),
+              helper.make_node("MatMul", ["qt", "kt"], ["scores"], name="self/MatMul"),
+              helper.make_node("Div", ["scores", "root"], ["scaled"], name="self/Div"),
+              helper.make_node("Add", ["scaled", "bias"], ["masked"], name="self/Add"),
+              helper.make_node("Softmax", ["masked"], ["probs"], name="self/Softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", "vt"], ["context"], name="self/MatMul_1"),
+              helper.make_node("Transpose", ["context"], ["merged"], name="self/Transpose", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["merged", "merge"], ["y"], name="self/Reshape")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", d])]
+    if read_probs:
+        nodes.append(helper.make_node("ReduceSum", ["probs", "sum_axes"], ["received"], name="drop/ReduceSum"))
+        outputs.append(helper.make_tensor_value_info("received", TensorProto.FLOAT, ["B", "S"]))
+    ints = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    scalar = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [], [v])  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", d]),
+                     helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"])], outputs,
+        [weight("wq"), weight("wk"), weight("wv"), ints("split", [0, 0, heads, head_dim]), ints("merge", [0, 0, d]),
+         ints("axes", [1, 2]), ints("sum_axes", [1, 2] if read_probs else []), scalar("one", 1.0), scalar("neg", -10000.0),
+         scalar("root", head_dim ** 0.5)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_fuse_attention_replaces_the_core_by_one_node_with_the_same_values():
+    from toolchain.passes import FUSE_ATTENTION
+
+    rng = np.random.default_rng(1)
+    mask = np.ones((2, 5), np.int64)
+    mask[1, 3:] = 0  # padding must stay masked
+    feeds = {"x": rng.normal(size=(2, 5, 8)).astype(np.float32), "mask": mask}
+    want = _run(attention_graph(), feeds)[0]
+    fused = run_passes(attention_graph(), [FUSE_ATTENTION])
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops and "Transpose" not in ops
+    (mha,) = [n for n in fused.graph.node if n.op_type == "MultiHeadAttention"]
+    assert list(mha.input[:3]) == ["q", "k", "v"] and mha.output[0] == "y" and mha.domain == MS_DOMAIN
+    np.testing.assert_allclose(_run(fused, feeds)[0], want, atol=1e-5)
+    onnx.checker.check_model(fused)
+
+
+def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
+    from toolchain.passes import FUSE_ATTENTION
+
+    kept = run_passes(attention_graph(read_probs=True), [FUSE_ATTENTION])
+    assert [n.op_type for n in kept.graph.node] == [n.op_type for n in attention_graph(read_probs=True).graph.node]
