@@ -42,7 +42,12 @@ def test_graph_holds_drop_and_restore_ops(exported_root):
     assert any("layer.5.output.dense/MatMul" in n for n in names)  # nodes named after their modules
     assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in reduced.graph.node for p in n.metadata_props)
     full = onnx.load(str(exported_root / "fp32-full" / "model.onnx"))
-    assert "TopK" not in [n.op_type for n in full.graph.node]  # the full configuration is the plain model
+    full_ops = [n.op_type for n in full.graph.node]
+    assert "TopK" not in full_ops  # the full configuration is the plain model
+    # fuse-attention: the full graph runs each attention core as one node; the reduced one keeps its cores written
+    # out, because every layer reads the attention probabilities to rank tokens
+    assert full_ops.count("MultiHeadAttention") == 6 and "Softmax" not in full_ops
+    assert ops.count("Softmax") == 6 and "MultiHeadAttention" not in ops
 
 
 @pytest.mark.parametrize("length, batch", [(384, 1), (256, 3)])
