@@ -238,7 +238,7 @@ def drop_and_restore(
 
 
 def _question_len(family: Family, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-    """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B]."""
+    """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B, 1]."""
     if token_type_ids is None or "token_type_ids" not in family.inputs:
         raise UnsupportedModelError(
             f"the '{Variant.QUESTION}' variant finds the question by its token type; {family.model_type} has no "
