@@ -71,7 +71,12 @@ def check_supported(model: nn.Module) -> Family:
 
 def trained_variant(model: nn.Module) -> str:
     """The Drop-and-Restore variant the checkpoint was trained with (`qtool train` records it; default qtool)."""
-    return getattr(model.config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
+    return recorded_variant(model.config)
+
+
+def recorded_variant(config) -> str:
+    """The variant a transformers config records (see trained_variant), for callers that load no weights."""
+    return getattr(config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
 
 
 def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:

@@ -374,10 +374,10 @@ def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
     """The model's layer count and the Drop-and-Restore variant it was trained with, from its config alone."""
     from transformers import AutoConfig
 
-    from .model import VARIANT_ATTRIBUTE
+    from .model import recorded_variant
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    return config.num_hidden_layers, getattr(config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
+    return config.num_hidden_layers, recorded_variant(config)
 
 
 def _run_study(study: optuna.Study, model_dir: str, settings: SearchSettings, *,
