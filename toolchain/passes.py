@@ -133,6 +133,11 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto | None]]:
     return users
 
 
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The node writing each tensor (graph inputs and initializers have none)."""
+    return {o: n for n in graph.node for o in n.output}
+
+
 def only_user(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
     """The one node of `op_type` that reads `name`, when nothing else does."""
     found = users.get(name, [])
@@ -147,7 +152,7 @@ def _gelu_chains(model: onnx.ModelProto) -> list[tuple[str, list[onnx.NodeProto]
     """Each exact GELU the exporter wrote out, x -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(0.5) -> Mul(x) (the two
     Muls in either order), as (x, its five nodes); intermediate tensors used elsewhere disqualify a chain."""
     users = consumers(model.graph)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
     chains = []
     for erf in (n for n in model.graph.node if n.op_type == "Erf"):
         div = producer.get(erf.input[0])
@@ -176,9 +181,14 @@ def _fuse_gelu(model: onnx.ModelProto) -> None:
         module = nodes[1].name.rsplit("/", 1)[0]
         graph.node.insert(at, helper.make_node("Gelu", [x], [nodes[-1].output[0]], name=_free_name(model, f"{module}/Gelu"),
                                                domain=MS_DOMAIN))
+    _import_contrib_ops(model)
+    _drop_unused_initializers(model)
+
+
+def _import_contrib_ops(model: onnx.ModelProto) -> None:
+    """Declare onnxruntime's contrib domain, once, for the fused nodes a pass wrote."""
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    _drop_unused_initializers(model)
 
 
 def _free_name(model: onnx.ModelProto, base: str) -> str:
@@ -267,11 +277,14 @@ class _AttentionCore:
     filter_value: float
 
 
+def _is_transpose(node: onnx.NodeProto | None, perm: list[int]) -> bool:
+    return node is not None and node.op_type == "Transpose" and [a.ints for a in node.attribute if a.name == "perm"] == [perm]
+
+
 def _transposed(producer: dict, name: str, perm: list[int]) -> onnx.NodeProto | None:
+    """The Transpose with `perm` that writes `name`, else None."""
     node = producer.get(name)
-    if node is None or node.op_type != "Transpose":
-        return None
-    return node if [a.ints for a in node.attribute if a.name == "perm"] == [perm] else None
+    return node if _is_transpose(node, perm) else None
 
 
 def _heads(model: onnx.ModelProto, producer: dict, reshape: onnx.NodeProto) -> int | None:
@@ -309,7 +322,7 @@ def _attention_cores(model: onnx.ModelProto) -> list[_AttentionCore]:
     """Each attention core whose probabilities feed only the context MatMul (a layer that drops tokens reads them
     for significance, so its core stays written out); every intermediate tensor has one reader."""
     users = consumers(model.graph)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
     cores = []
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
         context = only_user(users, softmax.output[0], "MatMul")
@@ -330,8 +343,7 @@ def _attention_cores(model: onnx.ModelProto) -> list[_AttentionCore]:
         if out is None or mask is None or any(r is None or r.op_type != "Reshape" for r in splits):
             continue
         chain = (*splits, q_t, k_t, v_t, scores, div, add, softmax, context, out_t)
-        if any(len(users.get(o, [])) != 1 for n in chain for o in n.output) or \
-                [a.ints for a in out_t.attribute if a.name == "perm"] != [[0, 2, 1, 3]]:
+        if any(len(users.get(o, [])) != 1 for n in chain for o in n.output) or not _is_transpose(out_t, [0, 2, 1, 3]):
             continue
         heads = _heads(model, producer, splits[0])
         if heads is None:
@@ -362,8 +374,7 @@ def _fuse_attention(model: onnx.ModelProto) -> None:
         at -= len(core.nodes) - 1
         for node in reversed(fused):
             graph.node.insert(at, node)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _import_contrib_ops(model)
     _drop_unused_initializers(model)
 
 
