@@ -1,11 +1,13 @@
 """Learning curve of a document LengthDrop stage: F1 of a few configurations against training steps.
 
 Reads the `step-N` folders `qtool train --snapshot-every N --snapshot-dir DIR` wrote (and the base model as
-step 0), and scores each with PyTorch FP32 on SQuAD dev as documents (`--neighbours`, unpadded) and on the
-questions' own paragraphs. A report, not a selection: nothing here picks a configuration.
+step 0), and scores each with PyTorch FP32, unpadded windows, on the questions' own paragraphs and as documents
+(two neighbouring paragraphs each side). `--split heldout-train` scores the search's held-out SQuAD train
+questions (where a stage may be chosen), `--split dev` the first dev questions (what is reported). Every snapshot
+runs under one variant (`--variant`, default: what the stage trained), so step 0 is scored as the later steps.
 
-    python benchmarks/doc_learning_curve.py --base ../shared/models/minilm-squad-lat-doc --snapshots runs/curve --final runs/lat-doc2 \
-        --config full --config 348,287,234,202,170,149 --limit 100 --out runs/curve.json
+    python benchmarks/doc_learning_curve.py --base ../shared/models/minilm-squad-lat-doc --snapshots runs/curve \
+        --final runs/doc-frozen --config full --config 315,251,242,159,142,33 --split dev --limit 200 --out curve.json
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 
 import click
 
-from toolchain.verify import evaluate_model
+from toolchain import squad
+from toolchain.families import dims_of
+from toolchain.length import VARIANTS, LengthConfig
+from toolchain.model import load_qa_model, trained_variant
+from toolchain.runtime import Protocol, predict_torch, score
+from toolchain.search import search_examples
+
+SPLITS = ("dev", "heldout-train")
 
 
 def snapshot_folders(base: str, snapshots: str, final: str | None) -> list[tuple[int, Path]]:
@@ -27,26 +36,58 @@ def snapshot_folders(base: str, snapshots: str, final: str | None) -> list[tuple
     return [(0, Path(base)), *sorted(steps)]
 
 
+def workloads(split: str, limit: int, tokenizer) -> dict[str, tuple[list, squad.Features]]:
+    """{"paragraphs" | "documents": (examples, windows)}: the same questions twice, featurized once for every snapshot."""
+    out = {}
+    for name, neighbours in (("paragraphs", 0), ("documents", squad.DOCUMENT_NEIGHBOURS)):
+        if split == "dev":
+            examples = squad.load_squad("dev", limit=limit, neighbours=neighbours)
+        else:
+            examples = search_examples(limit, neighbours=neighbours)
+        out[name] = (examples, squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH,
+                                               doc_stride=squad.DOC_STRIDE))
+    return out
+
+
+def curve_row(folder: Path, configs: tuple[str, ...], variant: str, data: dict) -> dict[str, float]:
+    """{"<workload> <config>": F1} of one snapshot."""
+    model, _ = load_qa_model(folder)
+    layers = dims_of(model).layers
+    row = {}
+    for workload, (examples, features) in data.items():
+        for text in configs:
+            config = LengthConfig.parse(text, layers, variant=variant)
+            predictions = predict_torch(model, features, config, protocol=Protocol.UNPADDED)
+            row[f"{workload} {text}"] = round(score(examples, features, predictions)["f1"], 2)
+    return row
+
+
 @click.command()
 @click.option("--base", required=True, type=click.Path(exists=True, file_okay=False), help="The model the stage started from (step 0).")
 @click.option("--snapshots", required=True, type=click.Path(exists=True, file_okay=False), help="The stage's --snapshot-dir.")
 @click.option("--final", type=click.Path(exists=True, file_okay=False), default=None, help="The stage's finished model (--out).")
 @click.option("--config", "configs", multiple=True, default=("full",), show_default=True, help="Length configuration (repeat).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="SQuAD dev questions.")
-@click.option("--neighbours", default=2, show_default=True, type=click.IntRange(min=1), help="Document workload.")
+@click.option("--split", type=click.Choice(SPLITS), default="dev", show_default=True,
+              help="dev (report) or the search's held-out SQuAD train questions (choose).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="Questions.")
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Default: the variant the last snapshot trained.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the curve as JSON here.")
-def main(base, snapshots, final, configs, limit, neighbours, out) -> None:
+def main(base, snapshots, final, configs, split, limit, variant, out) -> None:
+    folders = snapshot_folders(base, snapshots, final)
+    last, tokenizer = load_qa_model(folders[-1][1])
+    variant = variant or str(trained_variant(last))
+    data = workloads(split, limit, tokenizer)
+    click.echo(f"{split}: {limit} questions; windows: "
+               + ", ".join(f"{name} {len(features)}" for name, (_, features) in data.items()) + f"; variant {variant}")
     curve = []
-    for step, folder in snapshot_folders(base, snapshots, final):
-        row = {"step": step, "model": str(folder)}
-        for workload, n in (("paragraphs", 0), ("documents", neighbours)):
-            for result in evaluate_model(folder, configs, limit=limit, protocol="unpadded", neighbours=n,
-                                         show_progress=False):
-                row[f"{workload} {result['config']}"] = round(result["f1"], 2)
+    for step, folder in folders:
+        row = {"step": step, "model": str(folder), **curve_row(folder, tuple(configs), variant, data)}
         curve.append(row)
-        click.echo("  ".join(f"{k} {v}" for k, v in row.items() if k != "model"))
+        click.echo("  ".join(f"{k} {v}" for k, v in row.items() if k != "model"), nl=True)
     if out:
-        Path(out).write_text(json.dumps({"limit": limit, "neighbours": neighbours, "curve": curve}, indent=2))
+        record = {"split": split, "limit": limit, "neighbours": squad.DOCUMENT_NEIGHBOURS, "variant": variant,
+                  "curve": curve}
+        Path(out).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

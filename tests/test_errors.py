@@ -94,7 +94,8 @@ def _squad_file(path: Path, question: str, answers: list) -> Path:
 GOLD = [{"text": "Denver Broncos", "answer_start": 0}]
 
 
-@pytest.mark.parametrize("case", ["out-file", "out-foreign", "max-length-small", "max-length-positions"])
+@pytest.mark.parametrize("case", ["out-file", "out-foreign", "max-length-small", "max-length-positions", "freeze-all",
+                                  "teacher-without-length-drop"])
 def test_train_input_errors_are_one_line(tmp_path, case):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -106,6 +107,9 @@ def test_train_input_errors_are_one_line(tmp_path, case):
         "out-foreign": (["--out", foreign], "not a model folder"),
         "max-length-small": (["--out", tmp_path / "m", "--max-length", 16], "--max-length must be at least 32"),
         "max-length-positions": (["--out", tmp_path / "m", "--max-length", 1024], "exceeds what"),
+        "freeze-all": (["--out", tmp_path / "m", "--freeze-layers", 6], "--freeze-layers must be less than the model's 6"),
+        "teacher-without-length-drop": (["--out", tmp_path / "m", "--teacher", "frozen"],
+                                        "--teacher frozen must be used with --length-drop"),
     }[case]
     one_line(cli("train", "--base", "minilm", *args, "--max-steps", 1), message, code=2 if case == "out-file" else 1)
 

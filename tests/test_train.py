@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -129,6 +130,33 @@ def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenize
     assert torch.equal(final.qa_outputs.weight, w2)
 
 
+def test_a_frozen_teacher_trains_only_the_sub_model_above_the_frozen_layers(trained_dir, tmp_path):
+    """--teacher frozen --freeze-layers 2: the embeddings and layers 0-1 keep the base's weights exactly, the later
+    layers and the QA head learn, and the record says which teacher taught."""
+    from safetensors.torch import load_file
+
+    info = train(TrainArgs(base=str(trained_dir), out=str(tmp_path / "o"), limit=12, max_length=128, batch_size=4,
+                           max_steps=2, length_drop=True, length_rule="cap", neighbours=1, teacher="frozen",
+                           freeze_layers=2, sandwich_configs=("100,80,60,50,40,30",), lr=1e-3, seed=3, bf16=False))
+    assert info["args"]["teacher"] == "frozen" and info["args"]["freeze_layers"] == 2
+    assert info["final_loss_ema"] > 0  # the sub-model's distillation loss; the full model learns nothing itself
+    before, after = load_file(trained_dir / "model.safetensors"), load_file(tmp_path / "o" / "model.safetensors")
+    frozen = [n for n in before if n.startswith("bert.embeddings.") or re.match(r"bert\.encoder\.layer\.[01]\.", n)]
+    learning = [n for n in before if re.match(r"bert\.encoder\.layer\.[2-5]\.", n) or n.startswith("qa_outputs.")]
+    assert len(frozen) > 10 and len(frozen) + len(learning) == len(before)
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    assert all(not torch.equal(before[n], after[n]) for n in learning if n.endswith(".weight"))
+
+
+def test_freezing_every_layer_is_refused_in_one_line(trained_dir, tmp_path):
+    from toolchain.errors import QtoolError
+
+    with pytest.raises(QtoolError, match="^--freeze-layers must be less than the model's 6 layers, got 6$"):
+        train(TrainArgs(base=str(trained_dir), out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
+                        freeze_layers=6))
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
     from toolchain.errors import QtoolError
@@ -208,7 +236,8 @@ def test_training_sees_few_distinct_batch_shapes(tmp_path):
      ("length_drop_ratio", 1.0, "--length-drop-ratio"), ("layerdrop", -0.1, "--layerdrop"),
      ("num_sandwich", -1, "--num-sandwich"), ("doc_stride", 128, "doc_stride"), ("threads", 0, "--threads"),
      ("neighbours", -1, "--neighbours"), ("sandwich_configs", ("100,90",), "--sandwich-config"),
-     ("snapshot_every", 2, "--snapshot-dir"), ("device", "tpu", "--device")],
+     ("snapshot_every", 2, "--snapshot-dir"), ("device", "tpu", "--device"), ("teacher", "self", "--teacher"),
+     ("teacher", "frozen", "--teacher frozen"), ("freeze_layers", -1, "--freeze-layers")],
 )
 def test_train_args_are_validated(tmp_path, field, value, option):
     args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)

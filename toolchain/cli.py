@@ -16,7 +16,7 @@ from .latency import DEFAULT_LENGTHS
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
 from .runtime import PROTOCOLS, Protocol
-from .settings import ExportSettings, Sampler, SearchSettings, TorchReference, VerifySettings
+from .settings import ExportSettings, Sampler, SearchSettings, Teacher, TorchReference, VerifySettings
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -99,9 +99,15 @@ def main() -> None:
                    "step distils exactly these from the full model instead of a random sandwich.")
 @click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve).")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False), default=None, help="Where snapshots go (step-N folders).")
+@click.option("--teacher", type=click.Choice(Teacher.choices()), default=str(Teacher.INPLACE), show_default=True,
+              help="Who teaches LengthDrop's sub-models: 'inplace' (LAT: the full model learns the span loss each step "
+                   "and teaches) or 'frozen' (a frozen copy of --base teaches and only the sub-models learn: the teacher "
+                   "runs forward only, so a step costs about a third of an inplace step with one sub-model).")
+@click.option("--freeze-layers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="The embeddings and the first N encoder layers do not learn (no backward pass below layer N).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
           batch_size, lr, epochs, max_steps, time_budget, limit, bf16, device, threads, resume, seed, variant, length_rule,
-          neighbours, sandwich_configs, snapshot_every, snapshot_dir) -> None:
+          neighbours, sandwich_configs, snapshot_every, snapshot_dir, teacher, freeze_layers) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from .train import TrainArgs, train as run_train
 
@@ -111,7 +117,7 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
         time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, device=device, threads=threads, seed=seed,
         variant=variant, length_rule=length_rule, neighbours=neighbours, sandwich_configs=tuple(sandwich_configs),
-        snapshot_every=snapshot_every, snapshot_dir=snapshot_dir,
+        snapshot_every=snapshot_every, snapshot_dir=snapshot_dir, teacher=teacher, freeze_layers=freeze_layers,
     )
     info = _run(run_train, args, resume=resume)
     click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))

@@ -15,6 +15,7 @@ tokens need not stay in order: the gather uses TopK's order and the restore scat
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -79,6 +80,19 @@ def recorded_variant(config) -> str:
     return getattr(config, VARIANT_ATTRIBUTE, None) or DEFAULT_VARIANT
 
 
+@contextmanager
+def quiet_transformers():
+    """transformers' loading warnings off for a block (missing weights are checked, or expected, by the caller)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
     """Load a fine-tuned QA checkpoint and its fast tokenizer from a local folder, no network.
 
@@ -102,17 +116,11 @@ def load_qa_model(path: str | Path) -> tuple[nn.Module, object]:
         raise FileNotFoundError(
             f"{path} has no tokenizer files (tokenizer.json or vocab.txt); save the tokenizer beside the model"
         )
-    from transformers.utils import logging as hf_logging
-
     # transformers would only warn and fill missing weights (typically the QA head) with random values
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         model, info = AutoModelForQuestionAnswering.from_pretrained(
             path, local_files_only=True, attn_implementation="eager", output_loading_info=True
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys", [])) + sorted(k for k, *_ in info.get("mismatched_keys", []))
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")

@@ -20,6 +20,13 @@ class SettingsError(QtoolError, ValueError):
     """A stage setting out of its range."""
 
 
+class Teacher(Mode):
+    """Who teaches LengthDrop's sub-models in `qtool train`."""
+
+    INPLACE = "inplace"  # LAT: the full model learns the span loss at every step and its own logits teach
+    FROZEN = "frozen"  # a frozen copy of the base model teaches; only the sub-models learn (forward-only teacher)
+
+
 class TorchReference(Mode):
     """Which PyTorch FP32 rows `verify` adds as references."""
 

@@ -5,6 +5,10 @@ step trains the full model on the task loss, then the smallest sub-model and N r
 full model's own (detached) span distributions. Sub-model lengths shrink layer by layer by a random ratio
 of at most `length_drop_ratio`; random sub-models also skip layers with probability `layerdrop`.
 
+Cheaper stages for a CPU (issue #19): `teacher="frozen"` lets a frozen copy of the base model teach and trains only
+the sub-models (the teacher runs forward, not forward and backward), and `freeze_layers` stops the gradient at
+the embeddings and the first N encoder layers.
+
 CPU-first: bf16 autocast where the CPU computes bf16 natively, a step or wall-clock budget (the learning-rate schedule follows whichever runs
 out first), atomic checkpoints every few minutes, and `resume` to continue after an interruption.
 """
@@ -28,6 +32,7 @@ from .errors import InputError
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
 from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
+from .settings import Teacher
 
 CHECKPOINT_DIR = "checkpoint"
 # Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
@@ -73,6 +78,9 @@ class TrainArgs:
     # Learning curves: every `snapshot_every` steps the model is written to snapshot_dir/step-N.
     snapshot_every: int | None = None
     snapshot_dir: str | None = None
+    teacher: str = Teacher.INPLACE  # who teaches the sub-models (settings.Teacher)
+    # The embeddings and the first `freeze_layers` encoder layers do not learn: no backward pass below them.
+    freeze_layers: int = 0
 
     def validate(self) -> None:
         """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
@@ -111,6 +119,10 @@ class TrainArgs:
         if self.snapshot_every is not None:
             need(self.snapshot_every >= 1, "--snapshot-every", "at least 1 step", self.snapshot_every)
             need(self.snapshot_dir is not None, "--snapshot-dir", "given with --snapshot-every", self.snapshot_dir)
+        need(self.teacher in Teacher.choices(), "--teacher", f"one of {Teacher.choices()}", self.teacher)
+        need(self.teacher == Teacher.INPLACE or self.length_drop, "--teacher frozen", "used with --length-drop "
+             "(it teaches the sub-models)", self.teacher)
+        need(self.freeze_layers >= 0, "--freeze-layers", "0 or more", self.freeze_layers)
 
 
 def resolve_base(base: str) -> str:
@@ -237,7 +249,7 @@ def _load_base(args: TrainArgs):
     """(model, tokenizer) of the base, seeded; refuses a model we cannot run token by token or a length past it."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .model import check_supported
+    from .model import check_supported, quiet_transformers
 
     base = resolve_base(args.base)
     local = Path(base).is_dir()
@@ -245,12 +257,39 @@ def _load_base(args: TrainArgs):
     # --seed fixes the new QA head's initialisation and dropout, not only batch order: without it the run
     # depends on whatever the process drew from torch's global generator before
     torch.manual_seed(args.seed)
-    model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
+    with quiet_transformers():  # a base encoder's new QA head is expected, not news
+        model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
     check_supported(model)
     max_positions = dims_of(model).max_positions
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
     return model, tokenizer
+
+
+def _freeze(model, layers: int) -> None:
+    """Stop learning below encoder layer `layers`: only the later layers and the QA head keep their gradients
+    (the embeddings, and ELECTRA's projection, freeze with the first layers). Freezing every layer is refused."""
+    from .families import family_of
+
+    family = family_of(model)
+    encoder_layers = family.encoder_layers(model)
+    if layers >= len(encoder_layers):
+        raise InputError(f"--freeze-layers must be less than the model's {len(encoder_layers)} layers, got {layers}")
+    if layers:
+        model.requires_grad_(False)
+        for module in (*encoder_layers[layers:], family.qa_head(model)):
+            module.requires_grad_(True)
+
+
+def _frozen_teacher(args: TrainArgs, model):
+    """A frozen, dropout-free copy of the base model for `teacher="frozen"`; None for inplace distillation."""
+    if args.teacher != Teacher.FROZEN:
+        return None
+    import copy
+
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def _training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Features:
@@ -264,8 +303,9 @@ def _training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Fea
 
 def _optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
     """AdamW (no decay on biases and norms) and the run state, both from the checkpoint when resuming."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    learning = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in learning if p.ndim > 1]
+    no_decay = [p for p in learning if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
@@ -296,17 +336,28 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in gen.permutation(len(batches))]
 
 
-def _step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: int, width: int,
-               rng: random.Random, autocast) -> float:
-    """Forward and backward of one step: the full model on the span loss, then (LengthDrop) each sub-model
-    distilled from the full model's logits. Returns the summed loss."""
+def _teacher_logits(model, teacher, batch: dict, starts, ends, autocast) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(start, end) span logits that teach this step's sub-models, and the loss the full model learned from.
+
+    Inplace: the full model runs forward and backward on the span loss and its detached logits teach. Frozen
+    teacher: one forward pass without gradients, and the full model learns nothing itself (loss 0)."""
+    if teacher is not None:
+        with torch.no_grad(), autocast:
+            s_full, e_full = drop_and_restore(teacher, **batch)
+        return s_full, e_full, 0.0
     with autocast:
         s_full, e_full = drop_and_restore(model, **batch)
         loss = (F.cross_entropy(s_full.float(), starts) + F.cross_entropy(e_full.float(), ends)) / 2
     loss.backward()
-    total = loss.item()
+    return s_full.detach(), e_full.detach(), loss.item()
+
+
+def _step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: int, width: int,
+               rng: random.Random, autocast, teacher=None) -> float:
+    """Forward and backward of one step: the full model on the span loss (or the frozen teacher's forward), then
+    (LengthDrop) each sub-model distilled from the teacher's logits. Returns the summed loss."""
+    teacher_s, teacher_e, total = _teacher_logits(model, teacher, batch, starts, ends, autocast)
     if args.length_drop:
-        teacher_s, teacher_e = s_full.detach(), e_full.detach()
         mask = batch["attention_mask"]
         for config, skip in sandwich(args, num_layers, width, rng):
             with autocast:
@@ -330,7 +381,8 @@ def _resolved(args: TrainArgs) -> TrainArgs:
 
 
 def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.optim.Optimizer, feats: squad.Features,
-                    rows: np.ndarray, width: int, num_layers: int, rng: random.Random, autocast, *, lr: float) -> float:
+                    rows: np.ndarray, width: int, num_layers: int, rng: random.Random, autocast, *, lr: float,
+                    teacher: torch.nn.Module | None = None) -> float:
     """One optimizer step on one batch of windows (cut to `width`); returns the step's loss."""
     device = args.device
     batch = {k: torch.from_numpy(v[:, :width]).to(device) for k, v in feats.model_inputs(rows).items()}
@@ -338,8 +390,9 @@ def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.op
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     total = _step_loss(args, model, batch, torch.from_numpy(feats.start_positions[rows]).to(device),
-                       torch.from_numpy(feats.end_positions[rows]).to(device), num_layers, width, rng, autocast)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                       torch.from_numpy(feats.end_positions[rows]).to(device), num_layers, width, rng, autocast,
+                       teacher=teacher)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     return total
 
@@ -356,6 +409,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     model, tokenizer = _load_base(args)
     model.to(device)  # before the optimizer, so a resumed optimizer state lands on the same device
     num_layers = dims_of(model).layers
+    teacher = _frozen_teacher(args, model)  # the base, before a resumed checkpoint replaces the weights
+    _freeze(model, args.freeze_layers)
     feats = _training_features(args, tokenizer, num_layers)
     n, lengths, max_width = len(feats), feats.attention_mask.sum(1), feats.input_ids.shape[1]
     steps_per_epoch = max(1, n // args.batch_size)
@@ -379,7 +434,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if args.time_budget:
             progress_share = max(progress_share, (time.monotonic() - start_time) / args.time_budget)
         total = _optimizer_step(args, model, optimizer, feats, rows, width, num_layers, rng, autocast,
-                                lr=args.lr * _lr_factor(progress_share, args.warmup))
+                                lr=args.lr * _lr_factor(progress_share, args.warmup), teacher=teacher)
 
         state["step"] += 1
         state["examples"] += len(rows)
