@@ -71,19 +71,25 @@ def curve_row(folder: Path, configs: tuple[str, ...], variant: str, data: dict) 
               help="dev (report) or the search's held-out SQuAD train questions (choose).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="Questions.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Default: the variant the last snapshot trained.")
+@click.option("--step", "steps", multiple=True, type=int, help="Score only these steps (repeat; default: every snapshot).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the curve as JSON here.")
-def main(base, snapshots, final, configs, split, limit, variant, out) -> None:
-    folders = snapshot_folders(base, snapshots, final)
-    last, tokenizer = load_qa_model(folders[-1][1])
+def main(base, snapshots, final, configs, split, limit, variant, steps, out) -> None:
+    every = snapshot_folders(base, snapshots, final)
+    missing = sorted(set(steps) - {step for step, _ in every})
+    if missing:
+        raise click.UsageError(f"--step {missing}: no such snapshot (have {[step for step, _ in every]})")
+    last, tokenizer = load_qa_model(every[-1][1])  # the stage's variant, whichever steps are scored
     variant = variant or str(trained_variant(last))
     data = workloads(split, limit, tokenizer)
     click.echo(f"{split}: {limit} questions; windows: "
                + ", ".join(f"{name} {len(features)}" for name, (_, features) in data.items()) + f"; variant {variant}")
     curve = []
-    for step, folder in folders:
+    for step, folder in every:
+        if steps and step not in steps:
+            continue
         row = {"step": step, "model": str(folder), **curve_row(folder, tuple(configs), variant, data)}
         curve.append(row)
-        click.echo("  ".join(f"{k} {v}" for k, v in row.items() if k != "model"), nl=True)
+        click.echo("  ".join(f"{k} {v}" for k, v in row.items() if k != "model"))
     if out:
         record = {"split": split, "limit": limit, "neighbours": squad.DOCUMENT_NEIGHBOURS, "variant": variant,
                   "curve": curve}

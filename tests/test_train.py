@@ -1,10 +1,12 @@
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
+from toolchain.errors import QtoolError
 from toolchain.model import LengthConfig, load_qa_model
 from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, sandwich, smallest_config, train
 from toolchain.verify import evaluate_model
@@ -107,7 +109,6 @@ def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenize
     """--neighbours widens the training contexts (more, fuller windows); snapshots are loadable models that
     differ step by step; a restricted sandwich runs (a bad configuration fails before featurizing)."""
     from toolchain import squad
-    from toolchain.errors import QtoolError
 
     common = dict(base="minilm", limit=12, max_length=128, batch_size=4, max_steps=2, length_drop=True,
                   length_rule="cap", neighbours=1, seed=3, bf16=False)
@@ -148,19 +149,50 @@ def test_a_frozen_teacher_trains_only_the_sub_model_above_the_frozen_layers(trai
     assert all(not torch.equal(before[n], after[n]) for n in learning if n.endswith(".weight"))
 
 
-def test_freezing_every_layer_is_refused_in_one_line(trained_dir, tmp_path):
-    from toolchain.errors import QtoolError
+def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(trained_dir, dev_examples):
+    """One step's loss is exactly the sub-model's KL against the *base* model's logits, even after the student
+    moved away from the base; inplace distillation would add the span loss and teach with the student's logits."""
+    from contextlib import nullcontext
 
+    from toolchain import squad
+    from toolchain.model import drop_and_restore
+    from toolchain.train import _distill, _frozen_teacher, _step_loss
+
+    model, tokenizer = load_qa_model(trained_dir)
+    model.eval()  # no dropout: the values below are exact
+    args = TrainArgs(base=str(trained_dir), out="unused", max_length=128, length_drop=True, length_rule="cap",
+                     teacher="frozen", sandwich_configs=("100,80,60,50,40,30",))
+    teacher = _frozen_teacher(args, model)
+    with torch.no_grad():
+        model.qa_outputs.weight.mul_(0.5)  # the student has moved; the teacher must not follow
+    feats = squad.featurize(dev_examples[:4], tokenizer, 128, 64, pad_to_max_length=False, with_targets=True)
+    rows = list(range(4))
+    batch = {k: torch.from_numpy(v[:, :128]) for k, v in feats.model_inputs(rows).items()}
+    starts, ends = torch.from_numpy(feats.start_positions[rows]), torch.from_numpy(feats.end_positions[rows])
+    total = _step_loss(args, model, batch, starts, ends, 6, 128, random.Random(0), nullcontext(), teacher=teacher)
+    base, _ = load_qa_model(trained_dir)
+    config = sandwich(args, 6, 128, random.Random(0))[0][0]
+    with torch.no_grad():
+        base_s, base_e = drop_and_restore(base.eval(), **batch)
+        s, e = drop_and_restore(model, **batch, config=config)
+        mask = batch["attention_mask"]
+        expected = ((_distill(s, base_s, mask) + _distill(e, base_e, mask)) / 2).item()
+    assert expected > 1e-3 and total == pytest.approx(expected, rel=1e-4)
+    assert model.qa_outputs.weight.grad is not None  # the sub-model's loss reached the shared weights
+
+
+def test_frozen_teachers_and_frozen_layers_refuse_what_they_cannot_train(trained_dir, tmp_path):
     with pytest.raises(QtoolError, match="^--freeze-layers must be less than the model's 6 layers, got 6$"):
         train(TrainArgs(base=str(trained_dir), out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
                         freeze_layers=6))
+    with pytest.raises(QtoolError, match="^--teacher frozen needs a trained QA model as --base; minilm has no QA head"):
+        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
+                        length_drop=True, teacher="frozen"))
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
-    from toolchain.errors import QtoolError
-
     with pytest.raises(QtoolError, match="^--device cuda: no CUDA GPU"):
         train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64, device="cuda"))
     assert not (tmp_path / "o").exists()
@@ -189,6 +221,9 @@ def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
         train(args, progress=interrupt_after_two)
     assert (out / "checkpoint" / "trainer.pt").is_file()
     assert not (out / "config.json").exists()  # no final model from an interrupted run
+    with pytest.raises(QtoolError, match="^--resume: .* was trained with --teacher inplace --freeze-layers 0; resume "
+                                         "with the same options$"):
+        train(replace(args, freeze_layers=2), resume=True)
     resumed = train(args, resume=True)
     assert resumed["steps"] == 3 and resumed["examples_seen"] == 3 * 8
     assert not (out / "checkpoint").exists()  # removed once the final model is written

@@ -102,7 +102,7 @@ def main() -> None:
 @click.option("--teacher", type=click.Choice(Teacher.choices()), default=str(Teacher.INPLACE), show_default=True,
               help="Who teaches LengthDrop's sub-models: 'inplace' (LAT: the full model learns the span loss each step "
                    "and teaches) or 'frozen' (a frozen copy of --base teaches and only the sub-models learn: the teacher "
-                   "runs forward only, so a step costs about a third of an inplace step with one sub-model).")
+                   "runs forward only, so a step costs about half an inplace step with one sub-model).")
 @click.option("--freeze-layers", default=0, show_default=True, type=click.IntRange(min=0),
               help="The embeddings and the first N encoder layers do not learn (no backward pass below layer N).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,

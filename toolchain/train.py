@@ -257,13 +257,32 @@ def _load_base(args: TrainArgs):
     # --seed fixes the new QA head's initialisation and dropout, not only batch order: without it the run
     # depends on whatever the process drew from torch's global generator before
     torch.manual_seed(args.seed)
-    with quiet_transformers():  # a base encoder's new QA head is expected, not news
-        model = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local)
+    with quiet_transformers():  # a base encoder's new QA head is expected, not news; anything else is refused below
+        model, info = AutoModelForQuestionAnswering.from_pretrained(base, local_files_only=local,
+                                                                    output_loading_info=True)
     check_supported(model)
+    _check_missing_weights(args, model, sorted(info.get("missing_keys", [])))
     max_positions = dims_of(model).max_positions
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
     return model, tokenizer
+
+
+def _check_missing_weights(args: TrainArgs, model, missing: list[str]) -> None:
+    """A base may lack only its QA head (an encoder: the head starts random), and not at all under a frozen
+    teacher, which would then teach the sub-models noise."""
+    from .families import family_of
+
+    head_module = family_of(model).qa_head(model)
+    prefix = next(name for name, module in model.named_modules() if module is head_module)
+    head = {f"{prefix}.{name}" for name, _ in head_module.named_parameters()}
+    foreign = [name for name in missing if name not in head]
+    if foreign:
+        raise InputError(f"--base {args.base}: {', '.join(foreign[:3])} not in the checkpoint: not a BERT-family "
+                         "encoder or QA model qtool can train")
+    if missing and args.teacher == Teacher.FROZEN:
+        raise InputError(f"--teacher frozen needs a trained QA model as --base; {args.base} has no QA head "
+                         f"({', '.join(missing)} missing), so it would teach noise")
 
 
 def _freeze(model, layers: int) -> None:
@@ -301,6 +320,19 @@ def _training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Fea
                            pad_to_max_length=False, with_targets=True)
 
 
+def _what_learns(args: TrainArgs) -> dict:
+    """The options that decide which weights learn and from whom: a resumed run must keep them."""
+    return {"teacher": str(args.teacher), "freeze_layers": args.freeze_layers}
+
+
+def _check_resumable(args: TrainArgs, saved_state: dict, ckpt_dir: Path) -> None:
+    saved = {"teacher": str(Teacher.INPLACE), "freeze_layers": 0}  # checkpoints from before these options
+    saved.update({k: saved_state[k] for k in saved if k in saved_state})
+    if saved != _what_learns(args):
+        raise InputError(f"--resume: {ckpt_dir} was trained with --teacher {saved['teacher']} --freeze-layers "
+                         f"{saved['freeze_layers']}; resume with the same options")
+
+
 def _optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
     """AdamW (no decay on biases and norms) and the run state, both from the checkpoint when resuming."""
     learning = [p for p in model.parameters() if p.requires_grad]
@@ -309,12 +341,13 @@ def _optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
-    state = {"step": 0, "elapsed": 0.0, "examples": 0, "loss_ema": None}
+    state = {"step": 0, "elapsed": 0.0, "examples": 0, "loss_ema": None, **_what_learns(args)}
     if resume and (ckpt_dir / "trainer.pt").is_file():
         saved = torch.load(ckpt_dir / "trainer.pt", map_location="cpu", weights_only=False)
+        _check_resumable(args, saved["state"], ckpt_dir)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = {**_what_learns(args), **saved["state"]}
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
     return optimizer, state
