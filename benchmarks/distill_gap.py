@@ -20,47 +20,39 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from toolchain import squad
 from toolchain.families import dims_of
 from toolchain.length import VARIANTS, LengthConfig
-from toolchain.model import drop_and_restore, load_qa_model
+from toolchain.model import load_qa_model
+from toolchain.runtime import Predictions, Protocol, predict_torch
 from toolchain.search import search_examples
+from toolchain.train import _distill
 
 
-def span_logits(model, features: squad.Features, config: LengthConfig | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(start, end) logits of every window, each run alone on its real tokens."""
-    out = []
-    with torch.inference_mode():
-        for row in range(len(features)):
-            inputs = features.model_inputs(np.array([row]))
-            real = int(inputs["attention_mask"].sum())
-            batch = {k: torch.from_numpy(v[:, :real]) for k, v in inputs.items()}
-            s, e = drop_and_restore(model, **batch, config=config)
-            out.append((s[0].float(), e[0].float()))
-    return out
+def window_kl(student: Predictions, teacher: Predictions, features: squad.Features) -> np.ndarray:
+    """Per window, the training loss of a LengthDrop step (start and end KL averaged) over its real tokens."""
+    mask = torch.from_numpy(features.attention_mask)
+    s_start, s_end, t_start, t_end = (torch.from_numpy(a) for a in (student.start_logits, student.end_logits,
+                                                                   teacher.start_logits, teacher.end_logits))
+    return np.array([float((_distill(s_start[[i]], t_start[[i]], mask[[i]])
+                            + _distill(s_end[[i]], t_end[[i]], mask[[i]])) / 2) for i in range(len(features))])
 
 
-def kl(student: torch.Tensor, teacher: torch.Tensor) -> float:
-    return float(F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="sum"))
-
-
-def gap(teacher_logits, student_logits, features: squad.Features) -> dict[str, float]:
+def gap(teacher: Predictions, student: Predictions, features: squad.Features) -> dict[str, float]:
     """Mean KL per window kind, and on answer windows the share where the student's argmax span is the gold one."""
     answer = features.start_positions > 0
-    kls = np.array([(kl(s[0], t[0]) + kl(s[1], t[1])) / 2 for s, t in zip(student_logits, teacher_logits)])
+    kls = window_kl(student, teacher, features)
 
-    def hits(logits) -> np.ndarray:
-        return np.array([int(s.argmax()) == int(gs) and int(e.argmax()) == int(ge)
-                         for (s, e), gs, ge in zip(logits, features.start_positions, features.end_positions)])
+    def hits(p: Predictions) -> np.ndarray:
+        return ((p.start_logits.argmax(1) == features.start_positions)
+                & (p.end_logits.argmax(1) == features.end_positions))
 
-    teacher_hits, student_hits = hits(teacher_logits)[answer], hits(student_logits)[answer]
     return {"windows": int(len(features)), "answer windows": int(answer.sum()),
             "KL answer windows": round(float(kls[answer].mean()), 3),
             "KL answer-less windows": round(float(kls[~answer].mean()), 3),
-            "teacher gold span": round(float(teacher_hits.mean()), 3),
-            "sub-model gold span": round(float(student_hits.mean()), 3)}
+            "teacher gold span": round(float(hits(teacher)[answer].mean()), 3),
+            "sub-model gold span": round(float(hits(student)[answer].mean()), 3)}
 
 
 @click.command()
@@ -76,12 +68,12 @@ def main(teacher, models, config, variant, limit, out) -> None:
     examples = search_examples(limit, neighbours=squad.DOCUMENT_NEIGHBOURS)
     features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE,
                                with_targets=True)
-    teacher_logits = span_logits(reference, features, None)
+    teacher_logits = predict_torch(reference, features, protocol=Protocol.UNPADDED)
     rows = []
     for folder in models:
         model, _ = load_qa_model(folder)
         sub = LengthConfig.parse(config, dims_of(model).layers, variant=variant)
-        row = {"model": folder, "config": config, **gap(teacher_logits, span_logits(model, features, sub), features)}
+        row = {"model": folder, "config": config, **gap(teacher_logits, predict_torch(model, features, sub, protocol=Protocol.UNPADDED), features)}
         rows.append(row)
         click.echo("  ".join(f"{k} {v}" for k, v in row.items()))
     if out:

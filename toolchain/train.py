@@ -326,8 +326,8 @@ def _what_learns(args: TrainArgs) -> dict:
 
 
 def _check_resumable(args: TrainArgs, saved_state: dict, ckpt_dir: Path) -> None:
-    saved = {"teacher": str(Teacher.INPLACE), "freeze_layers": 0}  # checkpoints from before these options
-    saved.update({k: saved_state[k] for k in saved if k in saved_state})
+    before = _what_learns(TrainArgs(base=args.base, out=args.out))  # checkpoints from before these options
+    saved = {k: saved_state.get(k, default) for k, default in before.items()}
     if saved != _what_learns(args):
         raise InputError(f"--resume: {ckpt_dir} was trained with --teacher {saved['teacher']} --freeze-layers "
                          f"{saved['freeze_layers']}; resume with the same options")
