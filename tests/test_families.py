@@ -15,7 +15,8 @@ from toolchain import squad
 from toolchain.export import export_configs
 from toolchain.families import ROLES, UnsupportedModelError, dims_of, family_of
 from toolchain.length import LengthConfig, LengthConfigError
-from toolchain.model import VARIANT_ATTRIBUTE, drop_and_restore, flops, load_qa_model, significance
+from toolchain.model import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
+                             load_qa_model, near_question_words, significance)
 from toolchain.quantize import Recipe, quantize_graph, select_nodes
 from toolchain.settings import ExportSettings
 
@@ -231,7 +232,44 @@ def test_question_variant_keeps_the_question_segment(windows):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("variant, invariant", [("lat", False), ("question", True)])
+def test_near_question_words_marks_the_neighbourhood_of_repeated_question_words():
+    """A context token that repeats a word of the question marks MATCH_WIDTH tokens either side (context only);
+    a question word the context repeats more than MATCH_MAX_REPEATS times, [CLS], [SEP] and padding mark nothing."""
+    question = [101, 7, 8, 102]  # [CLS] w7 w8 [SEP]
+    context = list(range(1000, 1100))
+    context[50] = 7  # one repeat of w7: marks 38..62
+    for i in range(MATCH_MAX_REPEATS + 1):
+        context[5 + 20 * i] = 8  # w8 too often: nothing
+    context[99] = 102  # the closing [SEP] repeats the question's [SEP]: nothing
+    ids = question + context + [0] * 6
+    types = [0] * len(question) + [1] * len(context) + [0] * 6
+    mask = [1] * (len(question) + len(context)) + [0] * 6
+    t = lambda x: torch.tensor([x])
+    near = near_question_words(t(ids), t(mask), t(types), t([len(question)]))[0]
+    start = len(question) + 50
+    assert near.nonzero().flatten().tolist() == list(range(start - MATCH_WIDTH, start + MATCH_WIDTH + 1))
+
+
+def test_match_variant_keeps_the_question_then_its_words_neighbourhood(windows):
+    """On real dev windows, `match` keeps the question segment first and then the context near its words: a layer
+    that keeps fewer tokens than both together keeps only them; a layer that keeps more keeps all of them."""
+    model = tiny_model("bert", 3, seed=2)
+    inputs = {k: torch.from_numpy(v[:4]) for k, v in windows.model_inputs().items()}
+    question_len = ((inputs["token_type_ids"] == 0) & (inputs["attention_mask"] > 0)).sum(1, keepdim=True)
+    near = near_question_words(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], question_len)
+    favoured = [set(range(int(n_q))) | set(row.nonzero().flatten().tolist())
+                for n_q, row in zip(question_len[:, 0], near)]
+    assert min(len(f) for f in favoured) > 30 and max(len(f) for f in favoured) < 200  # real matches, not all
+    keep = (300, 30, 15)
+    with torch.no_grad():
+        *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="match"), return_kept=True)
+    for row, chosen in enumerate(favoured):
+        assert set(kept[0][row].tolist()) >= chosen
+        for layer, k in zip(kept[1:], keep[1:]):
+            assert set(layer[row].tolist()) <= chosen and len(layer[row]) == k
+
+
+@pytest.mark.parametrize("variant, invariant", [("lat", False), ("question", True), ("match", True)])
 def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir):
     """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
     says so. `lat` sees padding queries, so its graph must be fed padded; `question` does not.

@@ -23,6 +23,10 @@ SKIP = "skip"  # a layer the configuration leaves out entirely (LayerDrop, LAT's
 # output of the last layer that kept it. `question`: qtool, and the question segment ([CLS] question [SEP], the
 # tokens of token type 0) is always kept, so every layer still reads the question and ranks context tokens by the
 # attention they receive from it and from the rest of the window (families without token_type_ids refuse it).
+# `match`: question, and the context tokens within MATCH_WIDTH tokens of a word of the question (a token the
+# question holds and the window's context repeats at most MATCH_MAX_REPEATS times) rank above the rest of the
+# context; attention ranks within each group. On full document windows the attention ranking alone drops the
+# answer's neighbourhood early; the question's own words in the context say where it is likely to be.
 DEFAULT_VARIANT = Variant.QTOOL
 DEFAULT_LENGTH_RULE = LengthRule.CAP
 RULE_DOC = {

@@ -31,6 +31,11 @@ ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] unde
 # `question`: a question token scores QUESTION_FIRST - position, above any sum of attention (at most heads * n) and
 # exact in float32, so question tokens rank first, in order, with no ties for runtimes to break differently
 QUESTION_FIRST = float(1 << 20)
+# `match`: a context token near a word of the question scores its attention + MATCH_FIRST, above any sum of attention
+# (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST
+MATCH_FIRST = float(1 << 14)
+MATCH_WIDTH = 12  # tokens either side of a context token that repeats a word of the question
+MATCH_MAX_REPEATS = 2  # a question token the context repeats more often ("the", "of", "?") marks nothing
 VARIANT_ATTRIBUTE = "qtool_drop_variant"  # where `qtool train` records the variant in the model's config.json
 
 
@@ -221,8 +226,10 @@ def drop_and_restore(
     mask = attention_mask.to(h.dtype)
     positions = torch.arange(seq_len, device=h.device).unsqueeze(0).expand(b, seq_len)
     dropping = keep_counts is not None or (config is not None and not config.is_full)
-    question_len = _question_len(family, attention_mask, token_type_ids) if dropping and (
-        config.variant == Variant.QUESTION) else None
+    variant = Variant(config.variant) if dropping else None
+    question_len = _question_len(family, attention_mask, token_type_ids) if dropping and variant.keeps_question else None
+    near = near_question_words(input_ids, attention_mask, token_type_ids, question_len) if (
+        variant == Variant.MATCH) else None
     set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
 
@@ -236,7 +243,7 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
-            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant, question_len)
+            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant, question_len, near)
             set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
@@ -254,21 +261,42 @@ def _question_len(family: Family, attention_mask: torch.Tensor, token_type_ids: 
     """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B, 1]."""
     if token_type_ids is None or "token_type_ids" not in family.inputs:
         raise UnsupportedModelError(
-            f"the '{Variant.QUESTION}' variant finds the question by its token type; {family.model_type} has no "
-            "token_type_ids (use qtool or lat)")
+            f"the '{Variant.QUESTION}' and '{Variant.MATCH}' variants find the question by its token type; "
+            f"{family.model_type} has no token_type_ids (use qtool or lat)")
     return ((token_type_ids == 0) & (attention_mask > 0)).sum(dim=1, keepdim=True)
 
 
+def near_question_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                        question_len: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: context tokens within MATCH_WIDTH tokens of a context token that repeats a token of the question.
+
+    Question tokens are positions 1 .. question_len - 2 (not [CLS], not [SEP]); one the context repeats more than
+    MATCH_MAX_REPEATS times marks nothing. Matrix products of 0/1 matrices, in float32 whatever the model runs in,
+    so the graph computes it as PyTorch does.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    question = ((positions >= 1) & (positions < question_len - 1)).float()  # [B, n]
+    context = ((token_type_ids == 1) & (attention_mask > 0)).float()
+    same = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)).float()  # [B, n, n], symmetric
+    repeats = torch.matmul(context.unsqueeze(1), same).squeeze(1)  # [B, n]: context tokens equal to token j
+    words = question * (repeats <= MATCH_MAX_REPEATS).float()
+    match = (torch.matmul(same, words.unsqueeze(2)).squeeze(2) > 0).float() * context
+    band = ((positions.unsqueeze(1) - positions.unsqueeze(0)).abs() <= MATCH_WIDTH).float()  # [n, n]
+    return (torch.matmul(match, band) > 0) & (context > 0)
+
+
 def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n_in,
-          k, variant: str, question_len: torch.Tensor | None = None
+          k, variant: str, question_len: torch.Tensor | None = None, near: torch.Tensor | None = None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One layer's drop: sort tokens by significance once, keep the first k (their attention output, mask and
-    positions) and set the rest aside with their positions. `question_len` ([B, 1]): the `question` variant ranks
-    the question segment first."""
+    positions) and set the rest aside with their positions. `question_len` ([B, 1]): the question segment ranks
+    first; `near` ([B, seq_len] by original position, the `match` variant): those context tokens rank next."""
     lat = variant == Variant.LAT
     score = significance(probs, mask, variant, positions)
     if lat:  # LAT always keeps [CLS]
         score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
+    if near is not None:
+        score = torch.where(torch.gather(near, 1, positions), score + MATCH_FIRST, score)
     if question_len is not None:
         score = torch.where(positions < question_len, QUESTION_FIRST - positions.to(score.dtype), score)
     order = torch.topk(score, n_in, dim=1).indices

@@ -47,10 +47,16 @@ class Variant(Mode):
     QTOOL = "qtool"  # significance over real queries; a dropped token keeps its post-attention state
     LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
     QUESTION = "question"  # qtool, and the question segment ([CLS] question [SEP]) is always kept
+    MATCH = "match"  # question, and context tokens near a word of the question rank above the rest of the context
 
     @property
     def sees_padding(self) -> bool:
         return self is Variant.LAT
+
+    @property
+    def keeps_question(self) -> bool:
+        """Whether the question segment (found by its token type) always ranks first."""
+        return self in (Variant.QUESTION, Variant.MATCH)
 
 
 class QuantMode(Mode):
