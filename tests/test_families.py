@@ -233,21 +233,33 @@ def test_question_variant_keeps_the_question_segment(windows):
 
 
 def test_near_question_words_marks_the_neighbourhood_of_repeated_question_words():
-    """A context token that repeats a word of the question marks MATCH_WIDTH tokens either side (context only);
-    a question word the context repeats more than MATCH_MAX_REPEATS times, [CLS], [SEP] and padding mark nothing."""
-    question = [101, 7, 8, 102]  # [CLS] w7 w8 [SEP]
+    """A context token that repeats a word of the question marks MATCH_WIDTH tokens either side (context only,
+    never the question); a question word the context repeats more than MATCH_MAX_REPEATS times, [CLS], [SEP] and
+    padding mark nothing. Two rows with questions of different lengths."""
+    def window(question: list[int], context: list[int], width: int) -> tuple[list[int], list[int], list[int]]:
+        pad = width - len(question) - len(context)
+        return (question + context + [0] * pad, [0] * len(question) + [1] * len(context) + [0] * pad,
+                [1] * (len(question) + len(context)) + [0] * pad)
+
+    def around(starts: list[int], first: int, last: int) -> set[int]:
+        return {p for s in starts for p in range(s - MATCH_WIDTH, s + MATCH_WIDTH + 1) if first <= p <= last}
+
     context = list(range(1000, 1100))
-    context[50] = 7  # one repeat of w7: marks 38..62
+    context[50] = 7  # w7 once: marks
+    for i in range(MATCH_MAX_REPEATS):
+        context[70 + 10 * i] = 9  # w9 exactly MATCH_MAX_REPEATS times: marks
     for i in range(MATCH_MAX_REPEATS + 1):
-        context[5 + 20 * i] = 8  # w8 too often: nothing
+        context[5 + 11 * i] = 8  # w8 once too often: nothing
+    context[2] = 101  # [CLS] repeated in the context: nothing
     context[99] = 102  # the closing [SEP] repeats the question's [SEP]: nothing
-    ids = question + context + [0] * 6
-    types = [0] * len(question) + [1] * len(context) + [0] * 6
-    mask = [1] * (len(question) + len(context)) + [0] * 6
-    t = lambda x: torch.tensor([x])
-    near = near_question_words(t(ids), t(mask), t(types), t([len(question)]))[0]
-    start = len(question) + 50
-    assert near.nonzero().flatten().tolist() == list(range(start - MATCH_WIDTH, start + MATCH_WIDTH + 1))
+    first = window([101, 7, 8, 9, 102], context, 112)
+    short = list(range(2000, 2060))
+    short[1] = 5  # the band of this match reaches back over the question: only context is marked
+    second = window([101, 5, 102], short, 112)
+    ids, types, mask = (torch.tensor([a, b]) for a, b in zip(first, second))
+    near = near_question_words(ids, mask, types, torch.tensor([[5], [3]]))
+    assert set(near[0].nonzero().flatten().tolist()) == around([5 + 50, *(5 + 70 + 10 * i for i in range(MATCH_MAX_REPEATS))], 5, 104)
+    assert set(near[1].nonzero().flatten().tolist()) == around([3 + 1], 3, 62)
 
 
 def test_match_variant_keeps_the_question_then_its_words_neighbourhood(windows):
@@ -260,13 +272,16 @@ def test_match_variant_keeps_the_question_then_its_words_neighbourhood(windows):
     favoured = [set(range(int(n_q))) | set(row.nonzero().flatten().tolist())
                 for n_q, row in zip(question_len[:, 0], near)]
     assert min(len(f) for f in favoured) > 30 and max(len(f) for f in favoured) < 200  # real matches, not all
-    keep = (300, 30, 15)
+    keep = (300, 30, 6)
     with torch.no_grad():
         *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="match"), return_kept=True)
+        *_, kept_question = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="question"),
+                                             return_kept=True)
     for row, chosen in enumerate(favoured):
         assert set(kept[0][row].tolist()) >= chosen
-        for layer, k in zip(kept[1:], keep[1:]):
-            assert set(layer[row].tolist()) <= chosen and len(layer[row]) == k
+        assert set(kept[1][row].tolist()) <= chosen
+        assert sorted(kept[2][row].tolist()) == list(range(6))  # the question before its words' neighbourhood
+    assert any(not set(k[row].tolist()) <= chosen for row, chosen in enumerate(favoured) for k in kept_question[1:2])
 
 
 @pytest.mark.parametrize("variant, invariant", [("lat", False), ("question", True), ("match", True)])

@@ -32,7 +32,9 @@ ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] unde
 # exact in float32, so question tokens rank first, in order, with no ties for runtimes to break differently
 QUESTION_FIRST = float(1 << 20)
 # `match`: a context token near a word of the question scores its attention + MATCH_FIRST, above any sum of attention
-# (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST
+# (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST. Scores are
+# float32 (bf16 training included); near 2^14 float32 resolves 0.002 of attention, so the order among near tokens is
+# attention's to that precision
 MATCH_FIRST = float(1 << 14)
 MATCH_WIDTH = 12  # tokens either side of a context token that repeats a word of the question
 MATCH_MAX_REPEATS = 2  # a question token the context repeats more often ("the", "of", "?") marks nothing
@@ -271,8 +273,8 @@ def near_question_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, t
     """[B, n] bool: context tokens within MATCH_WIDTH tokens of a context token that repeats a token of the question.
 
     Question tokens are positions 1 .. question_len - 2 (not [CLS], not [SEP]); one the context repeats more than
-    MATCH_MAX_REPEATS times marks nothing. Matrix products of 0/1 matrices, in float32 whatever the model runs in,
-    so the graph computes it as PyTorch does.
+    MATCH_MAX_REPEATS times marks nothing. Matrix products of 0/1 matrices: the comparisons (a count <= 2, a sum
+    > 0) are exact in float32 and in bf16 (autocast), so the graph marks what PyTorch marks.
     """
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     question = ((positions >= 1) & (positions < question_len - 1)).float()  # [B, n]
@@ -292,7 +294,7 @@ def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Ten
     positions) and set the rest aside with their positions. `question_len` ([B, 1]): the question segment ranks
     first; `near` ([B, seq_len] by original position, the `match` variant): those context tokens rank next."""
     lat = variant == Variant.LAT
-    score = significance(probs, mask, variant, positions)
+    score = significance(probs, mask, variant, positions).float()  # bf16 would tie everything near the bonuses
     if lat:  # LAT always keeps [CLS]
         score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
     if near is not None:
