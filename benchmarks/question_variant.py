@@ -15,22 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from qtool_runtime.contract import Variant
+from toolchain import model as drop_model
 from toolchain import squad
 from toolchain.families import dims_of
 from toolchain.length import LengthConfig
-from toolchain import model as drop_model
-from toolchain.model import load_qa_model
 from toolchain.runtime import Protocol, predict_torch, score
 from toolchain.search import search_examples
 
 CONFIGS = ("341,334,332,292,280,254", "315,251,242,159,142,33", "360,330,300,270,240,210", "320,280,240,200,160,120")
-VARIANTS = ("qtool", "question", "match")
+VARIANTS = (Variant.QTOOL, Variant.QUESTION, Variant.MATCH)  # lat needs padded windows
 
 
 def document_f1(model_dir: str, *, questions: int, configs: tuple[str, ...] = CONFIGS,
                 variants: tuple[str, ...] = VARIANTS, neighbours: int = squad.DOCUMENT_NEIGHBOURS) -> dict:
     """{"full": F1, config: {variant: F1}} on `questions` held-out train questions as documents."""
-    model, tokenizer = load_qa_model(model_dir)
+    model, tokenizer = drop_model.load_qa_model(model_dir)
     examples = search_examples(questions, neighbours=neighbours)
     features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE)
 

@@ -245,7 +245,7 @@ def drop_and_restore(
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
-            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, config.variant, question_len, near)
+            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, variant, question_len, near)
             set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
