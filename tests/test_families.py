@@ -209,7 +209,7 @@ def test_lat_significance_counts_padding_queries():
 
 def test_question_variant_keeps_the_question_segment(windows):
     """`question` keeps [CLS] question [SEP] at every layer (the first k of it, in order, when k is smaller), and
-    ranks the context as qtool does; a family without token_type_ids refuses it in one line."""
+    ranks the context as qtool does; a family without token_type_ids refuses it and `match` in one line."""
     model = tiny_model("bert", 4, seed=1)
     inputs = {k: torch.from_numpy(v[:4]) for k, v in windows.model_inputs().items()}
     question_len = ((inputs["token_type_ids"] == 0) & (inputs["attention_mask"] > 0)).sum(1)
@@ -225,11 +225,13 @@ def test_question_variant_keeps_the_question_segment(windows):
         assert sorted(kept[-1][row].tolist()) == list(range(8))
     assert any(not set(range(n_q)) <= set(k[row].tolist())
                for row, n_q in enumerate(question_len.tolist()) for k in kept_qtool[:3])  # qtool may drop them
-    distil = tiny_model("distilbert", 2)
-    with pytest.raises(UnsupportedModelError, match="no token_type_ids") as info:
-        drop_and_restore(distil, inputs["input_ids"], inputs["attention_mask"],
-                         config=LengthConfig((100, 50), 384, variant="question"))
-    assert "\n" not in str(info.value)
+    for family in ("distilbert", "roberta"):  # both variants rank by segment, which these inputs do not carry
+        other = tiny_model(family, 2)
+        for variant in ("question", "match"):
+            with pytest.raises(UnsupportedModelError, match="no token_type_ids") as info:
+                drop_and_restore(other, inputs["input_ids"], inputs["attention_mask"],
+                                 config=LengthConfig((100, 50), 384, variant=variant))
+            assert "\n" not in str(info.value)
 
 
 def test_near_question_words_marks_the_neighbourhood_of_repeated_question_words():
