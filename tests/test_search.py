@@ -4,8 +4,8 @@ import pytest
 from toolchain import squad
 from toolchain.errors import InputError
 from toolchain.length import LengthConfig
-from toolchain.search import (EvolutionSampler, config_from_ratios, macs_ratio_at_lengths, recommend, search_configs,
-                              search_examples, trained_space)
+from toolchain.search import (EvolutionSampler, config_from_ratios, confirmation_candidates, macs_ratio_at_lengths,
+                              ratios_of, recommend, search_configs, search_examples, trained_space)
 from toolchain.settings import SearchSettings
 
 
@@ -14,6 +14,31 @@ def test_ratios_always_give_valid_configs():
     assert config.keep == (346, 173, 173, 2, 2, 2) and config.rule == "cap"
     config.validate(6)
     assert config_from_ratios([1.0] * 6, 384).is_full
+
+
+@pytest.mark.parametrize("text", ["315,251,242,159,142,33", "384,384,300,299,1,1", "full", "255,201,142,94,54,40"])
+def test_a_configuration_round_trips_through_trial_ratios(text):
+    """--start-from enqueues a configuration as ratios; the trial must rebuild exactly that configuration."""
+    config = LengthConfig.parse(text, 6, variant="match")
+    ratios = ratios_of(config)
+    assert list(ratios) == [f"r{i}" for i in range(6)] and all(0 < r <= 1 for r in ratios.values())
+    assert config_from_ratios(list(ratios.values()), 384, variant="match") == config
+
+
+def test_confirmation_candidates_are_the_full_model_and_the_front_near_the_bar():
+    def row(config, cost, paragraphs, documents):
+        return {"config": config, "cost": cost, "f1": (paragraphs + documents) / 2,
+                "f1_by_workload": {"paragraphs": paragraphs, "documents": documents}}
+
+    full = row("full", 0.9, 71.8, 62.8)
+    near = row("255,201,142,94,54,40", 0.57, 71.6, 63.5)  # within the tolerance on the search slice
+    close = row("187,137,93,90,90,51", 0.53, 70.3, 63.5)  # 1.5 below on paragraphs: within the margin
+    far = row("173,144,86,59,16,12", 0.52, 59.3, 55.9)  # on the front, far below the bar
+    dominated = row("300,250,200,150,100,50", 0.7, 71.0, 62.0)  # near the bar, but not on the front
+    rows = [full, near, close, far, dominated]
+    assert [r["config"] for r in confirmation_candidates(rows)] == ["full", close["config"], near["config"]]
+    assert [r["config"] for r in confirmation_candidates(rows, margin=0.0)] == ["full", near["config"]]
+    assert confirmation_candidates([near, close]) == []  # nothing to compare with
 
 
 def test_cost_is_macs_at_real_lengths():
@@ -99,6 +124,31 @@ def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
     with pytest.raises(InputError, match=r"other settings \(variant\)"):
         search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5, storage=storage,
                                                    variant="question"), log=lambda _: None)
+
+
+def test_search_starts_from_given_configurations_and_confirms_on_another_slice(trained_dir):
+    """--start-from evaluates a configuration right after the full model; --confirm-questions re-scores the full
+    model and the front near the bar on the questions before the search's, and recommends from those scores."""
+    start = "300,250,200,160,120,100"
+    seen = []
+    result = search_configs(trained_dir, SearchSettings(trials=3, questions=4, neighbours=0, min_ratio=0.5,
+                                                        start_from=(start,), confirm_questions=5), log=seen.append)
+    assert [r["config"] for r in result["evaluated"][:2]] == ["full", start]
+    confirmed = result["confirmation"]
+    assert confirmed["questions"] == 5 and confirmed["offset"] == 4
+    rows = confirmed["rows"]
+    assert rows[0]["config"] == "full" and len(rows) == len(confirmation_candidates(result["evaluated"]))
+    for row in rows:  # scored again, on other questions: the search's F1 is kept beside
+        searched = next(r for r in result["evaluated"] if r["config"] == row["config"])
+        assert row["search_f1_by_workload"] == searched["f1_by_workload"] and row["cost"] == searched["cost"]
+    assert rows[0]["f1_by_workload"] != rows[0]["search_f1_by_workload"]
+    assert result["recommended"] == recommend(rows) and result["recommended_on_search_slice"] == recommend(result["evaluated"])
+    assert sum("confirm" in line for line in seen) == len(rows)
+    assert not {e.id for e in search_examples(5, 4)} & {e.id for e in search_examples(4, 0)}
+    with pytest.raises(InputError, match="below the searched space") as info:
+        search_configs(trained_dir, SearchSettings(trials=1, questions=4, neighbours=0, min_ratio=0.5,
+                                                   start_from=("300,100,100,100,100,100",)), log=lambda _: None)
+    assert "\n" not in str(info.value)
 
 
 def test_search_runs_the_variant_asked_for(trained_dir):

@@ -250,6 +250,9 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--workers", default=SearchSettings.workers, show_default=True, type=POSITIVE, help="Local processes joining the study (needs --storage).")
 @click.option("--seed", default=SearchSettings.seed, show_default=True)
 @click.option("--latency-model", type=click.Path(dir_okay=False), default=None, help="Cost = INT8 latency at real lengths predicted by this `qtool fit-latency` file (relative to the standard recipe's graph); default cost: MACs at real lengths.")
+@click.option("--start-from", multiple=True, help="A configuration to evaluate first, after the full model (repeatable; a new study only), e.g. the one shipped today, so the front is compared with it.")
+@click.option("--confirm-questions", default=SearchSettings.confirm_questions, show_default=True, type=click.IntRange(min=0),
+              help="Re-score the full model and the front members near the recommendation bar on this many other held-out train questions (the slice before --questions') and recommend from those scores: the cheapest configuration that holds on one small slice is often there by luck. 0: recommend from the search slice.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
 def search(model_dir, out, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
@@ -271,10 +274,12 @@ def search(model_dir, out, **options) -> None:
         per_workload = "".join(f"  {name.split(' ')[0]} {f1:.2f}" for name, f1 in row.get("f1_by_workload", {}).items())
         click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}"
                    f"{per_workload}")
-    best = result["recommended"]
+    best, confirmed = result["recommended"], result["confirmation"]
     if best is not None:
+        where = (f"on {confirmed['questions']} other held-out train questions" if confirmed
+                 else "on the search's questions")
         click.echo(f"recommended (cheapest within {result['recommend_tolerance']} F1 of the full model on every "
-                   f"workload): --config {best['config']}  cost {best['cost']:.3f}")
+                   f"workload, {where}): --config {best['config']}  cost {best['cost']:.3f}")
     if out:
         from .atomic import write_text
 

@@ -152,17 +152,11 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     from .latency import LatencyModel
 
     from .model import load_qa_model
-    from .runtime import Protocol, predict_torch, score
 
     s = settings
     model, tokenizer = load_qa_model(model_dir)
     dims = dims_of(model)
-    stride = squad.default_doc_stride(s.seq_len)
-    workloads = {}
-    for n in (0, s.neighbours) if s.neighbours else (0,):
-        examples = search_examples(s.questions, s.offset, n)
-        workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=s.seq_len,
-                                                                       doc_stride=stride))
+    workloads = scoring_workloads(tokenizer, s, questions=s.questions, offset=s.offset)
     lengths = {name: f.attention_mask.sum(1) for name, (_, f) in workloads.items()}
     every_window = np.concatenate(list(lengths.values()))
     timing = LatencyModel.load(s.latency_model) if s.latency_model else None
@@ -173,8 +167,7 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     def objective(trial) -> tuple[float, float]:
         ratios = [trial.suggest_float(f"r{i}", s.min_ratio, 1.0) for i in range(dims.layers)]
         config = config_from_ratios(ratios, s.seq_len, s.length_rule, s.variant)
-        results = {name: score(ex, f, predict_torch(model, f, config, protocol=Protocol.UNPADDED))
-                   for name, (ex, f) in workloads.items()}
+        results = score_config(model, workloads, config)
         f1 = float(np.mean([r["f1"] for r in results.values()]))
         cost = cost_of(config, every_window)
         trial.set_user_attr("config", config.label)
@@ -189,6 +182,26 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
         return f1, cost
 
     return objective
+
+
+def scoring_workloads(tokenizer, settings: SearchSettings, *, questions: int, offset: int
+                      ) -> dict[str, tuple[list[squad.SquadExample], squad.Features]]:
+    """Held-out train questions as paragraphs and, with `neighbours` > 0, as documents, featurized at seq_len."""
+    stride = squad.default_doc_stride(settings.seq_len)
+    workloads = {}
+    for n in (0, settings.neighbours) if settings.neighbours else (0,):
+        examples = search_examples(questions, offset, n)
+        workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=settings.seq_len,
+                                                                       doc_stride=stride))
+    return workloads
+
+
+def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict[str, float]]:
+    """F1/EM of one configuration (PyTorch FP32, every window unpadded) on each workload."""
+    from .runtime import Protocol, predict_torch, score
+
+    return {name: score(ex, f, predict_torch(model, f, config, protocol=Protocol.UNPADDED))
+            for name, (ex, f) in workloads.items()}
 
 
 def _run_trials(study, objective, trials: int, progress: bool) -> None:
@@ -251,7 +264,7 @@ def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str 
 
 
 def open_study(*, settings: dict, storage: str | None, study_name: str, sampler: str, seed: int, population: int,
-               layers: int):
+               layers: int, start_from: Sequence[LengthConfig] = ()):
     """Create or resume a study. A study is identified by its settings (slice, workloads, rule, space, cost):
     resuming one with other settings would mix trials that measured different things, so it is refused."""
     study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
@@ -268,7 +281,20 @@ def open_study(*, settings: dict, storage: str | None, study_name: str, sampler:
         study.set_user_attr("settings", settings)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
+        for config in start_from:  # then the configurations the user wants compared (e.g. today's shipped one)
+            study.enqueue_trial(ratios_of(config))
     return study
+
+
+def ratios_of(config: LengthConfig) -> dict[str, float]:
+    """The trial parameters config_from_ratios turns back into `config` (ceil(n * (k - 1/2) / n) = k)."""
+    params, n = {}, config.seq_len
+    for i, k in enumerate(config.keep):
+        if k is None:
+            raise InputError(f"{config.label}: a search trial cannot skip a layer")
+        params[f"r{i}"] = min(1.0, (k - 0.5) / n) if k < n else 1.0
+        n = k
+    return params
 
 
 def study_rows(study) -> list[dict]:
@@ -296,12 +322,53 @@ def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> d
     full = next((r for r in rows if r["config"] == "full"), None)
     if full is None:
         return None
+    return min((r for r in rows if _holds(r, full, tolerance)), key=lambda r: (r["cost"], -r["f1"]))
 
-    def holds(row: dict) -> bool:
-        by, ref = row.get("f1_by_workload", {"all": row["f1"]}), full.get("f1_by_workload", {"all": full["f1"]})
-        return all(by[name] >= ref[name] - tolerance for name in ref)
 
-    return min((r for r in rows if holds(r)), key=lambda r: (r["cost"], -r["f1"]))
+def _holds(row: dict, full: dict, tolerance: float) -> bool:
+    by, ref = row.get("f1_by_workload", {"all": row["f1"]}), full.get("f1_by_workload", {"all": full["f1"]})
+    return all(by[name] >= ref[name] - tolerance for name in ref)
+
+
+# Front members this much below the recommendation bar on the search slice are still re-scored by a confirmation.
+CONFIRM_MARGIN = 2.0
+
+
+def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEND_TOLERANCE,
+                            margin: float = CONFIRM_MARGIN) -> list[dict]:
+    """The full row, then the Pareto-front rows within `tolerance + margin` of it on every workload, cheapest first."""
+    full = next((r for r in rows if r["config"] == "full"), None)
+    if full is None:
+        return []
+    front = [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])]
+    return [full] + [r for r in front if r is not full and _holds(r, full, tolerance + margin)]
+
+
+def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchSettings, *, questions: int,
+            offset: int, log: Callable[[str], None] = print) -> dict:
+    """Re-score `candidates` (search rows; the full one among them) on `questions` other held-out train questions
+    and recommend from those scores.
+
+    Why: the cheapest configuration within tolerance on a few hundred questions is the one most likely to be there
+    by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
+    keeps its search cost and F1 under `search_f1_by_workload`. `settings` arrive resolved (variant set)."""
+    from .model import load_qa_model
+
+    model, tokenizer = load_qa_model(model_dir)
+    workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=offset)
+    rows = []
+    for row in candidates:
+        config = LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
+                                    settings.length_rule, settings.variant)
+        results = score_config(model, workloads, config)
+        rows.append({**row, "f1": float(np.mean([r["f1"] for r in results.values()])),
+                     "exact_match": float(np.mean([r["exact_match"] for r in results.values()])),
+                     "f1_by_workload": {name: r["f1"] for name, r in results.items()},
+                     "search_f1_by_workload": row.get("f1_by_workload", {})})
+        log(f"  confirm {config.label:<28} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
+            + "  (search: " + " / ".join(f"{f:6.2f}" for f in row.get("f1_by_workload", {}).values()) + ")")
+    return {"questions": questions, "offset": offset, "margin": CONFIRM_MARGIN, "rows": rows,
+            "recommended": recommend(rows)}
 
 
 def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
@@ -353,16 +420,28 @@ def search_configs(
     if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
         recorded["variant"] = str(s.variant)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start_from = [LengthConfig.parse(c, layers, s.seq_len, s.length_rule, s.variant) for c in s.start_from]
+    for config in start_from:
+        low = min(ratios_of(config).values())
+        if low < min_ratio:
+            raise InputError(f"--start-from {config.label} keeps {low:.2f} of a layer's tokens, below the searched "
+                             f"space's {min_ratio:.2f}; lower --min-ratio")
     study = open_study(settings=recorded, storage=s.storage, study_name=s.study_name, sampler=s.sampler,
-                       seed=s.seed, population=s.population, layers=layers)
+                       seed=s.seed, population=s.population, layers=layers, start_from=start_from)
     study = _run_study(study, str(model_dir), s, log=log)
     rows = study_rows(study)
+    confirmed = None
+    if s.confirm_questions:  # a disjoint slice: the one right before the search's
+        confirmed = confirm(model_dir, confirmation_candidates(rows), s, questions=s.confirm_questions,
+                            offset=s.offset + s.questions, log=log)
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
                                   f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}",
                       "minimize": cost},
         "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
-        "variant": str(s.variant), "workloads": workloads, "recommended": recommend(rows),
+        "variant": str(s.variant), "workloads": workloads,
+        "recommended": recommend(rows) if confirmed is None else confirmed["recommended"],
+        "recommended_on_search_slice": recommend(rows), "confirmation": confirmed,
         "recommend_tolerance": RECOMMEND_TOLERANCE,
         "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
         "study": s.study_name, "storage": s.storage, "evaluated": rows,

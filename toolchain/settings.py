@@ -105,3 +105,5 @@ class SearchSettings:
     workers: int = 1  # local processes joining the study (needs storage)
     seed: int = 0
     latency_model: str | None = None  # a `qtool fit-latency` file; None: cost = MACs at real lengths
+    start_from: tuple[str, ...] = ()  # configurations evaluated first, after the full model (a new study only)
+    confirm_questions: int = 0  # > 0: re-score the front near the bar on this many other held-out train questions
