@@ -236,8 +236,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--trials", default=SearchSettings.trials, show_default=True, type=POSITIVE, help="Configurations to evaluate (in the whole study, across workers and resumed runs).")
-@click.option("--questions", default=SearchSettings.questions, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions scored per configuration (never dev).")
-@click.option("--offset", default=SearchSettings.offset, show_default=True, type=click.IntRange(min=0), help="Shift the train slice back by this many questions.")
+@click.option("--questions", default=SearchSettings.questions, show_default=True, type=POSITIVE, help="SQuAD train questions scored per configuration (never dev, never calibration), spread over train's articles.")
+@click.option("--offset", default=SearchSettings.offset, show_default=True, type=click.IntRange(min=0), help="Shift the spread of train questions by this many.")
 @click.option("--neighbours", default=SearchSettings.neighbours, show_default=True, type=click.IntRange(min=0),
               help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")

@@ -37,8 +37,9 @@ from .settings import Sampler, SearchSettings
 from .verify import pareto_front
 
 SAMPLERS = Sampler.choices()
-# Search questions: the end of SQuAD train, before the last 2,000 (quantization tunes on the last 1,000).
+# Search questions: SQuAD train before its last 2,000 questions (quantization tunes on the last 1,000).
 SEARCH_POOL_END = 87_599 - 2_000
+SEARCH_SAMPLING = "spread over SQuAD train"  # recorded in a study: studies over contiguous slices are not resumed
 
 
 def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAULT_LENGTH_RULE,
@@ -50,21 +51,26 @@ def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAUL
     return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
-def search_examples(questions: int, offset: int = 0, neighbours: int = 0) -> list[squad.SquadExample]:
-    """Held-out SQuAD train questions for the search: never dev, never the calibration set, and apart from
-    the slice quantization tunes on. `neighbours` > 0: the same questions with widened contexts (documents)."""
+def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
+                    exclude: frozenset[str] = frozenset()) -> list[squad.SquadExample]:
+    """Questions for the search from SQuAD *train* (never dev), never calibration questions, and apart from the slice
+    quantization tunes on, spread evenly over the pool: SQuAD groups questions by article (about 200 each), so a
+    contiguous slice of a few hundred holds one or two articles, and configurations rank differently from article to
+    article. `offset` shifts the spread by that many pool questions; `exclude`: ids never chosen (a confirmation
+    leaves the search's questions out). `neighbours` > 0: the same questions with widened contexts (documents)."""
     from .quantize import calibration_examples
 
-    start = SEARCH_POOL_END - offset - questions
-    if start < 0:
-        raise InputError(f"--questions {questions} with --offset {offset} asks for more than SQuAD train holds")
-    calib = {e.id for e in calibration_examples("squad", 10**9)}
-    window = dict(limit=questions + 300, offset=max(0, start - 300))
-    chosen = [e for e in squad.load_squad("train", **window) if e.id not in calib][-questions:]
+    calib = {e.id for e in calibration_examples("squad", 10**9)} | exclude
+    pool = [e for e in squad.load_squad("train", limit=SEARCH_POOL_END) if e.id not in calib]
+    if questions > len(pool):
+        raise InputError(f"--questions {questions} asks for more than the {len(pool)} SQuAD train questions searchable")
+    stride = len(pool) / questions
+    chosen = [pool[(math.floor(i * stride) + offset) % len(pool)] for i in range(questions)]
     if not neighbours:
         return chosen
-    ids = {e.id for e in chosen}
-    return [e for e in squad.load_squad("train", **window, neighbours=neighbours) if e.id in ids]
+    order = {e.id: i for i, e in enumerate(chosen)}
+    wide = squad.load_squad("train", limit=SEARCH_POOL_END, neighbours=neighbours, ids=order)
+    return sorted(wide, key=lambda e: order[e.id])
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
@@ -184,13 +190,13 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     return objective
 
 
-def scoring_workloads(tokenizer, settings: SearchSettings, *, questions: int, offset: int
-                      ) -> dict[str, tuple[list[squad.SquadExample], squad.Features]]:
-    """Held-out train questions as paragraphs and, with `neighbours` > 0, as documents, featurized at seq_len."""
+def scoring_workloads(tokenizer, settings: SearchSettings, *, questions: int, offset: int,
+                      exclude: frozenset[str] = frozenset()) -> dict[str, tuple[list[squad.SquadExample], squad.Features]]:
+    """Search questions as paragraphs and, with `neighbours` > 0, as documents, featurized at seq_len."""
     stride = squad.default_doc_stride(settings.seq_len)
     workloads = {}
     for n in (0, settings.neighbours) if settings.neighbours else (0,):
-        examples = search_examples(questions, offset, n)
+        examples = search_examples(questions, offset, n, exclude)
         workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=settings.seq_len,
                                                                        doc_stride=stride))
     return workloads
@@ -334,20 +340,25 @@ def _holds(row: dict, full: dict, tolerance: float) -> bool:
 CONFIRM_MARGIN = 2.0
 
 
+# At most this many configurations (the cheapest near the bar) are confirmed, besides the full model.
+CONFIRM_MAX = 8
+
+
 def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEND_TOLERANCE,
-                            margin: float = CONFIRM_MARGIN) -> list[dict]:
-    """The full row, then the Pareto-front rows within `tolerance + margin` of it on every workload, cheapest first."""
+                            margin: float = CONFIRM_MARGIN, most: int = CONFIRM_MAX) -> list[dict]:
+    """The full row, then the cheapest `most` rows within `tolerance + margin` of it on every workload, cheapest
+    first. Not only the Pareto front: on a small slice a configuration can be dominated by one that was lucky."""
     full = next((r for r in rows if r["config"] == "full"), None)
     if full is None:
         return []
-    front = [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])]
-    return [full] + [r for r in front if r is not full and _holds(r, full, tolerance + margin)]
+    near = sorted((r for r in rows if r is not full and _holds(r, full, tolerance + margin)), key=lambda r: r["cost"])
+    return [full] + near[:most]
 
 
 def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchSettings, *, questions: int,
-            offset: int, log: Callable[[str], None] = print) -> dict:
-    """Re-score `candidates` (search rows; the full one among them) on `questions` other held-out train questions
-    and recommend from those scores.
+            log: Callable[[str], None] = print) -> dict:
+    """Re-score `candidates` (search rows; the full one among them) on `questions` other train questions, spread
+    like the search's and none of them, and recommend from those scores.
 
     Why: the cheapest configuration within tolerance on a few hundred questions is the one most likely to be there
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
@@ -355,7 +366,8 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     from .model import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
-    workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=offset)
+    searched = frozenset(e.id for e in search_examples(settings.questions, settings.offset))
+    workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=settings.offset, exclude=searched)
     rows = []
     for row in candidates:
         config = LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
@@ -367,8 +379,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
                      "search_f1_by_workload": row.get("f1_by_workload", {})})
         log(f"  confirm {config.label:<28} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
             + "  (search: " + " / ".join(f"{f:6.2f}" for f in row.get("f1_by_workload", {}).values()) + ")")
-    return {"questions": questions, "offset": offset, "margin": CONFIRM_MARGIN, "rows": rows,
-            "recommended": recommend(rows)}
+    return {"questions": questions, "margin": CONFIRM_MARGIN, "rows": rows, "recommended": recommend(rows)}
 
 
 def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
@@ -415,8 +426,8 @@ def search_configs(
                 latency_model=None if settings.latency_model is None else str(settings.latency_model))
     cost = describe_cost(s.latency_model, layers, model_dir)
     workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
-    recorded = dict(questions=s.questions, offset=s.offset, workloads=workloads, rule=s.length_rule,
-                    seq_len=s.seq_len, min_ratio=min_ratio, cost=cost)
+    recorded = dict(questions=s.questions, offset=s.offset, sampling=SEARCH_SAMPLING, workloads=workloads,
+                    rule=s.length_rule, seq_len=s.seq_len, min_ratio=min_ratio, cost=cost)
     if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
         recorded["variant"] = str(s.variant)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -431,9 +442,8 @@ def search_configs(
     study = _run_study(study, str(model_dir), s, log=log)
     rows = study_rows(study)
     confirmed = None
-    if s.confirm_questions:  # a disjoint slice: the one right before the search's
-        confirmed = confirm(model_dir, confirmation_candidates(rows), s, questions=s.confirm_questions,
-                            offset=s.offset + s.questions, log=log)
+    if s.confirm_questions:
+        confirmed = confirm(model_dir, confirmation_candidates(rows), s, questions=s.confirm_questions, log=log)
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
                                   f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}",

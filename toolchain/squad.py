@@ -12,7 +12,7 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from qtool_runtime.errors import QtoolError
 
@@ -118,9 +118,10 @@ def widen_contexts(data: dict, neighbours: int) -> dict:
     return {**data, "data": articles}
 
 
-def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neighbours: int = 0) -> list[SquadExample]:
-    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions;
-    `neighbours` > 0 gives the document workload (`widen_contexts`).
+def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neighbours: int = 0,
+               ids: Collection[str] | None = None) -> list[SquadExample]:
+    """Read SQuAD v1.1 JSON into flat examples, in file order; `offset`/`limit` take a slice of questions, `ids`
+    only those questions of it; `neighbours` > 0 gives the document workload (`widen_contexts`).
 
     The whole file is checked, not just the slice, so a malformed or v2.0 file fails at once with one line
     naming the place (e.g. data[3].paragraphs[0].qas[2]) instead of a KeyError deep in a run.
@@ -138,7 +139,7 @@ def load_squad(path: str | Path, limit: int | None = None, offset: int = 0, neig
     end = None if limit is None else offset + limit
     examples, index = [], 0
     for where, title, context, qa in _checked_questions(path, data):
-        if index >= offset and (end is None or index < end):
+        if index >= offset and (end is None or index < end) and (ids is None or qa["id"] in ids):
             examples.append(SquadExample(
                 id=qa["id"], title=title, question=qa["question"].strip(), context=context,
                 answers=tuple(ans["text"] for ans in qa["answers"]),
