@@ -23,8 +23,8 @@ CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, 
                "'skip' leaves a layer out, e.g. 315,251,skip,159,142,33 (repeatable).")
 VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
                 "post-attention state), 'question' (qtool, and the question's tokens are always kept), 'match' "
-                "(question, and context tokens near the question's words rank above the rest: the choice for "
-                "documents) "
+                "(question, and context tokens near the question's words rank above the rest; it held documents "
+                "best of these on contiguous train slices, not on train spread over articles: see README) "
                 "or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps its last layer "
                 "output). Default: what `qtool train` recorded in the model folder, else qtool.")
 NEIGHBOURS_HELP = ("The document workload: widen each context with this many neighbouring paragraphs of the same article "
