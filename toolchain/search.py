@@ -63,7 +63,8 @@ def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
     calib = {e.id for e in calibration_examples("squad", 10**9)} | exclude
     pool = [e for e in squad.load_squad("train", limit=SEARCH_POOL_END) if e.id not in calib]
     if questions > len(pool):
-        raise InputError(f"--questions {questions} asks for more than the {len(pool)} SQuAD train questions searchable")
+        raise InputError(f"--questions {questions} asks for more than SQuAD train holds for the search "
+                         f"({len(pool)} questions)")
     stride = len(pool) / questions
     chosen = [pool[(math.floor(i * stride) + offset) % len(pool)] for i in range(questions)]
     if not neighbours:
