@@ -252,7 +252,7 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--latency-model", type=click.Path(dir_okay=False), default=None, help="Cost = INT8 latency at real lengths predicted by this `qtool fit-latency` file (relative to the standard recipe's graph); default cost: MACs at real lengths.")
 @click.option("--start-from", multiple=True, help="A configuration to evaluate first, after the full model (repeatable; a new study only), e.g. the one shipped today, so the front is compared with it.")
 @click.option("--confirm-questions", default=SearchSettings.confirm_questions, show_default=True, type=click.IntRange(min=0),
-              help="Re-score the full model and the front members near the recommendation bar on this many other held-out train questions (the slice before --questions') and recommend from those scores: the cheapest configuration that holds on one small slice is often there by luck. 0: recommend from the search slice.")
+              help="Re-score the full model and the configurations near the recommendation bar (at most 8, cheapest first) on this many other train questions, spread like the search's and none of them, and recommend from those scores: the cheapest configuration that holds on one small slice is often there by luck. 0: recommend from the search's questions.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
 def search(model_dir, out, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and

@@ -337,7 +337,7 @@ def _holds(row: dict, full: dict, tolerance: float) -> bool:
     return all(by[name] >= ref[name] - tolerance for name in ref)
 
 
-# Front members this much below the recommendation bar on the search slice are still re-scored by a confirmation.
+# Configurations this much below the recommendation bar on the search's questions are still re-scored by a confirmation.
 CONFIRM_MARGIN = 2.0
 
 
