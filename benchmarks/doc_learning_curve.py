@@ -3,7 +3,8 @@
 Reads the `step-N` folders `qtool train --snapshot-every N --snapshot-dir DIR` wrote (and the base model as
 step 0), and scores each with PyTorch FP32, unpadded windows, on the questions' own paragraphs and as documents
 (two neighbouring paragraphs each side). `--split heldout-train` scores the search's held-out SQuAD train
-questions (where a stage may be chosen), `--split dev` the first dev questions (what is reported). Every snapshot
+questions (where a stage may be chosen; the questions the stage trained on, read from `--final`'s record, are left
+out), `--split dev` the first dev questions (what is reported). Every snapshot
 runs under one variant (`--variant`, default: what the stage trained), so step 0 is scored as the later steps.
 
     python benchmarks/doc_learning_curve.py --base ../shared/models/minilm-squad-lat-doc --snapshots runs/curve \
@@ -36,14 +37,26 @@ def snapshot_folders(base: str, snapshots: str, final: str | None) -> list[tuple
     return [(0, Path(base)), *sorted(steps)]
 
 
-def workloads(split: str, limit: int, tokenizer) -> dict[str, tuple[list, squad.Features]]:
-    """{"paragraphs" | "documents": (examples, windows)}: the same questions twice, featurized once for every snapshot."""
+def trained_on(final: str | None) -> frozenset[str]:
+    """Ids of the SQuAD train questions the stage trained on (its record's --limit from the start of train), so
+    held-out scoring leaves them out; empty when the stage trained on another file or there is no --final."""
+    if final is None:
+        return frozenset()
+    args = json.loads((Path(final) / "qtool_train.json").read_text())["args"]
+    if args.get("train_file") != "train":
+        return frozenset()
+    return frozenset(e.id for e in squad.load_squad("train", limit=args.get("limit")))
+
+
+def workloads(split: str, limit: int, tokenizer, exclude: frozenset[str] = frozenset()) -> dict[str, tuple[list, squad.Features]]:
+    """{"paragraphs" | "documents": (examples, windows)}: the same questions twice, featurized once for every snapshot;
+    held-out train questions leave out `exclude` (what the stage trained on)."""
     out = {}
     for name, neighbours in (("paragraphs", 0), ("documents", squad.DOCUMENT_NEIGHBOURS)):
         if split == "dev":
             examples = squad.load_squad("dev", limit=limit, neighbours=neighbours)
         else:
-            examples = search_examples(limit, neighbours=neighbours)
+            examples = search_examples(limit, neighbours=neighbours, exclude=exclude)
         out[name] = (examples, squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH,
                                                doc_stride=squad.DOC_STRIDE))
     return out
@@ -80,8 +93,9 @@ def main(base, snapshots, final, configs, split, limit, variant, steps, out) -> 
         raise click.UsageError(f"--step {missing}: no such snapshot (have {[step for step, _ in every]})")
     last, tokenizer = load_qa_model(every[-1][1])  # the stage's variant, whichever steps are scored
     variant = variant or str(trained_variant(last))
-    data = workloads(split, limit, tokenizer)
-    click.echo(f"{split}: {limit} questions; windows: "
+    exclude = trained_on(final) if split == "heldout-train" else frozenset()
+    data = workloads(split, limit, tokenizer, exclude)
+    click.echo(f"{split}: {limit} questions ({len(exclude)} the stage trained on left out); windows: "
                + ", ".join(f"{name} {len(features)}" for name, (_, features) in data.items()) + f"; variant {variant}")
     curve = []
     for step, folder in every:
@@ -92,7 +106,7 @@ def main(base, snapshots, final, configs, split, limit, variant, steps, out) -> 
         click.echo("  ".join(f"{k} {v}" for k, v in row.items() if k != "model"))
     if out:
         record = {"split": split, "limit": limit, "neighbours": squad.DOCUMENT_NEIGHBOURS, "variant": variant,
-                  "curve": curve}
+                  "trained_on_left_out": len(exclude), "curve": curve}
         Path(out).write_text(json.dumps(record, indent=2))
 
 

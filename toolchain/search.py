@@ -18,6 +18,7 @@ join it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -51,6 +52,26 @@ def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAUL
     return LengthConfig(tuple(keep), seq_len, rule, variant)
 
 
+@functools.lru_cache(maxsize=4)
+def _search_pool(train_file: Path) -> tuple[str, ...]:
+    """Ids of the questions the search may use, in file order: SQuAD train before SEARCH_POOL_END, less the
+    calibration questions. Read once per process and file (a search asks for it up to seven times)."""
+    from .quantize import calibration_examples
+
+    calib = {e.id for e in calibration_examples("squad", 10**9)}
+    return tuple(e.id for e in squad.load_squad(train_file, limit=SEARCH_POOL_END) if e.id not in calib)
+
+
+def spread_ids(questions: int, offset: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The ids of `questions` search questions spread evenly over the pool (see search_examples)."""
+    pool = [i for i in _search_pool(squad.resolve_squad_file("train")) if i not in exclude]
+    if questions > len(pool):
+        raise InputError(f"--questions {questions} asks for more than SQuAD train holds for the search "
+                         f"({len(pool)} questions)")
+    stride = len(pool) / questions
+    return [pool[(math.floor(i * stride) + offset) % len(pool)] for i in range(questions)]
+
+
 def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
                     exclude: frozenset[str] = frozenset()) -> list[squad.SquadExample]:
     """Questions for the search from SQuAD *train* (never dev), never calibration questions, and apart from the slice
@@ -58,20 +79,9 @@ def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
     contiguous slice of a few hundred holds one or two articles, and configurations rank differently from article to
     article. `offset` shifts the spread by that many pool questions; `exclude`: ids never chosen (a confirmation
     leaves the search's questions out). `neighbours` > 0: the same questions with widened contexts (documents)."""
-    from .quantize import calibration_examples
-
-    calib = {e.id for e in calibration_examples("squad", 10**9)} | exclude
-    pool = [e for e in squad.load_squad("train", limit=SEARCH_POOL_END) if e.id not in calib]
-    if questions > len(pool):
-        raise InputError(f"--questions {questions} asks for more than SQuAD train holds for the search "
-                         f"({len(pool)} questions)")
-    stride = len(pool) / questions
-    chosen = [pool[(math.floor(i * stride) + offset) % len(pool)] for i in range(questions)]
-    if not neighbours:
-        return chosen
-    order = {e.id: i for i, e in enumerate(chosen)}
-    wide = squad.load_squad("train", limit=SEARCH_POOL_END, neighbours=neighbours, ids=order)
-    return sorted(wide, key=lambda e: order[e.id])
+    order = {q: i for i, q in enumerate(spread_ids(questions, offset, exclude))}
+    chosen = squad.load_squad("train", limit=SEARCH_POOL_END, neighbours=neighbours, ids=order)
+    return sorted(chosen, key=lambda e: order[e.id])
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
@@ -175,18 +185,18 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
         ratios = [trial.suggest_float(f"r{i}", s.min_ratio, 1.0) for i in range(dims.layers)]
         config = config_from_ratios(ratios, s.seq_len, s.length_rule, s.variant)
         results = score_config(model, workloads, config)
-        f1 = float(np.mean([r["f1"] for r in results.values()]))
+        scores = summary(results)
         cost = cost_of(config, every_window)
         trial.set_user_attr("config", config.label)
-        trial.set_user_attr("exact_match", float(np.mean([r["exact_match"] for r in results.values()])))
-        trial.set_user_attr("f1_by_workload", {name: r["f1"] for name, r in results.items()})
+        trial.set_user_attr("exact_match", scores["exact_match"])
+        trial.set_user_attr("f1_by_workload", scores["f1_by_workload"])
         trial.set_user_attr("cost_by_workload", {name: cost_of(config, at) for name, at in lengths.items()})
         trial.set_user_attr("macs_unpadded", macs_ratio_at_lengths(config, every_window, dims.hidden, dims.ffn))
         if timing is not None:
             trial.set_user_attr("latency", cost)
         log(f"  {config.label:<28} cost {cost:.3f}  F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
-            + f"  (mean {f1:.2f})")
-        return f1, cost
+            + f"  (mean {scores['f1']:.2f})")
+        return scores["f1"], cost
 
     return objective
 
@@ -201,6 +211,13 @@ def scoring_workloads(tokenizer, settings: SearchSettings, *, questions: int, of
         workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=settings.seq_len,
                                                                        doc_stride=stride))
     return workloads
+
+
+def summary(results: dict[str, dict[str, float]]) -> dict:
+    """A search row's scores from score_config's results: mean F1 and EM over the workloads, and F1 by workload."""
+    return {"f1": float(np.mean([r["f1"] for r in results.values()])),
+            "exact_match": float(np.mean([r["exact_match"] for r in results.values()])),
+            "f1_by_workload": {name: r["f1"] for name, r in results.items()}}
 
 
 def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict[str, float]]:
@@ -323,10 +340,14 @@ def study_rows(study) -> list[dict]:
 RECOMMEND_TOLERANCE = 0.5
 
 
+def _full_row(rows: Sequence[dict]) -> dict | None:
+    return next((r for r in rows if r["config"] == "full"), None)
+
+
 def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> dict | None:
     """The cheapest evaluated configuration whose F1 on every workload is within `tolerance` of the full
     model's on the same questions (the promise is speed at the same accuracy), or None without a full row."""
-    full = next((r for r in rows if r["config"] == "full"), None)
+    full = _full_row(rows)
     if full is None:
         return None
     return min((r for r in rows if _holds(r, full, tolerance)), key=lambda r: (r["cost"], -r["f1"]))
@@ -349,7 +370,7 @@ def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEN
                             margin: float = CONFIRM_MARGIN, most: int = CONFIRM_MAX) -> list[dict]:
     """The full row, then the cheapest `most` rows within `tolerance + margin` of it on every workload, cheapest
     first. Not only the Pareto front: on a small slice a configuration can be dominated by one that was lucky."""
-    full = next((r for r in rows if r["config"] == "full"), None)
+    full = _full_row(rows)
     if full is None:
         return []
     near = sorted((r for r in rows if r is not full and _holds(r, full, tolerance + margin)), key=lambda r: r["cost"])
@@ -367,17 +388,14 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     from .model import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
-    searched = frozenset(e.id for e in search_examples(settings.questions, settings.offset))
+    searched = frozenset(spread_ids(settings.questions, settings.offset))
     workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=settings.offset, exclude=searched)
     rows = []
     for row in candidates:
         config = LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
                                     settings.length_rule, settings.variant)
         results = score_config(model, workloads, config)
-        rows.append({**row, "f1": float(np.mean([r["f1"] for r in results.values()])),
-                     "exact_match": float(np.mean([r["exact_match"] for r in results.values()])),
-                     "f1_by_workload": {name: r["f1"] for name, r in results.items()},
-                     "search_f1_by_workload": row.get("f1_by_workload", {})})
+        rows.append({**row, **summary(results), "search_f1_by_workload": row.get("f1_by_workload", {})})
         log(f"  confirm {config.label:<28} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
             + "  (search: " + " / ".join(f"{f:6.2f}" for f in row.get("f1_by_workload", {}).values()) + ")")
     return {"questions": questions, "margin": CONFIRM_MARGIN, "rows": rows, "recommended": recommend(rows)}
@@ -398,7 +416,7 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
     if s.neighbours < 0:
         raise InputError(f"neighbours must be 0 or more paragraphs, got {s.neighbours}")
-    search_examples(s.questions, s.offset)  # the slice exists
+    spread_ids(s.questions, s.offset)  # the slice exists
 
 
 def search_configs(
