@@ -24,7 +24,7 @@ from toolchain.families import dims_of
 from toolchain.length import VARIANTS, LengthConfig
 from toolchain.model import load_qa_model, trained_variant
 from toolchain.runtime import Protocol, predict_torch, score
-from toolchain.search import search_examples
+from toolchain.search import search_examples, trained_questions
 
 SPLITS = ("dev", "heldout-train")
 
@@ -35,17 +35,6 @@ def snapshot_folders(base: str, snapshots: str, final: str | None) -> list[tuple
         step = json.loads((Path(final) / "qtool_train.json").read_text())["steps"]
         steps = [s for s in steps if s[0] != step] + [(step, Path(final))]
     return [(0, Path(base)), *sorted(steps)]
-
-
-def trained_on(final: str | None) -> frozenset[str]:
-    """Ids of the SQuAD train questions the stage trained on (its record's --limit from the start of train), so
-    held-out scoring leaves them out; empty when the stage trained on another file or there is no --final."""
-    if final is None:
-        return frozenset()
-    args = json.loads((Path(final) / "qtool_train.json").read_text())["args"]
-    if args.get("train_file") != "train":
-        return frozenset()
-    return frozenset(e.id for e in squad.load_squad("train", limit=args.get("limit")))
 
 
 def workloads(split: str, limit: int, tokenizer, exclude: frozenset[str] = frozenset()) -> dict[str, tuple[list, squad.Features]]:
@@ -93,7 +82,7 @@ def main(base, snapshots, final, configs, split, limit, variant, steps, out) -> 
         raise click.UsageError(f"--step {missing}: no such snapshot (have {[step for step, _ in every]})")
     last, tokenizer = load_qa_model(every[-1][1])  # the stage's variant, whichever steps are scored
     variant = variant or str(trained_variant(last))
-    exclude = trained_on(final) if split == "heldout-train" else frozenset()
+    exclude = trained_questions(final) if split == "heldout-train" and final else frozenset()
     data = workloads(split, limit, tokenizer, exclude)
     click.echo(f"{split}: {limit} questions ({len(exclude)} the stage trained on left out); windows: "
                + ", ".join(f"{name} {len(features)}" for name, (_, features) in data.items()) + f"; variant {variant}")

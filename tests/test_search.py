@@ -210,3 +210,20 @@ def test_the_trained_space_is_read_from_the_training_record(tmp_path):
     (tmp_path / "qtool_train.json").write_text(
         json.dumps({"args": {"length_drop": True, "length_drop_ratio": 0.4, "length_rule": "cap"}}))
     assert trained_space(tmp_path) == (pytest.approx(0.6), "qtool_train.json", "cap")
+
+
+def test_the_search_leaves_out_what_the_last_training_stage_saw(tmp_path):
+    """A stage trained on the first N train questions is not searched (nor confirmed) on them."""
+    import json
+
+    from toolchain.search import spread_ids, trained_questions
+
+    assert trained_questions(tmp_path) == frozenset()  # no record
+    (tmp_path / "train-3-doc.json").write_text(json.dumps({"args": {"train_file": "train-wide1.json", "limit": 8000}}))
+    assert trained_questions(tmp_path) == frozenset()  # another file: nothing of train's to leave out
+    (tmp_path / "qtool_train.json").write_text(json.dumps({"args": {"train_file": "train", "limit": 3000}}))
+    seen = trained_questions(tmp_path)
+    assert seen == {e.id for e in squad.load_squad("train", limit=3000)}
+    assert seen & set(spread_ids(400)) and not seen & set(spread_ids(400, exclude=seen))
+    (tmp_path / "qtool_train.json").write_text(json.dumps({"args": {"train_file": "train", "limit": None}}))
+    assert trained_questions(tmp_path) == frozenset()  # all of train: nothing could be held out

@@ -84,13 +84,32 @@ def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
     return sorted(chosen, key=lambda e: order[e.id])
 
 
+def _training_records(model_dir: str | Path) -> list[Path]:
+    """The model's `qtool train` records, latest first: the last run's (qtool_train.json), then numbered stage records."""
+    return [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
+
+
+def trained_questions(model_dir: str | Path) -> frozenset[str]:
+    """Ids of the SQuAD train questions the model's last training stage saw (its record's --limit from the start of
+    train), which the search and its confirmation leave out: a stage scored on its own training questions looks
+    better than it is. Empty when that stage read another file (e.g. widened contexts written out), trained on all of
+    train (nothing is held out then), or left no record."""
+    for path in _training_records(model_dir):
+        try:
+            args = json.loads(path.read_text()).get("args", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        if args.get("train_file") != "train" or args.get("limit") is None:
+            return frozenset()
+        return frozenset(e.id for e in squad.load_squad("train", limit=int(args["limit"])))
+    return frozenset()
+
+
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
     """(smallest per-layer keep ratio, record file, length rule) LengthDrop trained this model with.
 
     Records written before `qtool train --length-rule` existed sampled per batch width: the 'ratio' rule."""
-    # the last run's record first (qtool_train.json), then numbered stage records, latest stage first
-    records = [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
-    for path in records:
+    for path in _training_records(model_dir):
         try:
             args = json.loads(path.read_text()).get("args", {})
         except (OSError, json.JSONDecodeError):
@@ -173,7 +192,8 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     s = settings
     model, tokenizer = load_qa_model(model_dir)
     dims = dims_of(model)
-    workloads = scoring_workloads(tokenizer, s, questions=s.questions, offset=s.offset)
+    workloads = scoring_workloads(tokenizer, s, questions=s.questions, offset=s.offset,
+                                  exclude=trained_questions(model_dir))
     lengths = {name: f.attention_mask.sum(1) for name, (_, f) in workloads.items()}
     every_window = np.concatenate(list(lengths.values()))
     timing = LatencyModel.load(s.latency_model) if s.latency_model else None
@@ -380,7 +400,7 @@ def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEN
 def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchSettings, *, questions: int,
             log: Callable[[str], None] = print) -> dict:
     """Re-score `candidates` (search rows; the full one among them) on `questions` other train questions, spread
-    like the search's and none of them, and recommend from those scores.
+    like the search's and none of them (nor the last training stage's), and recommend from those scores.
 
     Why: the cheapest configuration within tolerance on a few hundred questions is the one most likely to be there
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
@@ -388,8 +408,10 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     from .model import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
-    searched = frozenset(spread_ids(settings.questions, settings.offset))
-    workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=settings.offset, exclude=searched)
+    trained = trained_questions(model_dir)
+    searched = frozenset(spread_ids(settings.questions, settings.offset, trained))
+    workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=settings.offset,
+                                  exclude=searched | trained)
     rows = []
     for row in candidates:
         config = LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
@@ -416,7 +438,7 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("several workers must share a study: give --storage (a journal file, sqlite:///FILE or an RDB URL)")
     if s.neighbours < 0:
         raise InputError(f"neighbours must be 0 or more paragraphs, got {s.neighbours}")
-    spread_ids(s.questions, s.offset)  # the slice exists
+    spread_ids(s.questions, s.offset, trained_questions(model_dir))  # the slice exists
 
 
 def search_configs(
@@ -449,6 +471,9 @@ def search_configs(
                     rule=s.length_rule, seq_len=s.seq_len, min_ratio=min_ratio, cost=cost)
     if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
         recorded["variant"] = str(s.variant)
+    left_out = len(trained_questions(model_dir))
+    if left_out:  # studies from before the last stage's questions were left out recorded nothing
+        recorded["left_out_trained"] = left_out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start_from = [LengthConfig.parse(c, layers, s.seq_len, s.length_rule, s.variant) for c in s.start_from]
     for config in start_from:
@@ -468,7 +493,7 @@ def search_configs(
                                   f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}",
                       "minimize": cost},
         "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
-        "variant": str(s.variant), "workloads": workloads,
+        "variant": str(s.variant), "workloads": workloads, "left_out_trained": left_out,
         "recommended": recommend(rows) if confirmed is None else confirmed["recommended"],
         "recommended_on_search_slice": recommend(rows), "confirmation": confirmed,
         "recommend_tolerance": RECOMMEND_TOLERANCE,
