@@ -109,13 +109,15 @@ def _search_lengths(model_dir, questions):
     from transformers import AutoTokenizer
 
     from toolchain import squad
-    from toolchain.search import search_examples
+    from toolchain.search import search_examples, trained_questions
 
     import numpy as np
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    # the search's cost covers every window of its mix: the questions' paragraphs and the same questions as documents
-    return np.concatenate([squad.featurize(search_examples(questions, neighbours=n), tok).attention_mask.sum(1)
+    # the search's cost covers every window of its mix: the questions' paragraphs and the same questions as documents,
+    # less the questions the model's training saw
+    seen = trained_questions(model_dir)
+    return np.concatenate([squad.featurize(search_examples(questions, neighbours=n, exclude=seen), tok).attention_mask.sum(1)
                            for n in (0, squad.DOCUMENT_NEIGHBOURS)])
 
 
