@@ -53,13 +53,20 @@ def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAUL
 
 
 @functools.lru_cache(maxsize=4)
+def _train_ids(train_file: Path) -> tuple[str, ...]:
+    """Every question id of SQuAD train, in file order: read once per process and file (a search needs the pool and
+    the last training stage's questions several times)."""
+    return tuple(e.id for e in squad.load_squad(train_file))
+
+
+@functools.lru_cache(maxsize=4)
 def _search_pool(train_file: Path) -> tuple[str, ...]:
     """Ids of the questions the search may use, in file order: SQuAD train before SEARCH_POOL_END, less the
-    calibration questions. Read once per process and file (a search asks for it up to seven times)."""
+    calibration questions."""
     from .quantize import calibration_examples
 
     calib = {e.id for e in calibration_examples("squad", 10**9)}
-    return tuple(e.id for e in squad.load_squad(train_file, limit=SEARCH_POOL_END) if e.id not in calib)
+    return tuple(i for i in _train_ids(train_file)[:SEARCH_POOL_END] if i not in calib)
 
 
 def spread_ids(questions: int, offset: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -101,7 +108,7 @@ def trained_questions(model_dir: str | Path) -> frozenset[str]:
             continue
         if args.get("train_file") != "train" or args.get("limit") is None:
             return frozenset()
-        return frozenset(e.id for e in squad.load_squad("train", limit=int(args["limit"])))
+        return frozenset(_train_ids(squad.resolve_squad_file("train"))[:int(args["limit"])])
     return frozenset()
 
 
