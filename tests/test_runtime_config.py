@@ -237,6 +237,7 @@ def test_menu_is_scored_into_the_manifest(runtime_dir, exported_root, tmp_path):
     shutil.copytree(runtime_dir, copy)
     scored = score_menu(copy, questions=6, rounds=1, log=lambda _: None)
     assert scored.menu_scored["squad_file"] == "train" and len(scored.menu) == 3
+    assert scored.menu_scored["left_out_trained"] == 1000  # the test model trained on train's first 1,000 questions
     for entry in scored.menu:
         assert set(entry.f1) == {squad.workload_name(0), squad.workload_name(squad.DOCUMENT_NEIGHBOURS)}
         assert all(0 <= v <= 100 for v in entry.f1.values()) and entry.ms > 0

@@ -225,5 +225,8 @@ def test_the_search_leaves_out_what_the_last_training_stage_saw(tmp_path):
     seen = trained_questions(tmp_path)
     assert seen == {e.id for e in squad.load_squad("train", limit=3000)}
     assert seen & set(spread_ids(400)) and not seen & set(spread_ids(400, exclude=seen))
+    by_path = str(squad.resolve_squad_file("train").resolve())  # `--train-file` given as a path to the same file
+    (tmp_path / "qtool_train.json").write_text(json.dumps({"args": {"train_file": by_path, "limit": 3000}}))
+    assert trained_questions(tmp_path) == seen
     (tmp_path / "qtool_train.json").write_text(json.dumps({"args": {"train_file": "train", "limit": None}}))
     assert trained_questions(tmp_path) == frozenset()  # all of train: nothing could be held out

@@ -32,7 +32,7 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
     from qtool_runtime import Artifact
     from transformers import AutoTokenizer
 
-    from .search import search_examples
+    from .search import search_examples, trained_questions
 
     folder = Path(folder)
     manifest = manifests.load(folder)
@@ -40,7 +40,8 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
         raise MenuError(f"{folder} runs one configuration; only a run-time configuration graph has a menu")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, use_fast=True)
     seq_len = manifest.length_config.seq_len
-    workloads = {squad.workload_name(n): search_examples(questions, offset, n) for n in (0, neighbours)}
+    seen = trained_questions(manifest.source_model) if Path(manifest.source_model).is_dir() else frozenset()
+    workloads = {squad.workload_name(n): search_examples(questions, offset, n, exclude=seen) for n in (0, neighbours)}
     features = {name: squad.featurize(ex, tokenizer, max_length=seq_len, doc_stride=manifest.doc_stride)
                 for name, ex in workloads.items()}
     session = onnx_session(folder / manifest.graph)
@@ -57,6 +58,7 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
     from .verify import machine_info
 
     record = {"squad_file": "train", "questions": questions, "offset": offset, "workloads": list(workloads),
+              "left_out_trained": len(seen),
               "protocol": Protocol.BUCKETED, "ms": f"median of {rounds}, one {seq_len}-token window, batch 1",
               "machine": machine_info(None)}
     scored = replace(manifest, menu=menu, menu_scored=record, files={}, created=None, versions={})

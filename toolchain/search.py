@@ -106,10 +106,19 @@ def trained_questions(model_dir: str | Path) -> frozenset[str]:
             args = json.loads(path.read_text()).get("args", {})
         except (OSError, json.JSONDecodeError):
             continue
-        if args.get("train_file") != "train" or args.get("limit") is None:
+        train = squad.resolve_squad_file("train")
+        if args.get("limit") is None or not _same_file(args.get("train_file", "train"), train):
             return frozenset()
-        return frozenset(_train_ids(squad.resolve_squad_file("train"))[:int(args["limit"])])
+        return frozenset(_train_ids(train)[:int(args["limit"])])
     return frozenset()
+
+
+def _same_file(name_or_path: str, path: Path) -> bool:
+    """Whether a record's `--train-file` (the name 'train' or a path, as given where the stage ran) is `path`."""
+    try:
+        return squad.resolve_squad_file(name_or_path).resolve() == path.resolve()
+    except (FileNotFoundError, OSError):
+        return False
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
