@@ -404,6 +404,26 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
 
 
 @main.command()
+@click.option("--full", "full_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The full graph's artifact (e.g. graphs/int8-full).")
+@click.option("--reduced", "reduced_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A reduced graph's artifact of the same model and precision (e.g. graphs/int8-315-...-match).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder [default: beside --reduced, its name + '-full<N>'].")
+@click.option("--full-up-to", default=None, type=POSITIVE,
+              help="Batches whose longest window has at most this many real tokens run the full graph. "
+                   "Default: timed here, the longest length at which the full graph is no slower than the reduced one.")
+@click.option("--rounds", default=5, show_default=True, type=POSITIVE, help="Interleaved timing rounds per length.")
+def route(full_dir, reduced_dir, out, full_up_to, rounds) -> None:
+    """One graph for short and long windows: the full graph where dropping tokens would not pay (a short window),
+    the reduced one on longer windows. Padding is trimmed first, so padded inputs cost what unpadded ones do."""
+    from .route import route_artifacts
+
+    folder = _run(route_artifacts, full_dir, reduced_dir, out, full_up_to=full_up_to, rounds=rounds, log=click.echo)
+    click.echo(f"routed artifact: {folder}")
+
+
+@main.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("--questions", default=200, show_default=True, type=POSITIVE,
               help="Held-out SQuAD train questions (the search's slice) each entry is scored on, per workload.")

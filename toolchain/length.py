@@ -49,6 +49,9 @@ class LengthConfig:
     seq_len: int = 384
     rule: LengthRule = DEFAULT_LENGTH_RULE  # a plain string is taken and turned into its mode
     variant: Variant = DEFAULT_VARIANT
+    # a routed graph (toolchain.route): a batch whose longest window has at most this many real tokens runs every
+    # layer on every token; 0: the configuration applies to every window
+    full_up_to: int = 0
 
     def __post_init__(self) -> None:
         # modes arrive as CLI and JSON strings; unknown ones stay as given for validate() to refuse with one line
@@ -94,6 +97,10 @@ class LengthConfig:
             raise LengthConfigError(
                 f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
             )
+        if self.full_up_to and not (0 < self.full_up_to < self.seq_len and self.rule == LengthRule.CAP
+                                    and not all(k == self.seq_len for k in self.keep)):
+            raise LengthConfigError(f"full_up_to {self.full_up_to} needs a reduced cap configuration and a count "
+                                    f"below the sequence length {self.seq_len}")
         if all(k is None for k in self.keep):
             raise LengthConfigError(f"length configuration {self} skips every layer")
         previous = None
@@ -138,25 +145,34 @@ class LengthConfig:
 
     @property
     def label(self) -> str:
-        """'full' or '315,251,...': how reports and the CLI show a configuration."""
-        return "full" if self.is_full else str(self)
+        """'full', '315,251,...' or '315,251,... (full up to 256)': how reports and the CLI show a configuration."""
+        return "full" if self.is_full else str(self) + (f" (full up to {self.full_up_to})" if self.full_up_to else "")
+
+    def for_window(self, real_tokens: int) -> "LengthConfig":
+        """The configuration a batch whose longest window has `real_tokens` tokens runs (a routed one's full
+        configuration at or below its threshold)."""
+        if self.full_up_to and real_tokens <= self.full_up_to:
+            return LengthConfig.full(len(self.keep), self.seq_len, self.rule, self.variant)
+        return self
 
     def name(self) -> str:
         """A folder-safe name: 'full', '315-251-...', or '315-251-...-ratio' (two rules must not share a folder)."""
         if self.is_full:
             return "full"
         return (str(self).replace(",", "-") + ("" if self.rule == DEFAULT_LENGTH_RULE else f"-{self.rule}")
-                + ("" if self.variant == DEFAULT_VARIANT else f"-{self.variant}"))
+                + ("" if self.variant == DEFAULT_VARIANT else f"-{self.variant}")
+                + (f"-full{self.full_up_to}" if self.full_up_to else ""))
 
     def to_dict(self) -> dict:
-        return {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule],
+        data = {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule],
                 "variant": self.variant}
+        return data | ({"full_up_to": self.full_up_to} if self.full_up_to else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> "LengthConfig":
         """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
-                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT))
+                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), int(data.get("full_up_to") or 0))
         config.validate(len(config.keep))
         return config
 

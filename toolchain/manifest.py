@@ -53,6 +53,7 @@ class Manifest:
     source_fp32: dict | None = None  # {"folder": name, "sha256": of its graph}: the FP32 twin of an INT8 graph
     menu: list[MenuEntry] | None = None  # a run-time configuration graph's configurations (contract.check_menu)
     menu_scored: dict | None = None  # how the menu's F1 and ms were measured (`qtool menu`)
+    route: dict | None = None  # a routed graph (toolchain.route): its full and reduced parts and the crossover timed
     files: dict[str, str] = field(default_factory=dict)
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -92,8 +93,9 @@ class Manifest:
         data["feeding"] = self.feeding
         data["length_config"] = self.length_config.to_dict()
         data["interface"] = self.interface.to_dict()
-        if self.menu_scored is None:
-            data.pop("menu_scored")
+        for key in ("menu_scored", "route"):
+            if data[key] is None:
+                data.pop(key)
         if self.menu is None:
             data.pop("menu")
         else:

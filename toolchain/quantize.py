@@ -343,6 +343,8 @@ def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) 
     manifest = manifests.load(src)
     if manifest.precision != Precision.FP32:
         raise QuantizationError(f"{src} is {manifest.precision}, quantize needs an FP32 artifact")
+    if manifest.route:
+        raise QuantizationError(f"{src} is a routed graph; quantize its two parts, then route the INT8 graphs")
     if tolerance is not None and tolerance < 0:
         raise QuantizationError(f"tolerance must be >= 0 F1 points, got {tolerance}")
     if not recipes:

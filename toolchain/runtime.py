@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Mode
+from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Mode, length_runs
 from qtool_runtime.errors import QtoolError
 
 from . import squad
@@ -35,15 +35,13 @@ class Protocol(Mode):
     UNPADDED = "unpadded"  # every window alone at its real length (what the kit does for dynamic graphs)
     BUCKETED = "bucketed"  # length-sorted batches, each padded to its longest window (the kit for static graphs)
 
-    def groups(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-        """The rows that share a run, in the order they run."""
-        n = len(lengths)
-        if self == Protocol.BUCKETED:
-            order = np.argsort(lengths, kind="stable")
-            return [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
-        if self == Protocol.PADDED:
-            return [np.arange(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-        return [np.array([row]) for row in range(n)]
+    def groups(self, lengths: np.ndarray, batch_size: int, *, threshold: int = 0) -> list[np.ndarray]:
+        """The rows that share a run, in the order they run; a routed graph's `threshold` (its full_up_to): no run
+        mixes windows on both sides of it (contract.length_runs)."""
+        if self == Protocol.UNPADDED:
+            return [np.array([row]) for row in range(len(lengths))]
+        runs = length_runs([int(n) for n in lengths], batch_size, threshold=threshold, sort=self == Protocol.BUCKETED)
+        return [np.array(rows, dtype=np.int64) for rows in runs]
 
 
 PROTOCOLS = Protocol.choices()
@@ -124,18 +122,19 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def batches(
-    features: squad.Features, batch_size: int, *, protocol: Protocol, invariant: bool
+    features: squad.Features, batch_size: int, *, protocol: Protocol, invariant: bool, full_up_to: int = 0
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (rows, inputs) under `protocol` (see the module docstring).
 
     `invariant`: the caller knows each window's answer depends neither on padding nor on its batch-mates,
     so every protocol may run as length-sorted batches cut to their longest window (exact, fastest).
+    `full_up_to`: a routed graph's threshold; batches never mix windows on both sides of it.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is unknown; choose one of {PROTOCOLS}")
     protocol = Protocol.BUCKETED if invariant else Protocol(protocol)  # exact for an invariant graph, and fastest
     lengths = features.attention_mask.sum(1)
-    for rows in protocol.groups(lengths, batch_size):
+    for rows in protocol.groups(lengths, batch_size, threshold=full_up_to):
         inputs = features.model_inputs(rows)
         if protocol != Protocol.PADDED:
             width = int(lengths[rows].max())
@@ -194,7 +193,8 @@ def predict_torch(
     full = config is None or config.is_full
     parts, kept = [], []
     with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
-        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=is_invariant(config)):
+        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=is_invariant(config),
+                                    full_up_to=config.full_up_to if config is not None else 0):
             batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
             s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
             parts.append((rows, s.float().numpy(), e.float().numpy()))
@@ -223,18 +223,19 @@ def predict_onnx(
     invariant: bool = False,
     show_progress: bool = False,
     keep: np.ndarray | Sequence[int] | None = None,
+    full_up_to: int = 0,
 ) -> Predictions:
     """Span logits (and kept positions, if the graph outputs them) from an onnxruntime session.
 
-    `invariant` (see `batches`) comes from the manifest: only the caller knows how a graph was quantized.
-    `keep`: the counts a run-time configuration graph runs (None: full).
+    `invariant` and `full_up_to` (see `batches`) come from the manifest: only the caller knows how a graph was
+    quantized and whether it routes. `keep`: the counts a run-time configuration graph runs (None: full).
     """
     interface = GraphInterface.of_session(session)
     names = [o.name for o in session.get_outputs()]
     keep_feed = interface.keep_feed(keep, features.input_ids.shape[1])
     parts, kept = [], []
     with _progress(len(features), "onnx", show_progress) as bar:
-        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=invariant):
+        for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=invariant, full_up_to=full_up_to):
             feed = {k: v for k, v in inputs.items() if k in interface.inputs} | keep_feed
             out = dict(zip(names, session.run(None, feed)))
             parts.append((rows, out["start_logits"], out["end_logits"]))

@@ -315,7 +315,8 @@ def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session
     # FP32 invariance is exact (tests check it); an INT8 graph's is a property to measure: every protocol runs
     trusted = manifest.invariant and manifest.precision == Precision.FP32
     for protocol in _distinct_protocols(protocols, invariant=trusted):
-        p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress, keep=keep)
+        p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress, keep=keep,
+                         full_up_to=config.full_up_to)
         result = score(examples, features, p)
         for same in _same_as(protocol, protocols, invariant=trusted):
             preds[(name, same)] = p

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,6 +170,21 @@ def feeding(manifest: dict) -> tuple[bool, bool]:
     return (not (mode and QuantMode(mode).per_batch_scales), drops and (rule.sees_padding or variant.sees_padding))
 
 
+def full_up_to(length_config: dict) -> int:
+    """A routed graph's threshold (0 for any other graph): a batch whose longest window has at most this many real
+    tokens runs the full model, any other batch the reduced configuration (toolchain.route)."""
+    return int(length_config.get("full_up_to") or 0)
+
+
+def length_runs(lengths: Sequence[int], batch_size: int, *, threshold: int = 0, sort: bool = True) -> list[list[int]]:
+    """Window indices in runs of at most `batch_size` (sorted by length unless `sort` is False). A routed graph
+    chooses its branch by a batch's longest window, so under a `threshold` no run mixes windows of at most
+    `threshold` tokens with longer ones: every window then answers as it would alone."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__) if sort else list(range(len(lengths)))
+    parts = [[i for i in order if lengths[i] <= threshold], [i for i in order if lengths[i] > threshold]] if threshold else [order]
+    return [part[lo: lo + batch_size] for part in parts for lo in range(0, len(part), batch_size)]
+
+
 def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
     """Check a manifest's fields and their relations (not its files); `fail` raises the caller's error."""
     def need(ok: bool, message: str) -> None:
@@ -188,6 +203,10 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
+    routed = lc.get("full_up_to", 0)
+    need(routed == 0 or (bounded_int(routed) and routed < lc["seq_len"] and lc.get("rule") == LengthRule.CAP
+                         and any(k is None or k < lc["seq_len"] for k in lc["keep"])),
+         f"full_up_to must be 0 or a token count below seq_len for a reduced cap configuration, got {routed!r}")
     quantization = m.get("quantization") or {}
     need(isinstance(quantization, dict), f"quantization must be an object, got {type(quantization).__name__}")
     mode = quantization.get("mode")

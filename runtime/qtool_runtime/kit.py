@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import (FORMAT, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding, sha256)
+from .contract import (FORMAT, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding,
+                       full_up_to, length_runs, sha256)
 from .menu import MenuTimes, choose, measure
 from .errors import QtoolError
 from .spans import best_span
@@ -195,6 +196,7 @@ class Artifact:
         self.max_positions: int = manifest["max_positions"]
         self.inputs: tuple[str, ...] = tuple(manifest["interface"]["inputs"])
         batchable, self.pad_to_seq_len = feeding(manifest)
+        self.full_up_to = full_up_to(manifest["length_config"])  # a routed graph: runs never straddle it
         # Dynamic INT8 computes activation scales per batch: a window's answer would depend on its batch-mates,
         # so such graphs run one window at a time (what qtool verify's unpadded protocol measures).
         if not batchable:
@@ -345,9 +347,8 @@ class Artifact:
         flat = [(q, w) for q, item in enumerate(prepared) for w in range(len(item))]
         length = {key: len(prepared[key[0]].input_ids[key[1]]) for key in flat}
         out: list[list] = [[None] * len(item) for item in prepared]
-        ordered = sorted(flat, key=length.__getitem__)
-        for lo in range(0, len(ordered), self.batch_size):
-            rows = ordered[lo: lo + self.batch_size]
+        runs = length_runs([length[key] for key in flat], self.batch_size, threshold=self.full_up_to)
+        for rows in ([flat[i] for i in run] for run in runs):
             width = self.seq_len if self.pad_to_seq_len else max(length[k] for k in rows)
             feed = {name: np.full((len(rows), width), self._pad_id if name == "input_ids" else 0, dtype=np.int64)
                     for name in MODEL_INPUTS}

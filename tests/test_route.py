@@ -1,0 +1,113 @@
+"""Routed graphs: the full static INT8 graph on short windows, the reduced one on long windows, in one graph."""
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import REDUCED
+from qtool_runtime import Artifact
+from qtool_runtime.contract import length_runs
+from toolchain import manifest as manifests
+from toolchain import squad
+from toolchain.quantize import RECIPES_BY_NAME, QuantizationError, quantize_artifact
+from toolchain.route import PAD_LOGIT, Crossover, RouteError, route_artifacts
+from toolchain.runtime import Protocol, onnx_session, predict_onnx
+
+REDUCED_NAME = REDUCED.replace(",", "-")
+
+
+@pytest.fixture(scope="module")
+def static_pair(exported_root, tmp_path_factory) -> tuple:
+    """Static INT8 graphs (one recipe, calibrated on 16 windows) of the test model's full and reduced configurations."""
+    root = tmp_path_factory.mktemp("route")
+    recipe = [RECIPES_BY_NAME["static-fp32-out"]]
+    full, reduced = (quantize_artifact(exported_root / f"fp32-{name}", root / f"int8-{name}", samples=16, tolerance=None,
+                                       recipes=recipe, log=lambda _: None) for name in ("full", REDUCED_NAME))
+    return full, reduced
+
+
+@pytest.fixture(scope="module")
+def dev_windows(minilm_tokenizer, dev_examples):
+    return squad.featurize(dev_examples, minilm_tokenizer, max_length=384, doc_stride=128)
+
+
+def test_the_full_static_int8_graph_runs_one_qattention_per_layer(static_pair):
+    full, reduced = static_pair
+    ops = [n.op_type for n in onnx.load(str(full / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("QAttention") == 6 and "MultiHeadAttention" not in ops and ops.count("MatMulIntegerToFloat") == 6 * 3 + 1
+    reduced_ops = [n.op_type for n in onnx.load(str(reduced / "model.onnx"), load_external_data=False).graph.node]
+    assert "QAttention" not in reduced_ops and reduced_ops.count("Softmax") == 6  # its layers read the probabilities
+
+
+def test_a_routed_graph_answers_each_window_as_its_branch_does(static_pair, dev_windows, tmp_path):
+    """Real dev windows on both sides of the threshold, bucketed as the kit runs them, alone, and padded to 384: a
+    window of at most full_up_to tokens gets the full graph's logits, a longer one the reduced graph's."""
+    full, reduced = static_pair
+    lengths = dev_windows.attention_mask.sum(1)
+    threshold = int(np.median(lengths))
+    assert (lengths <= threshold).any() and (lengths > threshold).any()
+    routed = route_artifacts(full, reduced, tmp_path / "routed", full_up_to=threshold, log=lambda _: None)
+    manifest = manifests.load(routed)
+    assert manifest.length_config.full_up_to == threshold and manifest.invariant and manifest.is_reduced
+    assert manifest.route["full"]["folder"] == full.name and manifest.validation["max_abs_diff_vs_branch"] < 1e-4
+    assert manifest.length_config.label == f"{REDUCED} (full up to {threshold})"
+
+    def logits(folder, protocol, full_up_to=0):
+        p = predict_onnx(onnx_session(folder / "model.onnx"), dev_windows, protocol=protocol, invariant=True,
+                         full_up_to=full_up_to)
+        return p.start_logits, p.end_logits
+
+    branches = {name: logits(folder, Protocol.UNPADDED) for name, folder in (("full", full), ("reduced", reduced))}
+    short = lengths <= threshold
+    for protocol in (Protocol.BUCKETED, Protocol.UNPADDED):
+        got = logits(routed, protocol, threshold)
+        for row, n in enumerate(lengths):
+            want = branches["full" if short[row] else "reduced"]
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g[row, :n], w[row, :n], atol=1e-4)
+    session = onnx_session(routed / "model.onnx")
+    row = int(np.flatnonzero(short)[0])
+    padded = {k: v[row:row + 1] for k, v in dev_windows.model_inputs(np.arange(len(lengths))).items()}
+    assert padded["input_ids"].shape[1] == 384
+    start = session.run(["start_logits"], padded)[0]
+    np.testing.assert_allclose(start[0, :lengths[row]], branches["full"][0][row, :lengths[row]], atol=1e-4)
+    assert np.all(start[0, lengths[row]:] == PAD_LOGIT)
+
+
+def test_the_kit_never_batches_windows_across_the_threshold(static_pair, tmp_path):
+    full, reduced = static_pair
+    assert length_runs([5, 1, 9, 3, 7], 2, threshold=4) == [[1, 3], [0, 4], [2]]
+    assert length_runs([5, 1, 9, 3, 7], 2) == [[1, 3], [0, 4], [2]] and length_runs([5, 1, 9], 2, sort=False) == [[0, 1], [2]]
+    assert length_runs([5, 1, 9, 3, 7], 3, threshold=5) == [[1, 3, 0], [4, 2]]
+    routed = route_artifacts(full, reduced, tmp_path / "routed", full_up_to=120, log=lambda _: None)
+    kit = Artifact.open(routed, batch_size=8)
+    context = " ".join(["The Normans gave their name to Normandy, a region in France."] * 24)
+    pairs = [("Who gave their name to Normandy?", context[:length]) for length in (200, 500, 1000, 1400, 100)]
+    lengths = [len(w) for q, c in pairs for w in kit.windows(q, c).input_ids]
+    assert min(lengths) <= 120 < max(lengths)
+    together = kit.answer_batch(pairs)
+    alone = [kit.answer_batch([pair])[0] for pair in pairs]
+    assert [(a.text, round(a.score, 4)) for a in together] == [(a.text, round(a.score, 4)) for a in alone]
+
+
+def test_route_refuses_pairs_it_cannot_join_and_quantize_refuses_a_routed_graph(static_pair, exported_root, tmp_path):
+    full, reduced = static_pair
+    with pytest.raises(RouteError, match="--full must be a full graph"):
+        route_artifacts(reduced, reduced, tmp_path / "a", full_up_to=100, log=lambda _: None)
+    with pytest.raises(RouteError, match="differ in precision"):
+        route_artifacts(exported_root / "fp32-full", reduced, tmp_path / "b", full_up_to=100, log=lambda _: None)
+    with pytest.raises(RouteError, match="between 1 and 383"):
+        route_artifacts(full, reduced, tmp_path / "c", full_up_to=384, log=lambda _: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    fp32 = route_artifacts(exported_root / "fp32-full", exported_root / f"fp32-{REDUCED_NAME}", tmp_path / "fp32-routed",
+                           full_up_to=100, log=lambda _: None)
+    with pytest.raises(QuantizationError, match="routed graph"):
+        quantize_artifact(fp32, tmp_path / "int8-routed", samples=4, tolerance=None,
+                          recipes=[RECIPES_BY_NAME["static-fp32-out"]], log=lambda _: None)
+
+
+def test_the_crossover_is_the_longest_length_the_full_graph_holds_before_the_reduced_one_wins():
+    widths = (96, 128, 160, 192, 224)
+    assert Crossover(widths, (5, 6, 7, 8, 9), (6, 7, 7.5, 7, 8)).full_up_to == 160
+    assert Crossover(widths, (5, 6, 7, 8, 9), (4, 5, 6, 7, 8)).full_up_to == 0  # reduced wins everywhere
+    assert Crossover(widths, (5, 6, 7, 8, 9), (6, 5, 8, 7, 8)).full_up_to == 160  # a later win by the full graph resets

@@ -1,0 +1,290 @@
+"""One graph for paragraphs and documents: the full model on short windows, a reduced configuration on long ones.
+
+Why: ranking and gathering tokens costs about what dropping saves on a short window, so a reduced graph runs
+slower than the plain model on SQuAD's paragraphs (0.89x the standard recipe, one window at a time) and faster on
+full document windows (1.30x). A routed graph holds both graphs of one model under an `If`:
+
+1. **trim**: columns that are padding in every row are cut off (exact: padding is masked out of attention and
+   a `cap` graph ranks it last), so a window padded to seq_len costs what it costs unpadded;
+2. **route**: if the longest real window of the batch has at most `full_up_to` tokens, the full graph runs; else
+   the reduced one (its kept positions are reported as every position on the full branch);
+3. **restore the width**: span logits are padded back to the input's width (padding positions get PAD_LOGIT).
+
+The route depends on the batch's longest window, so batchers never put windows on both sides of `full_up_to` in
+one batch (`qtool_runtime.contract.route_groups`); then every window's answer is its own branch's answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qtool_runtime.contract import KEEP_INPUT, SPAN_OUTPUTS, Precision
+
+from . import artifact
+from . import manifest as manifests
+from .errors import InputError
+
+PAD_LOGIT = -10000.0  # span logits at padding positions of the input (never an answer)
+WIDTHS = tuple(range(96, 385, 32))  # window lengths the crossover is measured at (seq_len 384)
+
+
+class RouteError(InputError):
+    """Two artifacts that cannot share one routed graph."""
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Milliseconds per window of each graph at each width (batch 1, medians), and the routing threshold."""
+
+    widths: tuple[int, ...]
+    full_ms: tuple[float, ...]
+    reduced_ms: tuple[float, ...]
+
+    @property
+    def full_up_to(self) -> int:
+        """The longest measured width at which the full graph is still no slower than the reduced one, provided the
+        reduced graph is faster at every longer width (else 0: route nothing to the full graph)."""
+        best = 0
+        for i, w in enumerate(self.widths):
+            if all(f > r for f, r in zip(self.full_ms[i + 1:], self.reduced_ms[i + 1:])) and self.full_ms[i] <= self.reduced_ms[i]:
+                best = w
+        return best
+
+    def to_dict(self) -> dict:
+        return {"widths": list(self.widths), "full_ms": [round(x, 3) for x in self.full_ms],
+                "reduced_ms": [round(x, 3) for x in self.reduced_ms], "full_up_to": self.full_up_to}
+
+
+def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
+    """Refuse pairs a routed graph cannot join: one line naming what differs."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise RouteError(message)
+
+    need(full.length_config.is_full and not full.is_runtime, "--full must be a full graph (every layer keeps every token)")
+    need(reduced.is_reduced and not reduced.is_runtime and not reduced.length_config.full_up_to,
+         "--reduced must be a graph of one reduced configuration")
+    need(reduced.length_config.rule == "cap", "a routed graph needs the cap rule (its reduced graph trims padding)")
+    need(not reduced.feeding["pad_to_seq_len"], "the reduced graph sees padding; a routed graph trims it")
+    need(full.precision == reduced.precision, f"the graphs differ in precision ({full.precision} vs {reduced.precision})")
+    need(full.interface.inputs == reduced.interface.inputs, "the graphs take different inputs")
+    need(_same_model(full.source_model, reduced.source_model),
+         f"the graphs come from different models ({full.source_model} vs {reduced.source_model})")
+    need(full.length_config.seq_len == reduced.length_config.seq_len and full.doc_stride == reduced.doc_stride
+         and full.opset == reduced.opset, "the graphs differ in sequence length, doc stride or opset")
+    need(full.feeding == reduced.feeding, "the graphs are fed differently (one is dynamic INT8)")
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Source models as recorded by export (as given where it ran): the same folder, or the same string."""
+    if Path(a).is_dir() and Path(b).is_dir():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def _branch(model, prefix: str, inputs: dict[str, str]):
+    """The model's graph as an If branch: names prefixed apart, graph inputs read from the outer scope's `inputs`."""
+    import onnx
+    from onnx import compose
+
+    graph = compose.add_prefix_graph(model.graph, prefix)
+    outer = {prefix + name: value for name, value in inputs.items()}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in outer:
+                node.input[i] = outer[name]
+    del graph.input[:]
+    return graph
+
+
+def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[str, ...]):
+    """The routed ModelProto (see the module docstring): trim, If(longest real window <= full_up_to), restore."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [i.name for i in reduced_model.graph.input]
+    nodes = [
+        helper.make_node("Shape", ["attention_mask"], ["route_shape"]),
+        helper.make_node("Gather", ["route_shape", "route_c1"], ["route_width"], axis=0),  # scalar W
+        helper.make_node("Range", ["route_c1", "route_width_plus1", "route_c1"], ["route_positions"]),
+        helper.make_node("Add", ["route_width", "route_c1"], ["route_width_plus1"]),
+        helper.make_node("Cast", ["attention_mask"], ["route_mask64"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["route_mask64", "route_c0_1d"], ["route_columns"], keepdims=0),
+        helper.make_node("Mul", ["route_columns", "route_positions"], ["route_last"]),
+        helper.make_node("ReduceMax", ["route_last"], ["route_longest0"], keepdims=1),  # [1]
+        helper.make_node("Max", ["route_longest0", "route_c1_1d"], ["route_longest"]),
+        helper.make_node("LessOrEqual", ["route_longest", "route_threshold"], ["route_short"]),
+        helper.make_node("Sub", ["route_width_1d", "route_longest"], ["route_padding"]),
+        helper.make_node("Unsqueeze", ["route_width", "route_c0_1d"], ["route_width_1d"]),
+        helper.make_node("Concat", ["route_c000", "route_padding"], ["route_pads"], axis=0),  # [B, L] -> [B, W]
+    ]
+    trimmed = {}
+    for name in inputs:
+        trimmed[name] = f"route_trimmed_{name}"
+        nodes.append(helper.make_node("Slice", [name, "route_c0_1d", "route_longest", "route_c1_1d"], [trimmed[name]]))
+    # the full branch: the full graph, then every position as each layer's kept positions
+    then_graph = _branch(full_model, "full/", trimmed)
+    then_outputs = list(then_graph.output[:2])
+    del then_graph.output[:]
+    then_graph.output.extend(then_outputs)
+    then_graph.node.extend([
+        helper.make_node("Shape", [trimmed["input_ids"]], ["full/route_shape"]),
+        helper.make_node("Gather", ["full/route_shape", "route_c1"], ["full/route_len"], axis=0),
+        helper.make_node("Range", ["route_c0", "full/route_len", "route_c1"], ["full/route_range"]),
+        helper.make_node("Unsqueeze", ["full/route_range", "route_c0_1d"], ["full/route_row"]),
+        helper.make_node("Expand", ["full/route_row", "full/route_shape"], ["full/route_all"]),
+    ])
+    for name in kept_outputs:
+        then_graph.node.append(helper.make_node("Identity", ["full/route_all"], [f"full/route_{name}"]))
+        then_graph.output.append(helper.make_tensor_value_info(f"full/route_{name}", TensorProto.INT64, None))
+    else_graph = _branch(reduced_model, "reduced/", trimmed)
+    for graph in (then_graph, else_graph):
+        for out in graph.output:
+            out.type.tensor_type.ClearField("shape")
+    routed = [f"route_{name}" for name in [*SPAN_OUTPUTS, *kept_outputs]]
+    nodes.append(helper.make_node("If", ["route_short"], routed, then_branch=then_graph, else_branch=else_graph))
+    for name in SPAN_OUTPUTS:  # back to the input's width
+        nodes.append(helper.make_node("Pad", [f"route_{name}", "route_pads", "route_pad_logit"], [name]))
+    for name in kept_outputs:
+        nodes.append(helper.make_node("Identity", [f"route_{name}"], [name]))
+    constants = [
+        helper.make_tensor("route_c0", TensorProto.INT64, [], [0]),
+        helper.make_tensor("route_c1", TensorProto.INT64, [], [1]),
+        helper.make_tensor("route_c0_1d", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("route_c1_1d", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("route_c000", TensorProto.INT64, [3], [0, 0, 0]),
+        helper.make_tensor("route_threshold", TensorProto.INT64, [1], [full_up_to]),
+        helper.make_tensor("route_pad_logit", TensorProto.FLOAT, [], [PAD_LOGIT]),
+    ]
+    outputs = [o for o in reduced_model.graph.output]
+    graph = helper.make_graph(_topological(nodes), "qtool_routed", list(reduced_model.graph.input), outputs,
+                              initializer=constants)
+    opsets = {o.domain: o.version for o in [*full_model.opset_import, *reduced_model.opset_import]}
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = max(full_model.ir_version, reduced_model.ir_version)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _topological(nodes):
+    """Nodes ordered so every input is produced before it is read (the list above is written for reading)."""
+    produced, ordered, pending = set(), [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(i in produced or not i.startswith("route_") or _is_constant(i) for i in n.input)]
+        if not ready:
+            raise RuntimeError("routed graph has a cycle")
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+            pending.remove(n)
+    return ordered
+
+
+def _is_constant(name: str) -> bool:
+    return name in ("route_c0", "route_c1", "route_c0_1d", "route_c1_1d", "route_c000", "route_threshold", "route_pad_logit")
+
+
+def synthetic_window(width: int, *, question: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """One window of `width` real tokens ([CLS] question [SEP] context [SEP]) for timing: what a graph costs
+    depends on the window's length, not on its words."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 20000, (1, width)).astype(np.int64)
+    ids[0, 0], ids[0, question + 1], ids[0, width - 1] = 101, 102, 102
+    types = np.zeros((1, width), np.int64)
+    types[0, question + 2:] = 1
+    return {"input_ids": ids, "attention_mask": np.ones((1, width), np.int64), "token_type_ids": types}
+
+
+def measure_crossover(full_session, reduced_session, *, widths: tuple[int, ...] = WIDTHS, rounds: int = 5,
+                      repeat: int = 10, log: Callable[[str], None] = print) -> Crossover:
+    """Milliseconds per window of both graphs at each width (batch 1, interleaved rounds, medians)."""
+    from qtool_runtime.timing import interleaved_ms
+
+    full_ms, reduced_ms = [], []
+    for width in widths:
+        window = synthetic_window(width)
+        feeds = {name: {k: v for k, v in window.items() if k in {i.name for i in s.get_inputs()}}
+                 for name, s in (("full", full_session), ("reduced", reduced_session))}
+        ms = interleaved_ms({"full": lambda: full_session.run(None, feeds["full"]),
+                             "reduced": lambda: reduced_session.run(None, feeds["reduced"])},
+                            rounds=rounds, warmup=1, repeat=repeat, untimed_first=True)
+        full_ms.append(ms["full"])
+        reduced_ms.append(ms["reduced"])
+        log(f"  {width:>4} tokens: full {ms['full']:.1f} ms, reduced {ms['reduced']:.1f} ms")
+    return Crossover(tuple(widths), tuple(full_ms), tuple(reduced_ms))
+
+
+def check_routed(graph: Path, full_graph: Path, reduced_graph: Path, full_up_to: int, seq_len: int) -> dict:
+    """Run the routed graph beside its two parts on windows on both sides of the threshold, alone, padded to
+    seq_len, and batched: its span logits on real tokens must be its branch's. Returns the validation record."""
+    from .runtime import onnx_session
+
+    routed, full, reduced = (onnx_session(p) for p in (graph, full_graph, reduced_graph))
+    worst = 0.0
+    for width in sorted({max(8, full_up_to - 1), full_up_to, full_up_to + 1, seq_len}):
+        window = synthetic_window(width, seed=width)
+        want = (full if width <= full_up_to else reduced).run(list(SPAN_OUTPUTS), window)
+        padded = {k: np.pad(v, ((0, 0), (0, seq_len - width))) for k, v in window.items()}
+        for feed in (window, padded):
+            got = routed.run(list(SPAN_OUTPUTS), feed)
+            worst = max(worst, *(float(np.abs(g[:, :width] - w).max()) for g, w in zip(got, want)))
+            if feed is padded and width < seq_len and not np.all(got[0][:, width:] == PAD_LOGIT):
+                raise RouteError(f"{graph}: padding positions did not get PAD_LOGIT")
+    if worst > 1e-4:
+        raise RouteError(f"{graph}: the routed graph's logits differ from its branch's by {worst:.2e}")
+    return {"windows": "synthetic, at full_up_to - 1, full_up_to, full_up_to + 1 and seq_len tokens, alone and "
+                        "padded to seq_len", "max_abs_diff_vs_branch": worst}
+
+
+def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: str | Path | None = None, *,
+                    full_up_to: int | None = None, rounds: int = 5, log: Callable[[str], None] = print) -> Path:
+    """Write the routed artifact of a full and a reduced graph of one model (see the module docstring).
+
+    `full_up_to` None: measured here, the longest window the full graph runs no slower than the reduced one.
+    `out` None: beside the reduced artifact, its name and '-full<full_up_to>'."""
+    import onnx
+
+    from .runtime import onnx_session
+
+    full_folder, reduced_folder = Path(full_folder), Path(reduced_folder)
+    full, reduced = manifests.load(full_folder), manifests.load(reduced_folder)
+    check_pair(full, reduced)
+    full_graph, reduced_graph = full_folder / full.graph, reduced_folder / reduced.graph
+    seq_len = reduced.length_config.seq_len
+    crossover = None
+    if full_up_to is None:
+        log(f"timing both graphs at {len(WIDTHS)} window lengths (batch 1, {rounds} interleaved rounds)")
+        crossover = measure_crossover(onnx_session(full_graph), onnx_session(reduced_graph), rounds=rounds, log=log)
+        full_up_to = crossover.full_up_to
+        if not full_up_to:
+            raise RouteError(f"the reduced graph is faster than the full one at every length measured "
+                             f"({', '.join(map(str, WIDTHS))}): nothing to route; ship {reduced_folder}")
+    if not 0 < full_up_to < seq_len:
+        raise RouteError(f"--full-up-to must be between 1 and {seq_len - 1} tokens, got {full_up_to}")
+    out = Path(out) if out else reduced_folder.parent / f"{reduced_folder.name}-full{full_up_to}"
+    config = replace(reduced.length_config, full_up_to=full_up_to)
+    config.validate(len(config.keep))
+    model = compose(onnx.load(str(full_graph)), onnx.load(str(reduced_graph)), full_up_to=full_up_to,
+                    kept_outputs=reduced.interface.kept_outputs)
+    with artifact.staging(out) as tmp:
+        onnx.save(model, str(tmp / artifact.GRAPH))
+        for name in reduced.files:
+            if name != reduced.graph:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(reduced_folder / name, tmp / name)
+        validation = check_routed(tmp / artifact.GRAPH, full_graph, reduced_graph, full_up_to, seq_len)
+        record = {"full": {"folder": full_folder.name, "sha256": full.files[full.graph],
+                           "recipe": ((full.quantization or {}).get("recipe") or {}).get("name")},
+                  "reduced": {"folder": reduced_folder.name, "sha256": reduced.files[reduced.graph]},
+                  "crossover": crossover.to_dict() if crossover else None}
+        manifests.write(tmp, replace(reduced, graph=artifact.GRAPH, length_config=config, validation=validation,
+                                     route=record, source_fp32=None, files={}, created=None, versions={}))
+    log(f"wrote {out}: windows of at most {full_up_to} tokens run {full_folder.name}, longer ones {reduced_folder.name}")
+    return out
+
