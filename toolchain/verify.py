@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from qtool_runtime.contract import Precision
+from qtool_runtime.contract import Precision, length_runs
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, atomic, squad
@@ -100,10 +100,11 @@ def machine_info(threads: int | None) -> dict:
             "flags": [f for f in wanted if f in flags]}
 
 
-def _workload(features: squad.Features, windows: int) -> tuple[list[dict], list[dict], int]:
+def _workload(features: squad.Features, windows: int, full_up_to: int = 0) -> tuple[list[dict], list[dict], int]:
     """The real workload: the windows of the first questions, up to `windows` windows and never part of a
     question (so ms per question is ms per window times windows per question), at their own length (batch 1),
-    and the same windows sorted by length in batches of 32 padded to each batch's longest."""
+    and the same windows sorted by length in batches of 32 padded to each batch's longest (for a routed graph,
+    batches that never straddle its `full_up_to`, as the kit runs it)."""
     rows = np.arange(min(windows, len(features)))
     if len(rows) < len(features):  # drop a question cut at the boundary, unless it is the only one
         last = features.example_index[len(rows)]
@@ -111,10 +112,9 @@ def _workload(features: squad.Features, windows: int) -> tuple[list[dict], list[
         rows = whole if len(whole) else rows
     lengths = features.attention_mask.sum(1)
     single = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in rows]
-    order = rows[np.argsort(lengths[rows], kind="stable")]
     bucketed = []
-    for lo in range(0, len(order), 32):
-        chunk = order[lo : lo + 32]
+    for run in length_runs([int(n) for n in lengths[rows]], 32, threshold=full_up_to):
+        chunk = rows[run]
         width = int(lengths[chunk].max())
         bucketed.append({k: v[:, :width] for k, v in features.model_inputs(chunk).items()})
     questions = len(set(features.example_index[rows].tolist()))
@@ -132,10 +132,12 @@ def time_artifacts(
     warmup: int = 2,
     log: Callable[[str], None] = print,
     keeps: dict[str, object] | None = None,
+    thresholds: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median ms of every session under every latency protocol, all sessions interleaved round by round.
 
     `keeps`: per name, the keep counts a run-time configuration graph runs (several names may share a session).
+    `thresholds`: per name, a routed graph's full_up_to (its bucketed batches never straddle it).
 
     Keys: 'b{n}@{seq_len}' (a batch of n windows, all seq_len real tokens); 'real_b1' and 'real_b32' (ms per
     window over the dev workload, unpadded one by one, or length-bucketed batches of 32).
@@ -143,15 +145,16 @@ def time_artifacts(
     single, bucketed, _ = _workload(features, workload_windows)
     n = sum(b["input_ids"].shape[0] for b in single)
 
-    def runner(session, keep):
+    def runner(session, keep, threshold):
         interface = GraphInterface.of_session(session)
+        own = _workload(features, workload_windows, threshold)[1] if threshold else bucketed
         wanted, extra = set(interface.inputs), interface.keep_feed(keep, seq_len)
         feeds = {f"b{b}@{seq_len}": [synthetic_feed(interface, b, seq_len, keep=keep)] for b in batch_sizes}
         feeds["real_b1"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in single]
-        feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in bucketed]
+        feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in own]
         return feeds
 
-    feeds = {name: runner(s, (keeps or {}).get(name)) for name, s in sessions.items()}
+    feeds = {name: runner(s, (keeps or {}).get(name), (thresholds or {}).get(name, 0)) for name, s in sessions.items()}
 
     def run_all(session, batch_list):
         for feed in batch_list:
@@ -207,7 +210,8 @@ def verify_artifacts(
     rows += _onnx_rows(found, examples, features, settings, sessions, keeps, preds, show_progress, log)
     log(f"timing {len(sessions)} graphs side by side ({settings.rounds} rounds after 2 warm-up)")
     latency = time_artifacts(sessions, features, seq_len=first.length_config.seq_len, batch_sizes=settings.batch_sizes,
-                             workload_windows=settings.workload_windows, rounds=settings.rounds, log=log, keeps=keeps)
+                             workload_windows=settings.workload_windows, rounds=settings.rounds, log=log, keeps=keeps,
+                             thresholds={f.name: m.length_config.full_up_to for f, m in found.items()})
     for row in rows:
         if row["name"] in latency:
             row["latency_ms"] = latency[row["name"]]
