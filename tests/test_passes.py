@@ -195,10 +195,9 @@ def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
     assert [n.op_type for n in kept.graph.node] == [n.op_type for n in attention_graph(read_probs=True).graph.node]
 
 
-def static_qkv_graph(attention: bool = True, heads: int = 2, head_dim: int = 4) -> onnx.ModelProto:
+def static_qkv_graph(heads: int = 2, head_dim: int = 4) -> onnx.ModelProto:
     """a (uint8 [B, S, D], quantized once) -> Q, K, V static INT8 GEMMs (per-column scales, biases inside) ->
-    MultiHeadAttention with a key mask -> y, as a full static INT8 graph runs a layer's attention; without
-    `attention`, the three projections are the outputs (a reduced layer, whose attention is written out)."""
+    MultiHeadAttention with a key mask -> y, as a full static INT8 graph runs a layer's attention."""
     d = heads * head_dim
     rng = np.random.default_rng(2)
     inits = [helper.make_tensor("a_scale", TensorProto.FLOAT, [], [0.05]),
@@ -211,15 +210,11 @@ def static_qkv_graph(attention: bool = True, heads: int = 2, head_dim: int = 4) 
                   helper.make_tensor(f"b{p}", TensorProto.FLOAT, [d], rng.normal(0, 0.1, d).tolist())]
         nodes.append(helper.make_node("MatMulIntegerToFloat", ["a", f"w{p}", "a_scale", f"s{p}", "a_zp", f"z{p}", f"b{p}"],
                                       [p], name=f"layer.0.attention.self.{p}/MatMul_quant", domain=MS_DOMAIN))
-    if attention:
-        nodes.append(helper.make_node("MultiHeadAttention", ["q", "k", "v", "", "mask"], ["y"], name="graph/MultiHeadAttention",
-                                      domain=MS_DOMAIN, num_heads=heads, scale=head_dim ** -0.5, mask_filter_value=-10000.0))
-        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", d])]
-    else:
-        outputs = [helper.make_tensor_value_info(p, TensorProto.FLOAT, ["B", "S", d]) for p in "qkv"]
+    nodes.append(helper.make_node("MultiHeadAttention", ["q", "k", "v", "", "mask"], ["y"], name="graph/MultiHeadAttention",
+                                  domain=MS_DOMAIN, num_heads=heads, scale=head_dim ** -0.5, mask_filter_value=-10000.0))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, ["B", "S", d]),
-                                           helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"])][:2 if attention else 1],
-                              outputs, inits)
+                                           helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", d])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
 
 
@@ -250,16 +245,3 @@ def test_fuse_qattention_leaves_projections_read_elsewhere():
     model = static_qkv_graph()
     model.graph.output.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", "S", 8]))  # q read twice
     assert [n.op_type for n in run_passes(model, [FUSE_QATTENTION]).graph.node].count("QAttention") == 0
-
-
-def test_pack_sibling_gemms_runs_projections_of_one_input_as_one_gemm_with_the_same_values():
-    from toolchain.passes import PACK_SIBLING_GEMMS
-
-    feeds = {"a": _qkv_feeds()["a"]}
-    want = _run(static_qkv_graph(attention=False), feeds)
-    packed = run_passes(static_qkv_graph(attention=False), [PACK_SIBLING_GEMMS])
-    assert [n.op_type for n in packed.graph.node] == ["MatMulIntegerToFloat", "Split"]
-    assert packed.graph.node[0].name == "layer.0.attention.self/packed/MatMul_quant"
-    for got, expected in zip(_run(packed, feeds), want):
-        np.testing.assert_array_equal(got, expected)
-    onnx.checker.check_model(packed)

@@ -111,3 +111,17 @@ def test_the_crossover_is_the_longest_length_the_full_graph_holds_before_the_red
     assert Crossover(widths, (5, 6, 7, 8, 9), (6, 7, 7.5, 7, 8)).full_up_to == 160
     assert Crossover(widths, (5, 6, 7, 8, 9), (4, 5, 6, 7, 8)).full_up_to == 0  # reduced wins everywhere
     assert Crossover(widths, (5, 6, 7, 8, 9), (6, 5, 8, 7, 8)).full_up_to == 160  # a later win by the full graph resets
+
+
+def test_verify_times_a_routed_graph_on_batches_that_never_straddle_its_threshold(dev_windows):
+    from toolchain.verify import _workload
+
+    lengths = dev_windows.attention_mask.sum(1)
+    threshold = int(np.median(lengths))
+    single, plain, _ = _workload(dev_windows, 64)
+    _, routed, _ = _workload(dev_windows, 64, threshold)
+    assert sum(b["input_ids"].shape[0] for b in routed) == len(single) == sum(b["input_ids"].shape[0] for b in plain)
+    def sides(batches):
+        return [{bool(n <= threshold) for n in b["attention_mask"].sum(1)} for b in batches]
+
+    assert all(len(side) == 1 for side in sides(routed)) and any(len(side) == 2 for side in sides(plain))

@@ -1,8 +1,8 @@
 """One graph for paragraphs and documents: the full model on short windows, a reduced configuration on long ones.
 
 Why: ranking and gathering tokens costs about what dropping saves on a short window, so a reduced graph runs
-slower than the plain model on SQuAD's paragraphs (0.89x the standard recipe, one window at a time) and faster on
-full document windows (1.30x). A routed graph holds both graphs of one model under an `If`:
+slower than the plain model on SQuAD's paragraphs (0.89x the standard recipe one window at a time, README) and
+faster on full document windows (1.30x). A routed graph holds both graphs of one model under an `If`:
 
 1. **trim**: columns that are padding in every row are cut off (exact: padding is masked out of attention and
    a `cap` graph ranks it last), so a window padded to seq_len costs what it costs unpadded;
@@ -11,20 +11,19 @@ full document windows (1.30x). A routed graph holds both graphs of one model und
 3. **restore the width**: span logits are padded back to the input's width (padding positions get PAD_LOGIT).
 
 The route depends on the batch's longest window, so batchers never put windows on both sides of `full_up_to` in
-one batch (`qtool_runtime.contract.route_groups`); then every window's answer is its own branch's answer.
+one batch (`qtool_runtime.contract.length_runs`); then every window's answer is its own branch's answer.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from qtool_runtime.contract import KEEP_INPUT, SPAN_OUTPUTS, Precision
+from qtool_runtime.contract import SPAN_OUTPUTS
 
 from . import artifact
 from . import manifest as manifests
@@ -90,7 +89,6 @@ def _same_model(a: str, b: str) -> bool:
 
 def _branch(model, prefix: str, inputs: dict[str, str]):
     """The model's graph as an If branch: names prefixed apart, graph inputs read from the outer scope's `inputs`."""
-    import onnx
     from onnx import compose
 
     graph = compose.add_prefix_graph(model.graph, prefix)
@@ -265,6 +263,9 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
         if not full_up_to:
             raise RouteError(f"the reduced graph is faster than the full one at every length measured "
                              f"({', '.join(map(str, WIDTHS))}): nothing to route; ship {reduced_folder}")
+        if full_up_to >= seq_len:
+            raise RouteError(f"the full graph is no slower than the reduced one at every length measured: "
+                             f"nothing to route; ship {full_folder}")
     if not 0 < full_up_to < seq_len:
         raise RouteError(f"--full-up-to must be between 1 and {seq_len - 1} tokens, got {full_up_to}")
     out = Path(out) if out else reduced_folder.parent / f"{reduced_folder.name}-full{full_up_to}"
