@@ -125,3 +125,20 @@ def test_verify_times_a_routed_graph_on_batches_that_never_straddle_its_threshol
         return [{bool(n <= threshold) for n in b["attention_mask"].sum(1)} for b in batches]
 
     assert all(len(side) == 1 for side in sides(routed)) and any(len(side) == 2 for side in sides(plain))
+
+
+def test_qtool_route_writes_the_artifact_or_one_error_line(static_pair, tmp_path):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    full, reduced = static_pair
+    out = tmp_path / "cli-routed"
+    result = CliRunner().invoke(main, ["route", "--full", str(full), "--reduced", str(reduced), "--full-up-to", "200",
+                                       "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0 and f"routed artifact: {out}" in result.output
+    assert manifests.load(out).length_config.full_up_to == 200 and manifests.load(out).route["crossover"] is None
+    bad = CliRunner().invoke(main, ["route", "--full", str(reduced), "--reduced", str(reduced), "--full-up-to", "200",
+                                    "--out", str(tmp_path / "bad")], catch_exceptions=False)
+    assert bad.exit_code == 1 and bad.output.strip().splitlines() == ["Error: --full must be a full graph (every layer keeps every token)"]
+    assert not (tmp_path / "bad").exists()
