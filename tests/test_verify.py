@@ -11,7 +11,7 @@ def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_t
     feats = squad.featurize(examples, minilm_tokenizer)
     trimmed = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
     batches = runtime.batches
-    monkeypatch.setattr(runtime, "batches", lambda f, b, protocol, invariant: batches(f, b, protocol=protocol, invariant=False))
+    monkeypatch.setattr(runtime, "batches", lambda f, b, protocol, invariant, full_up_to=0: batches(f, b, protocol=protocol, invariant=False))
     padded = runtime.predict_torch(minilm_qa, feats, LengthConfig.full(6), batch_size=8)
     real = feats.attention_mask.astype(bool)
     assert np.abs(trimmed.start_logits - padded.start_logits)[real].max() < 1e-4

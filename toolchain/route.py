@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from qtool_runtime.contract import SPAN_OUTPUTS
+from qtool_runtime.contract import SPAN_OUTPUTS, LengthRule
 
 from . import artifact
 from . import manifest as manifests
@@ -69,7 +69,7 @@ def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
     need(full.length_config.is_full and not full.is_runtime, "--full must be a full graph (every layer keeps every token)")
     need(reduced.is_reduced and not reduced.is_runtime and not reduced.length_config.full_up_to,
          "--reduced must be a graph of one reduced configuration")
-    need(reduced.length_config.rule == "cap", "a routed graph needs the cap rule (its reduced graph trims padding)")
+    need(reduced.length_config.rule == LengthRule.CAP, "a routed graph needs the cap rule (its reduced graph trims padding)")
     need(not reduced.feeding["pad_to_seq_len"], "the reduced graph sees padding; a routed graph trims it")
     need(full.precision == reduced.precision, f"the graphs differ in precision ({full.precision} vs {reduced.precision})")
     need(full.interface.inputs == reduced.interface.inputs, "the graphs take different inputs")
@@ -101,37 +101,49 @@ def _branch(model, prefix: str, inputs: dict[str, str]):
     return graph
 
 
-def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[str, ...]):
-    """The routed ModelProto (see the module docstring): trim, If(longest real window <= full_up_to), restore."""
-    import onnx
+CONSTANTS = {  # name: (shape, values), int64 unless named in FLOAT_CONSTANTS
+    "route_c0": ([], [0]), "route_c1": ([], [1]), "route_c0_1d": ([1], [0]), "route_c1_1d": ([1], [1]),
+    "route_c000": ([3], [0, 0, 0]), "route_pad_logit": ([], [PAD_LOGIT]),
+}
+FLOAT_CONSTANTS = ("route_pad_logit",)
+
+
+def _trim_nodes(inputs: list[str]) -> tuple[list, dict[str, str]]:
+    """Step 1: the longest real window's length L over the batch (last column holding a real token), every input
+    sliced to L columns, `route_short` (L <= threshold) and the pads that restore the width."""
     from onnx import TensorProto, helper
 
-    inputs = [i.name for i in reduced_model.graph.input]
     nodes = [
         helper.make_node("Shape", ["attention_mask"], ["route_shape"]),
         helper.make_node("Gather", ["route_shape", "route_c1"], ["route_width"], axis=0),  # scalar W
-        helper.make_node("Range", ["route_c1", "route_width_plus1", "route_c1"], ["route_positions"]),
         helper.make_node("Add", ["route_width", "route_c1"], ["route_width_plus1"]),
+        helper.make_node("Range", ["route_c1", "route_width_plus1", "route_c1"], ["route_positions"]),  # 1..W
         helper.make_node("Cast", ["attention_mask"], ["route_mask64"], to=TensorProto.INT64),
         helper.make_node("ReduceMax", ["route_mask64", "route_c0_1d"], ["route_columns"], keepdims=0),
         helper.make_node("Mul", ["route_columns", "route_positions"], ["route_last"]),
         helper.make_node("ReduceMax", ["route_last"], ["route_longest0"], keepdims=1),  # [1]
         helper.make_node("Max", ["route_longest0", "route_c1_1d"], ["route_longest"]),
         helper.make_node("LessOrEqual", ["route_longest", "route_threshold"], ["route_short"]),
-        helper.make_node("Sub", ["route_width_1d", "route_longest"], ["route_padding"]),
         helper.make_node("Unsqueeze", ["route_width", "route_c0_1d"], ["route_width_1d"]),
+        helper.make_node("Sub", ["route_width_1d", "route_longest"], ["route_padding"]),
         helper.make_node("Concat", ["route_c000", "route_padding"], ["route_pads"], axis=0),  # [B, L] -> [B, W]
     ]
-    trimmed = {}
-    for name in inputs:
-        trimmed[name] = f"route_trimmed_{name}"
-        nodes.append(helper.make_node("Slice", [name, "route_c0_1d", "route_longest", "route_c1_1d"], [trimmed[name]]))
-    # the full branch: the full graph, then every position as each layer's kept positions
-    then_graph = _branch(full_model, "full/", trimmed)
-    then_outputs = list(then_graph.output[:2])
-    del then_graph.output[:]
-    then_graph.output.extend(then_outputs)
-    then_graph.node.extend([
+    trimmed = {name: f"route_trimmed_{name}" for name in inputs}
+    nodes += [helper.make_node("Slice", [name, "route_c0_1d", "route_longest", "route_c1_1d"], [trimmed[name]])
+              for name in inputs]
+    return nodes, trimmed
+
+
+def _full_branch(full_model, trimmed: dict[str, str], kept_outputs: tuple[str, ...]):
+    """Step 2, then-branch: the full graph on the trimmed inputs, and every position as each layer's kept positions
+    (the reduced graph's interface)."""
+    from onnx import TensorProto, helper
+
+    graph = _branch(full_model, "full/", trimmed)
+    spans = list(graph.output[:2])
+    del graph.output[:]
+    graph.output.extend(spans)
+    graph.node.extend([
         helper.make_node("Shape", [trimmed["input_ids"]], ["full/route_shape"]),
         helper.make_node("Gather", ["full/route_shape", "route_c1"], ["full/route_len"], axis=0),
         helper.make_node("Range", ["route_c0", "full/route_len", "route_c1"], ["full/route_range"]),
@@ -139,53 +151,37 @@ def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[s
         helper.make_node("Expand", ["full/route_row", "full/route_shape"], ["full/route_all"]),
     ])
     for name in kept_outputs:
-        then_graph.node.append(helper.make_node("Identity", ["full/route_all"], [f"full/route_{name}"]))
-        then_graph.output.append(helper.make_tensor_value_info(f"full/route_{name}", TensorProto.INT64, None))
+        graph.node.append(helper.make_node("Identity", ["full/route_all"], [f"full/route_{name}"]))
+        graph.output.append(helper.make_tensor_value_info(f"full/route_{name}", TensorProto.INT64, None))
+    return graph
+
+
+def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[str, ...]):
+    """The routed ModelProto (see the module docstring): trim, If(longest real window <= full_up_to), restore."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, trimmed = _trim_nodes([i.name for i in reduced_model.graph.input])
+    then_graph = _full_branch(full_model, trimmed, kept_outputs)
     else_graph = _branch(reduced_model, "reduced/", trimmed)
-    for graph in (then_graph, else_graph):
+    for graph in (then_graph, else_graph):  # batch and width differ from run to run
         for out in graph.output:
             out.type.tensor_type.ClearField("shape")
     routed = [f"route_{name}" for name in [*SPAN_OUTPUTS, *kept_outputs]]
     nodes.append(helper.make_node("If", ["route_short"], routed, then_branch=then_graph, else_branch=else_graph))
-    for name in SPAN_OUTPUTS:  # back to the input's width
-        nodes.append(helper.make_node("Pad", [f"route_{name}", "route_pads", "route_pad_logit"], [name]))
-    for name in kept_outputs:
-        nodes.append(helper.make_node("Identity", [f"route_{name}"], [name]))
-    constants = [
-        helper.make_tensor("route_c0", TensorProto.INT64, [], [0]),
-        helper.make_tensor("route_c1", TensorProto.INT64, [], [1]),
-        helper.make_tensor("route_c0_1d", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("route_c1_1d", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("route_c000", TensorProto.INT64, [3], [0, 0, 0]),
-        helper.make_tensor("route_threshold", TensorProto.INT64, [1], [full_up_to]),
-        helper.make_tensor("route_pad_logit", TensorProto.FLOAT, [], [PAD_LOGIT]),
-    ]
-    outputs = [o for o in reduced_model.graph.output]
-    graph = helper.make_graph(_topological(nodes), "qtool_routed", list(reduced_model.graph.input), outputs,
-                              initializer=constants)
+    nodes += [helper.make_node("Pad", [f"route_{name}", "route_pads", "route_pad_logit"], [name])  # step 3
+              for name in SPAN_OUTPUTS]
+    nodes += [helper.make_node("Identity", [f"route_{name}"], [name]) for name in kept_outputs]
+    constants = [helper.make_tensor(name, TensorProto.FLOAT if name in FLOAT_CONSTANTS else TensorProto.INT64,
+                                    shape, values) for name, (shape, values) in CONSTANTS.items()]
+    constants.append(helper.make_tensor("route_threshold", TensorProto.INT64, [1], [full_up_to]))
+    graph = helper.make_graph(nodes, "qtool_routed", list(reduced_model.graph.input),
+                              list(reduced_model.graph.output), initializer=constants)
     opsets = {o.domain: o.version for o in [*full_model.opset_import, *reduced_model.opset_import]}
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = max(full_model.ir_version, reduced_model.ir_version)
     onnx.checker.check_model(model)
     return model
-
-
-def _topological(nodes):
-    """Nodes ordered so every input is produced before it is read (the list above is written for reading)."""
-    produced, ordered, pending = set(), [], list(nodes)
-    while pending:
-        ready = [n for n in pending if all(i in produced or not i.startswith("route_") or _is_constant(i) for i in n.input)]
-        if not ready:
-            raise RuntimeError("routed graph has a cycle")
-        for n in ready:
-            ordered.append(n)
-            produced.update(n.output)
-            pending.remove(n)
-    return ordered
-
-
-def _is_constant(name: str) -> bool:
-    return name in ("route_c0", "route_c1", "route_c0_1d", "route_c1_1d", "route_c000", "route_threshold", "route_pad_logit")
 
 
 def synthetic_window(width: int, *, question: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
