@@ -51,6 +51,16 @@ def test_a_routed_graph_answers_each_window_as_its_branch_does(static_pair, dev_
     assert manifest.length_config.full_up_to == threshold and manifest.invariant and manifest.is_reduced
     assert manifest.route["full"]["folder"] == full.name and manifest.validation["max_abs_diff_vs_branch"] < 1e-4
     assert manifest.length_config.label == f"{REDUCED} (full up to {threshold})"
+    import json
+
+    from qtool_runtime.errors import QtoolError
+
+    stated = json.loads((routed / "manifest.json").read_text())
+    assert stated["format"] == "qtool-artifact/2"  # kits that do not know the threshold must refuse it
+    (routed / "manifest.json").write_text(json.dumps({**stated, "format": "qtool-artifact/1"}))
+    with pytest.raises(QtoolError, match="unknown format"):
+        Artifact.open(routed)
+    (routed / "manifest.json").write_text(json.dumps(stated))
 
     def logits(folder, protocol, full_up_to=0):
         p = predict_onnx(onnx_session(folder / "model.onnx"), dev_windows, protocol=protocol, invariant=True,

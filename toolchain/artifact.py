@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from qtool_runtime.contract import FORMAT, MANIFEST, sha256  # noqa: F401
+from qtool_runtime.contract import FORMAT, MANIFEST, format_of, sha256  # noqa: F401
 from qtool_runtime.errors import QtoolError
 from qtool_runtime.kit import inside
 
@@ -53,7 +53,7 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
-    manifest = {**manifest, "format": FORMAT, "files": files}
+    manifest = {**manifest, "format": format_of(manifest), "files": files}
     manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.setdefault("versions", tool_versions())
     atomic.write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
@@ -71,8 +71,8 @@ def read_manifest(folder: str | Path) -> dict:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+    if manifest.get("format") != format_of(manifest):
+        raise ArtifactError(f"{path}: unknown format {manifest.get('format')!r}, expected {format_of(manifest)}")
     return manifest
 
 

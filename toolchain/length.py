@@ -172,7 +172,7 @@ class LengthConfig:
     def from_dict(cls, data: dict) -> "LengthConfig":
         """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
-                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), int(data.get("full_up_to") or 0))
+                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), int(data.get("full_up_to", 0)))
         config.validate(len(config.keep))
         return config
 

@@ -77,7 +77,8 @@ class Manifest:
     @property
     def invariant(self) -> bool:
         """Answers depend neither on padding nor on batch-mates (no per-batch activation scales, no
-        padding-dependent drop counts): every input protocol gives the same logits."""
+        padding-dependent drop counts): every input protocol gives the same logits. A routed graph's hold when its
+        batches never straddle its threshold (contract.length_runs, which every batcher here follows)."""
         return is_invariant(self.length_config, static=self.feeding["batchable"])
 
     @property

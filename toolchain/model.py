@@ -222,9 +222,9 @@ def drop_and_restore(
     heads = family.dims(model.config).heads
     if config is not None:
         config.validate(len(encoder_layers))
-        skip_layers = tuple(skip_layers) + config.skipped
         if config.full_up_to and keep_counts is None:  # a routed configuration: the batch's longest window decides
             config = config.for_window(int(attention_mask.sum(dim=1).max()))
+        skip_layers = tuple(skip_layers) + config.skipped
     h = family.embed(model, input_ids, attention_mask, token_type_ids)
     b, seq_len = input_ids.shape[0], input_ids.shape[1]
     mask = attention_mask.to(h.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -29,8 +29,18 @@ from . import artifact
 from . import manifest as manifests
 from .errors import InputError
 
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
+
 PAD_LOGIT = -10000.0  # span logits at padding positions of the input (never an answer)
-WIDTHS = tuple(range(96, 385, 32))  # window lengths the crossover is measured at (seq_len 384)
+MIN_OPSET = 18  # ReduceMax with its axes as an input
+
+
+def timed_widths(seq_len: int) -> tuple[int, ...]:
+    """Window lengths the crossover is timed at: a quarter of seq_len to seq_len in twelfths (96, 128, ..., 384)."""
+    step = max(1, seq_len // 12)
+    return tuple(sorted({*range(seq_len // 4 or 1, seq_len + 1, step), seq_len}))
 
 
 class RouteError(InputError):
@@ -77,6 +87,7 @@ def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
          f"the graphs come from different models ({full.source_model} vs {reduced.source_model})")
     need(full.length_config.seq_len == reduced.length_config.seq_len and full.doc_stride == reduced.doc_stride
          and full.opset == reduced.opset, "the graphs differ in sequence length, doc stride or opset")
+    need(reduced.opset >= MIN_OPSET, f"a routed graph needs opset {MIN_OPSET} or later (export --opset), the graphs have {reduced.opset}")
     need(full.feeding == reduced.feeding, "the graphs are fed differently (one is dynamic INT8)")
 
 
@@ -87,7 +98,7 @@ def _same_model(a: str, b: str) -> bool:
     return a == b
 
 
-def _branch(model, prefix: str, inputs: dict[str, str]):
+def _branch(model: "onnx.ModelProto", prefix: str, inputs: dict[str, str]) -> "onnx.GraphProto":
     """The model's graph as an If branch: names prefixed apart, graph inputs read from the outer scope's `inputs`."""
     from onnx import compose
 
@@ -101,14 +112,14 @@ def _branch(model, prefix: str, inputs: dict[str, str]):
     return graph
 
 
-CONSTANTS = {  # name: (shape, values), int64 unless named in FLOAT_CONSTANTS
+ROUTE_CONSTANTS = {  # the outer graph's constants, name: (shape, values); int64 unless in FLOAT_ROUTE_CONSTANTS
     "route_c0": ([], [0]), "route_c1": ([], [1]), "route_c0_1d": ([1], [0]), "route_c1_1d": ([1], [1]),
     "route_c000": ([3], [0, 0, 0]), "route_pad_logit": ([], [PAD_LOGIT]),
 }
-FLOAT_CONSTANTS = ("route_pad_logit",)
+FLOAT_ROUTE_CONSTANTS = ("route_pad_logit",)
 
 
-def _trim_nodes(inputs: list[str]) -> tuple[list, dict[str, str]]:
+def _trim_nodes(inputs: list[str]) -> tuple[list["onnx.NodeProto"], dict[str, str]]:
     """Step 1: the longest real window's length L over the batch (last column holding a real token), every input
     sliced to L columns, `route_short` (L <= threshold) and the pads that restore the width."""
     from onnx import TensorProto, helper
@@ -134,7 +145,7 @@ def _trim_nodes(inputs: list[str]) -> tuple[list, dict[str, str]]:
     return nodes, trimmed
 
 
-def _full_branch(full_model, trimmed: dict[str, str], kept_outputs: tuple[str, ...]):
+def _full_branch(full_model: "onnx.ModelProto", trimmed: dict[str, str], kept_outputs: tuple[str, ...]) -> "onnx.GraphProto":
     """Step 2, then-branch: the full graph on the trimmed inputs, and every position as each layer's kept positions
     (the reduced graph's interface)."""
     from onnx import TensorProto, helper
@@ -156,7 +167,8 @@ def _full_branch(full_model, trimmed: dict[str, str], kept_outputs: tuple[str, .
     return graph
 
 
-def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[str, ...]):
+def compose(full_model: "onnx.ModelProto", reduced_model: "onnx.ModelProto", *, full_up_to: int,
+            kept_outputs: tuple[str, ...]) -> "onnx.ModelProto":
     """The routed ModelProto (see the module docstring): trim, If(longest real window <= full_up_to), restore."""
     import onnx
     from onnx import TensorProto, helper
@@ -172,8 +184,8 @@ def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[s
     nodes += [helper.make_node("Pad", [f"route_{name}", "route_pads", "route_pad_logit"], [name])  # step 3
               for name in SPAN_OUTPUTS]
     nodes += [helper.make_node("Identity", [f"route_{name}"], [name]) for name in kept_outputs]
-    constants = [helper.make_tensor(name, TensorProto.FLOAT if name in FLOAT_CONSTANTS else TensorProto.INT64,
-                                    shape, values) for name, (shape, values) in CONSTANTS.items()]
+    constants = [helper.make_tensor(name, TensorProto.FLOAT if name in FLOAT_ROUTE_CONSTANTS else TensorProto.INT64,
+                                    shape, values) for name, (shape, values) in ROUTE_CONSTANTS.items()]
     constants.append(helper.make_tensor("route_threshold", TensorProto.INT64, [1], [full_up_to]))
     graph = helper.make_graph(nodes, "qtool_routed", list(reduced_model.graph.input),
                               list(reduced_model.graph.output), initializer=constants)
@@ -184,27 +196,33 @@ def compose(full_model, reduced_model, *, full_up_to: int, kept_outputs: tuple[s
     return model
 
 
-def synthetic_window(width: int, *, question: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """One window of `width` real tokens ([CLS] question [SEP] context [SEP]) for timing: what a graph costs
-    depends on the window's length, not on its words."""
+def synthetic_window(width: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """One window of `width` real tokens ([CLS] question [SEP] context [SEP], the question a sixth of the window, at
+    most 16 tokens) for timing and checks: what a graph costs depends on the window's length, not on its words."""
     rng = np.random.default_rng(seed)
+    question = max(0, min(16, width // 6))
     ids = rng.integers(1000, 20000, (1, width)).astype(np.int64)
-    ids[0, 0], ids[0, question + 1], ids[0, width - 1] = 101, 102, 102
+    ids[0, 0], ids[0, min(question + 1, width - 1)], ids[0, width - 1] = 101, 102, 102
     types = np.zeros((1, width), np.int64)
     types[0, question + 2:] = 1
     return {"input_ids": ids, "attention_mask": np.ones((1, width), np.int64), "token_type_ids": types}
 
 
-def measure_crossover(full_session, reduced_session, *, widths: tuple[int, ...] = WIDTHS, rounds: int = 5,
-                      repeat: int = 10, log: Callable[[str], None] = print) -> Crossover:
+def _feed(session: "ort.InferenceSession", window: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The window's inputs the session takes (RoBERTa and DistilBERT graphs have no token_type_ids)."""
+    return {k: v for k, v in window.items() if k in {i.name for i in session.get_inputs()}}
+
+
+def measure_crossover(full_session: "ort.InferenceSession", reduced_session: "ort.InferenceSession", *,
+                      widths: tuple[int, ...], rounds: int = 5, repeat: int = 10,
+                      log: Callable[[str], None] = print) -> Crossover:
     """Milliseconds per window of both graphs at each width (batch 1, interleaved rounds, medians)."""
     from qtool_runtime.timing import interleaved_ms
 
     full_ms, reduced_ms = [], []
     for width in widths:
         window = synthetic_window(width)
-        feeds = {name: {k: v for k, v in window.items() if k in {i.name for i in s.get_inputs()}}
-                 for name, s in (("full", full_session), ("reduced", reduced_session))}
+        feeds = {"full": _feed(full_session, window), "reduced": _feed(reduced_session, window)}
         ms = interleaved_ms({"full": lambda: full_session.run(None, feeds["full"]),
                              "reduced": lambda: reduced_session.run(None, feeds["reduced"])},
                             rounds=rounds, warmup=1, repeat=repeat, untimed_first=True)
@@ -214,26 +232,33 @@ def measure_crossover(full_session, reduced_session, *, widths: tuple[int, ...] 
     return Crossover(tuple(widths), tuple(full_ms), tuple(reduced_ms))
 
 
-def check_routed(graph: Path, full_graph: Path, reduced_graph: Path, full_up_to: int, seq_len: int) -> dict:
-    """Run the routed graph beside its two parts on windows on both sides of the threshold, alone, padded to
-    seq_len, and batched: its span logits on real tokens must be its branch's. Returns the validation record."""
+def check_routed(graph: Path, full_graph: Path, reduced_graph: Path, full_up_to: int, seq_len: int) -> dict[str, object]:
+    """Run the routed graph beside its two parts on windows on both sides of the threshold (alone, padded to seq_len,
+    and two of one side in a batch): its span logits on real tokens must be its branch's. The validation record."""
     from .runtime import onnx_session
 
     routed, full, reduced = (onnx_session(p) for p in (graph, full_graph, reduced_graph))
+    widths = sorted({max(4, full_up_to - 1), full_up_to, min(seq_len, full_up_to + 1), seq_len})
     worst = 0.0
-    for width in sorted({max(8, full_up_to - 1), full_up_to, full_up_to + 1, seq_len}):
+    for width in widths:
+        branch = full if width <= full_up_to else reduced
+        shorter = synthetic_window(max(4, width - 3), seed=width + 1)
         window = synthetic_window(width, seed=width)
-        want = (full if width <= full_up_to else reduced).run(list(SPAN_OUTPUTS), window)
+        batch = {k: np.concatenate([v, np.pad(shorter[k], ((0, 0), (0, width - shorter[k].shape[1])))])
+                 for k, v in window.items()}
         padded = {k: np.pad(v, ((0, 0), (0, seq_len - width))) for k, v in window.items()}
-        for feed in (window, padded):
-            got = routed.run(list(SPAN_OUTPUTS), feed)
-            worst = max(worst, *(float(np.abs(g[:, :width] - w).max()) for g, w in zip(got, want)))
+        want = [branch.run(list(SPAN_OUTPUTS), _feed(branch, w)) for w in (window, shorter)]
+        short = shorter["input_ids"].shape[1]
+        for feed, rows in ((window, [(0, width, 0)]), (padded, [(0, width, 0)]), (batch, [(0, width, 0), (1, short, 1)])):
+            got = routed.run(list(SPAN_OUTPUTS), _feed(routed, feed))
+            for row, n, which in rows:
+                worst = max(worst, *(float(np.abs(g[row, :n] - w[0, :n]).max()) for g, w in zip(got, want[which])))
             if feed is padded and width < seq_len and not np.all(got[0][:, width:] == PAD_LOGIT):
                 raise RouteError(f"{graph}: padding positions did not get PAD_LOGIT")
     if worst > 1e-4:
         raise RouteError(f"{graph}: the routed graph's logits differ from its branch's by {worst:.2e}")
-    return {"windows": "synthetic, at full_up_to - 1, full_up_to, full_up_to + 1 and seq_len tokens, alone and "
-                        "padded to seq_len", "max_abs_diff_vs_branch": worst}
+    return {"windows": f"synthetic, of {', '.join(map(str, widths))} tokens: alone, padded to seq_len, and beside a "
+                       "window 3 tokens shorter", "max_abs_diff_vs_branch": worst}
 
 
 def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: str | Path | None = None, *,
@@ -253,12 +278,14 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     seq_len = reduced.length_config.seq_len
     crossover = None
     if full_up_to is None:
-        log(f"timing both graphs at {len(WIDTHS)} window lengths (batch 1, {rounds} interleaved rounds)")
-        crossover = measure_crossover(onnx_session(full_graph), onnx_session(reduced_graph), rounds=rounds, log=log)
+        widths = timed_widths(seq_len)
+        log(f"timing both graphs at {len(widths)} window lengths (batch 1, {rounds} interleaved rounds)")
+        crossover = measure_crossover(onnx_session(full_graph), onnx_session(reduced_graph), widths=widths,
+                                      rounds=rounds, log=log)
         full_up_to = crossover.full_up_to
         if not full_up_to:
             raise RouteError(f"the reduced graph is faster than the full one at every length measured "
-                             f"({', '.join(map(str, WIDTHS))}): nothing to route; ship {reduced_folder}")
+                             f"({', '.join(map(str, widths))}): nothing to route; ship {reduced_folder}")
         if full_up_to >= seq_len:
             raise RouteError(f"the full graph is no slower than the reduced one at every length measured: "
                              f"nothing to route; ship {full_folder}")

@@ -76,6 +76,9 @@ class Precision(Mode):
 
 MANIFEST = "manifest.json"
 FORMAT = "qtool-artifact/1"
+# A routed graph's manifest (length_config.full_up_to): a kit that does not know the threshold would batch windows
+# across it and answers would depend on batch-mates, so such kits must refuse it as an unknown format.
+ROUTED_FORMAT = "qtool-artifact/2"
 TOKENIZER = "tokenizer.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The run-time configuration graph's extra input: int64 [layers], how many tokens each layer keeps (cap rule:
@@ -173,7 +176,13 @@ def feeding(manifest: dict) -> tuple[bool, bool]:
 def full_up_to(length_config: dict) -> int:
     """A routed graph's threshold (0 for any other graph): a batch whose longest window has at most this many real
     tokens runs the full model, any other batch the reduced configuration (toolchain.route)."""
-    return int(length_config.get("full_up_to") or 0)
+    return length_config.get("full_up_to", 0)
+
+
+def format_of(manifest: dict) -> str:
+    """The format a manifest must state: ROUTED_FORMAT for a routed graph, else FORMAT."""
+    lc = manifest.get("length_config")
+    return ROUTED_FORMAT if isinstance(lc, dict) and full_up_to(lc) else FORMAT
 
 
 def length_runs(lengths: Sequence[int], batch_size: int, *, threshold: int = 0, sort: bool = True) -> list[list[int]]:
@@ -203,10 +212,11 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
-    routed = lc.get("full_up_to", 0)
-    need(routed == 0 or (bounded_int(routed) and routed < lc["seq_len"] and lc.get("rule") == LengthRule.CAP
-                         and any(k is None or k < lc["seq_len"] for k in lc["keep"])),
-         f"full_up_to must be 0 or a token count below seq_len for a reduced cap configuration, got {routed!r}")
+    threshold = full_up_to(lc)
+    need(threshold == 0 or (bounded_int(threshold) and threshold < lc["seq_len"] and lc.get("rule") == LengthRule.CAP
+                            and not Variant(lc.get("variant", Variant.QTOOL)).sees_padding
+                            and any(k is None or k < lc["seq_len"] for k in lc["keep"])),
+         f"full_up_to must be 0 or a token count below seq_len for a reduced cap configuration, got {threshold!r}")
     quantization = m.get("quantization") or {}
     need(isinstance(quantization, dict), f"quantization must be an object, got {type(quantization).__name__}")
     mode = quantization.get("mode")

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import (FORMAT, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding,
-                       full_up_to, length_runs, sha256)
+from .contract import (KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding,
+                       format_of, full_up_to, length_runs, sha256)
 from .menu import MenuTimes, choose, measure
 from .errors import QtoolError
 from .spans import best_span
@@ -113,7 +113,7 @@ def check_manifest(folder: str | Path) -> dict:
             fail(message)
 
     need(isinstance(m, dict), f"a manifest must be a JSON object, got {type(m).__name__}")
-    need(m.get("format") == FORMAT, f"unknown format {m.get('format')!r}, expected {FORMAT}")
+    need(m.get("format") == format_of(m), f"unknown format {m.get('format')!r}, expected {format_of(m)}")
     files = m.get("files")
     need(isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
          "files must map file names to sha256")
@@ -246,9 +246,12 @@ class Artifact:
         return self.folder.name
 
     def label(self, entry: MenuEntry | None) -> str:
-        """'full' or 'k1,k2,...': the configuration an answer came from."""
+        """'full', 'k1,k2,...' or 'k1,k2,... (full up to N)' (a routed graph): the configuration an answer came from."""
         keep = entry.keep if entry is not None else self.manifest["length_config"]["keep"]
-        return "full" if all(k == self.seq_len for k in keep) else ",".join("skip" if k is None else str(k) for k in keep)
+        if all(k == self.seq_len for k in keep):
+            return "full"
+        routed = f" (full up to {self.full_up_to})" if self.full_up_to else ""
+        return ",".join("skip" if k is None else str(k) for k in keep) + routed
 
     def entry(self, config: str | Sequence[int | None] | MenuEntry | None = None) -> MenuEntry | None:
         """The menu entry `config` names: 'full' (the menu's first entry), 'k1,k2,...', a list of counts ('skip' or
@@ -301,7 +304,7 @@ class Artifact:
         lc = self.manifest["length_config"]
         return {"artifact": self.name, "precision": self.manifest["precision"],
                 "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", "ratio"),
-                                  "variant": lc.get("variant", "qtool")},
+                                  "variant": lc.get("variant", "qtool"), "full_up_to": self.full_up_to},
                 "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
                 "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,
                 "windows_per_run": self.batch_size, "pad_to_seq_len": self.pad_to_seq_len,
