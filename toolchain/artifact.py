@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import shutil
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,15 @@ def staging(dest: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error or SIGTERM it vanishes."""
     with atomic.staging_dir(dest) as tmp:
         yield tmp
+
+
+def copy_files_besides_graph(src: Path, files: dict[str, str], graph: str, dest: Path) -> None:
+    """Copy an artifact's listed files other than its graph (tokenizer and the like) into `dest`: a graph written from
+    another (quantized, routed) ships the same tokenizer."""
+    for name in files:
+        if name != graph:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dest / name)
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from qtool_runtime.contract import LENGTH_RULES, VARIANTS, LengthRule, Variant
+from qtool_runtime.contract import LENGTH_RULES, VARIANTS, LengthRule, Variant, full_up_to_problem
 from qtool_runtime.errors import QtoolError
 
 
@@ -97,10 +97,9 @@ class LengthConfig:
             raise LengthConfigError(
                 f"length configuration {self} has {len(self.keep)} values; the model has {num_layers} layers"
             )
-        if self.full_up_to and not (0 < self.full_up_to < self.seq_len and self.rule == LengthRule.CAP
-                                    and not all(k == self.seq_len for k in self.keep)):
-            raise LengthConfigError(f"full_up_to {self.full_up_to} needs a reduced cap configuration and a count "
-                                    f"below the sequence length {self.seq_len}")
+        routed = full_up_to_problem(self.full_up_to, self.keep, self.seq_len, self.rule, self.variant)
+        if routed is not None:
+            raise LengthConfigError(routed)
         if all(k is None for k in self.keep):
             raise LengthConfigError(f"length configuration {self} skips every layer")
         previous = None

@@ -565,10 +565,7 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
     opset = next(o.version for o in onnx.load(str(graph), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
     with artifact.staging(dest) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
-        for name in manifest.files:
-            if name != manifest.graph:
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / name, tmp / name)
+        artifact.copy_files_besides_graph(src, manifest.files, manifest.graph, tmp)
         manifests.write(tmp, replace(
             manifest, graph=artifact.GRAPH, precision="int8", opset=opset, kind=kind or manifest.kind, validation=None,
             quantization=quantization, source_fp32={"folder": src.name, "sha256": manifest.files[manifest.graph]},

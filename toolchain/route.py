@@ -16,7 +16,6 @@ one batch (`qtool_runtime.contract.length_runs`); then every window's answer is 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -298,10 +297,7 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
                     kept_outputs=reduced.interface.kept_outputs)
     with artifact.staging(out) as tmp:
         onnx.save(model, str(tmp / artifact.GRAPH))
-        for name in reduced.files:
-            if name != reduced.graph:
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(reduced_folder / name, tmp / name)
+        artifact.copy_files_besides_graph(reduced_folder, reduced.files, reduced.graph, tmp)
         validation = check_routed(tmp / artifact.GRAPH, full_graph, reduced_graph, full_up_to, seq_len)
         record = {"full": {"folder": full_folder.name, "sha256": full.files[full.graph],
                            "recipe": ((full.quantization or {}).get("recipe") or {}).get("name")},

@@ -24,7 +24,7 @@ import math
 import multiprocessing
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -96,16 +96,21 @@ def _training_records(model_dir: str | Path) -> list[Path]:
     return [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
 
 
+def _training_args(model_dir: str | Path) -> Iterator[tuple[Path, dict]]:
+    """(record, its `args`) for each readable training record, latest first (unreadable records are skipped)."""
+    for path in _training_records(model_dir):
+        try:
+            yield path, json.loads(path.read_text()).get("args", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
 def trained_questions(model_dir: str | Path) -> frozenset[str]:
     """Ids of the SQuAD train questions the model's last training stage saw (its record's --limit from the start of
     train), which the search and its confirmation leave out: a stage scored on its own training questions looks
     better than it is. Empty when that stage read another file (e.g. widened contexts written out), trained on all of
     train (nothing is held out then), or left no record."""
-    for path in _training_records(model_dir):
-        try:
-            args = json.loads(path.read_text()).get("args", {})
-        except (OSError, json.JSONDecodeError):
-            continue
+    for _, args in _training_args(model_dir):
         train = squad.resolve_squad_file("train")
         if args.get("limit") is None or not _same_file(args.get("train_file", "train"), train):
             return frozenset()
@@ -125,11 +130,7 @@ def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]
     """(smallest per-layer keep ratio, record file, length rule) LengthDrop trained this model with.
 
     Records written before `qtool train --length-rule` existed sampled per batch width: the 'ratio' rule."""
-    for path in _training_records(model_dir):
-        try:
-            args = json.loads(path.read_text()).get("args", {})
-        except (OSError, json.JSONDecodeError):
-            continue
+    for path, args in _training_args(model_dir):
         if args.get("length_drop"):
             return 1.0 - float(args.get("length_drop_ratio", 0.2)), path.name, args.get("length_rule", LengthRule.RATIO)  # records before the rule was recorded trained ratio
     return None, "no LengthDrop training record", None

@@ -179,6 +179,20 @@ def full_up_to(length_config: dict) -> int:
     return length_config.get("full_up_to", 0)
 
 
+def full_up_to_problem(threshold: object, keep: Sequence[int | None], seq_len: int, rule: str, variant: str) -> str | None:
+    """Why `threshold` cannot be a length configuration's full_up_to (None: it can). 0: not routed. A routed graph
+    trims padding, so its reduced configuration runs the cap rule and a variant that does not see padding."""
+    if threshold == 0:
+        return None
+    if not (bounded_int(threshold) and threshold < seq_len):
+        return f"full_up_to must be 0 or a token count below seq_len {seq_len}, got {threshold!r}"
+    if rule != LengthRule.CAP or variant not in VARIANTS or Variant(variant).sees_padding:
+        return f"full_up_to needs the cap rule and a variant that does not see padding, got '{rule}' and '{variant}'"
+    if all(k == seq_len for k in keep):
+        return "full_up_to needs a reduced configuration (a full one has nothing to route)"
+    return None
+
+
 def format_of(manifest: dict) -> str:
     """The format a manifest must state: ROUTED_FORMAT for a routed graph, else FORMAT."""
     lc = manifest.get("length_config")
@@ -212,11 +226,9 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
-    threshold = full_up_to(lc)
-    need(threshold == 0 or (bounded_int(threshold) and threshold < lc["seq_len"] and lc.get("rule") == LengthRule.CAP
-                            and not Variant(lc.get("variant", Variant.QTOOL)).sees_padding
-                            and any(k is None or k < lc["seq_len"] for k in lc["keep"])),
-         f"full_up_to must be 0 or a token count below seq_len for a reduced cap configuration, got {threshold!r}")
+    routed = full_up_to_problem(full_up_to(lc), lc["keep"], lc["seq_len"], lc.get("rule", LengthRule.RATIO),
+                                lc.get("variant", Variant.QTOOL))
+    need(routed is None, routed or "")
     quantization = m.get("quantization") or {}
     need(isinstance(quantization, dict), f"quantization must be an object, got {type(quantization).__name__}")
     mode = quantization.get("mode")
