@@ -134,7 +134,7 @@ def test_fuse_matmul_bias_leaves_an_add_that_is_not_a_per_column_bias():
     assert [n.op_type for n in fused.graph.node] == ["MatMulIntegerToFloat", "Add"]
 
 
-def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4) -> onnx.ModelProto:
+def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4, mask: str = "mask") -> onnx.ModelProto:
     """x [B, S, D] and mask [B, S] -> Q, K, V projections -> the attention core as torch's exporter writes it
     (split heads, q k^T, Div, additive mask bias, Softmax, context, merge heads) -> y; `read_probs`: the
     probabilities are also summed into an output, as a layer that drops tokens reads them for significance."""
@@ -145,7 +145,7 @@ def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4)
     nodes += [helper.make_node("Reshape", [p, "split"], [f"{p}4"], name=f"self/Reshape_{p}") for p in "qkv"]
     nodes += [helper.make_node("Transpose", [f"{p}4"], [f"{p}t"], name=f"self/Transpose_{p}",
                                perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3]) for p in "qkv"]
-    nodes += [helper.make_node("Cast", ["mask"], ["maskf"], name="graph/Cast", to=TensorProto.FLOAT),
+    nodes += [helper.make_node("Cast", [mask], ["maskf"], name="graph/Cast", to=TensorProto.FLOAT),
               helper.make_node("Sub", ["one", "maskf"], ["inv"], name="graph/Sub"),
               helper.make_node("Unsqueeze", ["inv", "axes"], ["inv4"], name="graph/Unsqueeze"),
               helper.make_node("Mul", ["inv4", "neg"], ["bias"], name="graph/Mul"),
@@ -164,7 +164,7 @@ def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4)
     scalar = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [], [v])  # noqa: E731
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", d]),
-                     helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"])], outputs,
+                     helper.make_tensor_value_info(mask, TensorProto.INT64, ["B", "S"])], outputs,
         [weight("wq"), weight("wk"), weight("wv"), ints("split", [0, 0, heads, head_dim]), ints("merge", [0, 0, d]),
          ints("axes", [1, 2]), ints("sum_axes", [1, 2] if read_probs else []), scalar("one", 1.0), scalar("neg", -10000.0),
          scalar("root", head_dim ** 0.5)])
@@ -193,6 +193,48 @@ def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
 
     kept = run_passes(attention_graph(read_probs=True), [FUSE_ATTENTION])
     assert [n.op_type for n in kept.graph.node] == [n.op_type for n in attention_graph(read_probs=True).graph.node]
+
+
+def test_fuse_ranking_attention_runs_a_ranking_core_as_one_attention_with_the_same_values():
+    """Right-padded rows take the fused core (per-row key lengths); a mask with a hole takes the written-out core."""
+    from toolchain.passes import FUSE_RANKING_ATTENTION
+
+    rng = np.random.default_rng(2)
+    right_padded = np.ones((3, 6), np.int64)
+    right_padded[1, 4:] = 0
+    right_padded[2, 1:] = 0
+    holed = right_padded.copy()
+    holed[0, 2] = 0
+    graph = lambda: attention_graph(read_probs=True, mask="attention_mask")  # noqa: E731
+    fused = run_passes(graph(), [FUSE_RANKING_ATTENTION])
+    (guard,) = [n for n in fused.graph.node if n.op_type == "If"]
+    branches = {a.name: [n.op_type for n in a.g.node] for a in guard.attribute}
+    then_ops = branches["then_branch"]
+    assert "Softmax" in branches["else_branch"]
+    assert then_ops == ["Attention"] and "Softmax" not in [n.op_type for n in fused.graph.node]
+    assert {o.version for o in fused.opset_import if o.domain == ""} == {24}
+    onnx.checker.check_model(fused)
+    for mask in (right_padded, holed):
+        feeds = {"x": rng.normal(size=(3, 6, 8)).astype(np.float32), "attention_mask": mask}
+        for got, want in zip(_run(fused, feeds), _run(graph(), feeds)):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_fuse_ranking_attention_needs_the_input_mask_and_leaves_other_cores():
+    from toolchain.passes import FUSE_RANKING_ATTENTION
+
+    with pytest.raises(GraphPassError, match="fuse-ranking-attention requires .* no attention_mask input"):
+        run_passes(attention_graph(read_probs=True), [FUSE_RANKING_ATTENTION])
+    untouched = run_passes(attention_graph(mask="attention_mask"), [FUSE_RANKING_ATTENTION])  # nothing ranks here
+    assert [n.op_type for n in untouched.graph.node] == [n.op_type for n in attention_graph(mask="attention_mask").graph.node]
+    assert {o.version for o in untouched.opset_import if o.domain == ""} == {18}
+
+
+def test_an_opset_24_graph_needs_an_onnxruntime_that_reads_key_lengths():
+    from qtool_runtime.contract import onnxruntime_problem
+
+    assert "install onnxruntime>=1.25" in onnxruntime_problem(24, "1.24.4")
+    assert onnxruntime_problem(24, "1.25.0") is None and onnxruntime_problem(18, "1.20.1") is None
 
 
 def static_qkv_graph(heads: int = 2, head_dim: int = 4) -> onnx.ModelProto:

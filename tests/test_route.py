@@ -35,8 +35,50 @@ def test_the_full_static_int8_graph_runs_one_qattention_per_layer(static_pair):
     full, reduced = static_pair
     ops = [n.op_type for n in onnx.load(str(full / "model.onnx"), load_external_data=False).graph.node]
     assert ops.count("QAttention") == 6 and "MultiHeadAttention" not in ops and ops.count("MatMulIntegerToFloat") == 6 * 3 + 1
-    reduced_ops = [n.op_type for n in onnx.load(str(reduced / "model.onnx"), load_external_data=False).graph.node]
-    assert "QAttention" not in reduced_ops and reduced_ops.count("Softmax") == 6  # its layers read the probabilities
+    reduced_graph = onnx.load(str(reduced / "model.onnx"), load_external_data=False)
+    reduced_ops = [n.op_type for n in reduced_graph.graph.node]
+    # its layers read the probabilities: ONNX Attention writes them, under an If that checks right padding
+    assert "QAttention" not in reduced_ops and "Softmax" not in reduced_ops and reduced_ops.count("If") == 6
+    assert {o.version for o in reduced_graph.opset_import if o.domain == ""} == {24}
+
+
+def test_the_kit_refuses_an_opset_24_graph_under_an_onnxruntime_that_ignores_key_lengths(static_pair, monkeypatch):
+    import onnxruntime
+
+    from qtool_runtime.kit import ArtifactError
+
+    full, reduced = static_pair
+    monkeypatch.setattr(onnxruntime, "__version__", "1.24.4")
+    with pytest.raises(ArtifactError, match="opset 24 .* install onnxruntime>=1.25"):
+        Artifact.open(reduced)
+    Artifact.open(full)  # opset 18: fine under 1.24
+
+
+def test_ranking_layers_as_one_attention_answer_real_windows_as_the_written_out_layers(exported_root, dev_windows):
+    """The reduced FP32 graph before and after fuse-ranking-attention, on real dev windows: length-bucketed batches
+    (right-padded: the fused cores run) and the same batches with a padding hole in the question (the written-out
+    cores run); logits of real tokens agree."""
+    import onnxruntime as ort
+
+    from toolchain.passes import FUSE_RANKING_ATTENTION, run_passes
+
+    path = exported_root / f"fp32-{REDUCED_NAME}" / "model.onnx"
+    fused = run_passes(onnx.load(str(path)), [FUSE_RANKING_ATTENTION])
+    assert sum(n.op_type == "If" for n in fused.graph.node) == 6
+    sessions = onnx_session(path), ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    lengths = dev_windows.attention_mask.sum(1)
+    order = np.argsort(lengths)
+    for rows in (order[:4], order[-4:], order[len(order) // 2: len(order) // 2 + 3]):
+        width = int(lengths[rows].max())
+        feed = {"input_ids": dev_windows.input_ids[rows, :width], "attention_mask": dev_windows.attention_mask[rows, :width],
+                "token_type_ids": dev_windows.token_type_ids[rows, :width]}
+        holed = dict(feed, attention_mask=feed["attention_mask"].copy())
+        holed["attention_mask"][0, 2] = 0
+        for batch in (feed, holed):
+            got, want = (s.run(["start_logits", "end_logits"], batch) for s in sessions)
+            real = batch["attention_mask"] > 0
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g[real], w[real], atol=1e-4)
 
 
 def test_a_routed_graph_answers_each_window_as_its_branch_does(static_pair, dev_windows, tmp_path):

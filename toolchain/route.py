@@ -84,9 +84,10 @@ def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
     need(full.interface.inputs == reduced.interface.inputs, "the graphs take different inputs")
     need(_same_model(full.source_model, reduced.source_model),
          f"the graphs come from different models ({full.source_model} vs {reduced.source_model})")
-    need(full.length_config.seq_len == reduced.length_config.seq_len and full.doc_stride == reduced.doc_stride
-         and full.opset == reduced.opset, "the graphs differ in sequence length, doc stride or opset")
-    need(reduced.opset >= MIN_OPSET, f"a routed graph needs opset {MIN_OPSET} or later (export --opset), the graphs have {reduced.opset}")
+    need(full.length_config.seq_len == reduced.length_config.seq_len and full.doc_stride == reduced.doc_stride,
+         "the graphs differ in sequence length or doc stride")
+    need(min(full.opset, reduced.opset) >= MIN_OPSET,
+         f"a routed graph needs opset {MIN_OPSET} or later (export --opset), the graphs have {min(full.opset, reduced.opset)}")
     need(full.feeding == reduced.feeding, "the graphs are fed differently (one is dynamic INT8)")
 
 
@@ -102,6 +103,7 @@ def _branch(model: "onnx.ModelProto", prefix: str, inputs: dict[str, str]) -> "o
     from onnx import compose
 
     graph = compose.add_prefix_graph(model.graph, prefix)
+    _prefix_constants_in_subgraphs(graph, {i.name[len(prefix):]: i.name for i in graph.initializer})
     outer = {prefix + name: value for name, value in inputs.items()}
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -109,6 +111,19 @@ def _branch(model: "onnx.ModelProto", prefix: str, inputs: dict[str, str]) -> "o
                 node.input[i] = outer[name]
     del graph.input[:]
     return graph
+
+
+def _prefix_constants_in_subgraphs(graph: "onnx.GraphProto", renamed: dict[str, str]) -> None:
+    """Point nested subgraphs (a reduced graph's If-guarded attention) at the prefixed initializers of the graph:
+    onnx.compose.add_prefix_graph recurses into subgraphs before it renames initializers, so their references
+    to the outer graph's constants keep the old names."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                local = {i.name for i in sub.initializer} | {o for n in sub.node for o in n.output}
+                for inner in sub.node:
+                    inner.input[:] = [renamed[x] if x in renamed and x not in local else x for x in inner.input]
+                _prefix_constants_in_subgraphs(sub, renamed)
 
 
 ROUTE_CONSTANTS = {  # the outer graph's constants, name: (shape, values); int64 unless in FLOAT_ROUTE_CONSTANTS
@@ -188,7 +203,9 @@ def compose(full_model: "onnx.ModelProto", reduced_model: "onnx.ModelProto", *, 
     constants.append(helper.make_tensor("route_threshold", TensorProto.INT64, [1], [full_up_to]))
     graph = helper.make_graph(nodes, "qtool_routed", list(reduced_model.graph.input),
                               list(reduced_model.graph.output), initializer=constants)
-    opsets = {o.domain: o.version for o in [*full_model.opset_import, *reduced_model.opset_import]}
+    opsets: dict[str, int] = {}  # the later of the two per domain (INT8 passes raise a reduced graph's opset)
+    for o in [*full_model.opset_import, *reduced_model.opset_import]:
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = max(full_model.ir_version, reduced_model.ir_version)
     onnx.checker.check_model(model)

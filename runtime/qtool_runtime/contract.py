@@ -80,6 +80,11 @@ FORMAT = "qtool-artifact/1"
 # across it and answers would depend on batch-mates, so such kits must refuse it as an unknown format.
 ROUTED_FORMAT = "qtool-artifact/2"
 TOKENIZER = "tokenizer.json"
+# A reduced INT8 graph runs its ranking layers' attention as ONNX Attention (opset 24) with `nonpad_kv_seqlen`.
+# onnxruntime reads that input from 1.25 on; 1.24 runs the node but ignores it and answers wrong without an error,
+# so a graph stamped with ATTENTION_OPSET or later needs ATTENTION_ONNXRUNTIME or later.
+ATTENTION_OPSET = 24
+ATTENTION_ONNXRUNTIME = (1, 25)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The run-time configuration graph's extra input: int64 [layers], how many tokens each layer keeps (cap rule:
 # layer i keeps min(keep_counts[i], tokens that arrive); a skipped layer's value is ignored).
@@ -190,6 +195,19 @@ def full_up_to_problem(threshold: object, keep: Sequence[int | None], seq_len: i
         return f"full_up_to needs the cap rule and a variant that does not see padding, got '{rule}' and '{variant}'"
     if all(k == seq_len for k in keep):
         return "full_up_to needs a reduced configuration (a full one has nothing to route)"
+    return None
+
+
+def onnxruntime_problem(opset: int, version: str) -> str | None:
+    """Why onnxruntime `version` cannot run a graph stamped with `opset` correctly (one line), else None."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None  # a development build: trust it
+    if opset >= ATTENTION_OPSET and found < ATTENTION_ONNXRUNTIME:
+        need = ".".join(map(str, ATTENTION_ONNXRUNTIME))
+        return (f"the graph is opset {opset} (ONNX Attention with per-row key lengths), which onnxruntime {version} "
+                f"runs wrong; install onnxruntime>={need}")
     return None
 
 

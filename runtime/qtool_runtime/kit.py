@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .contract import (KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding,
-                       format_of, full_up_to, length_runs, sha256)
+                       format_of, full_up_to, length_runs, onnxruntime_problem, sha256)
 from .menu import MenuTimes, choose, measure
 from .errors import QtoolError
 from .spans import best_span
@@ -222,6 +222,11 @@ class Artifact:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         manifest = check_manifest(folder)
+        import onnxruntime
+
+        problem = onnxruntime_problem(manifest["opset"], onnxruntime.__version__)
+        if problem:
+            raise ArtifactError(f"{folder}: {problem}")
         session = ort_session(folder / manifest["graph"], threads)
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
