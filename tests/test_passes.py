@@ -214,10 +214,15 @@ def test_fuse_ranking_attention_runs_a_ranking_core_as_one_attention_with_the_sa
     assert then_ops == ["Attention"] and "Softmax" not in [n.op_type for n in fused.graph.node]
     assert {o.version for o in fused.opset_import if o.domain == ""} == {24}
     onnx.checker.check_model(fused)
-    for mask in (right_padded, holed):
+    fused.graph.output.append(helper.make_tensor_value_info(guard.input[0], TensorProto.BOOL, []))  # which branch ran
+    no_rows = np.zeros((3, 6), np.int64)
+    no_rows[0] = 1  # a row of padding only: no keys to attend to, so the written-out core runs
+    for mask, fast in ((right_padded, True), (holed, False), (no_rows, False)):
         feeds = {"x": rng.normal(size=(3, 6, 8)).astype(np.float32), "attention_mask": mask}
-        for got, want in zip(_run(fused, feeds), _run(graph(), feeds)):
-            np.testing.assert_allclose(got, want, atol=1e-5)
+        *got, took_fused = _run(fused, feeds)
+        assert bool(took_fused) is fast
+        for g, want in zip(got, _run(graph(), feeds)):
+            np.testing.assert_allclose(g, want, atol=1e-5)
 
 
 def test_fuse_ranking_attention_needs_the_input_mask_and_leaves_other_cores():

@@ -446,13 +446,14 @@ def _key_lengths(model: onnx.ModelProto, key_mask: str, last_axis: str) -> tuple
 
 def _right_padded(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], str]:
     """Nodes that decide whether every row of the input `attention_mask` is real tokens then padding (what every
-    tokenizer qtool supports writes): a bool scalar. Then a ranking layer's keys hold their real tokens first in
+    tokenizer qtool supports writes) with at least one real token (a row of padding only attends uniformly in the
+    written-out core, to nothing in the fused one): a bool scalar. Then a ranking layer's keys hold their real tokens first in
     every layer: the first layer's in input order; a later layer's in a TopK's order, where significance ranks padding
     below every real token (`toolchain.model`; its question and [CLS] ranks are by position, real under right
     padding), so `nonpad_kv_seqlen` says exactly what the key mask says."""
     at = "attention_mask_right_padded"
     names = {k: f"{at}_{k}" for k in ("mask", "count", "lengths", "shape", "width", "positions", "row", "column",
-                                       "prefix", "prefix_f", "diff", "abs", "worst")}
+                                       "prefix", "prefix_f", "diff", "abs", "worst", "layout", "fewest", "keys")}
     nodes = [
         helper.make_node("Cast", ["attention_mask"], [names["mask"]], to=onnx.TensorProto.FLOAT),
         helper.make_node("ReduceSum", [names["mask"], f"{at}_axis1"], [names["count"]], keepdims=0),
@@ -467,7 +468,10 @@ def _right_padded(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], str]:
         helper.make_node("Sub", [names["mask"], names["prefix_f"]], [names["diff"]]),
         helper.make_node("Abs", [names["diff"]], [names["abs"]]),
         helper.make_node("ReduceMax", [names["abs"]], [names["worst"]], keepdims=0),
-        helper.make_node("Equal", [names["worst"], f"{at}_zero_f"], [at]),
+        helper.make_node("Equal", [names["worst"], f"{at}_zero_f"], [names["layout"]]),
+        helper.make_node("ReduceMin", [names["lengths"]], [names["fewest"]], keepdims=0),
+        helper.make_node("Greater", [names["fewest"], f"{at}_zero"], [names["keys"]]),
+        helper.make_node("And", [names["layout"], names["keys"]], [at]),
     ]
     for node in nodes:
         node.name = _free_name(model, f"key_layout/{node.output[0]}")
@@ -512,6 +516,36 @@ def _guarded_core(model: onnx.ModelProto, ranking: _RankingCore, lengths: str, r
         else_branch=branch(chain, list(written.values()), "any_padding"))
 
 
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads: its inputs and what its subgraphs (an If's branches) read from outside themselves."""
+    names = {i for i in node.input if i}
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            own = {i.name for i in sub.initializer} | {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
+            names |= {x for n in sub.node for x in _reads(n) if x not in own}
+    return names
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order the nodes so each comes after what it reads, keeping the given order wherever it already holds."""
+    written = {o for n in graph.node for o in n.output}
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(x in ready or x not in written for x in _reads(node)):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise GraphPassError(f"the graph has a cycle through {waiting[0].name or waiting[0].op_type}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def _fuse_ranking_attention(model: onnx.ModelProto) -> None:
     """Each ranking core becomes If(the input is right-padded): one ONNX Attention that writes the context and the
     probabilities the significance reads, the key padding as per-row lengths instead of an additive bias; else the
@@ -537,6 +571,7 @@ def _fuse_ranking_attention(model: onnx.ModelProto) -> None:
         for node in reversed(new):
             graph.node.insert(at, node)
         new = []
+    _sort_nodes(graph)  # the If went where the Softmax was; a V projection written after it moves ahead
     rewritten = {r.softmax.output[0] for r in cores} | {o for r in cores for n in r.core.nodes for o in n.output}
     for info in [v for v in graph.value_info if v.name in rewritten]:
         graph.value_info.remove(info)
@@ -558,7 +593,7 @@ FUSE_RANKING_ATTENTION = GraphPass(
     "fuse-ranking-attention",
     "Replace the written-out attention core of a layer that ranks its tokens (its probabilities also feed the "
     "significance) by one ONNX Attention (opset 24) that writes the context and the probabilities, with the key "
-    "padding as per-row lengths: no head transposes, no additive mask, one kernel. The lengths say what the mask "
+    "padding as per-row lengths: no head transposes, no mask added to the scores, one kernel. The lengths say what the mask "
     "says when the input is right-padded (every supported tokenizer's padding), so each fused core runs under an If "
     "that checks it, and the written-out core runs otherwise. "
     "Raises the graph's opset to 24 where it rewrites. The same values; the reduced `315,...` graph about 10 % "

@@ -103,27 +103,29 @@ def _branch(model: "onnx.ModelProto", prefix: str, inputs: dict[str, str]) -> "o
     from onnx import compose
 
     graph = compose.add_prefix_graph(model.graph, prefix)
-    _prefix_constants_in_subgraphs(graph, {i.name[len(prefix):]: i.name for i in graph.initializer})
+    _point_subgraphs_at(graph, {i.name[len(prefix):]: i.name for i in graph.initializer})
     outer = {prefix + name: value for name, value in inputs.items()}
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in outer:
                 node.input[i] = outer[name]
+    _point_subgraphs_at(graph, outer)
     del graph.input[:]
     return graph
 
 
-def _prefix_constants_in_subgraphs(graph: "onnx.GraphProto", renamed: dict[str, str]) -> None:
-    """Point nested subgraphs (a reduced graph's If-guarded attention) at the prefixed initializers of the graph:
-    onnx.compose.add_prefix_graph recurses into subgraphs before it renames initializers, so their references
-    to the outer graph's constants keep the old names."""
+def _point_subgraphs_at(graph: "onnx.GraphProto", renamed: dict[str, str], shadowed: frozenset = frozenset()) -> None:
+    """Rename, in every nested subgraph (a reduced graph's If-guarded attention), its reads of outer names per
+    `renamed`, where no enclosing subgraph defines the name itself. onnx.compose.add_prefix_graph recurses into
+    subgraphs before it renames initializers, so their reads of the graph's constants keep the old names; and the
+    branch's inputs, read from the routed graph's trimmed inputs, are renamed here at every depth."""
     for node in graph.node:
         for attribute in node.attribute:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                local = {i.name for i in sub.initializer} | {o for n in sub.node for o in n.output}
+                own = shadowed | {i.name for i in sub.initializer} | {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
                 for inner in sub.node:
-                    inner.input[:] = [renamed[x] if x in renamed and x not in local else x for x in inner.input]
-                _prefix_constants_in_subgraphs(sub, renamed)
+                    inner.input[:] = [renamed[x] if x in renamed and x not in own else x for x in inner.input]
+                _point_subgraphs_at(sub, renamed, frozenset(own))
 
 
 ROUTE_CONSTANTS = {  # the outer graph's constants, name: (shape, values); int64 unless in FLOAT_ROUTE_CONSTANTS
@@ -321,7 +323,8 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
                   "reduced": {"folder": reduced_folder.name, "sha256": reduced.files[reduced.graph]},
                   "crossover": crossover.to_dict() if crossover else None}
         manifests.write(tmp, replace(reduced, graph=artifact.GRAPH, length_config=config, validation=validation,
-                                     route=record, source_fp32=None, files={}, created=None, versions={}))
+                                     route=record, source_fp32=None, files={}, created=None, versions={},
+                                     opset=max(full.opset, reduced.opset)))
     log(f"wrote {out}: windows of at most {full_up_to} tokens run {full_folder.name}, longer ones {reduced_folder.name}")
     return out
 

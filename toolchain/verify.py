@@ -121,6 +121,11 @@ def _workload(features: squad.Features, windows: int, full_up_to: int = 0) -> tu
     return single, bucketed, questions
 
 
+# One synthetic batch of b windows is timed as SYNTHETIC_CALLS // b calls per round (at least one): a single 384-token
+# call is about 13 ms, and one call per round moved the papers' b1 ratio of one graph between 1.22x and 1.75x.
+SYNTHETIC_CALLS = 8
+
+
 def time_artifacts(
     sessions: dict[str, object],
     features: squad.Features,
@@ -140,7 +145,8 @@ def time_artifacts(
     `thresholds`: per name, a routed graph's full_up_to (its bucketed batches never straddle it).
 
     Keys: 'b{n}@{seq_len}' (a batch of n windows, all seq_len real tokens); 'real_b1' and 'real_b32' (ms per
-    window over the dev workload, unpadded one by one, or length-bucketed batches of 32). Every piece is timed warm.
+    window over the dev workload, unpadded one by one, or length-bucketed batches of 32). Every piece is timed warm;
+    'b{n}@...' is ms per call over SYNTHETIC_CALLS // n calls (at least one) per round.
     """
     single, bucketed, _ = _workload(features, workload_windows)
     n = sum(b["input_ids"].shape[0] for b in single)
@@ -149,7 +155,8 @@ def time_artifacts(
         interface = GraphInterface.of_session(session)
         own = _workload(features, workload_windows, threshold)[1] if threshold else bucketed
         wanted, extra = set(interface.inputs), interface.keep_feed(keep, seq_len)
-        feeds = {f"b{b}@{seq_len}": [synthetic_feed(interface, b, seq_len, keep=keep)] for b in batch_sizes}
+        feeds = {f"b{b}@{seq_len}": [synthetic_feed(interface, b, seq_len, keep=keep)] * max(1, SYNTHETIC_CALLS // b)
+                 for b in batch_sizes}
         feeds["real_b1"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in single]
         feeds["real_b32"] = [{k: v for k, v in f.items() if k in wanted} | extra for f in own]
         return feeds
@@ -163,10 +170,9 @@ def time_artifacts(
     work = {(name, key): partial(run_all, sessions[name], batch_list)
             for name in sessions for key, batch_list in feeds[name].items()}
     # each piece runs once untimed before it is timed in every round, as route and fit-latency time graphs: switching
-    # between graphs evicts the last one's weights, and a deployment serving one graph runs it warm (timed cold, one
-    # 384-token call per round moved a ratio between 1.22x and 1.75x over six repeats)
+    # between graphs evicts the last one's weights, and a deployment serving one graph runs it warm
     medians = interleaved_ms(work, rounds=rounds, warmup=warmup, untimed_first=True, log=log)
-    return {name: {key: medians[(name, key)] / (n if key.startswith("real") else 1) for key in feeds[name]}
+    return {name: {key: medians[(name, key)] / (n if key.startswith("real") else len(feeds[name][key])) for key in feeds[name]}
             for name in sessions}
 
 
