@@ -437,9 +437,20 @@ def _attention_opset_supported(model: onnx.ModelProto) -> str | None:
     return onnxruntime_problem(ATTENTION_OPSET, onnxruntime.__version__)
 
 
+def _free_tensor_name(model: onnx.ModelProto, base: str) -> str:
+    """`base`, or `base_N` when the graph already has a tensor (or constant) by that name or by that prefix."""
+    taken = ({o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+             | {i.name for i in model.graph.initializer})
+    n, name = 0, base
+    while any(t == name or t.startswith(f"{name}_") for t in taken):
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def _key_lengths(model: onnx.ModelProto, key_mask: str, last_axis: str) -> tuple[list[onnx.NodeProto], str]:
     """Nodes that count each row's real keys (the [B, T] 0/1 mask summed) as int64 `nonpad_kv_seqlen`."""
-    count, lengths = f"{key_mask}_count", f"{key_mask}_lengths"
+    count, lengths = _free_tensor_name(model, f"{key_mask}_count"), _free_tensor_name(model, f"{key_mask}_lengths")
     return [helper.make_node("ReduceSum", [key_mask, last_axis], [count], keepdims=0, name=_free_name(model, "key_lengths/ReduceSum")),
             helper.make_node("Cast", [count], [lengths], name=_free_name(model, "key_lengths/Cast"), to=onnx.TensorProto.INT64)], lengths
 
@@ -451,7 +462,7 @@ def _right_padded(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], str]:
     every layer: the first layer's in input order; a later layer's in a TopK's order, where significance ranks padding
     below every real token (`toolchain.model`; its question and [CLS] ranks are by position, real under right
     padding), so `nonpad_kv_seqlen` says exactly what the key mask says."""
-    at = "attention_mask_right_padded"
+    at = _free_tensor_name(model, "attention_mask_right_padded")
     names = {k: f"{at}_{k}" for k in ("mask", "count", "lengths", "shape", "width", "positions", "row", "column",
                                        "prefix", "prefix_f", "diff", "abs", "worst", "layout", "fewest", "keys")}
     nodes = [
@@ -510,9 +521,12 @@ def _guarded_core(model: onnx.ModelProto, ranking: _RankingCore, lengths: str, r
         copy.CopyFrom(node)
         copy.input[:] = [written.get(i, i) for i in copy.input]
         copy.output[:] = [written.get(o, o) for o in copy.output]
+    name = _free_name(model, f"{core.nodes[-1].name.rsplit('/', 1)[0]}/If")
+    attention = _fused_core(model, ranking, lengths, *fused)
+    attention.name = f"{name}/Attention"
     return helper.make_node(
-        "If", [right_padded], [context, probs], name=_free_name(model, f"{core.nodes[-1].name.rsplit('/', 1)[0]}/If"),
-        then_branch=branch([_fused_core(model, ranking, lengths, *fused)], fused, "right_padded"),
+        "If", [right_padded], [context, probs], name=name,
+        then_branch=branch([attention], fused, "right_padded"),
         else_branch=branch(chain, list(written.values()), "any_padding"))
 
 
