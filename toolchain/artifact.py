@@ -55,6 +55,11 @@ def copy_files_besides_graph(src: Path, files: dict[str, str], graph: str, dest:
             shutil.copyfile(src / name, dest / name)
 
 
+def opset_of(model) -> int:
+    """The opset a ModelProto is stamped with in ONNX's default domain (what a manifest's `opset` records)."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Hash every file in `folder` into the manifest and write it atomically."""
     folder = Path(folder)

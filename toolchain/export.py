@@ -102,7 +102,7 @@ def _export(module: torch.nn.Module, model: torch.nn.Module, interface: GraphInt
     tidy_graph(path)
     import onnx
 
-    written = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    written = artifact.opset_of(onnx.load(str(path), load_external_data=False))
     if written != opset:
         raise ExportError(f"the exporter cannot write opset {opset} (it wrote {written}); use --opset {written} or higher")
     return path

@@ -17,6 +17,8 @@ from onnx import helper, numpy_helper
 from qtool_runtime.contract import ATTENTION_OPSET, onnxruntime_problem
 from qtool_runtime.errors import QtoolError
 
+from .artifact import opset_of
+
 Check = Callable[[onnx.ModelProto], "str | None"]
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # where torch's exporter records each node's module path
 
@@ -203,7 +205,7 @@ def _free_name(model: onnx.ModelProto, base: str) -> str:
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     """The constants only the fused nodes read (a flat graph: one with subgraphs keeps every initializer)."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+    if any(subgraphs(n) for n in model.graph.node):
         return
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     used |= {i.name for i in model.graph.input}
@@ -421,10 +423,6 @@ def _ranking_cores(model: onnx.ModelProto) -> list[_RankingCore]:
     return cores
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def _attention_opset_supported(model: onnx.ModelProto) -> str | None:
     """onnx must know ATTENTION_OPSET and the installed onnxruntime must run it right (`contract.onnxruntime_problem`);
     the graph must not be stamped with a later opset (the pass raises the graph's opset to ATTENTION_OPSET)."""
@@ -432,8 +430,8 @@ def _attention_opset_supported(model: onnx.ModelProto) -> str | None:
 
     if onnx.defs.onnx_opset_version() < ATTENTION_OPSET:
         return f"onnx {onnx.__version__} does not know opset {ATTENTION_OPSET}"
-    if _opset(model) > ATTENTION_OPSET:
-        return f"the graph is opset {_opset(model)}"
+    if opset_of(model) > ATTENTION_OPSET:
+        return f"the graph is opset {opset_of(model)}"
     return onnxruntime_problem(ATTENTION_OPSET, onnxruntime.__version__)
 
 
@@ -463,46 +461,40 @@ def _right_padded(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], str]:
     below every real token (`toolchain.model`; its question and [CLS] ranks are by position, real under right
     padding), so `nonpad_kv_seqlen` says exactly what the key mask says."""
     at = _free_tensor_name(model, "attention_mask_right_padded")
+    zero, one, axis0, axis1, zero_f = _add_initializers(model, at, {
+        "zero": np.array(0, np.int64), "one": np.array(1, np.int64), "axis0": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64), "zero_f": np.array(0.0, np.float32)})
     names = {k: f"{at}_{k}" for k in ("mask", "count", "lengths", "shape", "width", "positions", "row", "column",
                                        "prefix", "prefix_f", "diff", "abs", "worst", "layout", "fewest", "keys")}
     nodes = [
         helper.make_node("Cast", ["attention_mask"], [names["mask"]], to=onnx.TensorProto.FLOAT),
-        helper.make_node("ReduceSum", [names["mask"], f"{at}_axis1"], [names["count"]], keepdims=0),
+        helper.make_node("ReduceSum", [names["mask"], axis1], [names["count"]], keepdims=0),
         helper.make_node("Cast", [names["count"]], [names["lengths"]], to=onnx.TensorProto.INT64),
         helper.make_node("Shape", [names["mask"]], [names["shape"]], start=1, end=2),
         helper.make_node("Squeeze", [names["shape"]], [names["width"]]),
-        helper.make_node("Range", [f"{at}_zero", names["width"], f"{at}_one"], [names["positions"]]),
-        helper.make_node("Unsqueeze", [names["positions"], f"{at}_axis0"], [names["row"]]),
-        helper.make_node("Unsqueeze", [names["lengths"], f"{at}_axis1"], [names["column"]]),
+        helper.make_node("Range", [zero, names["width"], one], [names["positions"]]),
+        helper.make_node("Unsqueeze", [names["positions"], axis0], [names["row"]]),
+        helper.make_node("Unsqueeze", [names["lengths"], axis1], [names["column"]]),
         helper.make_node("Less", [names["row"], names["column"]], [names["prefix"]]),
         helper.make_node("Cast", [names["prefix"]], [names["prefix_f"]], to=onnx.TensorProto.FLOAT),
         helper.make_node("Sub", [names["mask"], names["prefix_f"]], [names["diff"]]),
         helper.make_node("Abs", [names["diff"]], [names["abs"]]),
         helper.make_node("ReduceMax", [names["abs"]], [names["worst"]], keepdims=0),
-        helper.make_node("Equal", [names["worst"], f"{at}_zero_f"], [names["layout"]]),
+        helper.make_node("Equal", [names["worst"], zero_f], [names["layout"]]),
         helper.make_node("ReduceMin", [names["lengths"]], [names["fewest"]], keepdims=0),
-        helper.make_node("Greater", [names["fewest"], f"{at}_zero"], [names["keys"]]),
+        helper.make_node("Greater", [names["fewest"], zero], [names["keys"]]),
         helper.make_node("And", [names["layout"], names["keys"]], [at]),
     ]
     for node in nodes:
         node.name = _free_name(model, f"key_layout/{node.output[0]}")
-    _add_constants(model, {f"{at}_zero": np.array(0, np.int64), f"{at}_one": np.array(1, np.int64),
-                           f"{at}_axis0": np.array([0], np.int64), f"{at}_axis1": np.array([1], np.int64),
-                           f"{at}_zero_f": np.array(0.0, np.float32)})
     return nodes, at
 
 
-def _add_constants(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
-    for name, array in arrays.items():
-        model.graph.initializer.append(numpy_helper.from_array(array, name))
-
-
-def _fused_core(model: onnx.ModelProto, ranking: _RankingCore, lengths: str, context: str, probs: str) -> onnx.NodeProto:
+def _fused_core(ranking: _RankingCore, lengths: str, context: str, probs: str, name: str) -> onnx.NodeProto:
     """The one ONNX Attention node of a ranking core: context and probabilities (its fourth output)."""
     core = ranking.core
     return helper.make_node(
-        "Attention", [core.q, core.k, core.v, "", "", "", lengths], [context, "", "", probs],
-        name=_free_name(model, f"{core.nodes[-1].name.rsplit('/', 1)[0]}/Attention"),
+        "Attention", [core.q, core.k, core.v, "", "", "", lengths], [context, "", "", probs], name=name,
         q_num_heads=core.heads, kv_num_heads=core.heads, scale=core.scale, qk_matmul_output_mode=3)
 
 
@@ -522,21 +514,28 @@ def _guarded_core(model: onnx.ModelProto, ranking: _RankingCore, lengths: str, r
         copy.input[:] = [written.get(i, i) for i in copy.input]
         copy.output[:] = [written.get(o, o) for o in copy.output]
     name = _free_name(model, f"{core.nodes[-1].name.rsplit('/', 1)[0]}/If")
-    attention = _fused_core(model, ranking, lengths, *fused)
-    attention.name = f"{name}/Attention"
     return helper.make_node(
         "If", [right_padded], [context, probs], name=name,
-        then_branch=branch([attention], fused, "right_padded"),
+        then_branch=branch([_fused_core(ranking, lengths, *fused, name=f"{name}/Attention")], fused, "right_padded"),
         else_branch=branch(chain, list(written.values()), "any_padding"))
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes (an If's two branches, a Loop's body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
+def defined_names(graph: onnx.GraphProto) -> set[str]:
+    """The names a graph defines itself (inputs, initializers, node outputs); a subgraph reads any other from outside."""
+    return {i.name for i in graph.input} | {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
     """The names a node reads: its inputs and what its subgraphs (an If's branches) read from outside themselves."""
     names = {i for i in node.input if i}
-    for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-            own = {i.name for i in sub.initializer} | {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
-            names |= {x for n in sub.node for x in _reads(n) if x not in own}
+    for sub in subgraphs(node):
+        own = defined_names(sub)
+        names |= {x for n in sub.node for x in _reads(n) if x not in own}
     return names
 
 

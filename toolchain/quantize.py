@@ -562,7 +562,7 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
     """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated."""
     import onnx
 
-    opset = next(o.version for o in onnx.load(str(graph), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    opset = artifact.opset_of(onnx.load(str(graph), load_external_data=False))
     with artifact.staging(dest) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
         artifact.copy_files_besides_graph(src, manifest.files, manifest.graph, tmp)

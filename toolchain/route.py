@@ -119,13 +119,14 @@ def _point_subgraphs_at(graph: "onnx.GraphProto", renamed: dict[str, str], shado
     `renamed`, where no enclosing subgraph defines the name itself. onnx.compose.add_prefix_graph recurses into
     subgraphs before it renames initializers, so their reads of the graph's constants keep the old names; and the
     branch's inputs, read from the routed graph's trimmed inputs, are renamed here at every depth."""
+    from .passes import defined_names, subgraphs
+
     for node in graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                own = shadowed | {i.name for i in sub.initializer} | {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
-                for inner in sub.node:
-                    inner.input[:] = [renamed[x] if x in renamed and x not in own else x for x in inner.input]
-                _point_subgraphs_at(sub, renamed, frozenset(own))
+        for sub in subgraphs(node):
+            own = shadowed | defined_names(sub)
+            for inner in sub.node:
+                inner.input[:] = [renamed[x] if x in renamed and x not in own else x for x in inner.input]
+            _point_subgraphs_at(sub, renamed, frozenset(own))
 
 
 ROUTE_CONSTANTS = {  # the outer graph's constants, name: (shape, values); int64 unless in FLOAT_ROUTE_CONSTANTS

@@ -35,14 +35,10 @@ class StandardRecipeError(QtoolError, RuntimeError):
     """A step of the standard recipe failed."""
 
 
-def _opset(path: Path) -> int:
-    import onnx
-
-    return next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
-
-
 def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config, source: Path) -> Path:
     """Wrap one standard-recipe graph into an artifact folder (interface read off the graph)."""
+    import onnx
+
     session = onnx_session(graph)
     interface = GraphInterface.of_session(session)
     seq_len = squad.MAX_LENGTH
@@ -55,7 +51,8 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
         manifests.write(tmp, manifests.Manifest(
             graph=artifact.GRAPH, precision=precision, kind="standard",
             length_config=LengthConfig.full(dims.layers, seq_len),
-            interface=interface, opset=_opset(graph), max_positions=int(dims.max_positions),
+            interface=interface, opset=artifact.opset_of(onnx.load(str(graph), load_external_data=False)),
+            max_positions=int(dims.max_positions),
             doc_stride=squad.default_doc_stride(seq_len), max_answer_length=squad.MAX_ANSWER_LENGTH,
             source_model=str(source), model_type=config.model_type,
             flops_ratio=1.0, quantization=recipe if precision == Precision.INT8 else None,

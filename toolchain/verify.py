@@ -100,25 +100,36 @@ def machine_info(threads: int | None) -> dict:
             "flags": [f for f in wanted if f in flags]}
 
 
-def _workload(features: squad.Features, windows: int, full_up_to: int = 0) -> tuple[list[dict], list[dict], int]:
-    """The real workload: the windows of the first questions, up to `windows` windows and never part of a
-    question (so ms per question is ms per window times windows per question), at their own length (batch 1),
-    and the same windows sorted by length in batches of 32 padded to each batch's longest (for a routed graph,
-    batches that never straddle its `full_up_to`, as the kit runs it)."""
+def _workload_rows(features: squad.Features, windows: int) -> np.ndarray:
+    """The real workload's windows: those of the first questions, up to `windows` windows and never part of a
+    question (so ms per question is ms per window times windows per question)."""
     rows = np.arange(min(windows, len(features)))
     if len(rows) < len(features):  # drop a question cut at the boundary, unless it is the only one
         last = features.example_index[len(rows)]
         whole = rows[features.example_index[rows] != last]
         rows = whole if len(whole) else rows
+    return rows
+
+
+def _buckets(features: squad.Features, rows: np.ndarray, full_up_to: int = 0) -> list[dict]:
+    """`rows` sorted by length in batches of 32 padded to each batch's longest (for a routed graph, batches that
+    never straddle its `full_up_to`, as the kit runs it)."""
     lengths = features.attention_mask.sum(1)
-    single = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in rows]
     bucketed = []
     for run in length_runs([int(n) for n in lengths[rows]], 32, threshold=full_up_to):
         chunk = rows[run]
-        width = int(lengths[chunk].max())
-        bucketed.append({k: v[:, :width] for k, v in features.model_inputs(chunk).items()})
+        bucketed.append({k: v[:, :int(lengths[chunk].max())] for k, v in features.model_inputs(chunk).items()})
+    return bucketed
+
+
+def _workload(features: squad.Features, windows: int, full_up_to: int = 0) -> tuple[list[dict], list[dict], int]:
+    """The real workload (`_workload_rows`) at its own length one window at a time (batch 1), the same windows in
+    length-sorted batches (`_buckets`), and how many questions they hold."""
+    rows = _workload_rows(features, windows)
+    lengths = features.attention_mask.sum(1)
+    single = [{k: v[:, : int(lengths[r])] for k, v in features.model_inputs(np.array([r])).items()} for r in rows]
     questions = len(set(features.example_index[rows].tolist()))
-    return single, bucketed, questions
+    return single, _buckets(features, rows, full_up_to), questions
 
 
 # One synthetic batch of b windows is timed as SYNTHETIC_CALLS // b calls per round (at least one): a single 384-token
@@ -150,10 +161,11 @@ def time_artifacts(
     """
     single, bucketed, _ = _workload(features, workload_windows)
     n = sum(b["input_ids"].shape[0] for b in single)
+    rows = _workload_rows(features, workload_windows)
 
     def runner(session, keep, threshold):
         interface = GraphInterface.of_session(session)
-        own = _workload(features, workload_windows, threshold)[1] if threshold else bucketed
+        own = _buckets(features, rows, threshold) if threshold else bucketed
         wanted, extra = set(interface.inputs), interface.keep_feed(keep, seq_len)
         feeds = {f"b{b}@{seq_len}": [synthetic_feed(interface, b, seq_len, keep=keep)] * max(1, SYNTHETIC_CALLS // b)
                  for b in batch_sizes}
