@@ -114,7 +114,8 @@ def test_train_input_errors_are_one_line(tmp_path, case):
     one_line(cli("train", "--base", "minilm", *args, "--max-steps", 1), message, code=2 if case == "out-file" else 1)
 
 
-@pytest.mark.parametrize("case", ["questions", "workers", "latency-missing", "latency-bad"])
+@pytest.mark.parametrize("case", ["questions", "workers", "latency-missing", "latency-bad", "route-without-latency",
+                                  "route-ratio"])
 def test_search_input_errors_are_one_line(tmp_path, case):
     bad = tmp_path / "bad.json"
     bad.write_text('{"coefficients": 3}')
@@ -123,6 +124,8 @@ def test_search_input_errors_are_one_line(tmp_path, case):
         "workers": (["--workers", 2], "several workers must share a study"),
         "latency-missing": (["--latency-model", tmp_path / "none.json"], "does not exist"),
         "latency-bad": (["--latency-model", bad], "is not a latency model"),
+        "route-without-latency": (["--route"], "--route needs --latency-model"),
+        "route-ratio": (["--route", "--latency-model", bad, "--length-rule", "ratio"], "--route needs the cap rule"),
     }[case]
     one_line(cli("search", "--model", REFERENCE, "--trials", 1, *args), message)
 

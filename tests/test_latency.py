@@ -63,6 +63,29 @@ def test_cost_is_relative_to_the_standard_graph_or_our_full_graph(tmp_path):
         LatencyModel.load(tmp_path / "missing.json")
 
 
+def test_a_routed_configuration_is_priced_as_route_ships_it():
+    """routed() applies route's rule (Crossover) to predicted times; a routed configuration is priced as the full
+    one at or below its threshold and as itself above it, so its cost counts the windows routing sends to full."""
+    from toolchain.route import Crossover, timed_widths
+
+    model = _model(None)
+    model.coefficients["drops"] = 1.0  # a ms per dropping layer (sort, gathers): short windows are cheaper unreduced
+    config = LengthConfig.parse("315,251,242,159,142,33", 6, variant="match")
+    full = LengthConfig.full(6, variant="match")
+    routed = model.routed(config)
+    widths = timed_widths(384)
+    threshold = Crossover(widths, tuple(model.predict_ms(full, w) for w in widths),
+                          tuple(model.predict_ms(config, w) for w in widths)).full_up_to
+    assert routed.full_up_to == threshold and 0 < threshold < 384 and routed.keep == config.keep
+    assert model.predict_ms(routed, threshold) == model.predict_ms(full, threshold) < model.predict_ms(config, threshold)
+    assert model.predict_ms(routed, 384) == model.predict_ms(config, 384) < model.predict_ms(full, 384)
+    lengths = np.array([120, 160, 300, 384])
+    assert model.cost(routed, lengths) < min(model.cost(config, lengths), model.cost(full, lengths))
+    assert model.routed(full) == full
+    free_drops = LatencyModel(**{**model.__dict__, "coefficients": {**model.coefficients, "drops": 0.0}})
+    assert free_drops.routed(config).full_up_to == 0  # faster everywhere: nothing to route
+
+
 @pytest.fixture(scope="module")
 def latency_graphs(bench_run, tmp_path_factory):
     """The bench folder (FP32 and INT8 reduced, the standard recipe) plus an INT8 full graph."""
@@ -103,6 +126,25 @@ def test_fit_on_real_graphs_and_search_with_it(latency_graphs, trained_dir, tmp_
         assert row["cost"] == row["latency"] and row["macs_unpadded"] <= 1.0
     assert report["evaluated"][0]["latency"] == pytest.approx(
         model.cost(full, _search_lengths(trained_dir, 6)), rel=1e-9)
+
+    # --route: every candidate routed at its predicted crossover, scored and priced that way
+    routed_out = tmp_path / "routed.json"
+    result = CliRunner().invoke(main, ["search", "--model", str(trained_dir), "--trials", "3", "--questions", "6",
+                                       "--min-ratio", "0.5", "--latency-model", str(out), "--route",
+                                       "--start-from", REDUCED, "--out", str(routed_out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    routed_report = json.loads(routed_out.read_text())
+    assert "routed" in routed_report["objective"]["maximize"]
+    lengths = _search_lengths(trained_dir, 6)
+    by_config = {row["config"]: row for row in routed_report["evaluated"]}
+    plain = next(r for r in report["evaluated"] if r["config"] == "full")
+    assert by_config["full"]["f1"] == plain["f1"] and "full_up_to" not in by_config["full"]
+    reduced = by_config[REDUCED]
+    config = model.routed(LengthConfig.parse(REDUCED, 6))
+    assert reduced.get("full_up_to", 0) == config.full_up_to
+    assert reduced["latency"] == pytest.approx(model.cost(config, lengths), rel=1e-9)
+    if config.full_up_to >= lengths.max():  # every window routed to the full model: its answers exactly
+        assert reduced["f1_by_workload"] == by_config["full"]["f1_by_workload"]
 
 
 def _search_lengths(model_dir, questions):

@@ -1,3 +1,4 @@
+import numpy as np
 import optuna
 import pytest
 
@@ -5,7 +6,7 @@ from toolchain import squad
 from toolchain.errors import InputError
 from toolchain.length import LengthConfig
 from toolchain.search import (EvolutionSampler, config_from_ratios, confirmation_candidates, macs_ratio_at_lengths,
-                              ratios_of, recommend, search_configs, search_examples, trained_space)
+                              paired_interval, ratios_of, recommend, search_configs, search_examples, trained_space)
 from toolchain.settings import SearchSettings
 
 
@@ -151,12 +152,33 @@ def test_search_starts_from_given_configurations_and_confirms_on_another_slice(t
         searched = next(r for r in result["evaluated"] if r["config"] == row["config"])
         assert row["search_f1_by_workload"] == searched["f1_by_workload"] and row["cost"] == searched["cost"]
     assert rows[0]["f1_by_workload"] != rows[0]["search_f1_by_workload"]
+    for row in rows[1:]:  # each against the full model on the same questions, with the noise of that slice
+        for name, versus in row["f1_vs_full_by_workload"].items():
+            assert versus["difference"] == pytest.approx(row["f1_by_workload"][name] - rows[0]["f1_by_workload"][name])
+            assert versus["low"] <= versus["difference"] <= versus["high"]
     assert result["recommended"] == recommend(rows) and result["recommended_on_search_slice"] == recommend(result["evaluated"])
     assert sum("confirm" in line for line in seen) == len(rows)
     with pytest.raises(InputError, match="below the searched space") as info:
         search_configs(trained_dir, SearchSettings(trials=1, questions=4, neighbours=0, min_ratio=0.5,
                                                    start_from=("300,100,100,100,100,100",)), log=lambda _: None)
     assert "\n" not in str(info.value)
+
+
+def test_paired_interval_resamples_questions_together():
+    """The same questions, so a constant gap has no spread; a gap on a few questions has a wide interval that
+    narrows as questions are added."""
+    rng = np.random.default_rng(0)
+    ours = rng.uniform(size=400)
+    assert paired_interval(ours, ours) == (0.0, 0.0, 0.0)
+    shifted = paired_interval(np.minimum(ours + 0.01, 1.0), ours)
+    assert shifted[1] <= shifted[0] <= shifted[2] and 0.9 < shifted[0] < 1.0 and shifted[2] - shifted[1] < 0.2
+    few = np.zeros(200)
+    few[:6] = 1.0  # 6 of 200 questions answered better: +3 F1
+    diff, low, high = paired_interval(few, np.zeros(200))
+    assert diff == pytest.approx(3.0) and low < 1.5 and high > 4.5
+    more = np.zeros(2000)
+    more[:60] = 1.0
+    assert paired_interval(more, np.zeros(2000))[2] - paired_interval(more, np.zeros(2000))[1] < (high - low) / 2
 
 
 def test_search_runs_the_variant_asked_for(trained_dir):

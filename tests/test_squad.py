@@ -30,6 +30,8 @@ def test_score_takes_best_gold_and_counts_missing_as_zero():
     scores = squad.squad_scores({"a": "city of Paris"}, ex)
     assert scores["exact_match"] == pytest.approx(50.0)
     assert scores["f1"] == pytest.approx(50.0)
+    em, f1 = squad.question_scores({"a": "city of Paris"}, ex)  # per question, in the examples' order
+    assert em.tolist() == [1.0, 0.0] and f1.tolist() == [1.0, 0.0]  # articles do not count; "b" has no prediction
 
 
 def test_gold_answers_score_100_on_dev(squad_dir):

@@ -253,6 +253,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--start-from", multiple=True, help="A configuration to evaluate first, after the full model (repeatable; a new study only), e.g. the one shipped today, so the front is compared with it.")
 @click.option("--confirm-questions", default=SearchSettings.confirm_questions, show_default=True, type=click.IntRange(min=0),
               help="Re-score the full model and the configurations near the recommendation bar (at most 8, cheapest first) on this many other train questions, spread like the search's and none of them, and recommend from those scores: the cheapest configuration that holds on one small slice is often there by luck. 0: recommend from the search's questions.")
+@click.option("--route/--no-route", default=SearchSettings.route, show_default=True,
+              help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model; cap rule). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
 def search(model_dir, out, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
@@ -272,14 +274,17 @@ def search(model_dir, out, **options) -> None:
     for row in result["pareto"]:
         latency = f"  latency {row['latency']:.3f}" if "latency" in row else ""
         per_workload = "".join(f"  {name.split(' ')[0]} {f1:.2f}" for name, f1 in row.get("f1_by_workload", {}).items())
-        click.echo(f"  --config {row['config']:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}"
+        routed = f" (full up to {row['full_up_to']})" if row.get("full_up_to") else ""
+        click.echo(f"  --config {row['config'] + routed:<28} MACs {row['macs_unpadded']:.3f}{latency}  F1 {row['f1']:6.2f}"
                    f"{per_workload}")
     best, confirmed = result["recommended"], result["confirmation"]
     if best is not None:
         where = (f"on {confirmed['questions']} other held-out train questions" if confirmed
                  else "on the search's questions")
         click.echo(f"recommended (cheapest within {result['recommend_tolerance']} F1 of the full model on every "
-                   f"workload, {where}): --config {best['config']}  cost {best['cost']:.3f}")
+                   f"workload, {where}): --config {best['config']}"
+                   + (f"  routed full up to {best['full_up_to']}" if best.get("full_up_to") else "")
+                   + f"  cost {best['cost']:.3f}")
     if out:
         from .atomic import write_text
 

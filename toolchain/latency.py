@@ -17,7 +17,7 @@ below 1/1.5 is the "1.5x faster than the standard recipe" line.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -81,8 +81,25 @@ class LatencyModel:
     fit_error: dict = field(default_factory=dict)  # relative errors on the points, and on graphs left out
 
     def predict_ms(self, config: LengthConfig, length: int) -> float:
+        """Predicted ms of one window of `length` real tokens (a routed configuration's full one at or below its
+        threshold)."""
         self._check(config)
-        return float(features(config, length) @ np.array([self.coefficients[f] for f in FEATURES]))
+        return float(features(config.for_window(length), length) @ np.array([self.coefficients[f] for f in FEATURES]))
+
+    def routed(self, config: LengthConfig) -> LengthConfig:
+        """`config` routed as `qtool route` routes it, on predicted instead of measured times: the full configuration
+        up to the longest of route's widths at which it is predicted no slower (the same rule, `Crossover`); not
+        routed when the reduced one is predicted faster everywhere. One that never pays runs full below seq_len."""
+        from .route import Crossover, timed_widths
+
+        if config.is_full:
+            return config
+        reduced = replace(config, full_up_to=0)
+        full = LengthConfig.full(self.layers, config.seq_len, config.rule, config.variant)
+        widths = timed_widths(config.seq_len)
+        crossover = Crossover(widths, tuple(self.predict_ms(full, w) for w in widths),
+                              tuple(self.predict_ms(reduced, w) for w in widths))
+        return replace(reduced, full_up_to=min(crossover.full_up_to, config.seq_len - 1))
 
     def baseline_ms(self, length: int) -> float:
         if self.baseline is None:

@@ -404,17 +404,24 @@ def f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def question_scores(predictions: Mapping[str, str], examples: Iterable[SquadExample]) -> tuple[np.ndarray, np.ndarray]:
+    """EM and F1 of each example (0 to 1), each the max over its gold answers; a missing prediction scores 0.
+    Per question, so two graphs scored on the same questions can be compared pairwise."""
+    em, f1s = [], []
+    for example in examples:
+        pred = predictions.get(example.id)
+        if pred is None or not example.answers:
+            em.append(0.0)
+            f1s.append(0.0)
+            continue
+        em.append(max(exact_match(pred, g) for g in example.answers))
+        f1s.append(max(f1(pred, g) for g in example.answers))
+    return np.asarray(em, dtype=np.float64), np.asarray(f1s, dtype=np.float64)
+
+
 def squad_scores(predictions: Mapping[str, str], examples: Iterable[SquadExample]) -> dict[str, float]:
     """EM and F1 in percent, each the max over an example's gold answers; missing predictions score 0."""
-    em_total = f1_total = 0.0
-    count = 0
-    for example in examples:
-        count += 1
-        if example.id not in predictions or not example.answers:
-            continue
-        pred = predictions[example.id]
-        em_total += max(exact_match(pred, g) for g in example.answers)
-        f1_total += max(f1(pred, g) for g in example.answers)
-    if count == 0:
+    em, f1s = question_scores(predictions, examples)
+    if len(em) == 0:
         raise ValueError("no examples to score")
-    return {"exact_match": 100.0 * em_total / count, "f1": 100.0 * f1_total / count, "count": count}
+    return {"exact_match": 100.0 * float(em.mean()), "f1": 100.0 * float(f1s.mean()), "count": len(em)}
