@@ -206,6 +206,30 @@ def test_the_recommendation_is_the_cheapest_that_holds_every_workload():
     assert recommend(rows, tolerance=20)["config"] == cheap_but_loses_documents["config"]
     assert recommend([holds]) is None  # no full model to compare with
     assert recommend([full, cheap_but_loses_documents])["config"] == "full"
+    # against a reference graph (the standard recipe, 2 F1 below the full model on documents) the bar is its F1
+    standard = row("std-int8-o2-dynamic", 1.1, 70.0, 61.7)
+    assert recommend(rows, reference=standard)["config"] == loses_paragraphs["config"]
+    assert recommend(rows, tolerance=12, reference=standard)["config"] == cheap_but_loses_documents["config"]
+    assert recommend(rows, reference=row("better", 1.0, 80.0, 80.0)) is None  # nothing holds
+    assert [r["config"] for r in confirmation_candidates(rows, margin=0.0, reference=standard)] == [
+        "full", loses_paragraphs["config"], holds["config"], holds_dearer["config"]]
+
+
+def test_a_reference_graph_is_scored_on_the_same_questions(trained_dir, exported_root):
+    """--reference-graph: the graph runs the search's questions and the confirmation's; the FP32 full graph of the
+    same model answers as the PyTorch full model does, so its bar is the full row's F1 and the paired gap is 0."""
+    graph = exported_root / "fp32-full"
+    result = search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5,
+                                                        confirm_questions=5, reference_graph=str(graph)),
+                            log=lambda _: None)
+    full = next(r for r in result["evaluated"] if r["config"] == "full")
+    assert result["reference"]["config"] == "fp32-full"
+    assert result["reference"]["f1_by_workload"] == pytest.approx(full["f1_by_workload"], abs=1e-6)
+    confirmed = result["confirmation"]
+    assert confirmed["reference"]["f1_by_workload"] == pytest.approx(confirmed["rows"][0]["f1_by_workload"], abs=1e-6)
+    for versus in confirmed["rows"][0]["f1_vs_reference_by_workload"].values():
+        assert versus["difference"] == pytest.approx(0.0, abs=1e-6)
+    assert result["recommended"] == recommend(confirmed["rows"], reference=confirmed["reference"])
 
 
 def test_evolution_breeds_from_the_pareto_front():

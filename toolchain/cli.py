@@ -253,6 +253,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 @click.option("--start-from", multiple=True, help="A configuration to evaluate first, after the full model (repeatable; a new study only), e.g. the one shipped today, so the front is compared with it.")
 @click.option("--confirm-questions", default=SearchSettings.confirm_questions, show_default=True, type=click.IntRange(min=0),
               help="Re-score the full model and the configurations near the recommendation bar (at most 8, cheapest first) on this many other train questions, spread like the search's and none of them, and recommend from those scores: the cheapest configuration that holds on one small slice is often there by luck. 0: recommend from the search's questions.")
+@click.option("--reference-graph", type=click.Path(file_okay=False), default=SearchSettings.reference_graph,
+              help="An artifact folder, e.g. `qtool standard`'s std-int8-o2-dynamic: scored on the same questions (every window alone), its F1 replaces the full model's as the recommendation's bar (within 0.5 F1 of it on every workload). The promise is speed at the standard recipe's accuracy.")
 @click.option("--route/--no-route", default=SearchSettings.route, show_default=True,
               help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model; cap rule). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
@@ -281,10 +283,14 @@ def search(model_dir, out, **options) -> None:
     if best is not None:
         where = (f"on {confirmed['questions']} other held-out train questions" if confirmed
                  else "on the search's questions")
-        click.echo(f"recommended (cheapest within {result['recommend_tolerance']} F1 of the full model on every "
+        bar = f"the reference {result['reference']['config']}" if result.get("reference") else "the full model"
+        click.echo(f"recommended (cheapest within {result['recommend_tolerance']} F1 of {bar} on every "
                    f"workload, {where}): --config {best['config']}"
                    + (f"  routed full up to {best['full_up_to']}" if best.get("full_up_to") else "")
                    + f"  cost {best['cost']:.3f}")
+    else:
+        click.echo(f"no configuration scored within {result['recommend_tolerance']} F1 of the reference "
+                   f"{(result.get('reference') or {}).get('config')} on every workload")
     if out:
         from .atomic import write_text
 

@@ -266,13 +266,26 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
     (`f1_by_question`, 0 to 1, in the workload's order) for paired comparisons."""
     from .runtime import Protocol, predict_torch
 
-    results = {}
-    for name, (examples, features) in workloads.items():
-        preds = predict_torch(model, features, config, protocol=Protocol.UNPADDED)
-        answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-        em, f1 = squad.question_scores(answers, examples)
-        results[name] = {"f1": 100.0 * float(f1.mean()), "exact_match": 100.0 * float(em.mean()), "f1_by_question": f1}
-    return results
+    return {name: _scores(examples, features, predict_torch(model, features, config, protocol=Protocol.UNPADDED))
+            for name, (examples, features) in workloads.items()}
+
+
+def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
+    """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
+    window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
+    from . import manifest as manifests
+    from .runtime import Protocol, onnx_session, predict_onnx
+
+    folder = Path(folder)
+    session = onnx_session(folder / manifests.load(folder).graph)
+    return {name: _scores(examples, features, predict_onnx(session, features, protocol=Protocol.UNPADDED))
+            for name, (examples, features) in workloads.items()}
+
+
+def _scores(examples: Sequence[squad.SquadExample], features: squad.Features, preds) -> dict:
+    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
+    em, f1 = squad.question_scores(answers, examples)
+    return {"f1": 100.0 * float(f1.mean()), "exact_match": 100.0 * float(em.mean()), "f1_by_question": f1}
 
 
 def paired_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000, seed: int = 0,
@@ -402,13 +415,15 @@ def _full_row(rows: Sequence[dict]) -> dict | None:
     return next((r for r in rows if r["config"] == "full"), None)
 
 
-def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE) -> dict | None:
-    """The cheapest evaluated configuration whose F1 on every workload is within `tolerance` of the full
-    model's on the same questions (the promise is speed at the same accuracy), or None without a full row."""
-    full = _full_row(rows)
-    if full is None:
+def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE, *, reference: dict | None = None
+              ) -> dict | None:
+    """The cheapest evaluated configuration whose F1 on every workload is within `tolerance` of the reference's on
+    the same questions (the promise is speed at the same accuracy): the full model's, or a reference graph's
+    (`reference`, e.g. the standard recipe's). None without a full row or when none holds."""
+    bar = reference or _full_row(rows)
+    if bar is None:
         return None
-    return min((r for r in rows if _holds(r, full, tolerance)), key=lambda r: (r["cost"], -r["f1"]))
+    return min((r for r in rows if _holds(r, bar, tolerance)), key=lambda r: (r["cost"], -r["f1"]), default=None)
 
 
 def _holds(row: dict, full: dict, tolerance: float) -> bool:
@@ -425,24 +440,28 @@ CONFIRM_MAX = 8
 
 
 def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEND_TOLERANCE,
-                            margin: float = CONFIRM_MARGIN, most: int = CONFIRM_MAX) -> list[dict]:
-    """The full row, then the cheapest `most` rows within `tolerance + margin` of it on every workload, cheapest
-    first. Not only the Pareto front: on a small slice a configuration can be dominated by one that was lucky."""
+                            margin: float = CONFIRM_MARGIN, most: int = CONFIRM_MAX,
+                            reference: dict | None = None) -> list[dict]:
+    """The full row, then the cheapest `most` rows within `tolerance + margin` of the bar (the full row, or
+    `reference`) on every workload, cheapest first. Not only the Pareto front: on a small slice a configuration can
+    be dominated by one that was lucky."""
     full = _full_row(rows)
     if full is None:
         return []
-    near = sorted((r for r in rows if r is not full and _holds(r, full, tolerance + margin)), key=lambda r: r["cost"])
+    bar = reference or full
+    near = sorted((r for r in rows if r is not full and _holds(r, bar, tolerance + margin)), key=lambda r: r["cost"])
     return [full] + near[:most]
 
 
 def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchSettings, *, questions: int,
-            log: Callable[[str], None] = print) -> dict:
+            reference_graph: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Re-score `candidates` (search rows; the full one among them) on `questions` other train questions, spread
     like the search's and none of them (nor the last training stage's), and recommend from those scores.
 
     Why: the cheapest configuration within tolerance on a few hundred questions is the one most likely to be there
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
-    keeps its search cost and F1 under `search_f1_by_workload`. `settings` arrive resolved (variant set)."""
+    keeps its search cost and F1 under `search_f1_by_workload`, and its paired difference from the full model (and
+    from `reference_graph`, the bar when given) with a bootstrap interval. `settings` arrive resolved."""
     from .model import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
@@ -450,6 +469,11 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     searched = frozenset(spread_ids(settings.questions, settings.offset, trained))
     workloads = scoring_workloads(tokenizer, settings, questions=questions, offset=settings.offset,
                                   exclude=searched | trained)
+    reference, bar = None, None
+    if reference_graph is not None:
+        reference = score_graph(reference_graph, workloads)
+        bar = {"config": Path(reference_graph).name, **summary(reference)}
+        log(f"  reference {bar['config']:<26} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in reference.values()))
     rows, full = [], None
     for row in candidates:
         config = replace(LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
@@ -460,12 +484,16 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
                                                                                full[name]["f1_by_question"])))
                   for name, r in results.items()} if full else {}
         rows.append({**row, **summary(results), "search_f1_by_workload": row.get("f1_by_workload", {}),
-                     "f1_vs_full_by_workload": versus})
+                     "f1_vs_full_by_workload": versus} | ({"f1_vs_reference_by_workload": {
+                         name: dict(zip(("difference", "low", "high"), paired_interval(
+                             r["f1_by_question"], reference[name]["f1_by_question"])))
+                         for name, r in results.items()}} if reference else {}))
         log(f"  confirm {config.label:<28} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
             + "  (search: " + " / ".join(f"{f:6.2f}" for f in row.get("f1_by_workload", {}).values()) + ")"
             + ("" if config.is_full else "  vs full " + " / ".join(
                 f"{v['difference']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]" for v in versus.values())))
-    return {"questions": questions, "margin": CONFIRM_MARGIN, "rows": rows, "recommended": recommend(rows)}
+    return {"questions": questions, "margin": CONFIRM_MARGIN, "rows": rows, "reference": bar,
+            "recommended": recommend(rows, reference=bar)}
 
 
 def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
@@ -486,6 +514,10 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
     if s.route and not s.latency_model:
         raise InputError("--route needs --latency-model: the crossover where the full graph stops being the faster "
                          "one is predicted from it (MACs never favour the full model)")
+    if s.reference_graph is not None:
+        from . import manifest as manifests
+
+        manifests.load(Path(s.reference_graph))  # an artifact folder, or one line saying why not
     if s.route and s.length_rule != LengthRule.CAP:
         raise InputError(f"--route needs the cap rule (a routed graph trims padding), got '{s.length_rule}'")
     spread_ids(s.questions, s.offset, trained_questions(model_dir))  # the slice exists
@@ -540,9 +572,11 @@ def search_configs(
                        seed=s.seed, population=s.population, layers=layers, start_from=start_from)
     study = _run_study(study, str(model_dir), s, log=log)
     rows = study_rows(study)
+    reference = _reference_row(model_dir, s, log=log) if s.reference_graph else None
     confirmed = None
     if s.confirm_questions:
-        confirmed = confirm(model_dir, confirmation_candidates(rows), s, questions=s.confirm_questions, log=log)
+        confirmed = confirm(model_dir, confirmation_candidates(rows, reference=reference), s,
+                            questions=s.confirm_questions, reference_graph=s.reference_graph, log=log)
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
                                   f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}"
@@ -550,13 +584,26 @@ def search_configs(
                       "minimize": cost},
         "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
         "variant": str(s.variant), "workloads": workloads, "left_out_trained": left_out,
-        "recommended": recommend(rows) if confirmed is None else confirmed["recommended"],
-        "recommended_on_search_slice": recommend(rows), "confirmation": confirmed,
+        "recommended": recommend(rows, reference=reference) if confirmed is None else confirmed["recommended"],
+        "recommended_on_search_slice": recommend(rows, reference=reference), "confirmation": confirmed,
+        "reference": reference,
         "recommend_tolerance": RECOMMEND_TOLERANCE,
         "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
         "study": s.study_name, "storage": s.storage, "evaluated": rows,
         "pareto": [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])],
     }
+
+
+def _reference_row(model_dir: str | Path, settings: SearchSettings, *, log: Callable[[str], None]) -> dict:
+    """The reference graph scored on the search's own questions: the bar of the search slice's recommendation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    workloads = scoring_workloads(tokenizer, settings, questions=settings.questions, offset=settings.offset,
+                                  exclude=trained_questions(model_dir))
+    scored = score_graph(settings.reference_graph, workloads)
+    log(f"  reference {Path(settings.reference_graph).name:<26} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in scored.values()))
+    return {"config": Path(settings.reference_graph).name, **summary(scored)}
 
 
 def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:

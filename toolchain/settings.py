@@ -107,4 +107,5 @@ class SearchSettings:
     latency_model: str | None = None  # a `qtool fit-latency` file; None: cost = MACs at real lengths
     start_from: tuple[str, ...] = ()  # configurations evaluated first, after the full model (a new study only)
     confirm_questions: int = 0  # > 0: re-score the front near the bar on this many other held-out train questions
+    reference_graph: str | None = None  # an artifact (e.g. the standard recipe's graph): the recommendation bar is its F1
     route: bool = False  # each candidate routed as `qtool route` would (needs latency_model): full below its crossover
