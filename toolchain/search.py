@@ -480,20 +480,24 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
                                             settings.length_rule, settings.variant), full_up_to=row.get("full_up_to", 0))
         results = score_config(model, workloads, config)
         full = full or (results if config.is_full else None)
-        versus = {name: dict(zip(("difference", "low", "high"), paired_interval(r["f1_by_question"],
-                                                                               full[name]["f1_by_question"])))
-                  for name, r in results.items()} if full else {}
-        rows.append({**row, **summary(results), "search_f1_by_workload": row.get("f1_by_workload", {}),
-                     "f1_vs_full_by_workload": versus} | ({"f1_vs_reference_by_workload": {
-                         name: dict(zip(("difference", "low", "high"), paired_interval(
-                             r["f1_by_question"], reference[name]["f1_by_question"])))
-                         for name, r in results.items()}} if reference else {}))
+        gaps = {"f1_vs_full_by_workload": _gaps(results, full) if full else {}}
+        if reference:
+            gaps["f1_vs_reference_by_workload"] = _gaps(results, reference)
+        rows.append({**row, **summary(results), "search_f1_by_workload": row.get("f1_by_workload", {}), **gaps})
         log(f"  confirm {config.label:<28} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in results.values())
             + "  (search: " + " / ".join(f"{f:6.2f}" for f in row.get("f1_by_workload", {}).values()) + ")"
-            + ("" if config.is_full else "  vs full " + " / ".join(
-                f"{v['difference']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]" for v in versus.values())))
+            + "".join(f"  vs {key.split('_')[2]} " + " / ".join(f"{v['difference']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
+                                                               for v in by.values())
+                      for key, by in gaps.items() if by and not (config.is_full and key == "f1_vs_full_by_workload")))
     return {"questions": questions, "margin": CONFIRM_MARGIN, "rows": rows, "reference": bar,
             "recommended": recommend(rows, reference=bar)}
+
+
+def _gaps(results: dict[str, dict], against: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per workload, the paired F1 difference of `results` from `against` (same questions) and its interval."""
+    return {name: dict(zip(("difference", "low", "high"),
+                           paired_interval(r["f1_by_question"], against[name]["f1_by_question"])))
+            for name, r in results.items()}
 
 
 def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
