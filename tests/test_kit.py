@@ -174,8 +174,8 @@ def test_refuses_altered_or_misdescribed_artifacts(full_dir, tmp_path):
         "format": (lambda m: m.update(format="other/9"), "unknown format"),
         "missing": (lambda m: m["files"].update({"extra.bin": "0" * 64}), "extra.bin is listed in the manifest but missing"),
         # numbers the graph cannot take: refused at open, never a traceback mid-request
-        "seq_len": (lambda m: (m.update(max_positions=1024), m["length_config"].update(seq_len=1024)),
-                    "does not run on a window of 1024 tokens"),
+        "seq_len": (lambda m: (m.update(max_positions=1024), m["length_config"].update(seq_len=1024, keep=[1024] * 6)),
+                    "the graph's position table has 512 rows"),  # read from the graph, before any run
         "huge": (lambda m: m.update(doc_stride=10**30), "must be an integer in 1..65536"),
         "answer": (lambda m: m.update(max_answer_length=10**4), "must be an integer in|exceeds the sequence length"),
     }
@@ -271,3 +271,94 @@ def test_feeding_rule_follows_quantization_and_length_rule(full_dir, tmp_path):
     (lying / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="contradicts the graph's quantization"):
         check_manifest(lying)
+
+
+def _edited(src: Path, dest: Path, change) -> Path:
+    """A copy of artifact `src` (graph hard-linked) whose manifest `change` edited in place."""
+    folder = _copy(src, dest)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def routed_dir(full_dir, reduced_dir, tmp_path_factory) -> Path:
+    """The FP32 full and reduced graphs routed at 100 tokens (toolchain.route; the threshold given, so nothing timed)."""
+    from toolchain.route import route_artifacts
+
+    return route_artifacts(full_dir, reduced_dir, tmp_path_factory.mktemp("routed") / "fp32-routed", full_up_to=100,
+                           log=lambda _: None)
+
+
+def _route(threshold, fmt: str = "qtool-artifact/2"):
+    def change(m: dict) -> None:
+        m["format"] = fmt
+        if threshold is None:
+            m["length_config"].pop("full_up_to", None)
+        else:
+            m["length_config"]["full_up_to"] = threshold
+    return change
+
+
+def test_the_kit_reads_the_graph_and_refuses_a_manifest_that_disagrees(full_dir, reduced_dir, routed_dir, tmp_path):
+    """The opset, a routed graph's threshold and the position table are read from the graph itself; a manifest that
+    says otherwise (edited, or of an older format that had no threshold) is refused in one line."""
+    kit = Artifact.open(routed_dir)
+    assert kit.full_up_to == 100 and kit.label(None).endswith("(full up to 100)")
+    cases = [
+        (routed_dir, "routed-200", _route(200), "manifest says full_up_to 200 .* routes windows of at most 100 tokens"),
+        (routed_dir, "routed-older", _route(None, "qtool-artifact/1"), "manifest says full_up_to 0 .* at most 100 tokens"),
+        (reduced_dir, "unrouted", _route(200), "manifest says full_up_to 200 .* the graph is not routed"),
+        (full_dir, "opset", lambda m: m.update(opset=24), "manifest says opset 24, the graph has opset 18"),
+        (full_dir, "opset-huge", lambda m: m.update(opset=10**30), "opset must be an integer in 1..65536"),
+        (full_dir, "opset-text", lambda m: m.update(opset="18"), "opset must be an integer in 1..65536, got '18'"),
+        (full_dir, "opset-missing", lambda m: m.pop("opset"), "opset must be an integer in 1..65536, got None"),
+        (full_dir, "positions", lambda m: m.update(max_positions=600), "position table has 512 rows"),
+        (reduced_dir, "full-up-to-text", _route("100"), "full_up_to must be 0 or a token count below seq_len 384"),
+        (reduced_dir, "full-up-to-float", _route(100.5), "full_up_to must be 0 or a token count"),
+        (reduced_dir, "full-up-to-bool", _route(True), "full_up_to must be 0 or a token count"),
+    ]
+    for src, name, change, message in cases:
+        with pytest.raises(ArtifactError, match=message) as caught:
+            Artifact.open(_edited(src, tmp_path / name, change))
+        assert "\n" not in str(caught.value)
+
+
+def test_labels_are_what_the_graph_runs(full_dir, reduced_dir, tmp_path):
+    """A reduced graph reports how many tokens each layer kept: on a full window they must be the manifest's counts,
+    so an edited `keep` cannot relabel answers; a full graph reports none, so it cannot claim to drop tokens."""
+    assert Artifact.open(reduced_dir).label(None) == "300,250,200,150,120,100"
+    keep = lambda counts: lambda m: m["length_config"].update(keep=counts)  # noqa: E731
+    with pytest.raises(ArtifactError, match=r"the graph keeps \[300, 250, 200, 150, 120, 100\] tokens per layer"):
+        Artifact.open(_edited(reduced_dir, tmp_path / "keep", keep([300, 250, 200, 150, 120, 99])))
+    with pytest.raises(ArtifactError, match="kept_i output per layer, a full graph none"):
+        Artifact.open(_edited(full_dir, tmp_path / "full", keep([300, 250, 200, 150, 120, 100])))
+
+
+def test_corrupt_manifests_and_tokenizers_are_one_line(full_dir, tmp_path):
+    """What used to end in a traceback (deep JSON, a stride the tokenizer refuses) or a 500 on every request (ids past
+    the graph's word table) is refused at open, in one line."""
+    from qtool_runtime.contract import sha256
+    from tokenizers import Tokenizer
+
+    deep = _copy(full_dir, tmp_path / "deep")
+    (deep / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="nests JSON too deeply"):
+        Artifact.open(deep)
+    stride = _edited(full_dir, tmp_path / "stride", lambda m: m.update(doc_stride=383))
+    with pytest.raises(ArtifactError, match="doc_stride 383 leaves no room for a question in windows of 384 tokens"):
+        Artifact.open(stride)
+    vocab = _copy(full_dir, tmp_path / "vocab")
+    tokenizer = Tokenizer.from_file(str(vocab / "tokenizer.json"))
+    tokenizer.add_tokens(["qtoolnewword"])  # id 30522: one past the graph's word table
+    tokenizer.save(str(vocab / "tokenizer.json"))
+    manifest = json.loads((vocab / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"] = sha256(vocab / "tokenizer.json")
+    (vocab / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="token ids up to 30522, the graph's word table only 30522 rows"):
+        Artifact.open(vocab)
+    result = subprocess.run([sys.executable, "-m", "qtool_runtime", "answer", str(stride), "--question", "Who?",
+                             "--context", "Denver won."], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("Error: ") and "doc_stride 383" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,3 +190,109 @@ def test_cli_serve_subprocess(reduced_dir, kit, questions):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def raw_request(url: str, head: bytes) -> int:
+    """The status line's code for raw request bytes (headers a client library would refuse to send)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head)
+        return int(conn.recv(4096).split(b" ", 2)[1])
+
+
+def test_request_headers_never_make_a_500(url):
+    """Content-Length values str.isdigit() accepts but int() does not ('²'), or longer than int() reads: a 4xx."""
+    for declared in (b"\xb2", b"9" * 5000, b"-1", b"1e3"):
+        status = raw_request(url, b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: " + declared + b"\r\nConnection: close\r\n\r\n{}")
+        assert 400 <= status < 500, (declared[:10], status)
+    status, body = request(url, "/answer", raw=b'{"question": "Who?", "context": "Denver won.", "x": ' + b"9" * 5000 + b"}")
+    assert status == 400 and "not valid JSON" in body["error"]  # int() refuses 4300+ digits with a ValueError
+    assert request(url, "/health")[0] == 200
+
+
+def test_budget_out_of_bounds_is_a_422_naming_the_range(url, questions):
+    e = questions[0]
+    for budget in (-1, 0, "5", True, 1e9, [5]):
+        status, body = request(url, "/answer", {"question": e.question, "context": e.context, "budget_ms": budget})
+        assert status == 422 and "'budget_ms' must be a finite number above 0 and at most 3600000" in body["error"], body
+    for raw in (b"NaN", b"Infinity", b"1e400"):  # Python's json reads these; the bound refuses them
+        status, body = request(url, "/answer", raw=b'{"question": "Who?", "context": "Denver won.", "budget_ms": ' + raw + b"}")
+        assert status == 422 and "budget_ms" in body["error"], (raw, body)
+    assert request(url, "/answer", {"question": e.question, "context": e.context})[0] == 200
+
+
+def test_library_server_settings_are_checked_against_the_bounds_table(kit):
+    from qtool_runtime import OptionError
+    from qtool_runtime.serve import create_app, serve
+
+    bad = [dict(max_batch=0), dict(max_batch=10**6), dict(max_wait_ms=-1), dict(max_wait_ms=float("nan")),
+           dict(max_wait_ms=1e308), dict(max_body_bytes=0), dict(latency_target_ms=float("inf"))]
+    for options in bad:
+        flag = "--" + next(iter(options)).replace("_", "-")
+        with pytest.raises(OptionError, match=f"^{flag} must be "):
+            create_app(kit, **options)
+        with pytest.raises(OptionError, match=f"^{flag} must be "):  # before the (missing) artifact is opened
+            serve("/no/such/artifact", **options)
+    with pytest.raises(OptionError, match="^--threads must be an integer in 1.."):
+        serve("/no/such/artifact", threads=-1)
+    with pytest.raises(OptionError, match="^--port must be"):
+        serve("/no/such/artifact", port=70000)
+
+
+def serve_process(folder: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`qtool-runtime serve` (the installed script) on a free loopback port, once /health answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(sys.executable).with_name("qtool-runtime")
+    proc = subprocess.Popen([str(script), "serve", str(folder), "--port", str(port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            request(url, "/health")
+            return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline, "qtool-runtime serve did not come up within 60 s"
+            time.sleep(0.2)
+
+
+def test_sigterm_stops_the_server_with_a_request_in_flight(reduced_dir, questions):
+    """A lone request waits the longest a batch may wait (10 s) for company; SIGTERM then ends the server once it is
+    answered, within the drain time. (Before the bounds, --max-wait-ms 1e308 left it, and the server, waiting forever.)"""
+    from qtool_runtime.serve import DRAIN_S
+
+    proc, url = serve_process(reduced_dir, "--max-wait-ms", "10000")
+    e = questions[0]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(request, url, "/answer", {"question": e.question, "context": e.context})
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DRAIN_S + 20)
+            assert time.monotonic() - t0 < DRAIN_S + 5
+            assert pending.result(timeout=5)[0] == 200
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM  # uvicorn re-raises the signal after its shutdown
+
+
+def test_requests_past_the_drain_time_get_a_503_and_the_server_stops(kit, questions):
+    """Shutting down (what SIGTERM does: should_exit), a request still waiting after `drain_s` is cancelled with a
+    503, and the server thread ends; uvicorn alone would wait for it forever."""
+    e = questions[0]
+    server = ServerThread(kit, max_wait_ms=10_000, drain_s=0.5)
+    base = server.__enter__()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(request, base, "/answer", {"question": e.question, "context": e.context})
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        server.__exit__(None, None, None)
+        assert not server.thread.is_alive() and time.monotonic() - t0 < 5
+        status, body = pending.result(timeout=10)
+    assert status == 503 and "shutting down" in body["error"]

@@ -6,11 +6,12 @@
 """
 
 from .errors import QtoolError
-from .contract import MenuEntry
-from .kit import Answer, Artifact, ArtifactError, ConfigError, InputError, KitError, Windows, check_manifest, read_text_file
+from .contract import MenuEntry, parse_config
+from .kit import (Answer, Artifact, ArtifactError, ConfigError, InputError, KitError, OptionError, Windows, check_manifest,
+                  read_text_file)
 from .menu import MenuTimes
 from .spans import Span, best_span
 
 __version__ = "0.1.0"
-__all__ = ["Answer", "Artifact", "ArtifactError", "ConfigError", "InputError", "MenuEntry", "MenuTimes", "KitError", "Span", "Windows", "best_span",
-           "QtoolError", "check_manifest", "read_text_file"]
+__all__ = ["Answer", "Artifact", "ArtifactError", "ConfigError", "InputError", "MenuEntry", "MenuTimes", "KitError", "OptionError",
+           "Span", "Windows", "best_span", "QtoolError", "check_manifest", "parse_config", "read_text_file"]

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+from .errors import ConfigError, shown
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,6 +100,9 @@ VARIANTS = Variant.choices()
 FEEDING_KEYS = ("batchable", "pad_to_seq_len")
 # No position table, window or answer is longer: manifest numbers beyond it are corrupt, not large models.
 MAX_TOKENS = 1 << 16
+FULL = "full"  # a configuration request for the full configuration (a run-time graph's first menu entry)
+SKIP = "skip"  # a skipped layer in a configuration request
+_COUNT = re.compile(r"[0-9]+")  # a keep count as text: ASCII digits only (int() also takes '٣', '1_0', '+5')
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class MenuEntry:
 
     @property
     def label(self) -> str:
-        return ",".join("skip" if k is None else str(k) for k in self.keep)
+        return config_label(self.keep)
 
     @property
     def mean_f1(self) -> float | None:
@@ -148,6 +155,72 @@ def check_keep(keep: object, layout: list, seq_len: int) -> str | None:
     if any(a < b for a, b in zip(counts, counts[1:])):
         return f"configuration {list(keep)} increases; dropped tokens cannot come back"
     return None
+
+
+def parse_config(request: object, layers: int, seq_len: int) -> tuple[int | None, ...] | None:
+    """A configuration request as keep counts (None at a skipped layer), or None for no request or 'full'.
+
+    The one parser of configuration requests (CLI --config, the HTTP "config" field, library callers), so none
+    falls back to full silently: exactly None, 'full', 'k1,k2,...' of decimal integers or 'skip', or a list of ints
+    (not bools, not floats, not even 51.0), 'skip' or None; one count per layer, each in 1..seq_len. Anything else
+    is a ConfigError of one line. Whether the graph runs it (its menu, its skipped layers) is the caller's check."""
+    if request is None or (isinstance(request, str) and request == FULL):
+        return None
+    if isinstance(request, str):
+        keep = tuple(_text_count(part, i, request, seq_len) for i, part in enumerate(request.split(",")))
+    elif isinstance(request, (list, tuple)):
+        keep = tuple(_item_count(item, i, request, seq_len) for i, item in enumerate(request))
+    else:
+        raise ConfigError(f"a configuration is '{FULL}', 'k1,k2,...' (counts or '{SKIP}') or a list of counts, "
+                          f"got {type(request).__name__} {shown(request)}")
+    if len(keep) != layers:
+        raise ConfigError(f"configuration {shown(request)} has {len(keep)} values; the model has {layers} layers")
+    return keep
+
+
+def _text_count(part: str, i: int, request: str, seq_len: int) -> int | None:
+    """One comma-separated value of a configuration string: a count in 1..seq_len or 'skip'."""
+    text = part.strip()
+    if text == SKIP:
+        return None
+    if not _COUNT.fullmatch(text):
+        raise ConfigError(f"configuration {shown(request)}: value {i} ({shown(text, 20)}) is neither a token count "
+                          f"nor '{SKIP}'; use '{FULL}' or comma-separated integers")
+    digits = text.lstrip("0") or "0"
+    return _in_range(int(digits) if len(digits) <= 9 else MAX_TOKENS + 1, i, request, seq_len)  # int() stops at 4300 digits
+
+
+def _item_count(item: object, i: int, request: object, seq_len: int) -> int | None:
+    """One item of a configuration list: an integer count in 1..seq_len, or None or 'skip' (a skipped layer)."""
+    if item is None or (isinstance(item, str) and item == SKIP):
+        return None
+    if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+        raise ConfigError(f"configuration {shown(request)}: item {i} must be an integer count or '{SKIP}', "
+                          f"got {type(item).__name__} {shown(item, 20)}")
+    return _in_range(int(item), i, request, seq_len)
+
+
+def _in_range(count: int, i: int, request: object, seq_len: int) -> int:
+    """`count` when a layer can keep that many tokens of a window; the message never prints a huge int whole."""
+    if not 0 < count <= seq_len:
+        said = shown(count, 20) if count <= MAX_TOKENS else f"more than {MAX_TOKENS}"
+        raise ConfigError(f"configuration {shown(request)}: layer {i} keeps {said} tokens; counts are in 1..{seq_len}")
+    return count
+
+
+def config_label(keep: Sequence[int | None]) -> str:
+    """'k1,k2,...' with 'skip' at skipped layers: how answers and menus name a configuration."""
+    return ",".join(SKIP if k is None else str(k) for k in keep)
+
+
+def kept_widths(keep: Sequence[int | None], width: int) -> list[int]:
+    """How many tokens each layer keeps of a full window of `width` tokens (the widths of a reduced graph's kept_i
+    outputs on it, under either length rule): a count caps what arrives; a skipped layer passes everything on."""
+    widths: list[int] = []
+    for k in keep:
+        width = width if k is None else min(k, width)
+        widths.append(width)
+    return widths
 
 
 def sha256(path: Path) -> str:
@@ -187,10 +260,10 @@ def full_up_to(length_config: dict) -> int:
 def full_up_to_problem(threshold: object, keep: Sequence[int | None], seq_len: int, rule: str, variant: str) -> str | None:
     """Why `threshold` cannot be a length configuration's full_up_to (None: it can). 0: not routed. A routed graph
     trims padding, so its reduced configuration runs the cap rule and a variant that does not see padding."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < seq_len:
+        return f"full_up_to must be 0 or a token count below seq_len {seq_len}, got {shown(threshold)}"
     if threshold == 0:
         return None
-    if not (bounded_int(threshold) and threshold < seq_len):
-        return f"full_up_to must be 0 or a token count below seq_len {seq_len}, got {threshold!r}"
     if rule != LengthRule.CAP or variant not in VARIANTS or Variant(variant).sees_padding:
         return f"full_up_to needs the cap rule and a variant that does not see padding, got '{rule}' and '{variant}'"
     if all(k == seq_len for k in keep):
@@ -234,8 +307,8 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
 
     need(is_file_name(m.get("graph")), f"graph {m.get('graph')!r} must be a file name inside the folder")
     need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
-    for name in ("max_positions", "doc_stride", "max_answer_length"):
-        need(bounded_int(m.get(name)), f"{name} must be an integer in 1..{MAX_TOKENS}, got {m.get(name)!r}")
+    for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
+        need(bounded_int(m.get(name)), f"{name} must be an integer in 1..{MAX_TOKENS}, got {shown(m.get(name))}")
     lc = m.get("length_config")
     counts = [k for k in lc["keep"] if k is not None] if isinstance(lc, dict) and isinstance(lc.get("keep"), list) else []
     need(isinstance(lc, dict) and bounded_int(lc.get("seq_len")) and isinstance(lc.get("keep"), list)
@@ -259,12 +332,25 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
         need(m["feeding"] == dict(zip(FEEDING_KEYS, feeding(m))),
              f"feeding {m['feeding']!r} contradicts the graph's quantization and length rule")
     iface = m.get("interface")
-    need(isinstance(iface, dict) and isinstance(iface.get("inputs"), list) and isinstance(iface.get("outputs"), list),
-         "interface must list the graph's inputs and outputs")
+    need(isinstance(iface, dict) and all(isinstance(iface.get(k), list) and all(isinstance(n, str) for n in iface[k])
+                                         for k in ("inputs", "outputs")),
+         "interface must list the graph's inputs and outputs by name")
     need("input_ids" in iface["inputs"] and set(iface["inputs"]) <= {*MODEL_INPUTS, KEEP_INPUT},
-         f"interface inputs {iface['inputs']} must include input_ids and come from {[*MODEL_INPUTS, KEEP_INPUT]}")
+         f"interface inputs {shown(iface['inputs'], 200)} must include input_ids and come from {[*MODEL_INPUTS, KEEP_INPUT]}")
     check_menu(m, need)
     need(iface["outputs"][:2] == list(SPAN_OUTPUTS), f"interface outputs must start with {list(SPAN_OUTPUTS)}")
+    check_kept_outputs(m, need)
+
+
+def check_kept_outputs(m: dict, need: Callable[[bool, str], None]) -> None:
+    """A graph that drops or skips (or takes KEEP_INPUT) reports the positions each layer kept, one output per
+    layer after the span logits; a full graph reports none. The kit checks the widths against the graph's."""
+    lc, iface = m["length_config"], m["interface"]
+    reduced = KEEP_INPUT in iface["inputs"] or any(k != lc["seq_len"] for k in lc["keep"])
+    kept = len(iface["outputs"]) - len(SPAN_OUTPUTS)
+    need(kept == (len(lc["keep"]) if reduced else 0),
+         f"interface outputs {shown(iface['outputs'], 200)} and length configuration {shown(lc['keep'], 200)} disagree: "
+         f"a graph that drops or skips reports one kept_i output per layer, a full graph none")
 
 
 def check_menu(m: dict, need: Callable[[bool, str], None]) -> None:

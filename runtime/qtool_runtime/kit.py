@@ -15,35 +15,27 @@ from typing import Sequence
 
 import numpy as np
 
-from .contract import (KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep, feeding,
-                       format_of, full_up_to, length_runs, onnxruntime_problem, sha256)
+from . import bounds
+from .contract import (FULL, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
+                       config_label, feeding, format_of, full_up_to, kept_widths, length_runs, onnxruntime_problem,
+                       parse_config, sha256)
+from .errors import ArtifactError, ConfigError, InputError, KitError, OptionError
+from .graphfacts import GraphFacts, read_graph_facts
 from .menu import MenuTimes, choose, measure
-from .errors import QtoolError
 from .spans import best_span
 
-
-class KitError(QtoolError, ValueError):
-    """Base of every error the kit raises on bad input: one line that says what is wrong."""
-
-
-class ArtifactError(KitError):
-    """An artifact folder that is missing, altered, or whose manifest is not of the expected shape."""
-
-
-class InputError(KitError):
-    """A question or context the artifact cannot answer (empty, or a question too long for a window)."""
-
-
-class ConfigError(KitError):
-    """A configuration the artifact cannot run: not on its menu, or asked of a graph of one configuration."""
+__all__ = ["Answer", "Artifact", "ArtifactError", "ConfigError", "InputError", "KitError", "OptionError", "Windows",
+           "check_graph", "check_manifest", "read_text_file"]
 
 
 def inside(folder: Path, name: str) -> bool:
     """True when `folder/name` is a relative path that stays inside `folder`, symlinks resolved."""
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    try:
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            return False
+        return (folder / name).resolve().is_relative_to(folder.resolve())
+    except (ValueError, OSError):  # a NUL byte, a name too long for the file system, a symlink loop
         return False
-    root = folder.resolve()
-    return (folder / name).resolve().is_relative_to(root)
 
 
 def max_question_tokens(seq_len: int, doc_stride: int, special_tokens: int) -> int:
@@ -83,7 +75,7 @@ def ort_session(path: Path, threads: int | None = None, error: type[Exception] =
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if threads:
+    if bounds.check("threads", threads):
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -102,8 +94,10 @@ def check_manifest(folder: str | Path) -> dict:
         raise ArtifactError(f"{folder} is not a qtool artifact (no {MANIFEST})")
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ArtifactError(f"{path} nests JSON too deeply to be a manifest") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
 
     def fail(message: str):
         raise ArtifactError(f"{path}: {message}")
@@ -130,20 +124,89 @@ def check_manifest(folder: str | Path) -> dict:
     return m
 
 
-def _probe(session, manifest: dict, folder: Path, pad_id: int) -> None:
-    """Run the graph once on a full window of the manifest's sequence length: a manifest that promises more
-    positions than the graph has (or numbers the graph cannot take) is refused at open, never mid-request."""
+def check_graph(folder: Path, manifest: dict) -> GraphFacts:
+    """Read what the graph itself states (graphfacts) and refuse a manifest that says otherwise: the opset (which
+    onnxruntime runs it right), a routed graph's threshold (which windows may share a run), the positions."""
+    where = folder / MANIFEST
+    facts = read_graph_facts(folder / manifest["graph"])  # GraphFormatError (an ArtifactError) if unreadable
+    if facts.opset != manifest["opset"]:
+        raise ArtifactError(f"{where}: manifest says opset {manifest['opset']}, the graph has opset {facts.opset}")
+    threshold = full_up_to(manifest["length_config"])
+    if facts.route_threshold != threshold:
+        graph = (f"routes windows of at most {facts.route_threshold} tokens to the full model" if facts.route_threshold
+                 else "is not routed")
+        raise ArtifactError(f"{where}: manifest says full_up_to {threshold} (0: not routed), the graph {graph}")
+    if facts.position_rows is not None and manifest["max_positions"] > facts.position_rows:
+        raise ArtifactError(f"{where}: manifest says max_positions {manifest['max_positions']}, the graph's position "
+                            f"table has {facts.position_rows} rows (manifest altered?)")
+    import onnxruntime
+
+    problem = onnxruntime_problem(facts.opset, onnxruntime.__version__)
+    if problem:
+        raise ArtifactError(f"{folder}: {problem}")
+    return facts
+
+
+def special_tokens(tokenizer) -> int:
+    """Special tokens the tokenizer adds to a question + context pair ([CLS] q [SEP] c [SEP]: 3)."""
+    return tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
+
+
+def largest_token_id(tokenizer) -> int:
+    """The largest id the tokenizer can emit (added tokens included): the graph's word table must have that row."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+
+
+def load_tokenizer(folder: Path, manifest: dict, facts: GraphFacts) -> tuple[object, int]:
+    """The artifact's tokenizer, set to window as the manifest says, and its pad id. Refused in one line: ids the
+    graph's word table does not have, or a doc_stride that leaves no room for a question."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+    except Exception as exc:
+        raise ArtifactError(f"{folder / TOKENIZER} is not a loadable tokenizer: {exc}") from exc
+    largest = largest_token_id(tokenizer)
+    if facts.vocab_rows is not None and largest >= facts.vocab_rows:
+        raise ArtifactError(f"{folder}: the tokenizer has token ids up to {largest}, the graph's word table only "
+                            f"{facts.vocab_rows} rows (a tokenizer of another model?)")
+    seq_len, stride, specials = manifest["length_config"]["seq_len"], manifest["doc_stride"], special_tokens(tokenizer)
+    if max_question_tokens(seq_len, stride, specials) < 1:
+        raise ArtifactError(f"{folder / MANIFEST}: doc_stride {stride} leaves no room for a question in windows of "
+                            f"{seq_len} tokens ({specials} of them special)")
+    pad_id = (tokenizer.padding or {}).get("pad_id")
+    if pad_id is None:
+        pad_id = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
+    tokenizer.no_padding()
+    try:
+        tokenizer.enable_truncation(seq_len, stride=stride, strategy="only_second")
+    except Exception as exc:  # tokenizers raises its own error types
+        raise ArtifactError(f"{folder / MANIFEST}: the tokenizer cannot window as the manifest says: {exc}") from None
+    return tokenizer, pad_id
+
+
+def _probe(session, manifest: dict, folder: Path, token_id: int) -> None:
+    """Run the graph once on a full window of the manifest's sequence length, every token the tokenizer's largest
+    id: a manifest that promises more positions than the graph has (or numbers it cannot take) is refused at open,
+    never mid-request. A graph that drops tokens reports how many each layer kept: they must be what the manifest's
+    configuration keeps, so answers are labelled with what really ran."""
     seq_len = manifest["length_config"]["seq_len"]
-    feed = {"input_ids": np.full((1, seq_len), pad_id, dtype=np.int64), "attention_mask": np.ones((1, seq_len), np.int64),
+    keep = manifest["length_config"]["keep"]
+    feed = {"input_ids": np.full((1, seq_len), token_id, dtype=np.int64), "attention_mask": np.ones((1, seq_len), np.int64),
             "token_type_ids": np.zeros((1, seq_len), np.int64)}
     if KEEP_INPUT in manifest["interface"]["inputs"]:  # the smallest menu entry: the one that drops the most
-        feed[KEEP_INPUT] = MenuEntry.from_dict(min(manifest["menu"], key=lambda e: sum(k or 0 for k in e["keep"]))).feed(seq_len)
+        entry = MenuEntry.from_dict(min(manifest["menu"], key=lambda e: sum(k or 0 for k in e["keep"])))
+        feed[KEEP_INPUT], keep = entry.feed(seq_len), entry.keep
     try:
-        session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in manifest["interface"]["inputs"]})
+        outputs = session.run(None, {k: v for k, v in feed.items() if k in manifest["interface"]["inputs"]})
     except Exception as exc:  # onnxruntime's own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{folder}: the graph does not run on a window of {seq_len} tokens, the manifest's "
-                            f"sequence length (manifest altered?): {first[:300]}") from None
+        raise ArtifactError(f"{folder}: the graph does not run on a window of {seq_len} tokens (the manifest's sequence "
+                            f"length) of token id {token_id} (the tokenizer's largest): {first[:300]}") from None
+    widths = [int(o.shape[-1]) for o in outputs[len(SPAN_OUTPUTS):]]  # none: a full graph (contract.check_kept_outputs)
+    if widths and widths != kept_widths(keep, seq_len):
+        raise ArtifactError(f"{folder}: on a full window the graph keeps {widths} tokens per layer, the manifest's "
+                            f"configuration {config_label(keep)} keeps {kept_widths(keep, seq_len)} (manifest altered?)")
 
 
 @dataclass(frozen=True)
@@ -173,15 +236,6 @@ class Windows:
         return len(self.input_ids)
 
 
-def _counts(config: str | Sequence[int | str | None]) -> list[int | None] | None:
-    """'k1,k2,...' or a list as keep counts (None at 'skip'); None when it is not a list of counts."""
-    parts = config.split(",") if isinstance(config, str) else list(config)
-    try:
-        return [None if p is None or str(p).strip() == "skip" else int(p) for p in parts]
-    except (TypeError, ValueError):
-        return None
-
-
 class Artifact:
     """A checked artifact ready to answer: the onnxruntime session, the tokenizer and the manifest."""
 
@@ -205,7 +259,8 @@ class Artifact:
         self.times: MenuTimes | None = None  # measure_menu() fills it: what budgets are predicted with
         self._pad_id = pad_id
         self._tokenizer = tokenizer
-        self._specials = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
+        self._largest_id = largest_token_id(tokenizer)  # measure_menu's random windows stay inside the word table
+        self._specials = special_tokens(tokenizer)
         self._plain = tokenizer.__class__.from_str(tokenizer.to_str())  # same vocabulary, no truncation: lengths
         self._plain.no_truncation()
         # A question may take what a window leaves after the special tokens and more than doc_stride context tokens.
@@ -213,37 +268,22 @@ class Artifact:
 
     @classmethod
     def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16) -> "Artifact":
-        """Verify every sha256 and the manifest's shape, load the graph and check it has the stated interface."""
-        from tokenizers import Tokenizer
-
+        """Verify every sha256, the manifest's shape and what it says against the graph; load the graph and the
+        tokenizer and run the graph once. `threads`, `batch_size`: checked against bounds.BOUNDS first."""
+        bounds.check_all(threads=threads, batch_size=batch_size)
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no such artifact folder: {folder}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         manifest = check_manifest(folder)
-        import onnxruntime
-
-        problem = onnxruntime_problem(manifest["opset"], onnxruntime.__version__)
-        if problem:
-            raise ArtifactError(f"{folder}: {problem}")
+        facts = check_graph(folder, manifest)
         session = ort_session(folder / manifest["graph"], threads)
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
         if names[0] != iface["inputs"] or names[1] != iface["outputs"]:
             raise ArtifactError(f"{folder}: manifest interface {iface} is not the graph's "
                                 f"(inputs {names[0]}, outputs {names[1]})")
-        try:
-            tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
-        except Exception as exc:
-            raise ArtifactError(f"{folder / TOKENIZER} is not a loadable tokenizer: {exc}") from exc
-        pad_id = (tokenizer.padding or {}).get("pad_id")
-        if pad_id is None:
-            pad_id = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(manifest["length_config"]["seq_len"], stride=manifest["doc_stride"],
-                                    strategy="only_second")
-        _probe(session, manifest, folder, pad_id)
+        tokenizer, pad_id = load_tokenizer(folder, manifest, facts)
+        _probe(session, manifest, folder, largest_token_id(tokenizer))
         return cls(folder, manifest, session, tokenizer, batch_size, pad_id)
 
     @property
@@ -254,30 +294,30 @@ class Artifact:
         """'full', 'k1,k2,...' or 'k1,k2,... (full up to N)' (a routed graph): the configuration an answer came from."""
         keep = entry.keep if entry is not None else self.manifest["length_config"]["keep"]
         if all(k == self.seq_len for k in keep):
-            return "full"
+            return FULL
         routed = f" (full up to {self.full_up_to})" if self.full_up_to else ""
-        return ",".join("skip" if k is None else str(k) for k in keep) + routed
+        return config_label(keep) + routed
 
-    def entry(self, config: str | Sequence[int | None] | MenuEntry | None = None) -> MenuEntry | None:
-        """The menu entry `config` names: 'full' (the menu's first entry), 'k1,k2,...', a list of counts ('skip' or
-        None at a skipped layer) or an entry; None: the first. A graph of one configuration has no menu (None);
-        asking it for another configuration is an error."""
+    def entry(self, config: object = None) -> MenuEntry | None:
+        """The menu entry `config` names: None or 'full' (the menu's first entry), 'k1,k2,...', a list of counts
+        ('skip' or None at a skipped layer) or an entry (contract.parse_config reads it; anything else is a
+        ConfigError). A graph of one configuration has no menu (None); asking it for another is an error."""
         if isinstance(config, MenuEntry):
             config = list(config.keep)
-        keep = None if config is None or config == "full" else _counts(config)
+        layout = self.manifest["length_config"]["keep"]
+        keep = parse_config(config, len(layout), self.seq_len)
         if not self.menu:
-            own = self.manifest["length_config"]["keep"]
-            if config is not None and keep != own and not (config == "full" and self.label(None) == "full"):
-                raise ConfigError(f"{self.name} runs one configuration ({self.label(None)}); export --config runtime "
-                                  "for a graph that chooses per request")
-            return None
+            if config is None or keep == tuple(layout) or (keep is None and self.label(None) == FULL):
+                return None
+            raise ConfigError(f"{self.name} runs one configuration ({self.label(None)}); export --config runtime "
+                              "for a graph that chooses per request")
         if keep is None:
             return self.menu[0]
         for entry in self.menu:
-            if list(entry.keep) == keep:
+            if entry.keep == keep:
                 return entry
-        problem = check_keep(keep, self.manifest["length_config"]["keep"], self.seq_len)
-        raise ConfigError(problem or f"configuration {config!r} is not on the menu of {self.name}: "
+        problem = check_keep(list(keep), layout, self.seq_len)
+        raise ConfigError(problem or f"configuration {config_label(keep)} is not on the menu of {self.name}: "
                           + "; ".join(self.label(e) for e in self.menu))
 
     def measure_menu(self, *, lengths: Sequence[int] | None = None, rounds: int = 5) -> MenuTimes:
@@ -288,7 +328,7 @@ class Artifact:
         rng = np.random.default_rng(0)
 
         def run_window(entry: MenuEntry, n: int) -> None:
-            feed = {"input_ids": rng.integers(1000, 20000, (1, n)), "attention_mask": np.ones((1, n), np.int64),
+            feed = {"input_ids": rng.integers(0, self._largest_id + 1, (1, n)), "attention_mask": np.ones((1, n), np.int64),
                     "token_type_ids": np.zeros((1, n), np.int64), KEEP_INPUT: entry.feed(self.seq_len)}
             self.session.run(list(SPAN_OUTPUTS), {k: v for k, v in feed.items() if k in self.inputs})
 
@@ -371,8 +411,7 @@ class Artifact:
                 out[q][w] = (start[i, :n], end[i, :n])
         return out
 
-    def run(self, prepared: Sequence[Windows], config: str | Sequence[int | None] | MenuEntry | None = None
-            ) -> list[Answer]:
+    def run(self, prepared: Sequence[Windows], config: object = None) -> list[Answer]:
         """Answer already-windowed questions: batched graph runs, then the best span per question."""
         entry = config if isinstance(config, MenuEntry) else self.entry(config)
         label = self.label(entry)
@@ -387,19 +426,17 @@ class Artifact:
                                       span.start_char, span.end_char, label))
         return answers
 
-    def answer(self, question: str, context: str, *, config: str | Sequence[int | None] | None = None,
-               budget_ms: float | None = None) -> Answer:
+    def answer(self, question: str, context: str, *, config: object = None, budget_ms: float | None = None) -> Answer:
         """Answer one question; a run-time configuration graph runs `config` (a menu entry), or the most accurate
         entry predicted to answer within `budget_ms`, or full."""
         return self.answer_batch([(question, context)], config=config, budget_ms=budget_ms)[0]
 
-    def answer_batch(self, pairs: Sequence[tuple[str, str]], *, config: str | Sequence[int | None] | None = None,
+    def answer_batch(self, pairs: Sequence[tuple[str, str]], *, config: object = None,
                      budget_ms: float | None = None) -> list[Answer]:
         """Answer many (question, context) pairs; their windows share graph runs (and one configuration)."""
         if config is not None and budget_ms is not None:
             raise ConfigError("name a configuration or a budget, not both")
-        if budget_ms is not None and not budget_ms > 0:
-            raise ConfigError(f"budget_ms must be a positive number of milliseconds, got {budget_ms}")
+        budget_ms = bounds.check("budget_ms", budget_ms)
         prepared = [self.windows(q, c) for q, c in pairs]
         entry = self.choose(prepared, budget_ms) if budget_ms is not None else self.entry(config)
         return self.run(prepared, entry)

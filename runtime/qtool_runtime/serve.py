@@ -9,6 +9,9 @@ A run-time configuration graph chooses its configuration per batch: an item may 
 ("config") or a budget ("budget_ms"); the others run full, or, with `latency_target_ms`, the most accurate
 menu entry whose predicted time for all queued work (this batch and what waits behind it) meets the target:
 full when idle, cheaper under load. Every answer says which configuration produced it.
+
+Settings are checked against bounds.BOUNDS before the artifact opens. On SIGTERM (or Ctrl-C) the server stops
+taking connections, gives requests in flight `drain_s` seconds to finish, and exits.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from . import bounds
 from .contract import MenuEntry
+from .errors import KitError, OptionError, shown
 from .kit import Answer, Artifact, ConfigError, InputError, Windows, check_text
 from .menu import choose
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 200 SQuAD paragraphs
+DRAIN_S = 10.0  # after SIGTERM, requests in flight get this long (a batch waits at most bounds.MAX_WAIT_MS) to finish
 TAIL_WINDOW = 100  # recent requests whose latency the target is held on
 TAIL_MIN_JOBS = 20  # fewer than this: no p99 yet
 MAX_PRESSURE = 16.0
@@ -73,10 +79,7 @@ class Batcher:
 
     def __init__(self, artifact: Artifact, max_batch: int, max_wait_ms: float,
                  latency_target_ms: float | None = None) -> None:
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch must be positive and max_wait_ms not negative, got {max_batch}, {max_wait_ms}")
-        if latency_target_ms is not None and not latency_target_ms > 0:
-            raise ConfigError(f"--latency-target-ms must be a positive number of milliseconds, got {latency_target_ms}")
+        bounds.check_all(max_batch=max_batch, max_wait_ms=max_wait_ms, latency_target_ms=latency_target_ms)
         if latency_target_ms is not None and not artifact.menu:
             raise ConfigError(f"--latency-target-ms needs a run-time configuration graph (export --config runtime); "
                               f"{artifact.name} runs one configuration")
@@ -221,7 +224,7 @@ class Item:
 
     question: str
     context: str
-    config: str | list | None = None
+    config: object = None  # as sent: contract.parse_config reads it (a 422 when it is not a configuration)
     budget_ms: float | None = None
 
 
@@ -230,10 +233,10 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
     (items, was_a_list)."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the body is not valid JSON: {exc}") from exc
     except RecursionError:
         raise RequestError(400, "the body nests JSON too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise RequestError(400, f"the body is not valid JSON: {exc}") from None
     many = isinstance(data, list)
     items = data if many else [data]
     if many and not items:
@@ -258,10 +261,11 @@ def parse_payload(body: bytes, max_questions: int = MAX_QUESTIONS) -> tuple[list
             except InputError as exc:
                 raise RequestError(422, f"{where}field {key!r}: {exc}") from None
         config, budget = item.get("config"), item.get("budget_ms")
-        if config is not None and not isinstance(config, (str, list)):
-            raise RequestError(422, f"{where}field 'config' must be a menu label ('full', 'k1,k2,...') or a list of counts")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
-            raise RequestError(422, f"{where}field 'budget_ms' must be a positive number, got {budget!r}")
+        try:
+            budget = bounds.check("budget_ms", budget)
+        except OptionError:
+            raise RequestError(422, f"{where}field 'budget_ms' must be {bounds.BOUNDS['budget_ms'].describe()}, "
+                                    f"got {shown(budget, 40)}") from None
         if config is not None and budget is not None:
             raise RequestError(422, f"{where}name a 'config' or a 'budget_ms', not both")
         pairs.append(Item(item["question"], item["context"], config, budget))
@@ -272,8 +276,8 @@ async def read_body(request, max_body_bytes: int) -> bytes:
     """The request body, refused (413) past `max_body_bytes` whether or not it declares its length."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, f"Content-Length {declared!r} is not a number")
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 19):  # int() also reads '²' and '٣'
+            raise RequestError(400, f"Content-Length {shown(declared, 40)} is not a number")
         if int(declared) > max_body_bytes:
             raise RequestError(413, f"the body is {declared} bytes; at most {max_body_bytes}")
     chunks, size = [], 0
@@ -294,7 +298,7 @@ def prepare_items(artifact: Artifact, items: list[Item], many: bool) -> tuple[li
             windows.append(artifact.windows(item.question, item.context))
             entries.append(artifact.choose(windows[-1:], item.budget_ms) if item.budget_ms is not None
                            else artifact.entry(item.config) if item.config is not None else None)
-        except (InputError, ConfigError) as exc:
+        except KitError as exc:  # InputError, ConfigError, OptionError: the item, not the server
             raise RequestError(422, f"item {i}: {exc}" if many else str(exc)) from exc
     return windows, entries
 
@@ -304,7 +308,8 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
                latency_target_ms: float | None = None):
     """The Starlette application serving `artifact`; `app.state.batcher.stats` counts batches.
 
-    `latency_target_ms` (run-time configuration graphs): the menu is timed on this machine first."""
+    `latency_target_ms` (run-time configuration graphs): the menu is timed on this machine first. Settings outside
+    bounds.BOUNDS are an OptionError."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -313,13 +318,15 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    bounds.check_all(max_body_bytes=max_body_bytes)
     batcher = Batcher(artifact, max_batch, max_wait_ms, latency_target_ms)
     if artifact.menu and artifact.times is None:
         artifact.measure_menu()  # budgets and the latency target are predicted from this machine's timings
     started = time.time()
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+        # a message quoting the request may hold lone surrogates ("\ud800"), which UTF-8 cannot carry: escape them
+        return JSONResponse({"error": message.encode("utf-8", "backslashreplace").decode("utf-8")}, status_code=status)
 
     async def answer(request: Request) -> JSONResponse:
         arrived = asyncio.get_running_loop().time()
@@ -331,7 +338,10 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
         except ClientDisconnect:
             return error(400, "the client disconnected before sending the whole body")
         batcher.stats.requests += 1
-        answers = await batcher.submit(windows, entries, started=arrived)
+        try:
+            answers = await batcher.submit(windows, entries, started=arrived)
+        except asyncio.CancelledError:  # shutting down and past the drain time: say so (uvicorn would send a 500)
+            return error(503, "the server is shutting down; send the request again")
         out = [a.to_dict() for a in answers]
         return JSONResponse(out if many else out[0])
 
@@ -358,12 +368,16 @@ def create_app(artifact: Artifact, *, max_batch: int = 8, max_wait_ms: float = 5
     return app
 
 
-def make_server(artifact: Artifact, host: str = "127.0.0.1", port: int = 8000, **app_options):
-    """A uvicorn server (not started): `.run()` blocks; tests run it in a thread and set `.should_exit`."""
+def make_server(artifact: Artifact, host: str = "127.0.0.1", port: int = 8000, *, drain_s: float = DRAIN_S,
+                **app_options):
+    """A uvicorn server (not started): `.run()` blocks; tests run it in a thread and set `.should_exit`, which is
+    what SIGTERM does. Shutting down, requests still in flight after `drain_s` seconds are cancelled: without that
+    bound uvicorn waits for them forever, and SIGTERM would never stop a server whose batch never closes."""
     import uvicorn
 
+    bounds.check("port", port, optional=False)
     config = uvicorn.Config(create_app(artifact, **app_options), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=drain_s)
     return uvicorn.Server(config)
 
 
@@ -397,15 +411,18 @@ class ServerThread:
 
 def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 8, max_wait_ms: float = 5.0,
           max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, latency_target_ms: float | None = None) -> None:
-    """Open `folder` (checked) and serve it until interrupted."""
+    """Open `folder` (checked) and serve it until SIGTERM or Ctrl-C; every setting is checked before any work."""
+    bounds.check_all(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
+                     threads=threads, latency_target_ms=latency_target_ms)
     artifact = Artifact.open(folder, threads=threads)
     make_server(artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
                 latency_target_ms=latency_target_ms).run()
 
 
-def answer_json(folder: str, question: str, context: str, threads: int | None = None, *, config: str | None = None,
+def answer_json(folder: str, question: str, context: str, threads: int | None = None, *, config: object = None,
                 budget_ms: float | None = None) -> str:
     """One answer as JSON text (for `qtool answer`), with the artifact and configuration it came from."""
+    bounds.check_all(threads=threads, budget_ms=budget_ms)
     artifact = Artifact.open(folder, threads=threads)
     answer = artifact.answer(question, context, config=config, budget_ms=budget_ms)
     return json.dumps({**answer.to_dict(), "artifact": artifact.name}, indent=2)
