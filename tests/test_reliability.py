@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from toolchain import artifact, atomic
+from toolchain.output import OutputKind
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def test_staging_dir_replaces_dest_only_on_success(tmp_path):
 
 
 def test_atomic_files_and_folders_get_normal_permissions(tmp_path, umask_022):
-    with artifact.staging(tmp_path / "art") as tmp:
+    with artifact.staging(tmp_path / "art", OutputKind.FP32_ARTIFACT) as tmp:
         (tmp / "model.onnx").write_bytes(b"x")
         artifact.write_manifest(tmp, {})
     assert (tmp_path / "art").stat().st_mode & 0o777 == 0o755  # tempfile.mkdtemp would give 0o700
@@ -71,7 +72,8 @@ STAGING_CHILD = textwrap.dedent(
     """
     import sys, time
     from toolchain import artifact
-    with artifact.staging(sys.argv[1]) as tmp:
+    from toolchain.output import OutputKind
+    with artifact.staging(sys.argv[1], OutputKind.FP32_ARTIFACT) as tmp:
         (tmp / "model.onnx").write_bytes(b"0" * 100000)
         print(tmp, flush=True)
         time.sleep(60)
@@ -171,7 +173,7 @@ def test_model_folder_without_tokenizer_or_weights_is_a_clear_error(tmp_path, mi
 ])
 def test_manifest_files_of_the_wrong_shape_are_refused(tmp_path, files, message):
     folder = tmp_path / "art"
-    with artifact.staging(folder) as tmp:
+    with artifact.staging(folder, OutputKind.FP32_ARTIFACT) as tmp:
         (tmp / artifact.GRAPH).write_bytes(b"graph")
         artifact.write_manifest(tmp, {})
     data = json.loads((folder / artifact.MANIFEST).read_text())

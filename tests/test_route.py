@@ -1,5 +1,7 @@
 """Routed graphs: the full static INT8 graph on short windows, the reduced one on long windows, in one graph."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -198,3 +200,61 @@ def test_qtool_route_writes_the_artifact_or_one_error_line(static_pair, tmp_path
                                     "--out", str(tmp_path / "bad")], catch_exceptions=False)
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == ["Error: --full must be a full graph (every layer keeps every token)"]
     assert not (tmp_path / "bad").exists()
+
+
+def _files(folder) -> dict[str, str]:
+    """Every path under `folder` (a folder as 'dir', a file as its sha256): what 'untouched, byte for byte' compares."""
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def _route_cli(full, reduced, out, full_up_to: int = 200):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    return CliRunner().invoke(main, ["route", "--full", str(full), "--reduced", str(reduced), "--full-up-to",
+                                     str(full_up_to), "--out", str(out)], catch_exceptions=False)
+
+
+def test_route_out_never_replaces_an_input_or_a_users_folder(static_pair, tmp_path):
+    """The tester's reproduction: --out at a user's folder, at the artifact root holding the inputs, at --full and
+    inside --reduced. Each is refused in one line (exit 1) before any work, and every file stays as it was."""
+    import shutil
+
+    root = tmp_path / "X"
+    full, reduced = (Path(shutil.copytree(p, root / p.name)) for p in static_pair)
+    user = tmp_path / "Y"
+    user.mkdir()
+    (user / "a.txt").write_text("keep")
+    before = _files(tmp_path)
+    for out, message in ((user, f"--out {user} is a non-empty folder that is not a routed artifact"),
+                         (root, f"--out {root} holds --full {full}"),
+                         (full, f"--out {full} is --full"),
+                         (reduced, f"--out {reduced} is --reduced"),
+                         (reduced / "sub", f"--out {reduced / 'sub'} is inside --reduced {reduced}")):
+        result = _route_cli(full, reduced, out)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.output
+    assert _files(tmp_path) == before and (user / "a.txt").read_text() == "keep"
+
+
+def test_route_writes_a_new_or_empty_folder_and_replaces_only_a_routed_artifact(static_pair, tmp_path):
+    import shutil
+
+    full, reduced = static_pair
+    out = tmp_path / "routed"
+    assert _route_cli(full, reduced, out).exit_code == 0  # a new folder
+    assert _route_cli(full, reduced, out, full_up_to=150).exit_code == 0  # re-running replaces its own output
+    assert manifests.load(out).length_config.full_up_to == 150
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _route_cli(full, reduced, empty).exit_code == 0 and manifests.load(empty).route
+    other = Path(shutil.copytree(reduced, tmp_path / "int8-other"))  # an artifact, but not a routed one
+    before = _files(other)
+    result = _route_cli(full, reduced, other)
+    assert result.exit_code == 1 and "is a non-empty folder that is not a routed artifact" in result.output
+    assert _files(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "int8-other", "routed"]  # no staging leftovers

@@ -13,13 +13,16 @@ import shutil
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from qtool_runtime.contract import FORMAT, MANIFEST, format_of, sha256  # noqa: F401
 from qtool_runtime.errors import QtoolError
 from qtool_runtime.kit import inside
 
 from . import atomic
+
+if TYPE_CHECKING:
+    from .output import OutputKind
 
 GRAPH = "model.onnx"
 
@@ -40,8 +43,14 @@ def tool_versions() -> dict[str, str]:
 
 
 @contextmanager
-def staging(dest: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error or SIGTERM it vanishes."""
+def staging(dest: Path, kind: OutputKind) -> Iterator[Path]:
+    """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error or SIGTERM it vanishes.
+
+    Commands check `dest` against their inputs before any work (`toolchain.output`); it is checked again here, where
+    the replacing happens, so no caller ever replaces something that is not an artifact of `kind`."""
+    from .output import check_target  # output reads manifests (manifest.py imports this module)
+
+    check_target(dest, kind)
     with atomic.staging_dir(dest) as tmp:
         yield tmp
 
@@ -81,9 +90,11 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{folder} is not a qtool artifact (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path} is nested too deeply to be a manifest") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
     if manifest.get("format") != format_of(manifest):

@@ -173,11 +173,12 @@ def _move_into_place(tmp: Path, dest: Path, attempts: int = 20) -> None:
     raise ConcurrentWriteError(f"{dest} kept being replaced by other writers; nothing of this run was written")
 
 
-def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+def check_writable_dir(path: str | Path, what: str = "output folder", *, replaced: bool = False) -> Path:
     """Refuse, before any work, a destination that cannot be written: the nearest existing ancestor of
-    `path` must be a writable folder (the folder itself is created later, atomically)."""
+    `path` must be a writable folder (the folder itself is created later, atomically). `replaced`: `path` is
+    renamed into place as a whole, so its parent is what must be writable, whatever `path` is now."""
     path = Path(path)
-    probe = path
+    probe = path.parent if replaced else path
     while not probe.exists():
         if probe.parent == probe:
             break

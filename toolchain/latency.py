@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import atomic
+from . import atomic, output
 from .errors import InputError
 from .length import LengthConfig
+from .output import OutputKind
 from qtool_runtime.contract import Precision
 
 if TYPE_CHECKING:
@@ -146,6 +147,12 @@ class LatencyModel:
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise InputError(f"{path} is not a latency model written by `qtool fit-latency`: {exc}") from None
         return model
+
+
+def check_out(path: str | Path, folders: Sequence[str | Path] = ()) -> Path:
+    """Refuse, before any timing (`toolchain.output`), a destination that is one of the artifact `folders` timed, lies
+    inside an artifact, or is a file that is not a latency model (re-fitting replaces a latency model); returns it."""
+    return output.check_target(path, OutputKind.LATENCY_MODEL, inputs=[("GRAPHS", f) for f in folders])
 
 
 def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds: int, warmup: int,

@@ -170,8 +170,9 @@ class LengthConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "LengthConfig":
         """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
+        # full_up_to as written: validate() refuses "224", 224.5 or true, as the kit does (contract.full_up_to_problem)
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
-                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), int(data.get("full_up_to", 0)))
+                     data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), data.get("full_up_to", 0))
         config.validate(len(config.keep))
         return config
 

@@ -163,7 +163,11 @@ def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
     if check_graph:
         import onnx
 
-        graph = onnx.load(str(folder / manifest.graph), load_external_data=False)
+        try:
+            graph = onnx.load(str(folder / manifest.graph), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and others for a truncated or foreign file
+            raise ManifestError(f"{folder}: {manifest.graph} is not a loadable ONNX graph "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
         opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != manifest.opset:
             raise ManifestError(f"{folder}: manifest says opset {manifest.opset}, the graph has opset {opset}")

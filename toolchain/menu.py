@@ -53,7 +53,7 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
             session, features[name], protocol=Protocol.BUCKETED, invariant=manifest.invariant,
             keep=entry.feed(seq_len)))["f1"], 2) for name, ex in workloads.items()}
         menu.append(replace(entry, f1=f1, ms=round(times.ms[kit.label(entry)][0], 2)))
-        log(f"  {entry.label:<28} " + "  ".join(f"{n}: F1 {v:.2f}" for n, v in f1.items())
+        log(f"  {kit.label(entry):<28} " + "  ".join(f"{n}: F1 {v:.2f}" for n, v in f1.items())
             + f"  {menu[-1].ms:.1f} ms per {seq_len}-token window")
     from .verify import machine_info
 

@@ -32,10 +32,13 @@ ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] unde
 # exact in float32, so question tokens rank first, in order, with no ties for runtimes to break differently
 QUESTION_FIRST = float(1 << 20)
 # `match`: a context token near a word of the question scores its attention + MATCH_FIRST, above any sum of attention
-# (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST. Scores are
-# float32 (bf16 training included); near 2^14 float32 resolves 0.002 of attention, so the order among near tokens is
-# attention's to that precision
+# (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST.
 MATCH_FIRST = float(1 << 14)
+# Scores are ranked in float64: near 2^14 float32 resolves only 0.002 of attention, so the bonus rounded near tokens'
+# attention into ties and near-ties that PyTorch and onnxruntime broke differently (a model exported or not by luck).
+# In float64 the bonus is exact for every float32 attention sum above 2^-15, so tiers and attention rank
+# lexicographically; equal scores keep their current order (a stable sort in PyTorch, ONNX TopK's lower index first).
+RANK_DTYPE = torch.float64
 MATCH_WIDTH = 12  # tokens either side of a context token that repeats a word of the question
 MATCH_MAX_REPEATS = 2  # a question token the context repeats more often ("the", "of", "?") marks nothing
 VARIANT_ATTRIBUTE = "qtool_drop_variant"  # where `qtool train` records the variant in the model's config.json
@@ -204,12 +207,14 @@ def drop_and_restore(
     skip_layers: Sequence[int] = (),
     return_kept: bool = False,
     keep_counts: torch.Tensor | None = None,
+    scores_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ):
     """Run a BERT QA model with Drop-and-Restore; returns (start_logits, end_logits[, kept positions per layer]).
 
     `keep_counts` (int64 [layers], the run-time configuration graph's input) replaces the configuration's counts:
     layer i keeps min(keep_counts[i], tokens that arrive), the cap rule; `config` then only says which layers
-    are skipped and the variant.
+    are skipped and the variant. `scores_out`, if given, collects each dropping layer's (positions, ranking scores)
+    as it ranked them: what export's validation reads to tell a near tie broken the other way from a wrong graph.
 
     `config=None` or a full configuration runs every token through every layer (the plain model).
     A configuration's skipped layers, and `skip_layers` (LayerDrop in training), pass hidden states through
@@ -241,13 +246,16 @@ def drop_and_restore(
         if i in skip_layers:
             if return_kept:
                 kept.append(positions)
+            if scores_out is not None and dropping:  # aligned with `kept`: a skipped layer ranks nothing
+                scores_out.append((positions, torch.full(positions.shape, float("nan"), dtype=RANK_DTYPE)))
             continue
         mask_add = (1.0 - mask)[:, None, None, :] * NEG_MASK
         a, probs = _attention(family, heads, layer, h, mask_add)
         if dropping:
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
-            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, variant, question_len, near)
+            a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, variant, question_len, near,
+                                              scores_out)
             set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
@@ -290,25 +298,37 @@ def near_question_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, t
 
 
 def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n_in,
-          k, variant: str, question_len: torch.Tensor | None = None, near: torch.Tensor | None = None
+          k, variant: str, question_len: torch.Tensor | None = None, near: torch.Tensor | None = None,
+          scores_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One layer's drop: sort tokens by significance once, keep the first k (their attention output, mask and
     positions) and set the rest aside with their positions. `question_len` ([B, 1]): the question segment ranks
     first; `near` ([B, seq_len] by original position, the `match` variant): those context tokens rank next."""
     lat = variant == Variant.LAT
-    score = significance(probs, mask, variant, positions).float()  # bf16 would tie everything near the bonuses
+    score = significance(probs, mask, variant, positions).to(RANK_DTYPE)
     if lat:  # LAT always keeps [CLS]
         score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
     if near is not None:
         score = torch.where(torch.gather(near, 1, positions), score + MATCH_FIRST, score)
     if question_len is not None:
         score = torch.where(positions < question_len, QUESTION_FIRST - positions.to(score.dtype), score)
-    order = torch.topk(score, n_in, dim=1).indices
+    if scores_out is not None:
+        scores_out.append((positions, score))
+    order = _ranked(score)
     top, rest = order[:, :k], order[:, k:]
     # qtool: a dropped token keeps its post-attention state from the layer that dropped it;
     # lat: it keeps the output of the last layer that kept it (this layer's input)
     aside = (take_rows(h if lat else a, rest), torch.gather(positions, 1, rest))
     return take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top), aside
+
+
+def _ranked(score: torch.Tensor) -> torch.Tensor:
+    """Indices of each row of `score` by descending value, equal values in their current order: ONNX TopK's rule
+    (lower index first), which the exported graph runs. torch.topk promises no order for ties, so eager PyTorch sorts
+    stably; the exporter has no stable sort, so a trace takes TopK."""
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return torch.topk(score, score.shape[1], dim=1).indices
+    return torch.sort(score, dim=1, descending=True, stable=True).indices
 
 
 def _restore(set_aside: list[tuple[torch.Tensor, torch.Tensor]], h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

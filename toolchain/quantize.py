@@ -28,9 +28,10 @@ import numpy as np
 from qtool_runtime.contract import LengthRule, Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, atomic, squad
+from . import artifact, output, squad
 from . import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
+from .output import OutputKind
 from .passes import INT8_PASSES, run_passes
 from .runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
@@ -305,8 +306,7 @@ def quantize_artifact(
     """
     src = Path(src)
     manifest = _quantizable(src, tolerance, recipes)
-    dest = Path(dest) if dest else int8_destination(src)
-    atomic.check_writable_dir(dest.absolute().parent, "the INT8 artifact's folder")  # before minutes of tuning
+    dest = check_destination(src, dest or int8_destination(src))  # before minutes of tuning
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
@@ -354,9 +354,18 @@ def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) 
     return manifest
 
 
-def int8_destination(src: Path) -> Path:
-    """fp32-X -> int8-X beside it (X-int8 for a folder named otherwise)."""
+def int8_destination(src: Path, *, plain_ort: bool = False) -> Path:
+    """fp32-X -> int8-X beside it (X-int8 for a folder named otherwise); the plain onnxruntime baseline: ort-int8-X."""
+    if plain_ort:
+        return src.with_name("ort-int8-" + src.name.removeprefix("fp32-"))
     return src.with_name(src.name.replace("fp32-", "int8-", 1) if src.name.startswith("fp32-") else src.name + "-int8")
+
+
+def check_destination(src: str | Path, dest: str | Path) -> Path:
+    """Refuse, before any work, an INT8 destination that is, holds or lies inside the FP32 artifact, or that holds
+    anything but an INT8 artifact (re-quantizing replaces the previous INT8 artifact); returns it."""
+    return output.check_target(dest, OutputKind.INT8_ARTIFACT, inputs=(("the FP32 artifact", src),),
+                               option="INT8 destination")
 
 
 def _score_time_choose(src: Path, manifest: manifests.Manifest, candidates: Sequence[Recipe], trials: list[Trial],
@@ -543,7 +552,7 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
 
     src = Path(src)
     manifest = manifests.load(src)
-    atomic.check_writable_dir(Path(dest).absolute().parent, "the INT8 artifact's folder")
+    dest = check_destination(src, dest)
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     features = calibration_features(calib, samples, tokenizer, manifest.length_config.seq_len, manifest.doc_stride)
     with tempfile.TemporaryDirectory(prefix="qtool-ort-") as work:
@@ -563,7 +572,7 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
     import onnx
 
     opset = artifact.opset_of(onnx.load(str(graph), load_external_data=False))
-    with artifact.staging(dest) as tmp:
+    with artifact.staging(dest, OutputKind.INT8_ARTIFACT) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
         artifact.copy_files_besides_graph(src, manifest.files, manifest.graph, tmp)
         manifests.write(tmp, replace(

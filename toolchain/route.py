@@ -24,9 +24,10 @@ import numpy as np
 
 from qtool_runtime.contract import SPAN_OUTPUTS, LengthRule
 
-from . import artifact
+from . import artifact, output
 from . import manifest as manifests
 from .errors import InputError
+from .output import OutputKind
 
 if TYPE_CHECKING:
     import onnx
@@ -285,7 +286,9 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     """Write the routed artifact of a full and a reduced graph of one model (see the module docstring).
 
     `full_up_to` None: measured here, the longest window the full graph runs no slower than the reduced one.
-    `out` None: beside the reduced artifact, its name and '-full<full_up_to>'."""
+    `out` None: beside the reduced artifact, its name and '-full<full_up_to>'. `out` is the artifact folder itself:
+    refused if it is, holds or lies inside --full or --reduced, or holds anything but a routed artifact
+    (`toolchain.output`)."""
     import onnx
 
     from .runtime import onnx_session
@@ -293,6 +296,9 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     full_folder, reduced_folder = Path(full_folder), Path(reduced_folder)
     full, reduced = manifests.load(full_folder), manifests.load(reduced_folder)
     check_pair(full, reduced)
+    inputs = (("--full", full_folder), ("--reduced", reduced_folder))
+    if out:  # before timing; the default name waits for the threshold
+        output.check_target(out, OutputKind.ROUTED_ARTIFACT, inputs=inputs)
     full_graph, reduced_graph = full_folder / full.graph, reduced_folder / reduced.graph
     seq_len = reduced.length_config.seq_len
     crossover = None
@@ -310,12 +316,13 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
                              f"nothing to route; ship {full_folder}")
     if not 0 < full_up_to < seq_len:
         raise RouteError(f"--full-up-to must be between 1 and {seq_len - 1} tokens, got {full_up_to}")
-    out = Path(out) if out else reduced_folder.parent / f"{reduced_folder.name}-full{full_up_to}"
+    out = output.check_target(out or reduced_folder.parent / f"{reduced_folder.name}-full{full_up_to}",
+                              OutputKind.ROUTED_ARTIFACT, inputs=inputs)
     config = replace(reduced.length_config, full_up_to=full_up_to)
     config.validate(len(config.keep))
     model = compose(onnx.load(str(full_graph)), onnx.load(str(reduced_graph)), full_up_to=full_up_to,
                     kept_outputs=reduced.interface.kept_outputs)
-    with artifact.staging(out) as tmp:
+    with artifact.staging(out, OutputKind.ROUTED_ARTIFACT) as tmp:
         onnx.save(model, str(tmp / artifact.GRAPH))
         artifact.copy_files_besides_graph(reduced_folder, reduced.files, reduced.graph, tmp)
         validation = check_routed(tmp / artifact.GRAPH, full_graph, reduced_graph, full_up_to, seq_len)

@@ -113,6 +113,9 @@ class Predictions:
     start_logits: np.ndarray
     end_logits: np.ndarray
     kept: list[np.ndarray] | None = None  # per layer [n, k_i] kept positions, when the runtime reports them
+    # PyTorch only (predict_torch(scores=True)): per dropping layer [n, seq_len] float64 ranking scores by original
+    # position (NaN: the token had been dropped before that layer)
+    scores: list[np.ndarray] | None = None
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -183,25 +186,80 @@ def predict_torch(
     batch_size: int = 32,
     protocol: Protocol = Protocol.PADDED,
     show_progress: bool = False,
+    scores: bool = False,
 ) -> Predictions:
-    """Span logits (and kept positions) from the PyTorch Drop-and-Restore model (FP32, eval mode)."""
+    """Span logits (and kept positions) from the PyTorch Drop-and-Restore model (FP32, eval mode); `scores`: also
+    each dropping layer's ranking scores (what `near_tie_flips` reads)."""
     import torch
 
     from .model import drop_and_restore
 
     model.eval()
     full = config is None or config.is_full
-    parts, kept = [], []
-    with torch.inference_mode(), _progress(len(features), "torch", show_progress) as bar:
+    n, width = len(features), features.input_ids.shape[1]
+    parts, kept, ranked = [], [], []
+    with torch.inference_mode(), _progress(n, "torch", show_progress) as bar:
         for rows, inputs in batches(features, batch_size, protocol=protocol, invariant=is_invariant(config),
                                     full_up_to=config.full_up_to if config is not None else 0):
             batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
-            s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True)
+            collected: list = []
+            s, e, k = drop_and_restore(model, **batch, config=config, return_kept=True,
+                                       scores_out=collected if scores else None)
             parts.append((rows, s.float().numpy(), e.float().numpy()))
             kept.append([] if full else [x.numpy() for x in k])
+            ranked.append([_by_position(p.numpy(), r.numpy(), width) for p, r in collected])
             bar.update(len(rows))
-    start, end = _assemble(len(features), features.input_ids.shape[1], parts)
-    return Predictions(start, end, _kept_layers(kept, parts, len(features)))
+    start, end = _assemble(n, width, parts)
+    layer_scores = None
+    if scores and ranked and ranked[0] and all(len(r) == len(ranked[0]) for r in ranked):
+        order = np.concatenate([rows for rows, _, _ in parts])
+        layer_scores = [_in_feature_order(np.concatenate([r[i] for r in ranked]), order) for i in range(len(ranked[0]))]
+    return Predictions(start, end, _kept_layers(kept, parts, n), layer_scores)
+
+
+def _by_position(positions: np.ndarray, score: np.ndarray, width: int) -> np.ndarray:
+    """[b, width] scores indexed by original position, NaN where a token was not ranked."""
+    out = np.full((positions.shape[0], width), np.nan)
+    np.put_along_axis(out, positions, score, axis=1)
+    return out
+
+
+def _in_feature_order(rows_in_run_order: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(rows_in_run_order)
+    out[order] = rows_in_run_order
+    return out
+
+
+@dataclass(frozen=True)
+class NearTie:
+    """A window whose kept tokens differ from PyTorch's first at `layer`, where PyTorch ranked the swapped tokens
+    `gap` apart (the largest score PyTorch kept but the graph dropped, less the smallest the graph kept instead)."""
+
+    window: int
+    layer: int
+    gap: float
+    swapped: int  # tokens kept by one run only, at that layer
+
+
+def near_tie_flips(want: Predictions, got: Predictions, attention_mask: np.ndarray) -> list[NearTie]:
+    """Every window whose kept real tokens differ between PyTorch (`want`, with scores) and a graph (`got`), judged
+    at the first layer they differ: later layers see different tokens, so they differ as a consequence."""
+    if want.kept is None or got.kept is None or want.scores is None:
+        return []
+    flips = []
+    for row in range(attention_mask.shape[0]):
+        real = attention_mask[row].astype(bool)
+        for layer, (ka, kb, sc) in enumerate(zip(want.kept, got.kept, want.scores)):
+            a = {int(p) for p in ka[row] if p >= 0 and real[p]}
+            b = {int(p) for p in kb[row] if p >= 0 and real[p]}
+            if a != b:
+                lost, gained = sorted(a - b), sorted(b - a)
+                top = max(sc[row, lost]) if lost else -np.inf
+                bottom = min(sc[row, gained]) if gained else np.inf
+                gap = float(top - bottom) if lost and gained else float("inf")  # unequal counts: not a tie
+                flips.append(NearTie(row, layer, gap if np.isfinite(gap) else float("inf"), len(lost) + len(gained)))
+                break
+    return flips
 
 
 def onnx_session(path: str | Path, threads: int | None = None):

@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 
 from .errors import InputError
-from . import squad
+from . import output, squad
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Variant
@@ -197,6 +197,21 @@ def open_storage(storage: str | None):
     return JournalStorage(JournalFileBackend(str(storage)))
 
 
+def storage_file(storage: str | None) -> Path | None:
+    """The local file a storage lives in (a journal file, sqlite:///FILE), None for memory or a remote database."""
+    if storage is None or ("://" in storage and not storage.startswith("sqlite:///")):
+        return None
+    return Path(storage.removeprefix("sqlite:///"))
+
+
+def check_out(out: str | Path, model_dir: str | Path, settings: SearchSettings) -> Path:
+    """Refuse, before the search (`toolchain.output`), an --out that is one of its inputs (the model, the latency
+    model, the study's storage, the reference graph) or a file that is not a previous search result."""
+    inputs = (("--model", model_dir), ("--latency-model", settings.latency_model),
+              ("--storage", storage_file(settings.storage)), ("--reference-graph", settings.reference_graph))
+    return output.check_target(out, output.OutputKind.SEARCH_RESULT, inputs=inputs)
+
+
 def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[str], None] = print):
     """The search objective over a model loaded once per process: F1 up (the mean over the workloads:
     paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
@@ -268,6 +283,14 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
 
     return {name: _scores(examples, features, predict_torch(model, features, config, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
+
+
+def reference_label(folder: str | Path) -> str:
+    """A reference graph's name in the search's rows: a run-time configuration graph is scored at its full entry."""
+    from . import manifest as manifests
+
+    folder = Path(folder)
+    return f"{folder.name}@full" if manifests.load(folder).is_runtime else folder.name
 
 
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
@@ -472,7 +495,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     reference, bar = None, None
     if reference_graph is not None:
         reference = score_graph(reference_graph, workloads)
-        bar = {"config": Path(reference_graph).name, **summary(reference)}
+        bar = {"config": reference_label(reference_graph), **summary(reference)}
         log(f"  reference {bar['config']:<26} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in reference.values()))
     rows, full = [], None
     for row in candidates:
@@ -606,8 +629,9 @@ def _reference_row(model_dir: str | Path, settings: SearchSettings, *, log: Call
     workloads = scoring_workloads(tokenizer, settings, questions=settings.questions, offset=settings.offset,
                                   exclude=trained_questions(model_dir))
     scored = score_graph(settings.reference_graph, workloads)
-    log(f"  reference {Path(settings.reference_graph).name:<26} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in scored.values()))
-    return {"config": Path(settings.reference_graph).name, **summary(scored)}
+    label = reference_label(settings.reference_graph)
+    log(f"  reference {label:<26} F1 " + " / ".join(f"{r['f1']:6.2f}" for r in scored.values()))
+    return {"config": label, **summary(scored)}
 
 
 def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:

@@ -22,10 +22,11 @@ from pathlib import Path
 from qtool_runtime.contract import Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, squad
+from . import artifact, output, squad
 from . import manifest as manifests
 from .families import dims_of
 from .length import LengthConfig
+from .output import OutputKind, RootKind, Target
 from .runtime import GraphInterface, onnx_session
 
 NAMES = {"export": "std-fp32-optimum", "fused": "std-fp32-o2", "int8": "std-int8-o2-dynamic"}
@@ -43,7 +44,7 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
     interface = GraphInterface.of_session(session)
     seq_len = squad.MAX_LENGTH
     dims = dims_of(config)
-    with artifact.staging(dest) as tmp:
+    with artifact.staging(dest, OutputKind.STANDARD_ARTIFACT) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (tokenizer_dir / name).is_file():
@@ -61,6 +62,11 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
     return dest
 
 
+def standard_targets(out: str | Path) -> list[Target]:
+    """The artifact folders the standard recipe writes into `out`."""
+    return [Target(Path(out) / name, OutputKind.STANDARD_ARTIFACT) for name in NAMES.values()]
+
+
 def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list[Path]:
     """Build (export), (a) and (b) from `model_dir` into out/std-*/; returns the artifact folders."""
     import onnx
@@ -73,6 +79,7 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+    output.check_root(out, RootKind.ARTIFACTS, standard_targets(out), inputs=(("--model", model_dir),))
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     logging.getLogger("optimum").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="qtool-std-") as work, warnings.catch_warnings():

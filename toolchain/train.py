@@ -27,14 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic, squad
+from . import atomic, output, squad
+from qtool_runtime.bounds import BOUNDS
+
 from .errors import InputError
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
 from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
+from .output import CHECKPOINT_DIR, OutputKind, RootKind, Target
 from .settings import Teacher
 
-CHECKPOINT_DIR = "checkpoint"
 # Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
 # input shape; with one width per batch a run sees hundreds of shapes and resident memory grows without bound.
 WIDTH_MULTIPLE = 32
@@ -110,7 +112,7 @@ class TrainArgs:
         need(0 <= self.layerdrop < 1, "--layerdrop", "in [0, 1)", self.layerdrop)
         need(self.save_every >= 0, "save_every", "0 or more seconds", self.save_every)
         if self.threads is not None:
-            need(self.threads >= 1, "--threads", "at least 1", self.threads)
+            BOUNDS["threads"].check(self.threads)  # the kit's bounds table: 1..the cores this process may use
         need(self.device in (None, "cpu", "cuda") or str(self.device).startswith("cuda:"), "--device",
              "cpu, cuda or cuda:N", self.device)
         need(self.neighbours >= 0, "--neighbours", "0 or more paragraphs", self.neighbours)
@@ -232,17 +234,21 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
 
 
-def _check_out(out: Path) -> None:
-    """The final model replaces `out` as a whole, so refuse a non-empty folder that is not ours."""
-    if out.is_dir() and any(out.iterdir()):
-        ours = ("config.json", "qtool_train.json", CHECKPOINT_DIR)
-        if not any((out / name).exists() for name in ours):
-            raise InputError(
-                f"--out {out} is a non-empty folder that is not a model folder; it would be replaced: "
-                "choose a new or empty folder"
-            )
-    elif out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+def check_outputs(args: TrainArgs) -> None:
+    """Before any work (`toolchain.output`): the final model replaces --out as a whole, so it must be new, empty or a
+    model folder (a previous run's, or its checkpoint), apart from --base and --train-file; snapshots replace
+    --snapshot-dir/step-N folders, which must not lie inside --out (its final rename would drop them)."""
+    inputs = (("--base", resolve_base(args.base)), ("--train-file", args.train_file))
+    output.check_target(args.out, OutputKind.MODEL, inputs=inputs)
+    if args.snapshot_dir is None:
+        return
+    snapshots = Path(args.snapshot_dir)
+    how = output.relation(snapshots, Path(args.out))
+    if how in ("is", "is inside"):
+        raise output.OutputError(f"--snapshot-dir {snapshots} {how} --out {args.out}: the final model replaces --out whole")
+    steps = sorted(snapshots.glob("step-*")) if snapshots.is_dir() else []
+    output.check_root(snapshots, RootKind.SNAPSHOTS, [Target(p, OutputKind.MODEL) for p in steps], inputs=inputs,
+                      option="--snapshot-dir")
 
 
 def _load_base(args: TrainArgs):
@@ -311,9 +317,22 @@ def _frozen_teacher(args: TrainArgs, model):
     return teacher
 
 
+def check_sandwich_configs(args: TrainArgs, num_layers: int) -> list[LengthConfig]:
+    """Parse --sandwich-config: reduced configurations, each once (a repeat would silently weigh it twice; the full
+    model is not a sub-model: it is the teacher, or learns the span loss at every step)."""
+    parsed = [LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant)
+              for text in args.sandwich_configs]
+    for i, config in enumerate(parsed):
+        if config.is_full:
+            raise InputError(f"--sandwich-config {args.sandwich_configs[i]!r} is the full model; give reduced "
+                             "configurations (the full model already teaches or learns at every step)")
+        if config in parsed[:i]:
+            raise InputError(f"--sandwich-config {config.label} is given twice; give each configuration once")
+    return parsed
+
+
 def _training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Features:
-    for text in args.sandwich_configs:  # a bad configuration fails before featurizing
-        LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant)
+    check_sandwich_configs(args, num_layers)  # a bad configuration fails before featurizing
     examples = squad.load_squad(args.train_file, limit=args.limit, neighbours=args.neighbours)
     return squad.featurize(examples, tokenizer, args.max_length,
                            args.doc_stride or squad.default_doc_stride(args.max_length),
@@ -437,7 +456,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     args = _resolved(args)
     device = args.device
     out = Path(args.out)
-    _check_out(out)
+    check_outputs(args)
     ckpt_dir = out / CHECKPOINT_DIR
     model, tokenizer = _load_base(args)
     model.to(device)  # before the optimizer, so a resumed optimizer state lands on the same device

@@ -19,9 +19,10 @@ import numpy as np
 from qtool_runtime.contract import Precision, length_runs
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, atomic, squad
+from . import artifact, atomic, output, squad
 from . import manifest as manifests
 from .manifest import Kind
+from .output import REPORT_FILES, OutputKind, RootKind, Target
 from qtool_runtime.timing import interleaved_ms
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, LengthConfig
@@ -189,21 +190,18 @@ def time_artifacts(
 
 
 def report_destination(root: Path, report_dir: str | Path | None) -> Path:
-    """Reports never go inside an artifact: default to the artifact root, or beside a single artifact."""
+    """Where the report goes, checked before any work (`toolchain.output`): never inside an artifact, never over
+    files that are not a previous report. Default: the artifact root, or the folder of a single artifact."""
+    root = Path(root)
     if report_dir is not None:
         dest = Path(report_dir)
     elif (root / artifact.MANIFEST).is_file():
         dest = root.parent
     else:
         dest = root
-    dest.mkdir(parents=True, exist_ok=True) if not dest.exists() and dest.parent.is_dir() else None
-    if not dest.is_dir():
-        raise VerifyError(f"report folder {dest} does not exist")
-    if (dest / artifact.MANIFEST).is_file():
-        raise VerifyError(f"report folder {dest} is an artifact; reports never go inside one")
-    if not os.access(dest, os.W_OK):
-        raise VerifyError(f"report folder {dest} is not writable")
-    return dest
+    report = Target(dest / REPORT_FILES[0], OutputKind.REPORT)
+    return output.check_root(dest, RootKind.REPORTS, [report],
+                             option="--report-dir" if report_dir is not None else "report folder")
 
 
 def verify_artifacts(
@@ -222,8 +220,8 @@ def verify_artifacts(
     """
     settings.check()
     root = Path(root)
-    dest = report_destination(root, settings.report_dir)
     found = dict(manifests.find(root))
+    dest = report_destination(root, settings.report_dir)
     examples, features = _workload_of(found, settings, log)
     first = next(iter(found.values()))
     rows = _torch_rows(model_dir or first.source_model, found, examples, features, settings, show_progress, log)
