@@ -6,10 +6,10 @@ searching again. It prints each candidate's F1 and its paired difference from th
 graph, the bar when given) with a 95 % bootstrap interval, and writes the confirmation as JSON.
 
     python benchmarks/confirm_search.py runs/search-trained.json --model runs/doc-match --questions 1200 \\
-        --out docs/search-confirm-1200.json
+        --out results/search-bar/search-confirm-1200.json
     python benchmarks/confirm_search.py runs/search-trained.json --model runs/doc-match --questions 1200 \\
         --configs "315,251,242,159,142,33@224;316,284,280,236,135,112@256" --reference-graph runs/std/std-int8-o2-dynamic \\
-        --out docs/search-confirm-1200-vs-standard.json
+        --out results/search-bar/search-confirm-1200-vs-standard.json
 """
 
 from __future__ import annotations

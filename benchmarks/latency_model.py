@@ -12,7 +12,7 @@
     qtool quantize graphs/lat-fit --no-tune
     qtool standard --model M --out graphs/lat-fit-std
     python benchmarks/latency_model.py --model M --graphs graphs/lat-fit --standard graphs/lat-fit-std \\
-        --held-out graphs/front --search docs/search-compare-minilm.json --out docs/latency-minilm.json
+        --held-out graphs/front --search results/search-samplers/search-compare-minilm.json --out results/search-real-lengths/latency-minilm.json
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ For every menu entry of ROOT/<precision>-runtime and its own graph ROOT/<precisi
   reported as median and range over repeats (each graph runs once untimed before it is timed: a deployment
   serving one graph runs it warm). Not a test:
 
-    python benchmarks/runtime_config.py /work/runs/r18 --repeats 3 --out docs/runtime-config.json
+    python benchmarks/runtime_config.py graphs/runtime --repeats 3 --out results/runtime-configuration-graph/runtime-config-18.json
 """
 
 from __future__ import annotations

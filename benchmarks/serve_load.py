@@ -13,7 +13,7 @@ paragraphs and documents (two neighbouring paragraphs each side): fixed full, fi
 share of answers per configuration and the F1 of the answers:
 
     python benchmarks/serve_load.py --runtime runs/r18/int8-runtime --target paragraphs=600 --target documents=1500 \
-        --client-counts 1,4,16 --seconds 15 --repeats 3 --out docs/serve-adaptive-18.json
+        --client-counts 1,4,16 --seconds 15 --repeats 3 --out results/runtime-configuration-graph/serve-adaptive-18.json
 """
 
 from __future__ import annotations

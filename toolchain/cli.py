@@ -23,8 +23,8 @@ CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, 
                "'skip' leaves a layer out, e.g. 315,251,skip,159,142,33 (repeatable).")
 VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
                 "post-attention state), 'question' (qtool, and the question's tokens are always kept), 'match' "
-                "(question, and context tokens near the question's words rank above the rest; it held documents "
-                "best of these on contiguous train slices, not on train spread over articles: see README) "
+                "(question, and context tokens near the question's words rank above the rest; what ships, trained by "
+                "`qtool train --variant match`: docs/concepts.md) "
                 "or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps its last layer "
                 "output). Default: what `qtool train` recorded in the model folder, else qtool.")
 NEIGHBOURS_HELP = ("The document workload: widen each context with this many neighbouring paragraphs of the same article "
@@ -62,8 +62,9 @@ def _run(fn, *args, **kwargs):
 def main() -> None:
     """Train, search, export, quantize and verify Drop-and-Restore QA models.
 
-    Typical path: qtool train -> qtool eval -> qtool export -> qtool quantize -> qtool verify, or
-    qtool bench for the whole path against the standard recipe in one run.
+    Typical path: qtool train -> qtool search -> qtool export -> qtool quantize [-> qtool route] -> qtool verify
+    (beside qtool standard, the standard recipe), then qtool answer or qtool serve; qtool bench runs the build and
+    the comparison in one go. A first run without training: README.md.
     """
 
 
@@ -72,11 +73,12 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output model folder: new, empty or a model folder (replaced whole); never --base.")
 @click.option("--train-file", default="train", show_default=True, help="'train' (../shared/squad) or a path to SQuAD v1.1 JSON.")
-@click.option("--length-drop/--no-length-drop", default=False, show_default=True, help="LAT LengthDrop stage: sandwich rule with inplace distillation.")
+@click.option("--length-drop/--no-length-drop", default=False, show_default=True, help="LAT LengthDrop stage: each step trains sampled sub-models (the sandwich rule, or --sandwich-config), "
+              "taught by --teacher.")
 @click.option("--num-sandwich", default=2, show_default=True, type=click.IntRange(min=0), help="Random sub-models per step (LengthDrop).")
 @click.option("--length-drop-ratio", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Largest share of tokens one layer may drop (LengthDrop).")
 @click.option("--layerdrop", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Probability a random sub-model skips a layer (LengthDrop).")
-@click.option("--max-length", default=256, show_default=True, type=POSITIVE)
+@click.option("--max-length", default=256, show_default=True, type=click.IntRange(min=32), help="Window length in tokens.")
 @click.option("--doc-stride", type=POSITIVE, default=None, help="Window overlap in tokens (default: min(128, max-length/2)).")
 @click.option("--batch-size", default=32, show_default=True, type=POSITIVE)
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -95,14 +97,15 @@ def main() -> None:
 @click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True,
               help="How LengthDrop's sampled configurations meet a batch: 'cap' draws them for --max-length and keeps "
                    "min(k_i, tokens in), as a cap graph does to unpadded windows; 'ratio' draws counts for the batch's own "
-                   "width (LAT's training; the default before 2026-12-02). Train with the rule you will export and search with.")
+                   "width (LAT's training). Train with the rule you will export and search with.")
 @click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0),
               help="Train on documents: widen each context with this many neighbouring paragraphs of its article each "
                    "side, so windows are full of real tokens and LengthDrop drops real tokens.")
 @click.option("--sandwich-config", "sandwich_configs", multiple=True,
               help="LengthDrop restricted to this configuration (repeat for several; stated for --max-length): each "
-                   "step distils exactly these from the full model instead of a random sandwich.")
-@click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve).")
+                   "step distils exactly these from the full model instead of a random sandwich. Needs --length-drop; "
+                   "reduced configurations only, each once.")
+@click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve); needs --snapshot-dir.")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False), default=None, help="Where snapshots go (step-N folders).")
 @click.option("--teacher", type=click.Choice(Teacher.choices()), default=str(Teacher.INPLACE), show_default=True,
               help="Who teaches LengthDrop's sub-models: 'inplace' (LAT: the full model learns the span loss each step "
@@ -203,8 +206,8 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
-@click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: the recipe the README measures "
-              "fastest within tolerance on the reference model) without scoring or timing it.")
+@click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: static-fp32-out, batch-invariant "
+              "static INT8 that lost the least F1 on the reference model) without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
 def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
@@ -427,7 +430,8 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
                    "routed artifact (replaced); never --full, --reduced or a folder around them.")
 @click.option("--full-up-to", default=None, type=POSITIVE,
               help="Batches whose longest window has at most this many real tokens run the full graph. "
-                   "Default: timed here, the longest length at which the full graph is no slower than the reduced one.")
+                   "Default: timed here, the longest length at which the full graph is no slower than the reduced one. "
+                   "The reduced graph must be faster at every longer width, or route refuses.")
 @click.option("--rounds", default=5, show_default=True, type=POSITIVE, help="Interleaved timing rounds per length.")
 def route(full_dir, reduced_dir, out, full_up_to, rounds) -> None:
     """One graph for short and long windows: the full graph where dropping tokens would not pay (a short window),

@@ -610,7 +610,7 @@ FUSE_RANKING_ATTENTION = GraphPass(
     "says when the input is right-padded (every supported tokenizer's padding), so each fused core runs under an If "
     "that checks it, and the written-out core runs otherwise. "
     "Raises the graph's opset to 24 where it rewrites. The same values; the reduced `315,...` graph 8 % faster at "
-    "384 tokens (README).",
+    "384 tokens (results/ranking-attention).",
     requires=_requires_attention_opset, run=_fuse_ranking_attention,
     ensures=_none_left(_ranking_cores, "written-out ranking attention cores"))
 

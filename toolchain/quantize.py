@@ -96,7 +96,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("static-fp32-out-ffn-out", keep_fp32=("ffn_out",)),
     Recipe("dynamic-all-pc", mode=QuantMode.DYNAMIC),
     Recipe("dynamic-all", mode=QuantMode.DYNAMIC, per_channel=False),
-    # by name only (--recipe): static recipes that quantize MatMul outputs too lost 3.6-4.8 F1 (README)
+    # by name only (--recipe): static recipes that quantize MatMul outputs too lost 3.6-4.8 F1 (results/static-int8)
     Recipe("static-all", quantize_outputs=True),
     Recipe("static-all-sq", quantize_outputs=True, smooth_quant=0.5),
     Recipe("static-all-pct", quantize_outputs=True, calibration="percentile"),
@@ -109,7 +109,7 @@ RECIPES_BY_NAME = {r.name: r for r in RECIPES}
 # dynamic ones as candidates.
 LADDER: tuple[Recipe, ...] = RECIPES[:7]
 # What `--no-tune` takes when no recipe is named: static INT8 calibrated on SQuAD, whose answers do not depend on
-# batch-mates; on the reference model it cost the least F1 under the worst protocol (README, Static INT8 that ships).
+# batch-mates; on the reference model it cost the least F1 under the worst protocol (results/static-int8).
 DEFAULT_RECIPE = "static-fp32-out"
 # A static recipe within tolerance wins over a faster dynamic one unless that is faster by more than this
 # factor: timing noise on a shared machine is about 5 %, and static answers do not depend on batch-mates.

@@ -1,7 +1,7 @@
 """One graph for paragraphs and documents: the full model on short windows, a reduced configuration on long ones.
 
 Why: ranking and gathering tokens costs about what dropping saves on a short window, so a reduced graph runs
-slower than the plain model on SQuAD's paragraphs (0.89x the standard recipe one window at a time, README) and
+slower than the plain model on SQuAD's paragraphs (0.89x the standard recipe one window at a time, results/routed-graph) and
 faster on full document windows (1.30x). A routed graph holds both graphs of one model under an `If`:
 
 1. **trim**: columns that are padding in every row are cut off (exact: padding is masked out of attention and
