@@ -219,12 +219,19 @@ def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_
                                 snapshot_dir=str(tmp_path / "m" / "snapshots")))
     snapshots = tmp_path / "snapshots"
     (snapshots / "step-1").mkdir(parents=True)
-    (snapshots / "step-1" / "config.json").write_text("{}")  # a snapshot: this is a folder of snapshots
+    (snapshots / "step-1" / "qtool_train.json").write_text("{}")  # a snapshot: this is a folder of snapshots
     user_folder(snapshots, "step-5")
     with pytest.raises(OutputError, match="step-5 is a non-empty folder that is not a model folder"):
         check_outputs(TrainArgs(base="minilm", out=str(tmp_path / "m"), snapshot_every=5, snapshot_dir=str(snapshots)))
     with pytest.raises(OutputError, match="holds --train-file"):
         check_outputs(TrainArgs(base="minilm", out=str(user), train_file=str(user / "a.txt")))
+    for marker in ("config.json", "checkpoint/other-framework.ckpt"):  # another framework's model folder: not ours
+        foreign = user_folder(tmp_path, "foreign-" + marker.split("/")[0])
+        (foreign / marker).parent.mkdir(parents=True, exist_ok=True)
+        (foreign / marker).write_text("{}")
+        with pytest.raises(OutputError, match="not a model folder"):
+            check_outputs(TrainArgs(base="minilm", out=str(foreign)))
+        assert (foreign / "a.txt").read_text() == "keep"
     check_outputs(TrainArgs(base="minilm", out=str(trained_dir.parent / "again")))  # (d)
     shutil.copytree(trained_dir, tmp_path / "previous")
     check_outputs(TrainArgs(base=str(trained_dir), out=str(tmp_path / "previous")))  # (c) a model folder is replaced

@@ -78,3 +78,25 @@ def test_a_truncated_graph_with_a_matching_checksum_is_one_line(artifact_copy, t
                   "--out", str(tmp_path / "routed")]):
         assert "not a loadable ONNX graph" in _one_error_line(CliRunner().invoke(main, args)), args
     assert not (tmp_path / "routed").exists()
+
+
+def test_a_manifest_edited_to_another_configuration_is_refused_not_mislabelled(artifact_copy, tmp_path):
+    """The toolchain checks an artifact as the kit does: the graph run on a full window keeps what `keep` says."""
+    data = artifact.read_manifest(artifact_copy)
+    data["length_config"]["keep"] = [212, 194, 189, 96, 81, 51]
+    (artifact_copy / artifact.MANIFEST).write_text(json.dumps(data))
+    result = CliRunner().invoke(main, [
+        "verify", str(artifact_copy.parent), "--limit", "2", "--torch-configs", "none", "--protocol", "unpadded",
+        "--rounds", "1", "--workload", "1", "--batch-sizes", "1", "--report-dir", str(tmp_path / "report")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and "manifest altered" in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("text", ["my notes\n", '{"a": 1}\n'])
+def test_a_storage_that_is_not_an_optuna_journal_is_refused_untouched(trained_dir, tmp_path, text):
+    storage = tmp_path / "notes.txt"
+    storage.write_text(text)
+    line = _one_error_line(CliRunner().invoke(main, ["search", "--model", str(trained_dir), "--trials", "1",
+                                                     "--questions", "4", "--neighbours", "0", "--storage", str(storage)]))
+    assert "not an optuna journal" in line and storage.read_text() == text

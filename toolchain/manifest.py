@@ -175,6 +175,9 @@ def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
         if rows is not None and manifest.max_positions > rows:
             raise ManifestError(f"{folder}: manifest says max_positions {manifest.max_positions}, the graph's position "
                                 f"table has {rows} rows (manifest altered?)")
+        from qtool_runtime.kit import check_graph as check_graph_facts
+
+        check_graph_facts(folder, data)  # what the kit reads from the graph: opset, routed threshold, positions
         names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
         if tuple(names[0]) != manifest.interface.inputs or tuple(names[1]) != manifest.interface.outputs:
             raise ManifestError(
@@ -182,6 +185,15 @@ def load(folder: str | Path, *, check_graph: bool = True) -> Manifest:
                 f"(inputs {names[0]}, outputs {names[1]})"
             )
     return manifest
+
+
+def check_runs(folder: str | Path, session) -> None:
+    """The kit's own check of an artifact against its graph (one validator for both sides): graph facts, the
+    tokenizer's ids, and the kept-token widths of one full window run on `session`."""
+    from qtool_runtime.kit import check_runs_as_described
+
+    folder = Path(folder)
+    check_runs_as_described(folder, artifact.read_manifest(folder), session)
 
 
 def position_rows(graph) -> int | None:

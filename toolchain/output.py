@@ -30,7 +30,9 @@ from .errors import InputError
 from .manifest import Kind as ArtifactKind
 
 CHECKPOINT_DIR = "checkpoint"  # where `qtool train` keeps its resumable state inside --out
-MODEL_MARKERS = ("config.json", "qtool_train.json", CHECKPOINT_DIR)  # what a model folder `qtool train` writes holds
+# What only `qtool train` writes: its record in a finished model (or snapshot), its state in a run in progress. A
+# config.json or a folder named checkpoint alone is any framework's model folder, which qtool never replaces.
+MODEL_MARKERS = ("qtool_train.json", f"{CHECKPOINT_DIR}/trainer.pt")
 REPORT_FILES = ("report.json", "report.md", "pareto.png")  # one verify report: report.json names the set
 
 
@@ -206,7 +208,7 @@ _RECOGNISERS: dict[OutputKind, Callable[[Path], bool]] = {
     OutputKind.INT8_ARTIFACT: _artifact_where(lambda m: m.get("precision") == Precision.INT8 and not m.get("route")),
     OutputKind.ROUTED_ARTIFACT: _artifact_where(lambda m: bool(m.get("route"))),
     OutputKind.STANDARD_ARTIFACT: _artifact_where(lambda m: m.get("kind") == ArtifactKind.STANDARD),
-    OutputKind.MODEL: lambda folder: folder.is_dir() and any((folder / name).exists() for name in MODEL_MARKERS),
+    OutputKind.MODEL: lambda folder: folder.is_dir() and any((folder / name).is_file() for name in MODEL_MARKERS),
     OutputKind.SEARCH_RESULT: _json_with("objective", "pareto", "evaluated"),
     OutputKind.LATENCY_MODEL: _json_with("layers", "coefficients", "graphs"),
     OutputKind.REPORT: _json_with("rows", "latency", "machine"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
+import onnx
 from qtool_runtime.contract import LengthRule, Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
@@ -197,15 +198,12 @@ def select_nodes(manifest: manifests.Manifest, recipe: Recipe) -> list[str]:
 
 def embedding_gathers(path: str | Path) -> list[str]:
     """The word-embedding Gather (the only big table), by the module name export gave it."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return [n.name for n in graph.node if n.op_type == "Gather" and "word_embeddings" in n.name]
 
 
 def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: list[str], reader) -> None:
     """One INC quantization of `fp32` into `out` (a single self-contained file)."""
-    import onnx
     from onnx_neural_compressor.quantization import CalibrationMethod, QuantFormat, config, quantize
 
     op_types = ["MatMul"]
@@ -338,6 +336,16 @@ def quantize_artifact(
     return dest
 
 
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "MatMulInteger",
+                 "QAttention", "DynamicQuantizeMatMul", "QGemm")
+
+
+def _quantized_ops(graph: Path) -> list[str]:
+    """The quantized op types an (FP32-labelled) graph holds, in the order of QUANTIZED_OPS: none for an FP32 graph."""
+    ops = {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}
+    return [op for op in QUANTIZED_OPS if op in ops]
+
+
 def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) -> manifests.Manifest:
     """The FP32 artifact's manifest, once the request is known to make sense (before any work)."""
     manifest = manifests.load(src)
@@ -345,6 +353,10 @@ def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) 
         raise QuantizationError(f"{src} is {manifest.precision}, quantize needs an FP32 artifact")
     if manifest.route:
         raise QuantizationError(f"{src} is a routed graph; quantize its two parts, then route the INT8 graphs")
+    quantized = _quantized_ops(src / manifest.graph)
+    if quantized:
+        raise QuantizationError(f"{src}: the manifest says fp32, but the graph already holds {', '.join(quantized)} "
+                                "nodes (manifest altered?); quantize needs an FP32 graph")
     if tolerance is not None and tolerance < 0:
         raise QuantizationError(f"tolerance must be >= 0 F1 points, got {tolerance}")
     if not recipes:
@@ -569,8 +581,6 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
 def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path, *, quantization: dict,
                kind: str | None = None) -> Path:
     """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated."""
-    import onnx
-
     opset = artifact.opset_of(onnx.load(str(graph), load_external_data=False))
     with artifact.staging(dest, OutputKind.INT8_ARTIFACT) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)

@@ -300,13 +300,15 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     if out:  # before timing; the default name waits for the threshold
         output.check_target(out, OutputKind.ROUTED_ARTIFACT, inputs=inputs)
     full_graph, reduced_graph = full_folder / full.graph, reduced_folder / reduced.graph
+    sessions = onnx_session(full_graph), onnx_session(reduced_graph)
+    for folder, session in zip((full_folder, reduced_folder), sessions):
+        manifests.check_runs(folder, session)  # each part runs what its manifest says, or nothing is routed
     seq_len = reduced.length_config.seq_len
     crossover = None
     if full_up_to is None:
         widths = timed_widths(seq_len)
         log(f"timing both graphs at {len(widths)} window lengths (batch 1, {rounds} interleaved rounds)")
-        crossover = measure_crossover(onnx_session(full_graph), onnx_session(reduced_graph), widths=widths,
-                                      rounds=rounds, log=log)
+        crossover = measure_crossover(*sessions, widths=widths, rounds=rounds, log=log)
         full_up_to = crossover.full_up_to
         if not full_up_to:
             raise RouteError(f"the reduced graph is faster than the full one at every length measured "

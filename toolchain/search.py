@@ -193,8 +193,26 @@ def open_storage(storage: str | None):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    _check_journal(Path(storage))
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(storage)))
+
+
+def _check_journal(path: Path) -> None:
+    """A journal file optuna would append to must be one: another file (notes, a JSON of something else) is refused
+    before optuna writes a line into it or fails on it with a traceback."""
+    if path.is_dir():
+        raise InputError(f"--storage {path} is a folder; give a journal file")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open(encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        first = None
+    if not (isinstance(first, dict) and "op_code" in first):
+        raise InputError(f"--storage {path} exists and is not an optuna journal; give a new file or one a qtool "
+                         "search wrote")
 
 
 def storage_file(storage: str | None) -> Path | None:

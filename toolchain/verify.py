@@ -293,6 +293,7 @@ def _onnx_rows(found: dict, examples, features: squad.Features, settings: Verify
     rows = []
     for folder, manifest in found.items():
         session = onnx_session(folder / manifest.graph, settings.threads)
+        manifests.check_runs(folder, session)  # a manifest edited to another configuration is refused, not mislabelled
         for config in manifest.menu_configs() if manifest.is_runtime else [None]:
             name = folder.name if config is None else f"{folder.name}@{config.label}"
             sessions[name] = session

@@ -185,6 +185,15 @@ def load_tokenizer(folder: Path, manifest: dict, facts: GraphFacts) -> tuple[obj
     return tokenizer, pad_id
 
 
+def check_runs_as_described(folder: Path, manifest: dict, session) -> None:
+    """What the kit checks at open, for a caller with its own session (the toolchain's verify and route): the
+    graph's facts and the tokenizer's ids against the manifest, and one run on a full window whose kept-token widths
+    must be what the manifest's configuration keeps."""
+    facts = check_graph(folder, manifest)
+    tokenizer, _ = load_tokenizer(folder, manifest, facts)
+    _probe(session, manifest, folder, largest_token_id(tokenizer))
+
+
 def _probe(session, manifest: dict, folder: Path, token_id: int) -> None:
     """Run the graph once on a full window of the manifest's sequence length, every token the tokenizer's largest
     id: a manifest that promises more positions than the graph has (or numbers it cannot take) is refused at open,

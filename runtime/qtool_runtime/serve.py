@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections import deque
 import threading
 import time
@@ -34,6 +36,7 @@ from .kit import Answer, Artifact, ConfigError, InputError, Windows, check_text
 from .menu import choose
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 200 SQuAD paragraphs
+INFER_THREAD = "qtool-infer"  # the batcher's one inference thread
 DRAIN_S = 10.0  # after SIGTERM, requests in flight get this long (a batch waits at most bounds.MAX_WAIT_MS) to finish
 TAIL_WINDOW = 100  # recent requests whose latency the target is held on
 TAIL_MIN_JOBS = 20  # fewer than this: no p99 yet
@@ -98,7 +101,7 @@ class Batcher:
         self.stats = Stats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qtool-infer")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=INFER_THREAD)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -111,7 +114,9 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=True)
+        # never wait here for a batch past the drain time: onnxruntime cannot be interrupted, and waiting would hold
+        # the shutdown (and SIGTERM) for as long as the batch takes; serve() ends the process instead
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, windows: list[Windows], entries: list[MenuEntry | None] | None = None,
                      started: float | None = None) -> list[Answer]:
@@ -417,6 +422,16 @@ def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, *, max_batch: 
     artifact = Artifact.open(folder, threads=threads)
     make_server(artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
                 latency_target_ms=latency_target_ms).run()
+    _end_past_a_running_batch()
+
+
+def _end_past_a_running_batch() -> None:
+    """After the drain time, a batch still computing has nowhere to send its answers (its requests got a 503) and
+    cannot be interrupted; the interpreter would wait for its thread at exit, so the process ends here instead."""
+    if any(t.name.startswith(INFER_THREAD) and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def answer_json(folder: str, question: str, context: str, threads: int | None = None, *, config: object = None,
