@@ -78,7 +78,7 @@ def main() -> None:
 @click.option("--num-sandwich", default=2, show_default=True, type=click.IntRange(min=0), help="Random sub-models per step (LengthDrop).")
 @click.option("--length-drop-ratio", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Largest share of tokens one layer may drop (LengthDrop).")
 @click.option("--layerdrop", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Probability a random sub-model skips a layer (LengthDrop).")
-@click.option("--max-length", default=256, show_default=True, type=click.IntRange(min=32), help="Window length in tokens.")
+@click.option("--max-length", default=256, show_default=True, type=POSITIVE, help="Window length in tokens, at least 32.")
 @click.option("--doc-stride", type=POSITIVE, default=None, help="Window overlap in tokens (default: min(128, max-length/2)).")
 @click.option("--batch-size", default=32, show_default=True, type=POSITIVE)
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
