@@ -34,7 +34,8 @@ class ArtifactError(QtoolError, ValueError):
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shaped the graph, for reproducing or trusting it."""
     versions = {"python": platform.python_version()}
-    for dist in ("qtool", "torch", "transformers", "onnx", "onnxruntime", "onnx-neural-compressor", "numpy"):
+    for dist in ("qtool", "torch", "transformers", "onnx", "onnxruntime", "onnx-neural-compressor", "numpy",
+                 "openvino", "nncf"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -18,7 +18,7 @@ from .output import OutputKind, RootKind, Target
 from .quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, int8_destination,
                        quantize_artifact, quantize_plain_ort)
 from .settings import ExportSettings, VerifySettings
-from .standard import build_standard, standard_targets
+from .standard import build_standard, openvino_installed, standard_targets
 from .verify import report_destination, verify_artifacts
 
 
@@ -38,7 +38,8 @@ def run_bench(
     plain_ort: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Export, quantize, build the competitors, verify (as `verify` says); returns the verify report.
+    """Export, quantize, build the peers ((b), and (c) where the openvino extra is installed), verify (as `verify`
+    says); returns the verify report.
 
     Each reduced configuration is exported once per rule in `length_rules` (the full graph does not drop,
     so it has no rule), so the report shows what each rule does to padded and unpadded inputs side by side.
@@ -60,7 +61,7 @@ def run_bench(
     if plain_ort:
         quantize_plain_ort(folders[0], int8_destination(folders[0], plain_ort=True), samples=calib_samples)
     if standard:
-        build_standard(model_dir, out, log=log)
+        build_standard(model_dir, out, openvino=openvino_installed(), calib_samples=calib_samples, log=log)
     return verify_artifacts(out, verify, model_dir=model_dir, log=log)
 
 
@@ -78,6 +79,6 @@ def _check_outputs(model_dir: str | Path, out: Path, exports: list[tuple[list[st
     if plain_ort:
         targets.append(Target(int8_destination(fp32[0], plain_ort=True), OutputKind.INT8_ARTIFACT))
     if standard:
-        targets += standard_targets(out)
+        targets += standard_targets(out, openvino_installed())
     output.check_root(out, RootKind.ARTIFACTS, targets, inputs=(("--model", model_dir),))
     report_destination(out, verify.report_dir)

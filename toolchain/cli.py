@@ -14,9 +14,11 @@ import click
 from .latency import DEFAULT_LENGTHS
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
 from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
+from .standard import NNCF_CALIB_SAMPLES
 from .runtime import PROTOCOLS, Protocol
 from .settings import ExportSettings, Sampler, SearchSettings, Teacher, TorchReference, VerifySettings
 from qtool_runtime.bounds import click_type as bounded  # the kit's one bounds table for operational flags
+from qtool_runtime.contract import ENGINES
 
 POSITIVE = click.IntRange(min=1)
 CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, e.g. 315,251,242,159,142,33; "
@@ -307,16 +309,22 @@ def search(model_dir, out, **options) -> None:
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root; writes std-fp32-optimum, std-fp32-o2, std-int8-o2-dynamic." + ROOT_HELP)
-def standard(model_dir, out) -> None:
-    """Build the standard recipe from the plain model: optimum export, onnxruntime O2 fusions, dynamic INT8.
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Artifact root; writes std-fp32-optimum, std-fp32-o2, std-int8-o2-dynamic (b) and "
+                   "std-int8-openvino-nncf (c)." + ROOT_HELP)
+@click.option("--openvino/--no-openvino", default=None,
+              help="Build (c), NNCF's static INT8 for OpenVINO Runtime [default: when the openvino extra is installed].")
+@click.option("--calib-samples", default=NNCF_CALIB_SAMPLES, show_default=True, type=POSITIVE,
+              help="SQuAD train calibration windows for (c) (half of them documents).")
+def standard(model_dir, out, openvino, calib_samples) -> None:
+    """Build the standard recipes from the plain model: what a team gets without qtool.
 
-    What a team gets without qtool; `bench` builds it too. Its INT8 graph is the reference `fit-latency`
-    measures speed against.
+    (b) optimum export, onnxruntime O2 fusions, dynamic INT8; (c) the export quantized by NNCF and run on OpenVINO.
+    `bench` builds them too; speed claims are measured against the faster of the two.
     """
     from .standard import build_standard
 
-    _run(build_standard, model_dir, out, log=click.echo)  # checks --out before any work
+    _run(build_standard, model_dir, out, openvino=openvino, calib_samples=calib_samples, log=click.echo)
 
 
 @main.command("fit-latency")
@@ -366,7 +374,10 @@ def _verify_options(f):
         click.option("--rounds", default=VerifySettings.rounds, show_default=True, type=POSITIVE, help="Interleaved timing rounds (median reported) after 2 warm-up rounds."),
         click.option("--workload", "workload_windows", default=VerifySettings.workload_windows, show_default=True, type=POSITIVE,
                      help="Dev windows in the real-workload latency protocol."),
-        click.option("--threads", type=bounded("threads"), default=None, help="onnxruntime intra-op threads (default: all cores)."),
+        click.option("--threads", type=bounded("threads"), default=None, help="Intra-op threads of every runtime (default: all cores)."),
+        click.option("--engine", "engines", type=click.Choice(ENGINES), multiple=True,
+                     help="Also run every ONNX artifact on this runtime (repeatable; rows '<graph>:<runtime>', logits "
+                          "compared with the artifact's own runtime). Each artifact runs on its manifest's runtime anyway."),
         click.option("--torch-configs", type=click.Choice(TorchReference.choices()), default=str(VerifySettings.torch_configs),
                      show_default=True, help="PyTorch FP32 reference rows: the full model, every FP32 configuration too, or none."),
         click.option("--report-dir", type=click.Path(file_okay=False), default=None,
@@ -377,8 +388,8 @@ def _verify_options(f):
     return f
 
 
-def _verify_settings(*, batch_sizes: str, **options) -> VerifySettings:
-    return VerifySettings(batch_sizes=_batch_sizes(batch_sizes), **options)
+def _verify_settings(*, batch_sizes: str, engines: tuple[str, ...] = (), **options) -> VerifySettings:
+    return VerifySettings(batch_sizes=_batch_sizes(batch_sizes), engines=tuple(dict.fromkeys(engines)), **options)
 
 
 @main.command()
@@ -403,7 +414,7 @@ def verify(path, model_dir, protocols, **options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm." + ROOT_HELP)
 @click.option("--length-rule", "length_rules", type=click.Choice(LENGTH_RULES), multiple=True, default=(str(DEFAULT_LENGTH_RULE),),
               show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
-@click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE)
+@click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE, help="Calibration windows of every static recipe: qtool's and (c)'s.")
 @click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
 @click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
@@ -467,7 +478,8 @@ def menu(artifact, questions, offset, neighbours) -> None:
 @click.option("--config", default=None, help="Run-time configuration graphs: the menu entry to run ('full' or 'k1,k2,...').")
 @click.option("--budget-ms", type=bounded("budget_ms"), default=None,
               help="Run-time configuration graphs: the most accurate menu entry predicted to answer within this time.")
-def answer(artifact, question, context, context_file, threads, config, budget_ms) -> None:
+@click.option("--engine", type=click.Choice(ENGINES), default=None, help="Runtime to run on [default: the manifest's].")
+def answer(artifact, question, context, context_file, threads, config, budget_ms, engine) -> None:
     """Answer one question from ARTIFACT with the deployment kit; prints JSON (text, score, character offsets,
     and the configuration that produced it)."""
     from qtool_runtime.kit import read_text_file
@@ -477,7 +489,8 @@ def answer(artifact, question, context, context_file, threads, config, budget_ms
         raise click.UsageError("give exactly one of --context or --context-file")
     if context_file is not None:
         context = _run(read_text_file, context_file)
-    click.echo(_run(answer_json, artifact, question, context, threads=threads, config=config, budget_ms=budget_ms))
+    click.echo(_run(answer_json, artifact, question, context, threads=threads, config=config, budget_ms=budget_ms,
+                    engine=engine))
 
 
 @main.command()
@@ -491,14 +504,15 @@ def answer(artifact, question, context, context_file, threads, config, budget_ms
 @click.option("--latency-target-ms", type=bounded("latency_target_ms"), default=None,
               help="Run-time configuration graphs: per batch, run the most accurate menu entry whose predicted time "
                    "for all queued work meets this target (full when idle, cheaper under load).")
-def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads, latency_target_ms) -> None:
+@click.option("--engine", type=click.Choice(ENGINES), default=None, help="Runtime to run on [default: the manifest's].")
+def serve(artifact, host, port, max_batch, max_wait_ms, max_body_bytes, threads, latency_target_ms, engine) -> None:
     """Serve ARTIFACT over HTTP: POST /answer ({"question", "context"} or a list), GET /health.
 
     Items sent to a run-time configuration graph may name a "config" (a menu entry) or a "budget_ms"."""
     from qtool_runtime.serve import serve as run_server
 
     _run(run_server, artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-         max_body_bytes=max_body_bytes, threads=threads, latency_target_ms=latency_target_ms)
+         max_body_bytes=max_body_bytes, threads=threads, latency_target_ms=latency_target_ms, engine=engine)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.contract import (FEEDING_KEYS, MAX_TOKENS, MenuEntry, Mode, Precision, bounded_int,
+from qtool_runtime.contract import (FEEDING_KEYS, Engine, MAX_TOKENS, MenuEntry, Mode, Precision, bounded_int,
                                     check_fields, feeding)
 
 from .families import OPTIONAL_ROLES
@@ -54,6 +54,7 @@ class Manifest:
     menu: list[MenuEntry] | None = None  # a run-time configuration graph's configurations (contract.check_menu)
     menu_scored: dict | None = None  # how the menu's F1 and ms were measured (`qtool menu`)
     route: dict | None = None  # a routed graph (toolchain.route): its full and reduced parts and the crossover timed
+    engine: str = Engine.ONNXRUNTIME  # the runtime the graph is meant to run on (contract.Engine)
     files: dict[str, str] = field(default_factory=dict)
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)

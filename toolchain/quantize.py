@@ -20,7 +20,6 @@ import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
-from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -30,13 +29,13 @@ from qtool_runtime.contract import LengthRule, Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, output, squad
+from .calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features  # noqa: F401 (re-exported)
 from . import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
 from .output import OutputKind
 from .passes import INT8_PASSES, run_passes
 from .runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
-CALIBRATION_SETS = {"squad": "squad-train-300.json"}
 DEFAULT_TUNE_QUESTIONS = 1000
 DEFAULT_CALIB_SAMPLES = 128  # calibration windows for static recipes
 DEFAULT_TOLERANCE = 1.0  # largest F1 drop against the FP32 graph a recipe may cost
@@ -115,39 +114,6 @@ DEFAULT_RECIPE = "static-fp32-out"
 # A static recipe within tolerance wins over a faster dynamic one unless that is faster by more than this
 # factor: timing noise on a shared machine is about 5 %, and static answers do not depend on batch-mates.
 STATIC_PREFERENCE = 1.05
-
-
-def calibration_examples(calib: str, samples: int, neighbours: int = 0) -> list[squad.SquadExample]:
-    """'squad' = the calibration set shipped in the package (offline); else a path to SQuAD v1.1 JSON;
-    `neighbours` > 0 widens the contexts (the document workload, squad.widen_contexts)."""
-    if calib in CALIBRATION_SETS:
-        path = Path(str(files("toolchain.calibration").joinpath(CALIBRATION_SETS[calib])))
-    else:
-        path = Path(calib)
-        if not path.is_file():
-            raise FileNotFoundError(f"calibration set {calib!r}: not a shipped set {list(CALIBRATION_SETS)} nor a file")
-    examples = squad.load_squad(path, limit=samples, neighbours=neighbours)
-    if not examples:
-        raise QuantizationError(f"calibration set {calib!r} holds no questions")
-    return examples
-
-
-def calibration_features(calib: str, samples: int, tokenizer, seq_len: int, doc_stride: int,
-                         neighbours: int = 0) -> squad.Features:
-    """Windows of the first calibration questions, at most `samples`. With `neighbours` > 0, half of them come
-    from the same questions with contexts widened by that many paragraphs on each side, so the static activation
-    ranges also cover full windows of running text (the document workload), not only single paragraphs."""
-
-    def windows(count: int, wide: int) -> squad.Features:
-        f = squad.featurize(calibration_examples(calib, count, wide), tokenizer, max_length=seq_len, doc_stride=doc_stride)
-        head = slice(0, count)
-        return squad.Features(f.input_ids[head], f.attention_mask[head], f.token_type_ids[head], f.example_index[head],
-                              f.offsets[head])
-
-    if not neighbours:
-        return windows(samples, 0)
-    return squad.concatenate([windows(samples - samples // 2, 0), windows(samples // 2, neighbours)],
-                             pad_id=tokenizer.pad_token_id or 0)
 
 
 def calibration_reader(features: squad.Features, batch_size: int = 8, inputs: Sequence[str] | None = None,

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Mode, length_runs
+from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Engine, Mode, length_runs
 from qtool_runtime.errors import QtoolError
 
 from . import squad
+from .overlap import f1_by_third
 from .length import LengthConfig
 
 KEPT_PREFIX = "kept_"
@@ -262,14 +263,16 @@ def near_tie_flips(want: Predictions, got: Predictions, attention_mask: np.ndarr
     return flips
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with full graph optimisation; a corrupt graph raises GraphError."""
-    from qtool_runtime.kit import ort_session
+def onnx_session(path: str | Path, threads: int | None = None, engine: Engine = Engine.ONNXRUNTIME, *,
+                 exact: bool = True):
+    """A CPU session of the graph at `path` on `engine` (qtool_runtime.engines: onnxruntime with full graph
+    optimisation, or OpenVINO computing in FP32); a corrupt graph raises GraphError."""
+    from qtool_runtime.engines import open_session
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX graph not found: {path}")
-    return ort_session(path, threads, GraphError)
+        raise FileNotFoundError(f"graph not found: {path}")
+    return open_session(path, engine, threads, exact=exact, error=GraphError)
 
 
 def predict_onnx(
@@ -303,10 +306,14 @@ def predict_onnx(
     return Predictions(start, end, _kept_layers(kept, parts, len(features)))
 
 
-def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions) -> dict:
-    """Official SQuAD v1.1 EM/F1 of span logits."""
+def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions,
+          thirds: np.ndarray | None = None) -> dict:
+    """Official SQuAD v1.1 EM/F1 of span logits; with `thirds` (overlap.overlap_thirds), F1 on each overlap third."""
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-    return squad.squad_scores(answers, examples)
+    result = squad.squad_scores(answers, examples)
+    if thirds is not None:
+        result["f1_by_overlap"] = f1_by_third(squad.question_scores(answers, examples)[1], thirds)
+    return result
 
 
 def kept_agreement(a: Predictions, b: Predictions, attention_mask: np.ndarray) -> list[float]:

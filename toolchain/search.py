@@ -31,6 +31,7 @@ import optuna
 
 from .errors import InputError
 from . import output, squad
+from .overlap import f1_by_third, overlap_thirds
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Variant
@@ -63,7 +64,7 @@ def _train_ids(train_file: Path) -> tuple[str, ...]:
 def _search_pool(train_file: Path) -> tuple[str, ...]:
     """Ids of the questions the search may use, in file order: SQuAD train before SEARCH_POOL_END, less the
     calibration questions."""
-    from .quantize import calibration_examples
+    from .calibration_windows import calibration_examples
 
     calib = {e.id for e in calibration_examples("squad", 10**9)}
     return tuple(i for i in _train_ids(train_file)[:SEARCH_POOL_END] if i not in calib)
@@ -264,6 +265,7 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
             trial.set_user_attr("full_up_to", config.full_up_to)
         trial.set_user_attr("exact_match", scores["exact_match"])
         trial.set_user_attr("f1_by_workload", scores["f1_by_workload"])
+        trial.set_user_attr("f1_by_third", scores["f1_by_third"])
         trial.set_user_attr("cost_by_workload", {name: cost_of(config, at) for name, at in lengths.items()})
         trial.set_user_attr("macs_unpadded", macs_ratio_at_lengths(config, every_window, dims.hidden, dims.ffn))
         if timing is not None:
@@ -291,7 +293,9 @@ def summary(results: dict[str, dict[str, float]]) -> dict:
     """A search row's scores from score_config's results: mean F1 and EM over the workloads, and F1 by workload."""
     return {"f1": float(np.mean([r["f1"] for r in results.values()])),
             "exact_match": float(np.mean([r["exact_match"] for r in results.values()])),
-            "f1_by_workload": {name: r["f1"] for name, r in results.items()}}
+            "f1_by_workload": {name: r["f1"] for name, r in results.items()},
+            "f1_by_third": {f"{name}/{third}": f1 for name, r in results.items()
+                            for third, f1 in r.get("f1_by_overlap", {}).items()}}
 
 
 def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict]:
@@ -326,7 +330,8 @@ def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
 def _scores(examples: Sequence[squad.SquadExample], features: squad.Features, preds) -> dict:
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
     em, f1 = squad.question_scores(answers, examples)
-    return {"f1": 100.0 * float(f1.mean()), "exact_match": 100.0 * float(em.mean()), "f1_by_question": f1}
+    return {"f1": 100.0 * float(f1.mean()), "exact_match": 100.0 * float(em.mean()), "f1_by_question": f1,
+            "f1_by_overlap": f1_by_third(f1, overlap_thirds(examples)[0])}
 
 
 def paired_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000, seed: int = 0,
@@ -441,7 +446,7 @@ def study_rows(study) -> list[dict]:
         row = {"config": t.user_attrs["config"], "f1": t.values[0], "cost": t.values[1],
                "macs_unpadded": t.user_attrs.get("macs_unpadded", t.values[1]),
                "exact_match": t.user_attrs["exact_match"], "trial": t.number}
-        for key in ("latency", "f1_by_workload", "cost_by_workload", "full_up_to"):
+        for key in ("latency", "f1_by_workload", "f1_by_third", "cost_by_workload", "full_up_to"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         unique.setdefault(row["config"], row)
@@ -450,6 +455,9 @@ def study_rows(study) -> list[dict]:
 
 # How much F1 a recommended configuration may give up against the full model, on each workload.
 RECOMMEND_TOLERANCE = 0.5
+# ... and on each lexical-overlap third of each workload (toolchain/overlap.py): a third is a third of the questions,
+# so its F1 is noisier; a configuration must not buy its mean with the paraphrased questions.
+THIRD_TOLERANCE = 1.0
 
 
 def _full_row(rows: Sequence[dict]) -> dict | None:
@@ -468,8 +476,13 @@ def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE, *, r
 
 
 def _holds(row: dict, full: dict, tolerance: float) -> bool:
+    """Within `tolerance` of the bar on every workload, and within THIRD_TOLERANCE (plus what `tolerance` adds to
+    RECOMMEND_TOLERANCE: a confirmation's margin) on every overlap third the bar was scored on."""
     by, ref = row.get("f1_by_workload", {"all": row["f1"]}), full.get("f1_by_workload", {"all": full["f1"]})
-    return all(by[name] >= ref[name] - tolerance for name in ref)
+    thirds, ref_thirds = row.get("f1_by_third", {}), full.get("f1_by_third", {})
+    slack = THIRD_TOLERANCE + max(0.0, tolerance - RECOMMEND_TOLERANCE)
+    return (all(by[name] >= ref[name] - tolerance for name in ref)
+            and all(thirds[name] >= ref_thirds[name] - slack for name in ref_thirds if name in thirds))
 
 
 # Configurations this much below the recommendation bar on the search's questions are still re-scored by a confirmation.

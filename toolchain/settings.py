@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtool_runtime.bounds import BOUNDS
-from qtool_runtime.contract import LengthRule, Mode
+from qtool_runtime.contract import ENGINES, LengthRule, Mode
 from qtool_runtime.errors import QtoolError
 
 from . import squad
@@ -69,6 +69,7 @@ class VerifySettings:
     rounds: int = 8  # interleaved timing rounds after 2 warm-up
     workload_windows: int = 200  # windows in the real-workload latency protocol
     threads: int | None = None  # onnxruntime intra-op threads (None: all cores)
+    engines: tuple[str, ...] = ()  # runtimes to run every ONNX artifact on besides its own (contract.Engine)
     torch_configs: str = TorchReference.FULL
     report_dir: str | Path | None = None  # None: the artifact root, never inside an artifact
 
@@ -80,6 +81,8 @@ class VerifySettings:
             raise SettingsError("rounds, workload windows and batch sizes must be positive")
         if self.threads is not None:
             BOUNDS["threads"].check(self.threads)
+        if any(e not in ENGINES for e in self.engines):
+            raise SettingsError(f"engines {list(self.engines)}: choose from {ENGINES}")
         if self.torch_configs not in TorchReference.choices():
             raise SettingsError(f"torch_configs {self.torch_configs!r}: choose from {TorchReference.choices()}")
 

@@ -4,8 +4,13 @@
 (a) onnxruntime's transformer fusions on it (`optimum-cli onnxruntime optimize -O2`: fused Attention,
     SkipLayerNormalization, BiasGelu), FP32;
 (b) (a) + dynamic INT8 with onnxruntime's `quantize_dynamic` (the avx512_vnni recipe: S8 per-tensor
-    weights, U8 activations, no reduced range; the fused Attention becomes QAttention).
-Every speed claim qtool makes is measured against (b), side by side in one process.
+    weights, U8 activations, no reduced range; the fused Attention becomes QAttention);
+(c) the export quantized by NNCF (`nncf.quantize`, ModelType.TRANSFORMER, mixed preset: SmoothQuant, static
+    INT8, fast bias correction), calibrated on the same SQuAD train windows as qtool's static recipes, run on
+    OpenVINO Runtime: Intel's stack, the peer a team on an Intel CPU would try. Needs the `openvino` extra.
+    NNCF quantizes the ONNX graph (its ONNX backend writes standard QDQ), not an OpenVINO IR: on OpenVINO the two
+    run at the same speed and F1 (results/openvino-peer), and one graph format keeps one artifact contract.
+Every speed claim qtool makes is measured against the faster of (b) and (c), side by side in one process.
 
 Each graph is written as an artifact folder of kind `standard`, so verify and bench time and score it
 exactly like qtool's own graphs.
@@ -13,13 +18,15 @@ exactly like qtool's own graphs.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
-from qtool_runtime.contract import Precision, QuantMode
+from qtool_runtime.contract import Engine, Precision, QuantMode
+from qtool_runtime.engines import available
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, output, squad
@@ -27,20 +34,24 @@ from . import manifest as manifests
 from .families import dims_of
 from .length import LengthConfig
 from .output import OutputKind, RootKind, Target
+from .peers import OPENVINO_INT8, STANDARD_FP32, STANDARD_FUSED, STANDARD_INT8
 from .runtime import GraphInterface, onnx_session
 
-NAMES = {"export": "std-fp32-optimum", "fused": "std-fp32-o2", "int8": "std-int8-o2-dynamic"}
+NAMES = {"export": STANDARD_FP32, "fused": STANDARD_FUSED, "int8": STANDARD_INT8}
+NNCF_CALIB_NEIGHBOURS = 2  # half of (c)'s calibration windows are documents, so its ranges cover full windows of text
+NNCF_CALIB_SAMPLES = 300  # the whole shipped calibration set
 
 
 class StandardRecipeError(QtoolError, RuntimeError):
     """A step of the standard recipe failed."""
 
 
-def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config, source: Path) -> Path:
+def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, recipe: dict, config, source: Path,
+           engine: Engine = Engine.ONNXRUNTIME) -> Path:
     """Wrap one standard-recipe graph into an artifact folder (interface read off the graph)."""
     import onnx
 
-    session = onnx_session(graph)
+    session = onnx_session(graph, engine=engine)
     interface = GraphInterface.of_session(session)
     seq_len = squad.MAX_LENGTH
     dims = dims_of(config)
@@ -58,17 +69,26 @@ def _write(graph: Path, tokenizer_dir: Path, dest: Path, *, precision: str, reci
             source_model=str(source), model_type=config.model_type,
             flops_ratio=1.0, quantization=recipe if precision == Precision.INT8 else None,
             validation={"against": "optimum exporter's own validation"} | recipe if precision == Precision.FP32 else None,
+            engine=str(engine),
         ))
     return dest
 
 
-def standard_targets(out: str | Path) -> list[Target]:
-    """The artifact folders the standard recipe writes into `out`."""
-    return [Target(Path(out) / name, OutputKind.STANDARD_ARTIFACT) for name in NAMES.values()]
+def openvino_installed() -> bool:
+    """Whether (c) can be built here: OpenVINO and NNCF (the openvino extra)."""
+    return available(Engine.OPENVINO) and importlib.util.find_spec("nncf") is not None
 
 
-def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list[Path]:
-    """Build (export), (a) and (b) from `model_dir` into out/std-*/; returns the artifact folders."""
+def standard_targets(out: str | Path, openvino: bool = False) -> list[Target]:
+    """The artifact folders the standard recipe writes into `out` ((c) too with `openvino`)."""
+    names = [*NAMES.values(), *([OPENVINO_INT8] if openvino else [])]
+    return [Target(Path(out) / name, OutputKind.STANDARD_ARTIFACT) for name in names]
+
+
+def build_standard(model_dir: str | Path, out: str | Path, *, openvino: bool | None = None,
+                   calib: str = "squad", calib_samples: int = NNCF_CALIB_SAMPLES, log=print) -> list[Path]:
+    """Build (export), (a), (b) and, with `openvino` (default: when OpenVINO and NNCF are installed), (c) from
+    `model_dir` into out/std-*/; returns the artifact folders."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
@@ -79,7 +99,11 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    output.check_root(out, RootKind.ARTIFACTS, standard_targets(out), inputs=(("--model", model_dir),))
+    installed = openvino_installed()
+    if openvino and not installed:
+        raise StandardRecipeError("the OpenVINO recipe needs OpenVINO and NNCF: pip install 'qtool[openvino]'")
+    openvino = installed if openvino is None else openvino
+    output.check_root(out, RootKind.ARTIFACTS, standard_targets(out, openvino), inputs=(("--model", model_dir),))
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     logging.getLogger("optimum").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="qtool-std-") as work, warnings.catch_warnings():
@@ -111,6 +135,39 @@ def build_standard(model_dir: str | Path, out: str | Path, *, log=print) -> list
                            "recipe": {"name": "avx512_vnni dynamic"},
                            "description": "fusions + dynamic INT8 (S8 per-tensor weights, U8 activations, QAttention)"}),
         ]
+        if openvino:
+            folders.append(_build_openvino_peer(exported, work, out / OPENVINO_INT8, config=config, source=model_dir,
+                                               calib=calib, samples=calib_samples))
     for folder in folders:
         log(f"wrote {folder}")
     return folders
+
+
+def _build_openvino_peer(exported: Path, work: Path, dest: Path, *, config, source: Path, calib: str,
+                         samples: int) -> Path:
+    """(c): NNCF's static INT8 of the plain export, calibrated on SQuAD train windows, for OpenVINO Runtime."""
+    import nncf
+    import onnx
+    from transformers import AutoTokenizer
+
+    from .calibration_windows import calibration_features
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "export", local_files_only=True)
+    seq_len = squad.MAX_LENGTH
+    windows = calibration_features(calib, samples, tokenizer, seq_len, squad.default_doc_stride(seq_len),
+                                   neighbours=NNCF_CALIB_NEIGHBOURS)
+    items = [windows.model_inputs(slice(i, i + 1)) for i in range(len(windows))]
+    nncf.set_log_level(logging.ERROR)
+    try:
+        quantized = nncf.quantize(onnx.load(str(exported)), nncf.Dataset(items), subset_size=len(items),
+                                  model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED)
+    except Exception as exc:  # NNCF raises many types; the message is what helps
+        raise StandardRecipeError(f"NNCF could not quantize {exported}: {exc}") from exc
+    graph = work / "nncf-int8.onnx"
+    onnx.save(quantized, str(graph))
+    return _write(graph, work / "export", dest, precision="int8", config=config, source=source,
+                  engine=Engine.OPENVINO,
+                  recipe={"tool": f"nncf.quantize {nncf.__version__} (ONNX backend)", "mode": QuantMode.STATIC,
+                          "recipe": {"name": "nncf transformer mixed", "model_type": "TRANSFORMER", "preset": "MIXED"},
+                          "calibration": {"set": calib, "windows": len(items), "neighbours": NNCF_CALIB_NEIGHBOURS},
+                          "description": "SmoothQuant + static INT8 QDQ + fast bias correction, run on OpenVINO"})

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from qtool_runtime.contract import Precision, length_runs
+from qtool_runtime.contract import Engine, Precision, length_runs
+from qtool_runtime.engines import available
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, atomic, output, squad
@@ -25,10 +26,13 @@ from .manifest import Kind
 from .output import REPORT_FILES, OutputKind, RootKind, Target
 from qtool_runtime.timing import interleaved_ms
 from .families import dims_of
+from .overlap import THIRDS, overlap_thirds
+from .peers import PEERS, STANDARD_INT8
 from .length import DEFAULT_LENGTH_RULE, LengthConfig
 from .settings import TorchReference, VerifySettings
 from .runtime import (
     Protocol,
+    GraphError,
     GraphInterface,
     is_invariant,
     kept_agreement,
@@ -39,7 +43,6 @@ from .runtime import (
     synthetic_feed,
 )
 
-STANDARD_INT8 = "std-int8-o2-dynamic"  # the standard recipe (b): what every speed claim is measured against
 
 
 class VerifyError(QtoolError, ValueError):
@@ -224,9 +227,10 @@ def verify_artifacts(
     dest = report_destination(root, settings.report_dir)
     examples, features = _workload_of(found, settings, log)
     first = next(iter(found.values()))
-    rows = _torch_rows(model_dir or first.source_model, found, examples, features, settings, show_progress, log)
+    thirds, cuts = overlap_thirds(examples)
+    rows = _torch_rows(model_dir or first.source_model, found, examples, features, settings, show_progress, log, thirds)
     sessions, keeps, preds = {}, {}, {}
-    rows += _onnx_rows(found, examples, features, settings, sessions, keeps, preds, show_progress, log)
+    rows += _onnx_rows(found, examples, features, settings, sessions, keeps, preds, show_progress, log, thirds)
     log(f"timing {len(sessions)} graphs side by side ({settings.rounds} rounds after 2 warm-up)")
     latency = time_artifacts(sessions, features, seq_len=first.length_config.seq_len, batch_sizes=settings.batch_sizes,
                              workload_windows=settings.workload_windows, rounds=settings.rounds, log=log, keeps=keeps,
@@ -237,6 +241,7 @@ def verify_artifacts(
     _derive(rows, preds, features, settings.protocols)
     report = _report(examples, features, rows, settings, seq_len=first.length_config.seq_len,
                      baseline=STANDARD_INT8 if STANDARD_INT8 in latency else None)
+    report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/overlap.py"}
     write_report(dest, report)
     report["report_dir"] = str(dest)
     return report
@@ -257,7 +262,7 @@ def _workload_of(found: dict, settings: VerifySettings, log: Callable[[str], Non
 
 
 def _torch_rows(model_dir, found: dict, examples, features: squad.Features, settings: VerifySettings,
-                show_progress: bool, log: Callable[[str], None]) -> list[dict]:
+                show_progress: bool, log: Callable[[str], None], thirds: np.ndarray | None = None) -> list[dict]:
     """The PyTorch FP32 reference rows: the full model, and with 'all' every FP32 qtool configuration found."""
     if settings.torch_configs == TorchReference.NONE:
         return []
@@ -278,33 +283,70 @@ def _torch_rows(model_dir, found: dict, examples, features: squad.Features, sett
                "config": config.label, "rule": config.rule, "flops_ratio": flops_ratio(config, dims.hidden, dims.ffn)}
         invariant = is_invariant(config)
         for protocol in _distinct_protocols(settings.protocols, invariant=invariant):
-            result = score(examples, features, predict_torch(model, features, config, protocol=protocol, show_progress=show_progress))
+            result = score(examples, features, predict_torch(model, features, config, protocol=protocol,
+                                                             show_progress=show_progress), thirds)
             for same in _same_as(protocol, settings.protocols, invariant=invariant):
                 row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
+                row[f"f1_by_overlap_{same}"] = result.get("f1_by_overlap")
         rows.append(row)
         log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in settings.protocols))
     return rows
 
 
 def _onnx_rows(found: dict, examples, features: squad.Features, settings: VerifySettings, sessions: dict, keeps: dict,
-               preds: dict, show_progress: bool, log: Callable[[str], None]) -> list[dict]:
-    """One row per artifact (per menu entry of a run-time graph, named <folder>@<configuration>); fills the
-    sessions and keep counts the timing step runs, and the predictions the derive step compares."""
+               preds: dict, show_progress: bool, log: Callable[[str], None], thirds: np.ndarray | None = None
+               ) -> list[dict]:
+    """One row per artifact and runtime (per menu entry of a run-time graph, named <folder>@<configuration>; on a
+    runtime besides the manifest's, <name>:<runtime>); fills the sessions and keep counts the timing step runs,
+    and the predictions the derive step compares."""
     rows = []
     for folder, manifest in found.items():
-        session = onnx_session(folder / manifest.graph, settings.threads)
-        manifests.check_runs(folder, session)  # a manifest edited to another configuration is refused, not mislabelled
-        for config in manifest.menu_configs() if manifest.is_runtime else [None]:
-            name = folder.name if config is None else f"{folder.name}@{config.label}"
-            sessions[name] = session
-            keeps[name] = None if config is None else [config.seq_len if k is None else k for k in config.keep]
-            row = _artifact_row(name, folder, manifest, session, config, examples, features, settings.protocols, preds,
-                                keeps[name], show_progress)
-            twin = manifests.twin_of(folder, manifest, found)
-            row["fp32_twin"] = None if twin is None else twin.name if config is None else f"{twin.name}@{config.label}"
-            rows.append(row)
-            log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in settings.protocols))
+        own = Engine(manifest.engine)
+        for engine in [own, *(Engine(e) for e in settings.engines if e != own)]:
+            if engine is not own and not available(engine):
+                raise VerifyError(f"{engine} is not installed: pip install 'qtool[{engine}]'")
+            # qtool's graphs rank tokens, so they run in FP32 where they say FP32; a peer runs as a team would
+            try:
+                session = onnx_session(folder / manifest.graph, settings.threads, engine, exact=manifest.kind == Kind.QTOOL)
+            except GraphError as exc:
+                if engine is own:
+                    raise
+                log(f"  {folder.name}:{engine} does not run: {exc}")
+                rows.append({"name": f"{folder.name}:{engine}", "runtime": str(engine), "kind": manifest.kind,
+                             "precision": manifest.precision, "config": manifest.length_config.label,
+                             "rule": manifest.length_config.rule, "flops_ratio": manifest.flops_ratio,
+                             "does_not_run": str(exc)})
+                continue
+            if engine is own:
+                manifests.check_runs(folder, session)  # a manifest edited to another configuration is refused
+            for config in manifest.menu_configs() if manifest.is_runtime else [None]:
+                name = folder.name if config is None else f"{folder.name}@{config.label}"
+                native = name
+                name = name if engine is own else f"{name}:{engine}"
+                sessions[name] = session
+                keeps[name] = None if config is None else [config.seq_len if k is None else k for k in config.keep]
+                row = _artifact_row(name, folder, manifest, session, config, examples, features, settings.protocols,
+                                    preds, keeps[name], show_progress, thirds)
+                row["runtime"] = str(engine)
+                if engine is not own:
+                    row["vs_own_runtime"] = logit_agreement(preds[(native, settings.protocols[0])],
+                                                            preds[(name, settings.protocols[0])])
+                twin = manifests.twin_of(folder, manifest, found)
+                row["fp32_twin"] = None if twin is None else twin.name if config is None else f"{twin.name}@{config.label}"
+                rows.append(row)
+                log(f"  {row['name']:<36} " + "  ".join(f"F1 {p} {row[f'f1_{p}']:.2f}" for p in settings.protocols))
     return rows
+
+
+def logit_agreement(a, b) -> dict[str, float]:
+    """How far one graph's span logits on two runtimes are apart: the largest |difference| over real positions and
+    the share of windows whose best start and best end agree."""
+    real = np.isfinite(a.start_logits) & np.isfinite(b.start_logits)
+    diff = max(float(np.abs(np.where(real, x - y, 0)).max()) for x, y in
+               ((a.start_logits, b.start_logits), (a.end_logits, b.end_logits)))
+    best = [np.argmax(np.where(real, x, -np.inf), 1) == np.argmax(np.where(real, y, -np.inf), 1)
+            for x, y in ((a.start_logits, b.start_logits), (a.end_logits, b.end_logits))]
+    return {"max_abs_logit_diff": diff, "same_best_span_share": float((best[0] & best[1]).mean())}
 
 
 def _report(examples, features: squad.Features, rows: list[dict], settings: VerifySettings, *, seq_len: int,
@@ -327,8 +369,8 @@ def _report(examples, features: squad.Features, rows: list[dict], settings: Veri
 
 
 def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session, config: LengthConfig | None,
-                  examples, features: squad.Features, protocols: Sequence[str], preds: dict, keep, show_progress: bool
-                  ) -> dict:
+                  examples, features: squad.Features, protocols: Sequence[str], preds: dict, keep, show_progress: bool,
+                  thirds: np.ndarray | None = None) -> dict:
     """One artifact's row (at one menu entry of a run-time graph): F1/EM under every protocol, size, recipe."""
     config = config or manifest.length_config
     row = {"name": name, "runtime": "onnxruntime", "kind": manifest.kind, "precision": manifest.precision,
@@ -341,10 +383,11 @@ def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session
     for protocol in _distinct_protocols(protocols, invariant=trusted):
         p = predict_onnx(session, features, protocol=protocol, invariant=trusted, show_progress=show_progress, keep=keep,
                          full_up_to=config.full_up_to)
-        result = score(examples, features, p)
+        result = score(examples, features, p, thirds)
         for same in _same_as(protocol, protocols, invariant=trusted):
             preds[(name, same)] = p
             row[f"f1_{same}"], row[f"em_{same}"] = result["f1"], result["exact_match"]
+            row[f"f1_by_overlap_{same}"] = result.get("f1_by_overlap")
     row["batchable"] = manifest.feeding["batchable"]
     row["f1_spread"] = max(row[f"f1_{p}"] for p in protocols) - min(row[f"f1_{p}"] for p in protocols)
     return row
@@ -361,19 +404,28 @@ def _same_as(protocol: str, protocols: Sequence[str], *, invariant: bool) -> lis
 
 
 def _derive(rows: list[dict], preds: dict, features: squad.Features, protocols: Sequence[str]) -> None:
-    """Speedups vs the standard INT8 graph and vs qtool's FP32 full graph; INT8 vs its FP32 twin."""
+    """Speedups vs each peer (the standard recipes (b), (c)), the best peer and qtool's FP32 full graph; F1 vs the
+    peers; INT8 vs its FP32 twin."""
     by_name = {r["name"]: r for r in rows}
-    baselines = {"std": by_name.get(STANDARD_INT8),
-                 "fp32_full": next((r for r in rows if r["runtime"] == "onnxruntime" and r["kind"] == Kind.QTOOL
+    peers = {label: by_name[name] for label, name in PEERS.items() if "latency_ms" in by_name.get(name, {})}
+    baselines = {**peers,
+                 "fp32_full": next((r for r in rows if r["runtime"] == Engine.ONNXRUNTIME and r["kind"] == Kind.QTOOL
                                     and r["precision"] == Precision.FP32 and r["config"] == "full"), None)}
     for row in rows:
+        if "does_not_run" in row:
+            continue
+        if peers:
+            row["f1_vs_best_peer"] = {p: row[f"f1_{p}"] - max(b[f"f1_{p}"] for b in peers.values()) for p in protocols}
+        if "std" in peers:
+            row["f1_vs_std"] = {p: row[f"f1_{p}"] - peers["std"][f"f1_{p}"] for p in protocols}
         if "latency_ms" not in row:
             continue
         for label, base in baselines.items():
             if base is not None and "latency_ms" in base:
                 row[f"speedup_vs_{label}"] = {k: base["latency_ms"][k] / v for k, v in row["latency_ms"].items()}
-        if baselines["std"] is not None:
-            row["f1_vs_std"] = {p: row[f"f1_{p}"] - baselines["std"][f"f1_{p}"] for p in protocols}
+        if peers:
+            row["speedup_vs_best_peer"] = {k: min(b["latency_ms"][k] for b in peers.values()) / v
+                                           for k, v in row["latency_ms"].items()}
         twin = by_name.get(row.get("fp32_twin") or "")
         if twin is not None:
             row["int8_cost_f1"] = {p: twin[f"f1_{p}"] - row[f"f1_{p}"] for p in protocols}
@@ -382,29 +434,36 @@ def _derive(rows: list[dict], preds: dict, features: squad.Features, protocols: 
 
 
 def format_table(report: dict, markdown: bool = False) -> str:
-    """The papers' Table 1 with the standard recipe beside it: F1 per protocol, latency per protocol."""
+    """The papers' Table 1 with the peers beside it: F1 per protocol and per overlap third (the first protocol),
+    latency per protocol, speed against the best peer (the faster of the standard recipes (b) and (c), per column)."""
     from prettytable import PrettyTable, TableStyle
 
     protocols = report["protocols"]
     keys = [f"b{b}@{report['seq_len']}" for b in report["latency"]["batch_sizes"]] + ["real_b1", "real_b32"]
     table = PrettyTable()
-    table.field_names = (["graph", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols] + ["spread"]
-                         + [f"ms {k}" for k in keys] + [f"x std {k}" for k in keys] + ["MB", "FLOPs"])
+    table.field_names = (["graph", "runtime", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols]
+                         + ["spread"] + [f"F1 {t}" for t in THIRDS]
+                         + [f"ms {k}" for k in keys] + [f"x peer {k}" for k in keys] + ["MB", "FLOPs"])
     for r in report["rows"]:
-        lat, speed = r.get("latency_ms", {}), r.get("speedup_vs_std", {})
+        if "does_not_run" in r:
+            continue  # listed below the table
+        lat, speed = r.get("latency_ms", {}), r.get("speedup_vs_best_peer", {})
+        thirds = r.get(f"f1_by_overlap_{protocols[0]}") or {}
         table.add_row(
-            [r["name"], r["precision"], r["config"], r["rule"] if r["config"] != "full" else ""]
+            [r["name"], r.get("runtime", ""), r["precision"], r["config"], r["rule"] if r["config"] != "full" else ""]
             + [f"{r[f'f1_{p}']:.2f}" for p in protocols] + [f"{r['f1_spread']:.2f}" if "f1_spread" in r else ""]
+            + [f"{thirds[t]:.2f}" if t in thirds else "" for t in THIRDS]
             + [f"{lat[k]:.2f}" if k in lat else "" for k in keys]
             + [f"{speed[k]:.2f}x" if k in speed else "" for k in keys]
             + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{r['flops_ratio']:.2f}"]
         )
     table.align = "r"
-    for col in ("graph", "precision", "config", "rule"):
+    for col in ("graph", "runtime", "precision", "config", "rule"):
         table.align[col] = "l"
     if markdown:
         table.set_style(TableStyle.MARKDOWN)
-    return table.get_string()
+    failed = [f"{r['name']} does not run: {r['does_not_run']}" for r in report["rows"] if "does_not_run" in r]
+    return "\n".join([table.get_string(), *failed])
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

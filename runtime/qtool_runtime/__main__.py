@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .bounds import argparse_action
+from .contract import ENGINES
 from .errors import one_line_errors
 from .kit import read_text_file
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.add_argument("--context")
     ctx.add_argument("--context-file", type=Path)
     ans.add_argument("--threads", action=argparse_action("threads"), default=None, help="onnxruntime intra-op threads")
+    ans.add_argument("--engine", choices=ENGINES, default=None, help="runtime to run on (default: the manifest's)")
     ans.add_argument("--config", default=None, help="run-time configuration graphs: the menu entry to run")
     ans.add_argument("--budget-ms", action=argparse_action("budget_ms"), default=None,
                      help="run-time configuration graphs: the most accurate entry predicted to answer within this time")
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--max-body-bytes", action=argparse_action("max_body_bytes"), default=1 << 20,
                      help="larger request bodies get 413")
     srv.add_argument("--threads", action=argparse_action("threads"), default=None, help="onnxruntime intra-op threads")
+    srv.add_argument("--engine", choices=ENGINES, default=None, help="runtime to run on (default: the manifest's)")
     srv.add_argument("--latency-target-ms", action=argparse_action("latency_target_ms"), default=None,
                      help="run-time configuration graphs: per batch, the most accurate entry predicted to meet this")
     try:
@@ -47,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "answer":
             context = args.context if args.context is not None else read_text_file(args.context_file)
             print(answer_json(args.artifact, args.question, context, threads=args.threads, config=args.config,
-                              budget_ms=args.budget_ms))
+                              budget_ms=args.budget_ms, engine=args.engine))
         else:
             serve(args.artifact, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                  max_body_bytes=args.max_body_bytes, threads=args.threads, latency_target_ms=args.latency_target_ms)
+                  max_body_bytes=args.max_body_bytes, threads=args.threads, latency_target_ms=args.latency_target_ms,
+                  engine=args.engine)
     except one_line_errors() as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

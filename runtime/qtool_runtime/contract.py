@@ -78,6 +78,16 @@ class Precision(Mode):
     INT8 = "int8"
 
 
+class Engine(Mode):
+    """The inference runtime a graph runs on. ONNX graphs run on both; an OpenVINO IR (model.xml) only on OpenVINO."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"  # the optional extra: pip install 'qtool[openvino]' (or qtool-runtime[openvino])
+
+
+ENGINES = Engine.choices()
+
+
 MANIFEST = "manifest.json"
 FORMAT = "qtool-artifact/1"
 # A routed graph's manifest (length_config.full_up_to): a kit that does not know the threshold would batch windows
@@ -307,6 +317,7 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
 
     need(is_file_name(m.get("graph")), f"graph {m.get('graph')!r} must be a file name inside the folder")
     need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
+    need(m.get("engine", Engine.ONNXRUNTIME) in ENGINES, f"engine {shown(m.get('engine'))} is not one of {ENGINES}")
     for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
         need(bounded_int(m.get(name)), f"{name} must be an integer in 1..{MAX_TOKENS}, got {shown(m.get(name))}")
     lc = m.get("length_config")

@@ -16,9 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from . import bounds
-from .contract import (FULL, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
+from .contract import (FULL, Engine, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
                        config_label, feeding, format_of, full_up_to, kept_widths, length_runs, onnxruntime_problem,
                        parse_config, sha256)
+from .engines import engine_of, open_session
 from .errors import ArtifactError, ConfigError, InputError, KitError, OptionError
 from .graphfacts import GraphFacts, read_graph_facts
 from .menu import MenuTimes, choose, measure
@@ -65,22 +66,6 @@ def read_text_file(path: str | Path, what: str = "context file") -> str:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-
-
-def ort_session(path: Path, threads: int | None = None, error: type[Exception] = ArtifactError):
-    """An onnxruntime CPU session with full graph optimisation, as the toolchain validated and timed the graph
-    (the toolchain opens its sessions here too); a graph onnxruntime cannot load raises `error`, one line."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if bounds.check("threads", threads):
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several private exception types
-        raise error(f"{path} is not a loadable ONNX graph: {exc}") from exc
 
 
 def check_manifest(folder: str | Path) -> dict:
@@ -276,16 +261,20 @@ class Artifact:
         self.max_question_tokens = max_question_tokens(self.seq_len, self.doc_stride, self._specials)
 
     @classmethod
-    def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16) -> "Artifact":
+    def open(cls, folder: str | Path, *, threads: int | None = None, batch_size: int = 16,
+             engine: str | None = None) -> "Artifact":
         """Verify every sha256, the manifest's shape and what it says against the graph; load the graph and the
-        tokenizer and run the graph once. `threads`, `batch_size`: checked against bounds.BOUNDS first."""
+        tokenizer and run the graph once. `threads`, `batch_size`: checked against bounds.BOUNDS first. `engine`:
+        the runtime to run on (default: the manifest's `engine`, else onnxruntime)."""
         bounds.check_all(threads=threads, batch_size=batch_size)
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no such artifact folder: {folder}")
         manifest = check_manifest(folder)
         facts = check_graph(folder, manifest)
-        session = ort_session(folder / manifest["graph"], threads)
+        # qtool's graphs rank tokens: on OpenVINO they compute in FP32 as validated; a peer's graph runs as built
+        session = open_session(folder / manifest["graph"], engine_of(engine or manifest.get("engine", Engine.ONNXRUNTIME)),
+                               threads, exact=manifest.get("kind", "qtool") == "qtool")
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
         if names[0] != iface["inputs"] or names[1] != iface["outputs"]:

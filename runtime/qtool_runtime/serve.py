@@ -415,11 +415,13 @@ class ServerThread:
 
 
 def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 8, max_wait_ms: float = 5.0,
-          max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, latency_target_ms: float | None = None) -> None:
-    """Open `folder` (checked) and serve it until SIGTERM or Ctrl-C; every setting is checked before any work."""
+          max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, latency_target_ms: float | None = None,
+          engine: str | None = None) -> None:
+    """Open `folder` (checked) on `engine` (default: the manifest's runtime) and serve it until SIGTERM or Ctrl-C;
+    every setting is checked before any work."""
     bounds.check_all(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
                      threads=threads, latency_target_ms=latency_target_ms)
-    artifact = Artifact.open(folder, threads=threads)
+    artifact = Artifact.open(folder, threads=threads, engine=engine)
     make_server(artifact, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
                 latency_target_ms=latency_target_ms).run()
     _end_past_a_running_batch()
@@ -435,9 +437,9 @@ def _end_past_a_running_batch() -> None:
 
 
 def answer_json(folder: str, question: str, context: str, threads: int | None = None, *, config: object = None,
-                budget_ms: float | None = None) -> str:
+                budget_ms: float | None = None, engine: str | None = None) -> str:
     """One answer as JSON text (for `qtool answer`), with the artifact and configuration it came from."""
     bounds.check_all(threads=threads, budget_ms=budget_ms)
-    artifact = Artifact.open(folder, threads=threads)
+    artifact = Artifact.open(folder, threads=threads, engine=engine)
     answer = artifact.answer(question, context, config=config, budget_ms=budget_ms)
     return json.dumps({**answer.to_dict(), "artifact": artifact.name}, indent=2)

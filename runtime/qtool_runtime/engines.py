@@ -1,0 +1,118 @@
+"""One surface for every inference runtime: onnxruntime's `run(names, feed)`, `get_inputs()`, `get_outputs()`.
+
+The toolchain validates, scores and times graphs through this surface and the kit answers through it, so which
+runtime runs a graph is a setting (`contract.Engine`), never a second code path. onnxruntime is the default;
+OpenVINO Runtime is the optional extra (`pip install 'qtool[openvino]'`); it reads ONNX graphs and its own IR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import bounds
+from .contract import Engine
+from .errors import ArtifactError
+
+IR_SUFFIX = ".xml"  # an OpenVINO IR graph (weights in the .bin beside it); OpenVINO alone runs it
+
+
+@dataclass(frozen=True)
+class Port:
+    """An input or output as onnxruntime's sessions describe it (the name is all the toolchain reads)."""
+
+    name: str
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled model behind onnxruntime's session surface: one infer request, run synchronously."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._inputs = [Port(p.get_any_name()) for p in compiled.inputs]
+        self._outputs = [Port(p.get_any_name()) for p in compiled.outputs]
+
+    def get_inputs(self) -> list[Port]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[Port]:
+        return list(self._outputs)
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        wanted = set(p.name for p in self._inputs)
+        result = self._request.infer({k: v for k, v in feed.items() if k in wanted})
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return [np.asarray(by_name[name]) for name in (names or [p.name for p in self._outputs])]
+
+
+def engine_of(name: str | Engine) -> Engine:
+    """The Engine named `name`; an unknown name is one line listing the known ones."""
+    try:
+        return Engine(str(name))
+    except ValueError:
+        raise ArtifactError(f"unknown runtime {name!r}; known: {', '.join(Engine.choices())}") from None
+
+
+def available(engine: Engine) -> bool:
+    """Whether `engine` is installed here (OpenVINO is an optional extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime" if engine is Engine.ONNXRUNTIME else "openvino") is not None
+
+
+def openvino_session(path: Path, threads: int | None = None, *, exact: bool = True,
+                     error: type[Exception] = ArtifactError) -> OpenVinoSession:
+    """An OpenVINO CPU session tuned for latency (one stream). `exact`: compute in FP32 where the graph says FP32;
+    OpenVINO's default on CPUs with AMX or AVX-512 BF16 is bf16, which moves logits by more than a Drop-and-Restore
+    ranking tolerates (a team's plain model may take the default: the standard recipes record which they ran)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise error("OpenVINO is not installed: pip install 'qtool[openvino]' (or 'qtool-runtime[openvino]')") from None
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if bounds.check("threads", threads):
+        config["INFERENCE_NUM_THREADS"] = threads
+    if exact:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    try:
+        core = ov.Core()
+        return OpenVinoSession(core.compile_model(core.read_model(str(path)), "CPU", config))
+    except Exception as exc:  # OpenVINO raises RuntimeError and its own types with multi-line texts
+        raise error(f"{path} does not compile on OpenVINO: {_openvino_reason(exc)}") from exc
+
+
+def _openvino_reason(exc: Exception) -> str:
+    """The lines of an OpenVINO exception that say what failed (its first lines name only C++ source files)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(("No conversion rule", "Conversion is failed"))]
+    plain = [line for line in lines if not line.startswith(("Exception from", "Check "))]
+    return "; ".join(said) or (plain[0] if plain else type(exc).__name__)
+
+
+def ort_session(path: Path, threads: int | None = None, error: type[Exception] = ArtifactError):
+    """An onnxruntime CPU session with full graph optimisation, as the toolchain validated and timed the graph
+    (the toolchain opens its sessions here too); a graph onnxruntime cannot load raises `error`, one line."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if bounds.check("threads", threads):
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several private exception types
+        raise error(f"{path} is not a loadable ONNX graph: {exc}") from exc
+
+
+def open_session(path: Path, engine: Engine = Engine.ONNXRUNTIME, threads: int | None = None, *, exact: bool = True,
+                 error: type[Exception] = ArtifactError):
+    """`path` on `engine`; an OpenVINO IR (.xml) only opens on OpenVINO."""
+    if engine is Engine.OPENVINO:
+        return openvino_session(path, threads, exact=exact, error=error)
+    if Path(path).suffix == IR_SUFFIX:
+        raise error(f"{path} is an OpenVINO IR: it runs on OpenVINO, not onnxruntime")
+    return ort_session(path, threads, error)

@@ -1,0 +1,75 @@
+"""qtool on OpenVINO Runtime (the openvino extra, installed by the README's test command): the OpenVINO + NNCF peer
+(c) built and measured beside (b); qtool's graphs run, scored and checked against onnxruntime on OpenVINO; the kit
+answering on it."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from conftest import REDUCED
+from qtool_runtime import Artifact, ArtifactError
+from toolchain import manifest as manifests
+from toolchain import squad
+from toolchain.settings import VerifySettings
+from toolchain.peers import PEERS
+from toolchain.verify import verify_artifacts
+
+OPENVINO_PEER = PEERS["openvino"]
+
+
+def test_bench_builds_and_measures_the_openvino_peer(bench_run):
+    root, report = bench_run
+    rows = {r["name"]: r for r in report["rows"]}
+    peer, plain = rows[OPENVINO_PEER], rows["std-fp32-optimum"]
+    manifest = manifests.load(root / OPENVINO_PEER)
+    assert manifest.engine == "openvino" and peer["runtime"] == "openvino" and manifest.kind == "standard"
+    assert manifest.quantization["calibration"]["windows"] == 8  # bench's --calib-samples, as qtool's recipes
+    graph = onnx.load(str(root / OPENVINO_PEER / "model.onnx"))
+    ops = {(n.domain, n.op_type) for n in graph.graph.node}
+    assert ("", "QuantizeLinear") in ops and ("", "MatMul") in ops  # standard QDQ, nothing onnxruntime-only
+    assert not {d for d, _ in ops} - {"", "ai.onnx"}
+    # a real INT8 model: it answers about as well as the FP32 export it came from (12 questions)
+    assert peer["f1_unpadded"] > plain["f1_unpadded"] - 10
+    # speed is measured against the faster peer in every column
+    ours = rows["int8-" + REDUCED.replace(",", "-")]
+    peers = [rows[name] for name in PEERS.values()]
+    for key, ratio in ours["speedup_vs_best_peer"].items():
+        assert ratio == pytest.approx(min(p["latency_ms"][key] for p in peers) / ours["latency_ms"][key])
+    assert ours["f1_vs_best_peer"]["unpadded"] == pytest.approx(
+        ours["f1_unpadded"] - max(p["f1_unpadded"] for p in peers))
+    # F1 by lexical-overlap third, the thirds' cut shares in the report
+    assert set(peer["f1_by_overlap_unpadded"]) == {"low", "middle", "high"}
+    assert list(report["overlap_thirds"]["begin"]) == ["middle", "high"]
+
+
+def test_verify_runs_qtool_graphs_on_openvino_and_compares_logits(exported_root, tmp_path):
+    root = tmp_path / "graphs"
+    root.mkdir()
+    reduced = "fp32-" + REDUCED.replace(",", "-")
+    for name in ("fp32-full", reduced):
+        (root / name).symlink_to(exported_root / name)
+    settings = VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1, workload_windows=4,
+                              engines=("openvino",), torch_configs="none", report_dir=tmp_path / "report")
+    report = verify_artifacts(root, settings, show_progress=False, log=lambda _: None)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"fp32-full", reduced, "fp32-full:openvino", f"{reduced}:openvino"}
+    for name in ("fp32-full", reduced):
+        on_openvino = rows[f"{name}:openvino"]
+        assert on_openvino["runtime"] == "openvino" and rows[name]["runtime"] == "onnxruntime"
+        assert on_openvino["vs_own_runtime"]["max_abs_logit_diff"] < 1e-3, name
+        assert on_openvino["vs_own_runtime"]["same_best_span_share"] == 1.0
+        assert on_openvino["f1_unpadded"] == rows[name]["f1_unpadded"]
+        assert on_openvino["latency_ms"]["real_b1"] > 0
+
+
+def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):
+    examples = squad.load_squad("dev", limit=12)
+    pairs = [(e.question, e.context) for e in examples]
+    for name in ("fp32-full", "fp32-" + REDUCED.replace(",", "-")):
+        on_ort = Artifact.open(exported_root / name).answer_batch(pairs)
+        on_openvino = Artifact.open(exported_root / name, engine="openvino").answer_batch(pairs)
+        assert [a.text for a in on_openvino] == [a.text for a in on_ort], name
+        assert max(abs(a.score - b.score) for a, b in zip(on_ort, on_openvino)) < 1e-3
+    with pytest.raises(ArtifactError, match="unknown runtime 'tensorrt'; known: onnxruntime, openvino"):
+        Artifact.open(exported_root / "fp32-full", engine="tensorrt")
