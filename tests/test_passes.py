@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from toolchain.passes import (DROP_EXPORT_METADATA, FUSE_GELU, FUSE_MATMUL_BIAS, MS_DOMAIN, NAME_NODES_BY_MODULE,
-                              NAME_SCOPES, TIDY, GraphPassError, run_passes)
+from toolchain.passes import (DROP_EXPORT_METADATA, FUSE_ATTENTION, FUSE_GELU, FUSE_MATMUL_BIAS, FUSE_QATTENTION,
+                              FUSE_RANKING_ATTENTION, MS_DOMAIN, NAME_NODES_BY_MODULE, NAME_SCOPES, TIDY,
+                              GraphPassError, run_passes)
 
 
 def tiny_graph() -> onnx.ModelProto:
@@ -31,7 +32,7 @@ def tiny_graph() -> onnx.ModelProto:
 
 
 def test_tidy_names_nodes_by_module_and_drops_metadata():
-    model = run_passes(tiny_graph(), TIDY)
+    model = run_passes(tiny_graph(), TIDY).model
     assert [n.name for n in model.graph.node] == ["model.bert.encoder.layer.0.output.dense/MatMul",
                                                   "model.bert.encoder.layer.0.output.dense/MatMul_1", "graph/Relu"]
     assert not any(n.metadata_props for n in model.graph.node) and not model.metadata_props
@@ -85,14 +86,14 @@ def _run(model: onnx.ModelProto, feeds: dict) -> list:
 def test_fuse_gelu_replaces_the_written_out_gelu_by_one_node_with_the_same_values(order):
     x = {"x": np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)}
     want = _run(gelu_graph(order), x)[0]
-    fused = run_passes(gelu_graph(order), [FUSE_GELU])
+    fused = run_passes(gelu_graph(order), [FUSE_GELU]).model
     assert [n.op_type for n in fused.graph.node] == ["Add", "Gelu"]
     assert fused.graph.node[1].domain == MS_DOMAIN and fused.graph.node[1].name == "act/Gelu"
     np.testing.assert_allclose(_run(fused, x)[0], want, atol=1e-6)
 
 
 def test_fuse_gelu_keeps_a_chain_whose_inner_values_are_used_elsewhere():
-    kept = run_passes(gelu_graph(shared=True), [FUSE_GELU])
+    kept = run_passes(gelu_graph(shared=True), [FUSE_GELU]).model
     assert [n.op_type for n in kept.graph.node] == ["Add", "Div", "Erf", "Add", "Mul", "Mul"]
     assert {i.name for i in kept.graph.initializer} == {"bias", "sqrt2", "one", "half"}
 
@@ -122,7 +123,7 @@ def int8_matmul_graph(bias_shape: tuple[int, ...] = (3,)) -> onnx.ModelProto:
 def test_fuse_matmul_bias_moves_the_bias_into_the_gemm_with_the_same_values():
     a = {"a": np.arange(8, dtype=np.uint8).reshape(2, 4) * 30}
     want = _run(int8_matmul_graph(), a)[0]
-    fused = run_passes(int8_matmul_graph(), [FUSE_MATMUL_BIAS])
+    fused = run_passes(int8_matmul_graph(), [FUSE_MATMUL_BIAS]).model
     (node,) = fused.graph.node
     assert node.op_type == "MatMulIntegerToFloat" and node.input[6] == "bias" and node.output[0] == "y"
     np.testing.assert_allclose(_run(fused, a)[0], want, atol=1e-5)
@@ -130,7 +131,7 @@ def test_fuse_matmul_bias_moves_the_bias_into_the_gemm_with_the_same_values():
 
 def test_fuse_matmul_bias_leaves_an_add_that_is_not_a_per_column_bias():
     broadcast = int8_matmul_graph(bias_shape=(2, 3))  # a 2-D addend is not the GEMM's bias
-    fused = run_passes(broadcast, [FUSE_MATMUL_BIAS])
+    fused = run_passes(broadcast, [FUSE_MATMUL_BIAS]).model
     assert [n.op_type for n in fused.graph.node] == ["MatMulIntegerToFloat", "Add"]
 
 
@@ -179,7 +180,7 @@ def test_fuse_attention_replaces_the_core_by_one_node_with_the_same_values():
     mask[1, 3:] = 0  # padding must stay masked
     feeds = {"x": rng.normal(size=(2, 5, 8)).astype(np.float32), "mask": mask}
     want = _run(attention_graph(), feeds)[0]
-    fused = run_passes(attention_graph(), [FUSE_ATTENTION])
+    fused = run_passes(attention_graph(), [FUSE_ATTENTION]).model
     ops = [n.op_type for n in fused.graph.node]
     assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops and "Transpose" not in ops
     (mha,) = [n for n in fused.graph.node if n.op_type == "MultiHeadAttention"]
@@ -191,7 +192,7 @@ def test_fuse_attention_replaces_the_core_by_one_node_with_the_same_values():
 def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
     from toolchain.passes import FUSE_ATTENTION
 
-    kept = run_passes(attention_graph(read_probs=True), [FUSE_ATTENTION])
+    kept = run_passes(attention_graph(read_probs=True), [FUSE_ATTENTION]).model
     assert [n.op_type for n in kept.graph.node] == [n.op_type for n in attention_graph(read_probs=True).graph.node]
 
 
@@ -206,7 +207,7 @@ def test_fuse_ranking_attention_runs_a_ranking_core_as_one_attention_with_the_sa
     holed = right_padded.copy()
     holed[0, 2] = 0
     graph = lambda: attention_graph(read_probs=True, mask="attention_mask")  # noqa: E731
-    fused = run_passes(graph(), [FUSE_RANKING_ATTENTION])
+    fused = run_passes(graph(), [FUSE_RANKING_ATTENTION]).model
     (guard,) = [n for n in fused.graph.node if n.op_type == "If"]
     branches = {a.name: [n.op_type for n in a.g.node] for a in guard.attribute}
     then_ops = branches["then_branch"]
@@ -230,7 +231,7 @@ def test_fuse_ranking_attention_needs_the_input_mask_and_leaves_other_cores():
 
     with pytest.raises(GraphPassError, match="fuse-ranking-attention requires .* no attention_mask input"):
         run_passes(attention_graph(read_probs=True), [FUSE_RANKING_ATTENTION])
-    untouched = run_passes(attention_graph(mask="attention_mask"), [FUSE_RANKING_ATTENTION])  # nothing ranks here
+    untouched = run_passes(attention_graph(mask="attention_mask"), [FUSE_RANKING_ATTENTION]).model  # nothing ranks here
     assert [n.op_type for n in untouched.graph.node] == [n.op_type for n in attention_graph(mask="attention_mask").graph.node]
     assert {o.version for o in untouched.opset_import if o.domain == ""} == {18}
 
@@ -277,7 +278,7 @@ def test_fuse_qattention_runs_static_qkv_and_attention_as_one_node_with_the_same
 
     feeds = _qkv_feeds()
     want = _run(static_qkv_graph(), feeds)[0]
-    fused = run_passes(static_qkv_graph(), [FUSE_QATTENTION])
+    fused = run_passes(static_qkv_graph(), [FUSE_QATTENTION]).model
     (node,) = fused.graph.node
     assert node.op_type == "QAttention" and node.name == "layer.0.attention.self/QAttention" and node.output[0] == "y"
     assert {i.name for i in fused.graph.initializer} >= {node.input[1], node.input[2]} and len(fused.graph.initializer) == 6
@@ -291,4 +292,65 @@ def test_fuse_qattention_leaves_projections_read_elsewhere():
 
     model = static_qkv_graph()
     model.graph.output.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", "S", 8]))  # q read twice
-    assert [n.op_type for n in run_passes(model, [FUSE_QATTENTION]).graph.node].count("QAttention") == 0
+    assert [n.op_type for n in run_passes(model, [FUSE_QATTENTION]).model.graph.node].count("QAttention") == 0
+
+
+def two_gelu_graph() -> onnx.ModelProto:
+    """gelu_graph with a second written-out GELU on the first one's output: two sites for fuse-gelu."""
+    model = gelu_graph()
+    renamed = {"h": "g", "d": "d2", "e": "e2", "p": "p2", "m": "m2"}
+    chain = [onnx.NodeProto() for _ in range(5)]
+    for copy, node in zip(chain, model.graph.node[1:]):
+        copy.CopyFrom(node)
+        copy.name = node.name.replace("act/", "act2/")
+        copy.input[:] = [renamed.get(i, i) for i in copy.input]
+        copy.output[:] = [renamed.get(o, o) for o in copy.output]
+    model.graph.node[-1].output[0] = "g"
+    model.graph.node.extend(chain)
+    return model
+
+
+def test_run_passes_counts_each_pass_s_rewrites_and_names_the_idle_ones():
+    x = {"x": np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)}
+    want = _run(two_gelu_graph(), x)[0]
+    assert FUSE_GELU.sites(two_gelu_graph()) == 2
+    run = run_passes(two_gelu_graph(), [FUSE_GELU])
+    assert run.rewrites == {"fuse-gelu": 2} and run.idle == ()
+    assert [n.op_type for n in run.model.graph.node] == ["Add", "Gelu", "Gelu"]
+    np.testing.assert_allclose(_run(run.model, x)[0], want, atol=1e-6)
+    run = run_passes(two_gelu_graph(), [FUSE_MATMUL_BIAS, FUSE_GELU])  # no INT8 GEMM here
+    assert run.rewrites == {"fuse-matmul-bias": 0, "fuse-gelu": 2} and run.idle == ("fuse-matmul-bias",)
+
+
+def test_tidy_counts_the_nodes_it_renames_and_the_metadata_it_drops():
+    run = run_passes(tiny_graph(), TIDY)
+    # three names change; four metadata entries go (two name scopes, a stack trace, the model's) and the graph is signed
+    assert run.rewrites == {"name-nodes-by-module": 3, "drop-export-metadata": 5}
+    named = run_passes(tiny_graph(), [NAME_NODES_BY_MODULE]).model
+    assert run_passes(named, [NAME_NODES_BY_MODULE]).rewrites == {"name-nodes-by-module": 0}
+
+
+def ranking_graph() -> onnx.ModelProto:
+    return attention_graph(read_probs=True, mask="attention_mask")
+
+
+@pytest.mark.parametrize("build, passes, first", [
+    (two_gelu_graph, [FUSE_MATMUL_BIAS, FUSE_GELU], {"fuse-matmul-bias": 0, "fuse-gelu": 2}),
+    (int8_matmul_graph, [FUSE_MATMUL_BIAS, FUSE_GELU], {"fuse-matmul-bias": 1, "fuse-gelu": 0}),
+    (attention_graph, [FUSE_GELU, FUSE_ATTENTION], {"fuse-gelu": 0, "fuse-attention": 1}),
+    (static_qkv_graph, [FUSE_MATMUL_BIAS, FUSE_QATTENTION, FUSE_RANKING_ATTENTION],
+     {"fuse-matmul-bias": 0, "fuse-qattention": 1, "fuse-ranking-attention": 0}),
+    (ranking_graph, [FUSE_ATTENTION, FUSE_RANKING_ATTENTION], {"fuse-attention": 0, "fuse-ranking-attention": 1}),
+], ids=["gelu", "matmul-bias", "attention", "qattention", "ranking-attention"])
+def test_a_second_run_over_the_rewritten_graph_rewrites_nothing(build, passes, first):
+    run = run_passes(build(), passes)
+    assert run.rewrites == first
+    rewritten = run.model.SerializeToString()
+    again = run_passes(run.model, passes)
+    assert again.rewrites == {p.name: 0 for p in passes} and again.idle == tuple(p.name for p in passes)
+    assert again.model.SerializeToString() == rewritten
+
+
+def test_a_pass_listed_twice_is_refused():
+    with pytest.raises(GraphPassError, match="fuse-gelu listed more than once"):
+        run_passes(gelu_graph(), [FUSE_GELU, FUSE_GELU])

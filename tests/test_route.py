@@ -65,7 +65,7 @@ def test_ranking_layers_as_one_attention_answer_real_windows_as_the_written_out_
     from toolchain.passes import FUSE_RANKING_ATTENTION, run_passes
 
     path = exported_root / f"fp32-{REDUCED_NAME}" / "model.onnx"
-    fused = run_passes(onnx.load(str(path)), [FUSE_RANKING_ATTENTION])
+    fused = run_passes(onnx.load(str(path)), [FUSE_RANKING_ATTENTION]).model
     guards = {n.input[0] for n in fused.graph.node if n.op_type == "If"}
     assert len(guards) == 1 and sum(n.op_type == "If" for n in fused.graph.node) == 6
     fused.graph.output.append(onnx.helper.make_tensor_value_info(guards.pop(), onnx.TensorProto.BOOL, []))

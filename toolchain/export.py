@@ -48,32 +48,36 @@ class ExportError(QtoolError, ValueError):
 NODE_PREFIX = "model."
 
 
-def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_graph(model: torch.nn.Module, config: LengthConfig, path: str | Path, opset: int = DEFAULT_OPSET, *,
+                 graph_passes: dict[str, int] | None = None) -> Path:
     """Write one ONNX graph running `model` under `config`; batch and sequence axes stay dynamic.
 
     Reduced configurations also output `kept_i`: the original positions layer i kept, for agreement checks.
+    `graph_passes`, when given, receives each graph pass's rewrite count (`passes.PassRun.rewrites`).
     """
     module = DropAndRestoreQA(model, config, return_kept=not config.is_full).eval()
     interface = GraphInterface.for_config(config, family_of(model).inputs)
-    return _export(module, model, interface, config.seq_len, path, opset)
+    return _export(module, model, interface, config.seq_len, path, opset, graph_passes=graph_passes)
 
 
 def export_runtime_graph(model: torch.nn.Module, layout: LengthConfig, path: str | Path,
-                         opset: int = DEFAULT_OPSET) -> Path:
+                         opset: int = DEFAULT_OPSET, *, graph_passes: dict[str, int] | None = None) -> Path:
     """Write the run-time configuration graph: keep counts are its last input (int64 [layers], cap rule).
 
     TopK and the slices that follow take their sizes from that input, so one graph runs every configuration
     whose skipped layers are `layout`'s (the layers it skips are an export-time choice: they have no nodes).
+    `graph_passes` as for `export_graph`.
     """
     module = RuntimeConfigQA(model, layout).eval()
     interface = GraphInterface.for_runtime(layout, family_of(model).inputs)
     layers = len(layout.keep)
     sample_keep = torch.tensor([max(1, layout.seq_len * (layers - i) // (layers + 1)) for i in range(layers)])
-    return _export(module, model, interface, layout.seq_len, path, opset, extra=(sample_keep,))
+    return _export(module, model, interface, layout.seq_len, path, opset, extra=(sample_keep,),
+                   graph_passes=graph_passes)
 
 
 def _export(module: torch.nn.Module, model: torch.nn.Module, interface: GraphInterface, seq: int, path: str | Path,
-            opset: int, extra: tuple = ()) -> Path:
+            opset: int, extra: tuple = (), graph_passes: dict[str, int] | None = None) -> Path:
     """torch.export through the dynamo ONNX exporter, batch and sequence axes dynamic, then the tidy passes."""
     family = family_of(model)
     sample = tuple(
@@ -102,7 +106,9 @@ def _export(module: torch.nn.Module, model: torch.nn.Module, interface: GraphInt
             verbose=False,
         )
     program.save(str(path))
-    tidy_graph(path)
+    rewrites = tidy_graph(path)
+    if graph_passes is not None:
+        graph_passes.update(rewrites)
     import onnx
 
     written = artifact.opset_of(onnx.load(str(path), load_external_data=False))
@@ -136,20 +142,21 @@ def weight_roles(path: str | Path, role_paths: dict[str, list[str]]) -> dict[str
     return roles
 
 
-def tidy_graph(path: str | Path) -> None:
+def tidy_graph(path: str | Path) -> dict[str, int]:
     """Name nodes after the module they came from, drop export metadata, fuse GELU and the attention cores whose
     probabilities nothing else reads (passes.EXPORT_PASSES, checked pass by pass).
 
     Readable names let quantization recipes select ops by role; the dropped metadata holds local stack traces;
     one Gelu node lets onnxruntime fuse the bias before it, and one MultiHeadAttention node runs a layer's
-    attention core in one kernel, as in the standard recipe's graph.
+    attention core in one kernel, as in the standard recipe's graph. Returns each pass's rewrite count.
     """
     import onnx
 
     from .passes import EXPORT_PASSES, run_passes
 
-    model = onnx.load(str(path))
-    onnx.save(run_passes(model, EXPORT_PASSES), str(path))
+    done = run_passes(onnx.load(str(path)), EXPORT_PASSES)
+    onnx.save(done.model, str(path))
+    return done.rewrites
 
 
 def validate_graph(
@@ -248,12 +255,15 @@ def export_runtime_artifact(model: torch.nn.Module, tokenizer, menu: Sequence[Le
     menu = list(dict.fromkeys([layout, *menu]))
     dims = dims_of(model)
     with artifact.staging(Path(dest), OutputKind.FP32_ARTIFACT) as tmp:
-        graph = export_runtime_graph(model, layout, tmp / artifact.GRAPH, opset=settings.opset)
+        graph_passes: dict[str, int] = {}
+        graph = export_runtime_graph(model, layout, tmp / artifact.GRAPH, opset=settings.opset,
+                                     graph_passes=graph_passes)
         report = validate_runtime_graph(graph, model, menu, features, atol=settings.atol, tie_atol=settings.tie_atol)
         _write_fp32_folder(
             tmp, model, tokenizer, layout, report,
             interface=GraphInterface.for_runtime(layout, family_of(model).inputs), settings=settings, source=source,
-            menu=[MenuEntry(c.keep, macs_ratio=flops_ratio(c, dims.hidden, dims.ffn)) for c in menu])
+            menu=[MenuEntry(c.keep, macs_ratio=flops_ratio(c, dims.hidden, dims.ffn)) for c in menu],
+            graph_passes=graph_passes)
     return Path(dest)
 
 
@@ -268,11 +278,14 @@ def _write_fp32_folder(
     settings: ExportSettings,
     source: str,
     menu: list[MenuEntry] | None = None,
+    graph_passes: dict[str, int] | None = None,
 ) -> None:
-    """The tokenizer and the manifest beside an exported, validated FP32 graph (one writer for both graph kinds)."""
+    """The tokenizer and the manifest beside an exported, validated FP32 graph (one writer for both graph kinds).
+    `graph_passes`: each export graph pass's rewrite count (`passes.PassRun.rewrites`)."""
     family = family_of(model)
     dims = family.dims(model.config)
     tokenizer.save_pretrained(tmp)
+    # TODO(manifest): record graph_passes
     manifests.write(tmp, manifests.Manifest(
         graph=artifact.GRAPH,
         precision=Precision.FP32,
@@ -300,11 +313,12 @@ def export_artifact(model: torch.nn.Module, tokenizer, config: LengthConfig, des
     """Export, validate and write one shippable artifact folder (atomic: nothing is left on failure)."""
     dest = Path(dest)
     with artifact.staging(dest, OutputKind.FP32_ARTIFACT) as tmp:
-        graph = export_graph(model, config, tmp / artifact.GRAPH, opset=settings.opset)
+        graph_passes: dict[str, int] = {}
+        graph = export_graph(model, config, tmp / artifact.GRAPH, opset=settings.opset, graph_passes=graph_passes)
         report = validate_graph(graph, model, config, features, atol=settings.atol, tie_atol=settings.tie_atol)
         _write_fp32_folder(tmp, model, tokenizer, config, report,
                            interface=GraphInterface.for_config(config, family_of(model).inputs),
-                           settings=settings, source=source)
+                           settings=settings, source=source, graph_passes=graph_passes)
     return dest
 
 

@@ -168,8 +168,9 @@ def embedding_gathers(path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Gather" and "word_embeddings" in n.name]
 
 
-def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: list[str], reader) -> None:
-    """One INC quantization of `fp32` into `out` (a single self-contained file)."""
+def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: list[str], reader) -> dict[str, int]:
+    """One INC quantization of `fp32` into `out` (a single self-contained file), then INT8_PASSES; returns each
+    pass's rewrite count (`passes.PassRun.rewrites`)."""
     from onnx_neural_compressor.quantization import CalibrationMethod, QuantFormat, config, quantize
 
     op_types = ["MatMul"]
@@ -207,7 +208,9 @@ def quantize_graph(fp32: str | Path, out: str | Path, recipe: Recipe, nodes: lis
         if not raw.is_file():
             raise QuantizationError(f"neural-compressor wrote no graph for recipe {recipe.name}")
         # INC may store weights as external data beside the graph; ship one self-contained file instead.
-        onnx.save(run_passes(onnx.load(str(raw), load_external_data=True), INT8_PASSES), str(out))
+        done = run_passes(onnx.load(str(raw), load_external_data=True), INT8_PASSES)
+        onnx.save(done.model, str(out))
+    return done.rewrites
 
 
 @dataclass
@@ -281,7 +284,8 @@ def quantize_artifact(
                               tokenizer, manifest)
     with tempfile.TemporaryDirectory(prefix="qtool-quant-") as work:
         candidates = recipes if tolerance is not None else recipes[:1]
-        paths = {r.name: build_candidate(src / manifest.graph, manifest, r, reader, Path(work)) for r in candidates}
+        built = {r.name: build_candidate(src / manifest.graph, manifest, r, reader, Path(work)) for r in candidates}
+        paths = {name: path for name, (path, _) in built.items()}
         trials = [Trial(r.name, r.describe(), float("nan"), float("nan"), float("nan"),
                         len(select_nodes(manifest, r)), size_mb=paths[r.name].stat().st_size / 1e6) for r in candidates]
         if tolerance is None:
@@ -291,6 +295,10 @@ def quantize_artifact(
             chosen, tuning = _score_time_choose(src, manifest, candidates, trials, paths, tuning_set, tolerance,
                                                 timing_batches, log)
         log(f"chosen recipe: {chosen.name}")
+        graph_passes = built[chosen.name][1]  # the chosen graph's rewrite count per INT8 pass
+        for name, count in graph_passes.items():
+            if count == 0:
+                log(f"graph pass {name} rewrote nothing")
         drift = drift_record(tensor_drift(src / manifest.graph, paths[chosen.name], manifest.roles,
                                           tuning_set.single_window_feeds(DRIFT_WINDOWS, (menu_feeds(manifest) or [{}])[0])),
                              DRIFT_WINDOWS)
@@ -298,6 +306,7 @@ def quantize_artifact(
             log(line)
         record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
                                      len(calib_features), tuning, drift, calib_neighbours=calib_neighbours)
+        # TODO(manifest): record graph_passes
         write_int8(src, manifest, dest, paths[chosen.name], quantization=record)
     return dest
 
@@ -416,11 +425,11 @@ class TuningSet:
                 for row in range(min(count, len(self.features)))]
 
 
-def build_candidate(fp32_graph: Path, manifest: manifests.Manifest, recipe: Recipe, reader, work: Path) -> Path:
-    """Step 1: one quantized graph for `recipe`."""
+def build_candidate(fp32_graph: Path, manifest: manifests.Manifest, recipe: Recipe, reader, work: Path
+                    ) -> tuple[Path, dict[str, int]]:
+    """Step 1: one quantized graph for `recipe`, and each INT8 graph pass's rewrite count on it."""
     path = work / f"{recipe.name}.onnx"
-    quantize_graph(fp32_graph, path, recipe, select_nodes(manifest, recipe), reader)
-    return path
+    return path, quantize_graph(fp32_graph, path, recipe, select_nodes(manifest, recipe), reader)
 
 
 def time_candidates(fp32_graph: Path, paths: dict[str, Path], manifest: manifests.Manifest,
