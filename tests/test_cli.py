@@ -25,6 +25,10 @@ def test_export_quantize_verify(trained_dir, tmp_path):
 
     int8 = manifests.load(next(p for p in root.iterdir() if p.name.startswith("int8-")))
     assert int8.quantization["recipe"]["name"] == DEFAULT_RECIPE
+    # each manifest records what its graph passes rewrote: six layers, six GELUs fused at export; every INT8 GEMM's bias
+    fp32_manifest = manifests.load(next(p for p in root.iterdir() if p.name.startswith("fp32-")))
+    assert fp32_manifest.graph_passes["fuse-gelu"] == 6
+    assert int8.graph_passes["fuse-matmul-bias"] >= 6 * 6  # Q, K, V, attention out, FFN in and out per layer
     for limit in (4, 30):  # verifying twice works: verify never writes inside an artifact
         result = run("verify", root, "--limit", limit, "--batch-sizes", "1,2", "--rounds", 1, "--workload", 6)
         assert result.exit_code == 0, result.output

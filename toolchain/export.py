@@ -285,7 +285,6 @@ def _write_fp32_folder(
     family = family_of(model)
     dims = family.dims(model.config)
     tokenizer.save_pretrained(tmp)
-    # TODO(manifest): record graph_passes
     manifests.write(tmp, manifests.Manifest(
         graph=artifact.GRAPH,
         precision=Precision.FP32,
@@ -298,6 +297,7 @@ def _write_fp32_folder(
         source_model=str(source),
         model_type=model.config.model_type,
         flops_ratio=flops_ratio(config, dims.hidden, dims.ffn),
+        graph_passes=graph_passes,
         roles=weight_roles(tmp / artifact.GRAPH, family.role_paths(model)),
         validation={"against": "pytorch-fp32", **report},
         menu=menu,

@@ -55,6 +55,7 @@ class Manifest:
     menu_scored: dict | None = None  # how the menu's F1 and ms were measured (`qtool menu`)
     route: dict | None = None  # a routed graph (toolchain.route): its full and reduced parts and the crossover timed
     engine: str = Engine.ONNXRUNTIME  # the runtime the graph is meant to run on (contract.Engine)
+    graph_passes: dict[str, int] | None = None  # rewrites each graph pass made (export's, or the INT8 passes')
     files: dict[str, str] = field(default_factory=dict)
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -95,7 +96,7 @@ class Manifest:
         data["feeding"] = self.feeding
         data["length_config"] = self.length_config.to_dict()
         data["interface"] = self.interface.to_dict()
-        for key in ("menu_scored", "route"):
+        for key in ("menu_scored", "route", "graph_passes"):
             if data[key] is None:
                 data.pop(key)
         if self.menu is None:

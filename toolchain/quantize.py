@@ -306,8 +306,7 @@ def quantize_artifact(
             log(line)
         record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
                                      len(calib_features), tuning, drift, calib_neighbours=calib_neighbours)
-        # TODO(manifest): record graph_passes
-        write_int8(src, manifest, dest, paths[chosen.name], quantization=record)
+        write_int8(src, manifest, dest, paths[chosen.name], quantization=record, graph_passes=graph_passes)
     return dest
 
 
@@ -554,7 +553,7 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
 
 
 def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path, *, quantization: dict,
-               kind: str | None = None) -> Path:
+               kind: str | None = None, graph_passes: dict[str, int] | None = None) -> Path:
     """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated."""
     opset = artifact.opset_of(onnx.load(str(graph), load_external_data=False))
     with artifact.staging(dest, OutputKind.INT8_ARTIFACT) as tmp:
@@ -563,7 +562,7 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
         manifests.write(tmp, replace(
             manifest, graph=artifact.GRAPH, precision="int8", opset=opset, kind=kind or manifest.kind, validation=None,
             quantization=quantization, source_fp32={"folder": src.name, "sha256": manifest.files[manifest.graph]},
-            files={}, created=None, versions={},
+            files={}, created=None, versions={}, graph_passes=graph_passes,
             # an FP32 graph's menu figures do not describe the INT8 graph: `qtool menu` measures it again
             menu=None if manifest.menu is None else [replace(e, f1={}, ms=None) for e in manifest.menu], menu_scored=None,
         ))
