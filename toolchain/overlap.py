@@ -51,6 +51,19 @@ def answer_sentence(example: SquadExample) -> str:
     return " ".join(pieces)
 
 
+def sentences(text: str) -> list[str]:
+    return [piece for piece in _SENTENCE_END.split(text) if piece]
+
+
+def context_overlap(question: str, context: str) -> float:
+    """What a router can know before the graph runs (the answer's sentence it cannot): the largest share of the
+    question's content words that any one sentence of the context repeats."""
+    words = content_words(question)
+    if not words:
+        return 0.0
+    return max((len(words & content_words(s)) / len(words) for s in sentences(context)), default=0.0)
+
+
 def overlap_share(example: SquadExample) -> float:
     """The share of the question's content words its answer's sentence repeats (0..1)."""
     question = content_words(example.question)

@@ -1,0 +1,131 @@
+"""Route the questions whose words the context barely repeats to the full graph: does it close the low-overlap gap?
+
+The shipped `match` graph ranks context tokens by their match with the question, so it loses most where the answer's
+sentence repeats few of the question's words (the low overlap third, toolchain/overlap.py). The answer's sentence is
+unknown before the graph runs; `overlap.context_overlap` (the best share any context sentence repeats) is known. This
+study scores the reduced graph, the full graph and the best peer (c) per question, picks the routing threshold on
+held-out SQuAD train documents (the smallest share of questions routed that keeps every third within 1 F1 of (c)),
+and reports it on dev documents: F1 overall and per third, the share routed, and the time of the mix against (c)
+(every window of the first dev questions, routed as the rule says, interleaved with (c), repeated).
+
+    python benchmarks/overlap_routing.py GRAPHS_DIR [--train 600 --dev 1000 --out results/overlap-routing/report.json]
+
+GRAPHS_DIR holds int8-<reduced>-match, int8-full and std-int8-openvino-nncf (results/openvino-peer/run.sh builds them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from qtool_runtime.contract import Engine
+from qtool_runtime.timing import interleaved_ms
+from toolchain import squad
+from toolchain.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
+from toolchain.peers import OPENVINO_INT8
+from toolchain.runtime import Protocol, batches, onnx_session, predict_onnx
+from toolchain.search import search_examples
+from toolchain.verify import machine_info
+
+TOLERANCE = 1.0  # every third within this of (c)
+
+
+def per_question_f1(session, examples, features) -> np.ndarray:
+    preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
+    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
+    return squad.question_scores(answers, examples)[1]
+
+
+def summary(f1: np.ndarray, third: np.ndarray) -> dict:
+    return {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third)}
+
+
+def score_split(sessions: dict, examples, tokenizer) -> dict:
+    features = squad.featurize(examples, tokenizer, max_length=384, doc_stride=128)
+    return {"f1": {name: per_question_f1(s, examples, features) for name, s in sessions.items()},
+            "third": overlap_thirds(examples)[0],
+            "proxy": np.asarray([context_overlap(e.question, e.context) for e in examples]),
+            "features": features}
+
+
+def routed(split: dict, threshold: float) -> np.ndarray:
+    return np.where(split["proxy"] < threshold, split["f1"]["full"], split["f1"]["reduced"])
+
+
+def choose_threshold(split: dict) -> float | None:
+    peer = summary(split["f1"]["peer"], split["third"])
+    for threshold in sorted(set(np.round(split["proxy"], 4))) + [1.01]:
+        mix = summary(routed(split, threshold), split["third"])
+        if all(mix[k] >= peer[k] - TOLERANCE for k in THIRDS) and mix["f1"] >= peer["f1"]:
+            return float(threshold)
+    return None
+
+
+def time_mix(sessions: dict, split: dict, examples, threshold: float, windows: int, repeats: int) -> list[float]:
+    """ms per window of the routed mix over (c)'s, on the first `windows` windows, `repeats` interleaved runs."""
+    features = split["features"]
+    rows_by_question = split["proxy"][features.example_index] < threshold
+    feeds = [(int(rows[0]), inputs) for rows, inputs in batches(features, 1, protocol=Protocol.UNPADDED, invariant=True)]
+    feeds = sorted(feeds)[:windows]
+
+    def run(pick):
+        def go():
+            for row, inputs in feeds:
+                sessions[pick(row)].run(None, inputs)
+        return go
+
+    work = {"mix": run(lambda row: "full" if rows_by_question[row] else "reduced"), "peer": run(lambda row: "peer")}
+    ratios = []
+    for _ in range(repeats):
+        ms = interleaved_ms(work, rounds=3, warmup=1, untimed_first=True)
+        ratios.append(ms["peer"] / ms["mix"])
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("graphs", type=Path)
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--dev", type=int, default=1000)
+    parser.add_argument("--windows", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    reduced = next(p for p in args.graphs.iterdir() if p.name.startswith("int8-") and p.name.endswith("-match"))
+    sessions = {"reduced": onnx_session(reduced / "model.onnx", 2), "full": onnx_session(args.graphs / "int8-full" / "model.onnx", 2),
+                "peer": onnx_session(args.graphs / OPENVINO_INT8 / "model.onnx", 2, Engine.OPENVINO, exact=False)}
+    tokenizer = AutoTokenizer.from_pretrained(reduced, local_files_only=True)
+    train = search_examples(args.train, neighbours=2)
+    dev = squad.load_squad("dev", limit=args.dev, neighbours=2)
+    report = {"machine": machine_info(2), "reduced": reduced.name, "train_questions": len(train), "dev_questions": len(dev)}
+    tuned = score_split(sessions, train, tokenizer)
+    threshold = choose_threshold(tuned)
+    report["threshold"] = threshold
+    for name, examples, split in (("train", train, tuned), ("dev", dev, score_split(sessions, dev, tokenizer))):
+        rows = {g: summary(f1, split["third"]) for g, f1 in split["f1"].items()}
+        if threshold is not None:
+            rows["routed"] = summary(routed(split, threshold), split["third"])
+            rows["routed"]["share_routed"] = float((split["proxy"] < threshold).mean())
+        report[name] = rows
+        if name == "dev" and threshold is not None:
+            report["dev_speed_vs_peer"] = time_mix(sessions, split, examples, threshold, args.windows, args.repeats)
+    for name in ("train", "dev"):
+        for graph, row in report[name].items():
+            print(f"{name:5s} {graph:8s} F1 {row['f1']:.2f}  " + " / ".join(f"{row[t]:.2f}" for t in THIRDS)
+                  + (f"  routed {row['share_routed']:.2f}" if "share_routed" in row else ""))
+    print("threshold", threshold)
+    if "dev_speed_vs_peer" in report:
+        r = report["dev_speed_vs_peer"]
+        print(f"dev mix vs (c): {statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
