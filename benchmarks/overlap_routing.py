@@ -29,7 +29,7 @@ from toolchain import squad
 from toolchain.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
 from toolchain.peers import OPENVINO_INT8
 from toolchain.runtime import Protocol, batches, onnx_session, predict_onnx
-from toolchain.search import search_examples
+from toolchain.search import paired_interval, search_examples
 from toolchain.verify import machine_info
 
 TOLERANCE = 1.0  # every third within this of (c)
@@ -111,13 +111,19 @@ def main() -> None:
         if threshold is not None:
             rows["routed"] = summary(routed(split, threshold), split["third"])
             rows["routed"]["share_routed"] = float((split["proxy"] < threshold).mean())
+        peer = split["f1"]["peer"]
+        for graph in rows:  # the paired F1 difference from (c) on the same questions, overall and per third
+            f1 = routed(split, threshold) if graph == "routed" else split["f1"][graph]
+            rows[graph]["vs_peer"] = {"all": paired_interval(f1, peer), **{
+                t: paired_interval(f1[split["third"] == i], peer[split["third"] == i]) for i, t in enumerate(THIRDS)}}
         report[name] = rows
         if name == "dev" and threshold is not None:
             report["dev_speed_vs_peer"] = time_mix(sessions, split, examples, threshold, args.windows, args.repeats)
     for name in ("train", "dev"):
         for graph, row in report[name].items():
             print(f"{name:5s} {graph:8s} F1 {row['f1']:.2f}  " + " / ".join(f"{row[t]:.2f}" for t in THIRDS)
-                  + (f"  routed {row['share_routed']:.2f}" if "share_routed" in row else ""))
+                  + (f"  routed {row['share_routed']:.2f}" if "share_routed" in row else "")
+                  + "  vs (c) " + "  ".join(f"{k} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for k, (d, lo, hi) in row["vs_peer"].items()))
     print("threshold", threshold)
     if "dev_speed_vs_peer" in report:
         r = report["dev_speed_vs_peer"]

@@ -73,3 +73,33 @@ def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):
         assert max(abs(a.score - b.score) for a, b in zip(on_ort, on_openvino)) < 1e-3
     with pytest.raises(ArtifactError, match="unknown runtime 'tensorrt'; known: onnxruntime, openvino"):
         Artifact.open(exported_root / "fp32-full", engine="tensorrt")
+
+
+SIGTERM_AFTER_OPENVINO = """
+import os, signal, sys
+from pathlib import Path
+from toolchain import atomic
+from toolchain.settings import VerifySettings
+from toolchain.verify import verify_artifacts
+verify_artifacts(sys.argv[1], VerifySettings(limit=4, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
+                 workload_windows=2, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),
+                 show_progress=False, log=lambda _: None)
+with atomic.staging_dir(Path(sys.argv[2])):
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_after_verify_on_openvino_still_exits_cleanly(exported_root, tmp_path):
+    """OpenVINO 2026.4 leaves a dangling alternate signal stack after compiling some graphs; unless qtool restores
+    the thread's own, the next SIGTERM (qtool's clean exit from staging) kills the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "graphs"
+    root.mkdir()
+    for name in ("fp32-full", "fp32-" + REDUCED.replace(",", "-")):
+        (root / name).symlink_to(exported_root / name)
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_OPENVINO, str(root), str(tmp_path / "art"),
+                           str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert not (tmp_path / "art").exists()

@@ -7,6 +7,8 @@ OpenVINO Runtime is the optional extra (`pip install 'qtool[openvino]'`); it rea
 
 from __future__ import annotations
 
+import ctypes
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +81,36 @@ def openvino_session(path: Path, threads: int | None = None, *, exact: bool = Tr
         config["INFERENCE_PRECISION_HINT"] = "f32"
     try:
         core = ov.Core()
-        return OpenVinoSession(core.compile_model(core.read_model(str(path)), "CPU", config))
+        with _signal_stack_kept():
+            return OpenVinoSession(core.compile_model(core.read_model(str(path)), "CPU", config))
     except Exception as exc:  # OpenVINO raises RuntimeError and its own types with multi-line texts
         raise error(f"{path} does not compile on OpenVINO: {_openvino_reason(exc)}") from exc
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def _signal_stack_kept():
+    """Restore the thread's alternate signal stack after OpenVINO compiles a model. OpenVINO 2026.4's CPU plugin
+    installs its own (about 20 KB) while compiling some graphs and leaves it in place after its memory is gone: the next
+    signal the thread handles (SIGTERM from `kill`, which qtool turns into a clean exit) then kills the process with
+    SIGSEGV. Linux and macOS (POSIX sigaltstack); a no-op where libc cannot be loaded."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        saved = _SignalStack()
+        if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+            libc = None
+    except (OSError, AttributeError):
+        libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            if saved.ss_flags & 2:  # SS_DISABLE: there was none; disabling needs a valid size on some libcs
+                saved.ss_size = 0
+            libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def _openvino_reason(exc: Exception) -> str:
