@@ -66,8 +66,11 @@ def table(study: Path) -> str:
             _speed(par_times, name, f"b1@{seq}"), _speed(par_times, name, f"b32@{seq}")]) + " |")
     first = (doc_times or par_times or [docs or pars])[0]
     machine, versions = first["machine"], first["versions"]
-    notes = [f"Machine: {machine['cpu']}, {machine['threads']} threads; "
+    made_by = (f"Model: {', '.join(first['models'])}; code: commit {first.get('commit') or 'unknown'}."
+               if "models" in first else f"Model and code: [{study}]({study}/README.md).")
+    notes = [f"Machine: {machine['cpu']} ({', '.join(machine.get('flags', []))}), {machine['threads']} threads; "
              + ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "openvino", "torch")) + ".",
+             made_by,
              f"Documents: the first {docs['questions'] if docs else '?'} dev questions, each context widened by two "
              f"paragraphs each side; paragraphs: the first {pars['questions'] if pars else '?'}; both unpadded, one "
              f"window at a time. Speed: ms per window against the faster of (b) and (c) in the same run, median "

@@ -36,6 +36,10 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     names = [r["name"] for r in report["rows"]]
     assert names[0] == "pytorch-fp32-full" and report["questions"] == 30
     assert report["machine"]["cpu"] and report["machine"]["threads"] >= 1
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert report["commit"] == head and report["models"] == [str(trained_dir)]  # which code and model made it
     int8 = next(r for r in report["rows"] if r["precision"] == "int8")
     fp32 = next(r for r in report["rows"] if r["name"].startswith("fp32-"))
     assert int8["fp32_twin"] == fp32["name"] and len(int8["kept_agreement_vs_fp32"]) == 6

@@ -11,9 +11,7 @@ from conftest import REDUCED
 from qtool_runtime import Artifact, ArtifactError
 from toolchain import manifest as manifests
 from toolchain import squad
-from toolchain.settings import VerifySettings
 from toolchain.peers import PEERS
-from toolchain.verify import verify_artifacts
 
 OPENVINO_PEER = PEERS["openvino"]
 
@@ -43,26 +41,6 @@ def test_bench_builds_and_measures_the_openvino_peer(bench_run):
     assert list(report["overlap_thirds"]["begin"]) == ["middle", "high"]
 
 
-def test_verify_runs_qtool_graphs_on_openvino_and_compares_logits(exported_root, tmp_path):
-    root = tmp_path / "graphs"
-    root.mkdir()
-    reduced = "fp32-" + REDUCED.replace(",", "-")
-    for name in ("fp32-full", reduced):
-        (root / name).symlink_to(exported_root / name)
-    settings = VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1, workload_windows=4,
-                              engines=("openvino",), torch_configs="none", report_dir=tmp_path / "report")
-    report = verify_artifacts(root, settings, show_progress=False, log=lambda _: None)
-    rows = {r["name"]: r for r in report["rows"]}
-    assert set(rows) == {"fp32-full", reduced, "fp32-full:openvino", f"{reduced}:openvino"}
-    for name in ("fp32-full", reduced):
-        on_openvino = rows[f"{name}:openvino"]
-        assert on_openvino["runtime"] == "openvino" and rows[name]["runtime"] == "onnxruntime"
-        assert on_openvino["vs_own_runtime"]["max_abs_logit_diff"] < 1e-3, name
-        assert on_openvino["vs_own_runtime"]["same_best_span_share"] == 1.0
-        assert on_openvino["f1_unpadded"] == rows[name]["f1_unpadded"]
-        assert on_openvino["latency_ms"]["real_b1"] > 0
-
-
 def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):
     examples = squad.load_squad("dev", limit=12)
     pairs = [(e.question, e.context) for e in examples]
@@ -75,31 +53,42 @@ def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):
         Artifact.open(exported_root / "fp32-full", engine="tensorrt")
 
 
-SIGTERM_AFTER_OPENVINO = """
+VERIFY_ON_OPENVINO_THEN_SIGTERM = """
 import os, signal, sys
 from pathlib import Path
 from toolchain import atomic
-from toolchain.settings import VerifySettings
-from toolchain.verify import verify_artifacts
-verify_artifacts(sys.argv[1], VerifySettings(limit=4, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
-                 workload_windows=2, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),
+verify_artifacts(sys.argv[1], VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
+                 workload_windows=4, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),
                  show_progress=False, log=lambda _: None)
 with atomic.staging_dir(Path(sys.argv[2])):
     os.kill(os.getpid(), signal.SIGTERM)
 """
 
 
-def test_sigterm_after_verify_on_openvino_still_exits_cleanly(exported_root, tmp_path):
-    """OpenVINO 2026.4 leaves a dangling alternate signal stack after compiling some graphs; unless qtool restores
-    the thread's own, the next SIGTERM (qtool's clean exit from staging) kills the process with SIGSEGV."""
+def test_verify_runs_qtool_graphs_on_openvino_and_sigterm_still_exits_cleanly(exported_root, tmp_path):
+    """verify --engine openvino scores and times every graph on OpenVINO too and compares its logits with
+    onnxruntime's. In a child process, because what follows is a SIGTERM: OpenVINO 2026.4 leaves a dangling
+    alternate signal stack after compiling some graphs, and unless qtool restores the thread's own, that SIGTERM
+    (qtool's clean exit from staging) kills the process with SIGSEGV."""
+    import json
     import subprocess
     import sys
 
     root = tmp_path / "graphs"
     root.mkdir()
-    for name in ("fp32-full", "fp32-" + REDUCED.replace(",", "-")):
+    reduced = "fp32-" + REDUCED.replace(",", "-")
+    for name in ("fp32-full", reduced):
         (root / name).symlink_to(exported_root / name)
-    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_OPENVINO, str(root), str(tmp_path / "art"),
+    done = subprocess.run([sys.executable, "-c", VERIFY_ON_OPENVINO_THEN_SIGTERM, str(root), str(tmp_path / "art"),
                            str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 143, done.stderr[-2000:]
     assert not (tmp_path / "art").exists()
+    rows = {r["name"]: r for r in json.loads((tmp_path / "report" / "report.json").read_text())["rows"]}
+    assert set(rows) == {"fp32-full", reduced, "fp32-full:openvino", f"{reduced}:openvino"}
+    for name in ("fp32-full", reduced):
+        on_openvino = rows[f"{name}:openvino"]
+        assert on_openvino["runtime"] == "openvino" and rows[name]["runtime"] == "onnxruntime"
+        assert on_openvino["vs_own_runtime"]["max_abs_logit_diff"] < 1e-3, name
+        assert on_openvino["vs_own_runtime"]["same_best_span_share"] == 1.0
+        assert on_openvino["f1_unpadded"] == rows[name]["f1_unpadded"]
+        assert on_openvino["latency_ms"]["real_b1"] > 0

@@ -31,6 +31,18 @@ class ArtifactError(QtoolError, ValueError):
     """An artifact folder that is missing, incomplete or altered."""
 
 
+def source_commit() -> str | None:
+    """The git commit of the qtool checkout running (None outside a git checkout): which code made a report."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shaped the graph, for reproducing or trusting it."""
     versions = {"python": platform.python_version()}

@@ -34,7 +34,7 @@ from . import output, squad
 from .overlap import f1_by_third, overlap_thirds
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
-from qtool_runtime.contract import VARIANTS, Variant
+from qtool_runtime.contract import VARIANTS, Engine, Variant
 from .settings import Sampler, SearchSettings
 from .verify import pareto_front
 
@@ -322,7 +322,10 @@ def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     from .runtime import Protocol, onnx_session, predict_onnx
 
     folder = Path(folder)
-    session = onnx_session(folder / manifests.load(folder).graph)
+    manifest = manifests.load(folder)
+    # on the runtime it is built for ((c) on OpenVINO, as a team runs it), every window alone
+    session = onnx_session(folder / manifest.graph, engine=Engine(manifest.engine),
+                           exact=manifest.kind == manifests.Kind.QTOOL)
     return {name: _scores(examples, features, predict_onnx(session, features, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
 

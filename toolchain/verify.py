@@ -242,6 +242,7 @@ def verify_artifacts(
     report = _report(examples, features, rows, settings, seq_len=first.length_config.seq_len,
                      baseline=STANDARD_INT8 if STANDARD_INT8 in latency else None)
     report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/overlap.py"}
+    report["models"] = sorted({m.source_model for m in found.values()})
     write_report(dest, report)
     report["report_dir"] = str(dest)
     return report
@@ -364,7 +365,7 @@ def _report(examples, features: squad.Features, rows: list[dict], settings: Veri
                     "statistic": "median", "workload_windows": len(single), "workload_questions": workload_questions,
                     "windows_per_question": len(single) / workload_questions, "interleaved": True},
         "baseline": baseline,
-        "versions": artifact.tool_versions(), "rows": rows,
+        "versions": artifact.tool_versions(), "commit": artifact.source_commit(), "rows": rows,
     }
 
 

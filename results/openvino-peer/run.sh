@@ -27,3 +27,5 @@ for r in 1 2 3; do
   qtool verify $G/cmp --limit 120 --protocol unpadded $common --rounds 3 --batch-sizes 1,32 --workload 120 \
     --report-dir $OUT/time-paragraphs-$r
 done
+# The README's results table, from these reports
+python benchmarks/results_table.py $OUT --readme README.md
