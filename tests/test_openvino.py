@@ -57,6 +57,8 @@ VERIFY_ON_OPENVINO_THEN_SIGTERM = """
 import os, signal, sys
 from pathlib import Path
 from toolchain import atomic
+from toolchain.settings import VerifySettings
+from toolchain.verify import verify_artifacts
 verify_artifacts(sys.argv[1], VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
                  workload_windows=4, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),
                  show_progress=False, log=lambda _: None)
