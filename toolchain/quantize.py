@@ -532,7 +532,7 @@ def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: lis
 
 
 def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = DEFAULT_CALIB_SAMPLES) -> Path:
-    """Baseline (c): onnxruntime.quantization.quantize_static with its defaults (QDQ, per-tensor, MinMax)."""
+    """A comparison baseline: onnxruntime.quantization.quantize_static with its defaults (QDQ, per-tensor, MinMax)."""
     from onnxruntime.quantization import quantize_static
     from transformers import AutoTokenizer
 
