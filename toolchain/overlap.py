@@ -18,6 +18,7 @@ Definition (the one place it lives):
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +65,7 @@ def context_overlap(question: str, context: str) -> float:
     return max((len(words & content_words(s)) / len(words) for s in sentences(context)), default=0.0)
 
 
+@lru_cache(maxsize=1 << 16)  # a search scores the same questions every trial
 def overlap_share(example: SquadExample) -> float:
     """The share of the question's content words its answer's sentence repeats (0..1)."""
     question = content_words(example.question)

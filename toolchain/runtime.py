@@ -310,9 +310,10 @@ def score(examples: Sequence[squad.SquadExample], features: squad.Features, pred
           thirds: np.ndarray | None = None) -> dict:
     """Official SQuAD v1.1 EM/F1 of span logits; with `thirds` (overlap.overlap_thirds), F1 on each overlap third."""
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-    result = squad.squad_scores(answers, examples)
+    em, f1 = squad.question_scores(answers, examples)
+    result = squad.scores_of(em, f1)
     if thirds is not None:
-        result["f1_by_overlap"] = f1_by_third(squad.question_scores(answers, examples)[1], thirds)
+        result["f1_by_overlap"] = f1_by_third(f1, thirds)
     return result
 
 

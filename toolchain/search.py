@@ -35,6 +35,7 @@ from .overlap import f1_by_third, overlap_thirds
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Engine, Variant
+from qtool_runtime.engines import runs_exactly
 from .settings import Sampler, SearchSettings
 from .verify import pareto_front
 
@@ -324,8 +325,7 @@ def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     folder = Path(folder)
     manifest = manifests.load(folder)
     # on the runtime it is built for ((c) on OpenVINO, as a team runs it), every window alone
-    session = onnx_session(folder / manifest.graph, engine=Engine(manifest.engine),
-                           exact=manifest.kind == manifests.Kind.QTOOL)
+    session = onnx_session(folder / manifest.graph, engine=Engine(manifest.engine), exact=runs_exactly(manifest.kind))
     return {name: _scores(examples, features, predict_onnx(session, features, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
 
@@ -333,8 +333,7 @@ def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
 def _scores(examples: Sequence[squad.SquadExample], features: squad.Features, preds) -> dict:
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
     em, f1 = squad.question_scores(answers, examples)
-    return {"f1": 100.0 * float(f1.mean()), "exact_match": 100.0 * float(em.mean()), "f1_by_question": f1,
-            "f1_by_overlap": f1_by_third(f1, overlap_thirds(examples)[0])}
+    return {**squad.scores_of(em, f1), "f1_by_question": f1, "f1_by_overlap": f1_by_third(f1, overlap_thirds(examples)[0])}
 
 
 def paired_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000, seed: int = 0,

@@ -421,7 +421,11 @@ def question_scores(predictions: Mapping[str, str], examples: Iterable[SquadExam
 
 def squad_scores(predictions: Mapping[str, str], examples: Iterable[SquadExample]) -> dict[str, float]:
     """EM and F1 in percent, each the max over an example's gold answers; missing predictions score 0."""
-    em, f1s = question_scores(predictions, examples)
+    return scores_of(*question_scores(predictions, examples))
+
+
+def scores_of(em: np.ndarray, f1s: np.ndarray) -> dict[str, float]:
+    """squad_scores from the per-question scores (question_scores), for callers that keep those too."""
     if len(em) == 0:
         raise ValueError("no examples to score")
     return {"exact_match": 100.0 * float(em.mean()), "f1": 100.0 * float(f1s.mean()), "count": len(em)}

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from qtool_runtime.contract import Engine, Precision, length_runs
-from qtool_runtime.engines import available
+from qtool_runtime.engines import available, runs_exactly
 from qtool_runtime.errors import QtoolError
 
 from . import artifact, atomic, output, squad
@@ -306,9 +306,9 @@ def _onnx_rows(found: dict, examples, features: squad.Features, settings: Verify
         for engine in [own, *(Engine(e) for e in settings.engines if e != own)]:
             if engine is not own and not available(engine):
                 raise VerifyError(f"{engine} is not installed: pip install 'qtool[{engine}]'")
-            # qtool's graphs rank tokens, so they run in FP32 where they say FP32; a peer runs as a team would
             try:
-                session = onnx_session(folder / manifest.graph, settings.threads, engine, exact=manifest.kind == Kind.QTOOL)
+                session = onnx_session(folder / manifest.graph, settings.threads, engine,
+                                       exact=runs_exactly(manifest.kind))
             except GraphError as exc:
                 if engine is own:
                     raise
@@ -327,8 +327,7 @@ def _onnx_rows(found: dict, examples, features: squad.Features, settings: Verify
                 sessions[name] = session
                 keeps[name] = None if config is None else [config.seq_len if k is None else k for k in config.keep]
                 row = _artifact_row(name, folder, manifest, session, config, examples, features, settings.protocols,
-                                    preds, keeps[name], show_progress, thirds)
-                row["runtime"] = str(engine)
+                                    preds, keeps[name], show_progress, thirds, engine)
                 if engine is not own:
                     row["vs_own_runtime"] = logit_agreement(preds[(native, settings.protocols[0])],
                                                             preds[(name, settings.protocols[0])])
@@ -371,10 +370,10 @@ def _report(examples, features: squad.Features, rows: list[dict], settings: Veri
 
 def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session, config: LengthConfig | None,
                   examples, features: squad.Features, protocols: Sequence[str], preds: dict, keep, show_progress: bool,
-                  thirds: np.ndarray | None = None) -> dict:
+                  thirds: np.ndarray | None = None, engine: Engine = Engine.ONNXRUNTIME) -> dict:
     """One artifact's row (at one menu entry of a run-time graph): F1/EM under every protocol, size, recipe."""
     config = config or manifest.length_config
-    row = {"name": name, "runtime": "onnxruntime", "kind": manifest.kind, "precision": manifest.precision,
+    row = {"name": name, "runtime": str(engine), "kind": manifest.kind, "precision": manifest.precision,
            "config": config.label, "rule": config.rule,
            "flops_ratio": next((e.macs_ratio for e in manifest.menu or [] if e.keep == config.keep), manifest.flops_ratio),
            "size_mb": (folder / manifest.graph).stat().st_size / 1e6,

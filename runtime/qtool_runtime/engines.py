@@ -18,6 +18,7 @@ from . import bounds
 from .contract import Engine
 from .errors import ArtifactError
 
+QTOOL_KIND = "qtool"  # a manifest's kind for qtool's own graphs (the default of a manifest without one)
 IR_SUFFIX = ".xml"  # an OpenVINO IR graph (weights in the .bin beside it); OpenVINO alone runs it
 
 
@@ -36,6 +37,8 @@ class OpenVinoSession:
         self._request = compiled.create_infer_request()
         self._inputs = [Port(p.get_any_name()) for p in compiled.inputs]
         self._outputs = [Port(p.get_any_name()) for p in compiled.outputs]
+        self._input_names = frozenset(p.name for p in self._inputs)
+        self._output_index = {p.name: i for i, p in enumerate(self._outputs)}  # results come in output order
 
     def get_inputs(self) -> list[Port]:
         return list(self._inputs)
@@ -44,10 +47,10 @@ class OpenVinoSession:
         return list(self._outputs)
 
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        wanted = set(p.name for p in self._inputs)
-        result = self._request.infer({k: v for k, v in feed.items() if k in wanted})
-        by_name = {port.get_any_name(): value for port, value in result.items()}
-        return [np.asarray(by_name[name]) for name in (names or [p.name for p in self._outputs])]
+        values = tuple(self._request.infer({k: v for k, v in feed.items() if k in self._input_names}).values())
+        if names is None:
+            return [np.asarray(v) for v in values]
+        return [np.asarray(values[self._output_index[name]]) for name in names]
 
 
 def engine_of(name: str | Engine) -> Engine:
@@ -63,6 +66,13 @@ def available(engine: Engine) -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime" if engine is Engine.ONNXRUNTIME else "openvino") is not None
+
+
+def runs_exactly(kind: str) -> bool:
+    """Whether an artifact of manifest `kind` computes in FP32 where its graph says FP32 (`exact`): qtool's graphs
+    rank tokens, which bf16 would reorder; a peer's graph ('standard') runs with the runtime's defaults, as a team
+    would run it."""
+    return kind == QTOOL_KIND
 
 
 def openvino_session(path: Path, threads: int | None = None, *, exact: bool = True,

@@ -19,7 +19,7 @@ from . import bounds
 from .contract import (FULL, Engine, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
                        config_label, feeding, format_of, full_up_to, kept_widths, length_runs, onnxruntime_problem,
                        parse_config, sha256)
-from .engines import engine_of, open_session
+from .engines import QTOOL_KIND, engine_of, open_session, runs_exactly
 from .errors import ArtifactError, ConfigError, InputError, KitError, OptionError
 from .graphfacts import GraphFacts, read_graph_facts
 from .menu import MenuTimes, choose, measure
@@ -272,9 +272,8 @@ class Artifact:
             raise FileNotFoundError(f"no such artifact folder: {folder}")
         manifest = check_manifest(folder)
         facts = check_graph(folder, manifest)
-        # qtool's graphs rank tokens: on OpenVINO they compute in FP32 as validated; a peer's graph runs as built
         session = open_session(folder / manifest["graph"], engine_of(engine or manifest.get("engine", Engine.ONNXRUNTIME)),
-                               threads, exact=manifest.get("kind", "qtool") == "qtool")
+                               threads, exact=runs_exactly(manifest.get("kind", QTOOL_KIND)))
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
         if names[0] != iface["inputs"] or names[1] != iface["outputs"]:
