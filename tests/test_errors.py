@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "models" / "minilm-squad-lat"
 # Raises that only a programming error reaches (library misuse, an internal invariant): a traceback is right.
 BUG_ONLY = {
-    ("toolchain/squad.py", "postprocess"), ("toolchain/squad.py", "squad_scores"), ("toolchain/runtime.py", "batches"),
+    ("toolchain/squad.py", "postprocess"), ("toolchain/squad.py", "scores_of"), ("toolchain/runtime.py", "batches"),
     ("toolchain/atomic.py", "staging_dir"), ("toolchain/atomic.py", "_on_sigterm"),
     ("runtime/qtool_runtime/kit.py", "open"), ("runtime/qtool_runtime/serve.py", "__init__"),
     ("runtime/qtool_runtime/serve.py", "__enter__"),
