@@ -85,3 +85,13 @@ def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
                        recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), plain_ort=False,
                        log=lambda _: None)
     return root, report
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py), stopped at the end."""
+    import pg_server
+
+    server = pg_server.start()
+    yield server
+    server.stop()

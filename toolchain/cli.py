@@ -7,6 +7,7 @@ code 1. Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -115,11 +116,19 @@ def main() -> None:
                    "runs forward only, so a step costs about half an inplace step with one sub-model).")
 @click.option("--freeze-layers", default=0, show_default=True, type=click.IntRange(min=0),
               help="The embeddings and the first N encoder layers do not learn (no backward pass below layer N).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Every dropout layer's probability while training (default: the base's own). 0 makes a run a function of its data and seed alone.")
+@click.option("--nproc", type=POSITIVE, default=1, show_default=True,
+              help="Train in N processes on this machine (torchrun, data parallel: each takes an equal share of every batch, so --batch-size stays the global batch). On a cluster run torchrun yourself (docs/scaling-out.md).")
 def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, layerdrop, max_length, doc_stride,
           batch_size, lr, epochs, max_steps, time_budget, limit, bf16, device, threads, resume, seed, variant, length_rule,
-          neighbours, sandwich_configs, snapshot_every, snapshot_dir, teacher, freeze_layers) -> None:
+          neighbours, sandwich_configs, snapshot_every, snapshot_dir, teacher, freeze_layers, dropout, nproc) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
+    from .distributed import from_environment, launch
     from .train import TrainArgs, train as run_train
+
+    if nproc > 1 and not from_environment().distributed:
+        raise SystemExit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
 
     args = TrainArgs(
         base=base, out=out, train_file=train_file, length_drop=length_drop, num_sandwich=num_sandwich,
@@ -128,9 +137,24 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
         time_budget=None if time_budget is None else time_budget * 60, limit=limit, bf16=bf16, device=device, threads=threads, seed=seed,
         variant=variant, length_rule=length_rule, neighbours=neighbours, sandwich_configs=tuple(sandwich_configs),
         snapshot_every=snapshot_every, snapshot_dir=snapshot_dir, teacher=teacher, freeze_layers=freeze_layers,
+        dropout=dropout,
     )
     info = _run(run_train, args, resume=resume)
-    click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))
+    if from_environment().rank == 0:
+        click.echo(json.dumps({k: v for k, v in info.items() if k != "args"}, indent=2))
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` less `option VALUE` / `option=VALUE` (the launcher's own option, not the processes')."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
 
 
 @main.command(name="eval")
@@ -270,16 +294,36 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
               help="An artifact folder, e.g. `qtool standard`'s std-int8-o2-dynamic: scored on the same questions (every window alone), its F1 replaces the full model's as the recommendation's bar (within 0.5 F1 of it on every workload). The promise is speed at the standard recipe's accuracy.")
 @click.option("--route/--no-route", default=SearchSettings.route, show_default=True,
               help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model; cap rule). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
+@click.option("--report", is_flag=True,
+              help="Run no trial: show where the study in --storage/--study stands (trials done of its budget, the front so far) from any machine, and once its budget is complete the result (the confirmation is computed once and kept in the study). The other search options are read from the study.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here (replaces only a search result; never an input).")
-def search(model_dir, out, **options) -> None:
+def search(model_dir, out, report, **options) -> None:
     """Find length configurations on the F1-vs-cost Pareto front, scored on held-out SQuAD train (paragraphs and
-    documents), unpadded windows."""
-    from .search import check_out, search_configs
+    documents), unpadded windows.
+
+    Scale out: start the same command with `--storage postgresql://USER:PASSWORD@HOST/DB --study NAME` on as many
+    machines as you like; they share one study and its budget (see docs/scaling-out.md)."""
+    from .search import check_out, search_configs, search_report
 
     settings = SearchSettings(**options)
+    if report and settings.storage is None:
+        raise click.UsageError("--report reads a shared study: give --storage (and --study)")
     if out:
         _run(check_out, out, model_dir, settings)
-    result = _run(search_configs, model_dir, settings, log=click.echo)
+    if report:
+        result = _run(search_report, model_dir, settings.storage, settings.study_name, log=click.echo)
+    else:
+        result = _run(search_configs, model_dir, settings, log=click.echo)
+    _print_search(result)
+    if out:
+        from .atomic import write_text
+
+        _run(write_text, out, json.dumps(result, indent=2))
+
+
+def _print_search(result: dict) -> None:
+    click.echo(f"study: {result['progress']}"
+               + ("" if result["complete"] else "; the budget is not complete, so the front below is provisional"))
     click.echo(f"objective: maximize {result['objective']['maximize']}; minimize {result['objective']['minimize']}")
     click.echo(f"space: {result['space']}")
     click.echo("Pareto front (cheapest first):")
@@ -301,10 +345,6 @@ def search(model_dir, out, **options) -> None:
     else:
         click.echo(f"no configuration scored within {result['recommend_tolerance']} F1 of the reference "
                    f"{(result.get('reference') or {}).get('config')} on every workload")
-    if out:
-        from .atomic import write_text
-
-        _run(write_text, out, json.dumps(result, indent=2))
 
 
 @main.command()

@@ -22,7 +22,7 @@ import functools
 import json
 import math
 import multiprocessing
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -37,6 +37,9 @@ from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRu
 from qtool_runtime.contract import VARIANTS, Engine, Variant
 from qtool_runtime.engines import runs_exactly
 from .settings import Sampler, SearchSettings
+from .shared_study import (Progress, StudyLock, call_storage, describe, file_digest, finish_once,
+                           model_digest, open_storage, progress_of, run_budget, storage_file, study_lock,
+                           worker_name)
 from .verify import pareto_front
 
 SAMPLERS = Sampler.choices()
@@ -186,44 +189,6 @@ def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseS
     raise InputError(f"sampler {name!r} is unknown; choose one of {SAMPLERS}")
 
 
-def open_storage(storage: str | None):
-    """None: in memory. A URL with '://': an RDB (sqlite:///file.db, postgresql://...). Else a journal file."""
-    if storage is None:
-        return None
-    if "://" in storage:
-        return storage
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    _check_journal(Path(storage))
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(storage)))
-
-
-def _check_journal(path: Path) -> None:
-    """A journal file optuna would append to must be one: another file (notes, a JSON of something else) is refused
-    before optuna writes a line into it or fails on it with a traceback."""
-    if path.is_dir():
-        raise InputError(f"--storage {path} is a folder; give a journal file")
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    try:
-        with path.open(encoding="utf-8") as fh:
-            first = json.loads(fh.readline())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        first = None
-    if not (isinstance(first, dict) and "op_code" in first):
-        raise InputError(f"--storage {path} exists and is not an optuna journal; give a new file or one a qtool "
-                         "search wrote")
-
-
-def storage_file(storage: str | None) -> Path | None:
-    """The local file a storage lives in (a journal file, sqlite:///FILE), None for memory or a remote database."""
-    if storage is None or ("://" in storage and not storage.startswith("sqlite:///")):
-        return None
-    return Path(storage.removeprefix("sqlite:///"))
-
-
 def check_out(out: str | Path, model_dir: str | Path, settings: SearchSettings) -> Path:
     """Refuse, before the search (`toolchain.output`), an --out that is one of its inputs (the model, the latency
     model, the study's storage, the reference graph) or a file that is not a previous search result."""
@@ -254,6 +219,7 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
         return timing.cost(config, at) if timing else macs_ratio_at_lengths(config, at, dims.hidden, dims.ffn)
 
     def objective(trial) -> tuple[float, float]:
+        trial.set_user_attr("worker", worker_name())  # which process (host:pid) ran it: visible from any machine
         ratios = [trial.suggest_float(f"r{i}", s.min_ratio, 1.0) for i in range(dims.layers)]
         config = config_from_ratios(ratios, s.seq_len, s.length_rule, s.variant)
         if s.route:
@@ -347,15 +313,19 @@ def paired_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000, 
     return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
 
 
-def _run_trials(study, objective, trials: int, progress: bool) -> None:
-    """Add trials until the study holds `trials` completed ones (whoever else is adding them)."""
-    from optuna.study import MaxTrialsCallback
+def _run_trials(study: optuna.Study, lock: StudyLock, objective, settings: SearchSettings, progress: bool) -> None:
+    """Add trials until the study holds `settings.trials` complete ones, whoever else is adding them."""
+    from tqdm.auto import tqdm
 
-    states = (optuna.trial.TrialState.COMPLETE,)
-    remaining = trials - len(study.get_trials(deepcopy=False, states=states))
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
-                       callbacks=[MaxTrialsCallback(trials, states=states)])
+    bar = tqdm(total=settings.trials, desc="search", unit="trial", dynamic_ncols=True, disable=not progress)
+
+    def show(p: Progress) -> None:
+        bar.n = min(p.complete, p.budget)
+        bar.set_postfix_str(f"{p.running} running" + (f", {p.failed} retried" if p.failed else ""))
+        bar.refresh()
+
+    run_budget(study, objective, settings.trials, lock, storage=settings.storage, on_progress=show)
+    bar.close()
 
 
 def _worker(job: tuple[str, SearchSettings]) -> None:
@@ -365,9 +335,20 @@ def _worker(job: tuple[str, SearchSettings]) -> None:
     model_dir, settings = job
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage),
-                              sampler=make_sampler(settings.sampler, settings.seed, settings.population))
-    _run_trials(study, make_objective(model_dir, settings), settings.trials, progress=False)
+    study, lock = _load_study(settings)
+    _run_trials(study, lock, make_objective(model_dir, settings), settings, progress=False)
+
+
+def _load_study(settings: SearchSettings) -> tuple[optuna.Study, StudyLock]:
+    """An existing study in `settings.storage`, with its lock; a missing one is one line."""
+    backend = open_storage(settings.storage)
+    try:
+        study = call_storage(lambda: optuna.load_study(
+            study_name=settings.study_name, storage=backend,
+            sampler=make_sampler(settings.sampler, settings.seed, settings.population)), settings.storage)
+    except KeyError:
+        raise InputError(f"no study {settings.study_name!r} in {describe(settings.storage)}") from None
+    return study, study_lock(backend, settings.storage, settings.study_name)
 
 
 def describe_space(model_dir: str | Path, min_ratio: float | None, length_rule: str) -> tuple[float, str]:
@@ -406,27 +387,48 @@ def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str 
             f"{timing.machine.get('cpu')}")
 
 
-def open_study(*, settings: dict, storage: str | None, study_name: str, sampler: str, seed: int, population: int,
-               layers: int, start_from: Sequence[LengthConfig] = ()):
-    """Create or resume a study. A study is identified by its settings (slice, workloads, rule, space, cost):
-    resuming one with other settings would mix trials that measured different things, so it is refused."""
-    study = optuna.create_study(directions=["maximize", "minimize"], storage=open_storage(storage),
-                                study_name=study_name, load_if_exists=storage is not None,
-                                sampler=make_sampler(sampler, seed, population))
-    recorded = study.user_attrs.get("settings")
-    if recorded is None and study.get_trials(deepcopy=False):
-        recorded = {"cost": study.user_attrs.get("cost")}  # a study from before settings were recorded
-    if recorded is not None and recorded != settings:
-        differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
-        raise InputError(f"study {study_name!r} in {storage} was run with other settings ({', '.join(differ)}); "
-                         "use a new --study for this one")
-    if recorded is None:
-        study.set_user_attr("settings", settings)
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
-        for config in start_from:  # then the configurations the user wants compared (e.g. today's shipped one)
-            study.enqueue_trial(ratios_of(config))
-    return study
+def open_study(*, settings: dict, search: SearchSettings, layers: int, start_from: Sequence[LengthConfig] = ()
+               ) -> tuple[optuna.Study, StudyLock]:
+    """Create or join a study. A study is identified by its settings (model, data, slice, workloads, rule, space,
+    cost): joining one with other settings would mix trials that measured different things, so it is refused. The
+    first worker records the settings (and the whole search, for `--report`) and queues the anchors, under the
+    study's lock so that workers starting together queue them once."""
+    s = search
+    backend = open_storage(s.storage)
+    lock = study_lock(backend, s.storage, s.study_name)
+    with lock:
+        study = call_storage(lambda: optuna.create_study(
+            directions=["maximize", "minimize"], storage=backend, study_name=s.study_name,
+            load_if_exists=s.storage is not None, sampler=make_sampler(s.sampler, s.seed, s.population)), s.storage)
+        recorded = study.user_attrs.get("settings")
+        if recorded is None and study.get_trials(deepcopy=False):
+            recorded = {"cost": study.user_attrs.get("cost")}  # a study from before settings were recorded
+        if recorded is not None:
+            recorded = {**{k: settings[k] for k in IDENTITY if k not in recorded}, **recorded}  # older studies
+        if recorded is not None and recorded != settings:
+            differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+            raise InputError(f"study {s.study_name!r} in {describe(s.storage)} was run with other settings "
+                             f"({', '.join(differ)}); use a new --study for this one")
+        if study.user_attrs.get("settings") is None:
+            study.set_user_attr("settings", settings)
+            study.set_user_attr("search", _recorded_search(s))
+        study.set_user_attr("budget", s.trials)
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial({f"r{i}": 1.0 for i in range(layers)})  # the full model anchors the front
+            for config in start_from:  # then the configurations the user wants compared (e.g. today's shipped one)
+                study.enqueue_trial(ratios_of(config))
+    return study, lock
+
+
+# The settings that say which model and data a study measured; studies from before they were recorded lack them.
+IDENTITY = ("model", "data")
+# What a worker's command line may change without changing what a trial measures (not recorded in `search`).
+PER_WORKER = ("storage", "study_name", "workers", "seed", "trials")
+
+
+def _recorded_search(s: SearchSettings) -> dict:
+    """The resolved search, so `search --report` can finish a study from anywhere with only its storage and name."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k not in PER_WORKER}
 
 
 def ratios_of(config: LengthConfig) -> dict[str, float]:
@@ -603,24 +605,13 @@ def search_configs(
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
     _check_arguments(model_dir, settings)
-    min_ratio, space = describe_space(model_dir, settings.min_ratio, settings.length_rule)
+    min_ratio, _ = describe_space(model_dir, settings.min_ratio, settings.length_rule)
     layers, trained = _layers_and_variant(model_dir)
     s = replace(settings, min_ratio=min_ratio, variant=Variant(settings.variant or trained),
                 latency_model=None if settings.latency_model is None else str(settings.latency_model))
-    cost = describe_cost(s.latency_model, layers, model_dir)
-    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
-    recorded = dict(questions=s.questions, offset=s.offset, sampling=SEARCH_SAMPLING, workloads=workloads,
-                    rule=s.length_rule, seq_len=s.seq_len, min_ratio=min_ratio, cost=cost)
-    if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
-        recorded["variant"] = str(s.variant)
-    if s.route:
-        if Variant(s.variant).sees_padding:
-            raise InputError(f"--route needs a variant that does not see padding (a routed graph trims padding), "
-                             f"got '{s.variant}'")
-        recorded["route"] = True
-    left_out = len(trained_questions(model_dir))
-    if left_out:  # studies from before the last stage's questions were left out recorded nothing
-        recorded["left_out_trained"] = left_out
+    if s.route and Variant(s.variant).sees_padding:
+        raise InputError(f"--route needs a variant that does not see padding (a routed graph trims padding), "
+                         f"got '{s.variant}'")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start_from = [LengthConfig.parse(c, layers, s.seq_len, s.length_rule, s.variant) for c in s.start_from]
     for config in start_from:
@@ -628,30 +619,85 @@ def search_configs(
         if low < min_ratio:
             raise InputError(f"--start-from {config.label} keeps {low:.2f} of a layer's tokens, below the searched "
                              f"space's {min_ratio:.2f}; lower --min-ratio")
-    study = open_study(settings=recorded, storage=s.storage, study_name=s.study_name, sampler=s.sampler,
-                       seed=s.seed, population=s.population, layers=layers, start_from=start_from)
-    study = _run_study(study, str(model_dir), s, log=log)
-    rows = study_rows(study)
+    study, lock = open_study(settings=_identity(model_dir, s, layers), search=s, layers=layers, start_from=start_from)
+    study = _run_study(study, lock, str(model_dir), s, log=log)
+    return _result(model_dir, s, study, lock, layers=layers, log=log)
+
+
+def search_report(model_dir: str | Path, storage: str, study_name: str = SearchSettings.study_name, *,
+                  log: Callable[[str], None] = print) -> dict:
+    """Where a shared study stands, from any machine: progress and the front so far; once the budget is complete,
+    the finished result (the confirmation, computed once and stored in the study). Runs no search trial."""
+    study, lock = _load_study(SearchSettings(storage=storage, study_name=study_name))
+    attrs = study.user_attrs
+    if "search" not in attrs:
+        raise InputError(f"study {study_name!r} in {describe(storage)} was not written by this qtool's search")
+    s = SearchSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs["search"].items()},
+                       storage=storage, study_name=study_name, trials=attrs.get("budget", SearchSettings.trials))
+    layers, _ = _layers_and_variant(model_dir)
+    mine = _identity(model_dir, s, layers)
+    differ = sorted(k for k in IDENTITY if attrs["settings"].get(k) != mine[k])
+    if differ:
+        raise InputError(f"study {study_name!r} in {describe(storage)} searched another {' and '.join(differ)} "
+                         f"than {model_dir}; give the model it searched")
+    return _result(model_dir, s, study, lock, layers=layers, log=log)
+
+
+def _identity(model_dir: str | Path, s: SearchSettings, layers: int) -> dict:
+    """What a trial measures, recorded in the study: a worker whose command differs here is refused."""
+    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
+    recorded = dict(questions=s.questions, offset=s.offset, sampling=SEARCH_SAMPLING, workloads=workloads,
+                    rule=s.length_rule, seq_len=s.seq_len, min_ratio=s.min_ratio,
+                    cost=describe_cost(s.latency_model, layers, model_dir),
+                    model=model_digest(model_dir), data=file_digest(squad.resolve_squad_file("train")))
+    if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool
+        recorded["variant"] = str(s.variant)
+    if s.route:
+        recorded["route"] = True
+    left_out = len(trained_questions(model_dir))
+    if left_out:  # studies from before the last stage's questions were left out recorded nothing
+        recorded["left_out_trained"] = left_out
+    return recorded
+
+
+def _result(model_dir: str | Path, s: SearchSettings, study: optuna.Study, lock: StudyLock, *, layers: int,
+            log: Callable[[str], None]) -> dict:
+    """The search's result from the study as it stands; the finish (reference and confirmation) once the budget is
+    complete, computed by one worker and read from the study by the others."""
+    progress = call_storage(lambda: progress_of(study, s.trials), s.storage)
+    rows = call_storage(lambda: study_rows(study), s.storage)
+    finish: dict = {"reference": None, "confirmation": None}
+    if progress.done and (s.reference_graph or s.confirm_questions):
+        finish = finish_once(study, lock, lambda: _finish(model_dir, s, rows, log=log), key=progress.complete, log=log)
+    reference, confirmed = finish["reference"], finish["confirmation"]
+    _, space = describe_space(model_dir, s.min_ratio, s.length_rule)
+    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
+    return {
+        "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
+                                  f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}"
+                                  + (", each candidate routed (full model up to its predicted crossover)" if s.route else ""),
+                      "minimize": describe_cost(s.latency_model, layers, model_dir)},
+        "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
+        "variant": str(s.variant), "workloads": workloads, "left_out_trained": len(trained_questions(model_dir)),
+        "recommended": recommend(rows, reference=reference) if confirmed is None else confirmed["recommended"],
+        "recommended_on_search_slice": recommend(rows, reference=reference), "confirmation": confirmed,
+        "reference": reference,
+        "recommend_tolerance": RECOMMEND_TOLERANCE,
+        "trials": progress.complete, "budget": s.trials, "complete": progress.done, "progress": progress.line(),
+        "study": s.study_name, "storage": describe(s.storage), "evaluated": rows,
+        "pareto": [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])],
+    }
+
+
+def _finish(model_dir: str | Path, s: SearchSettings, rows: list[dict], *, log: Callable[[str], None]) -> dict:
+    """The reference's row and the confirmation: the slow end of a search, done once per study (JSON-plain, so the
+    study can hold it for the other workers)."""
     reference = _reference_row(model_dir, s, log=log) if s.reference_graph else None
     confirmed = None
     if s.confirm_questions:
         confirmed = confirm(model_dir, confirmation_candidates(rows, reference=reference), s,
                             questions=s.confirm_questions, reference_graph=s.reference_graph, log=log)
-    return {
-        "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
-                                  f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}"
-                                  + (", each candidate routed (full model up to its predicted crossover)" if s.route else ""),
-                      "minimize": cost},
-        "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
-        "variant": str(s.variant), "workloads": workloads, "left_out_trained": left_out,
-        "recommended": recommend(rows, reference=reference) if confirmed is None else confirmed["recommended"],
-        "recommended_on_search_slice": recommend(rows, reference=reference), "confirmation": confirmed,
-        "reference": reference,
-        "recommend_tolerance": RECOMMEND_TOLERANCE,
-        "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
-        "study": s.study_name, "storage": s.storage, "evaluated": rows,
-        "pareto": [rows[i] for i in pareto_front([(r["cost"], r["f1"]) for r in rows])],
-    }
+    return json.loads(json.dumps({"reference": reference, "confirmation": confirmed}, default=float))
 
 
 def _reference_row(model_dir: str | Path, settings: SearchSettings, *, log: Callable[[str], None]) -> dict:
@@ -677,13 +723,13 @@ def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
     return config.num_hidden_layers, recorded_variant(config)
 
 
-def _run_study(study: optuna.Study, model_dir: str, settings: SearchSettings, *,
+def _run_study(study: optuna.Study, lock: StudyLock, model_dir: str, settings: SearchSettings, *,
                log: Callable[[str], None]) -> optuna.Study:
-    """Run the study until it holds `trials` completed trials: here, or in `workers` spawned processes sharing it."""
+    """Run the study until it holds `trials` complete trials: here, or in `workers` spawned processes sharing it."""
     if settings.workers == 1:
-        _run_trials(study, make_objective(model_dir, settings, log=log), settings.trials, progress=True)
+        _run_trials(study, lock, make_objective(model_dir, settings, log=log), settings, progress=True)
         return study
     jobs = [(model_dir, replace(settings, seed=settings.seed + i)) for i in range(settings.workers)]
     with multiprocessing.get_context("spawn").Pool(settings.workers) as pool:
         pool.map(_worker, jobs)
-    return optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))
+    return _load_study(settings)[0]

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic, output, squad
+from . import atomic, distributed, output, squad
 from qtool_runtime.bounds import BOUNDS
 
+from .distributed import Ranks
 from .errors import InputError
 from .families import dims_of
 from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
@@ -83,6 +84,9 @@ class TrainArgs:
     teacher: str = Teacher.INPLACE  # who teaches the sub-models (settings.Teacher)
     # The embeddings and the first `freeze_layers` encoder layers do not learn: no backward pass below them.
     freeze_layers: int = 0
+    # Every dropout layer's probability during training; None keeps the base's own. 0 makes a run a function of its
+    # data and seed alone (comparing one process with several: their dropout masks cannot be the same).
+    dropout: float | None = None
 
     def validate(self) -> None:
         """Refuse numbers that would crash or silently misbehave hours into a run; messages name the CLI option."""
@@ -125,6 +129,8 @@ class TrainArgs:
         need(self.teacher == Teacher.INPLACE or self.length_drop, "--teacher frozen", "used with --length-drop "
              "(it teaches the sub-models)", self.teacher)
         need(self.freeze_layers >= 0, "--freeze-layers", "0 or more", self.freeze_layers)
+        if self.dropout is not None:
+            need(0 <= self.dropout < 1, "--dropout", "in [0, 1)", self.dropout)
 
 
 def resolve_base(base: str) -> str:
@@ -268,6 +274,10 @@ def _load_base(args: TrainArgs):
                                                                     output_loading_info=True)
     check_supported(model)
     _check_missing_weights(args, model, sorted(info.get("missing_keys", [])))
+    if args.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = args.dropout
     max_positions = dims_of(model).max_positions
     if args.max_length > max_positions:
         raise InputError(f"--max-length {args.max_length} exceeds what {args.base} supports ({max_positions} positions)")
@@ -420,10 +430,11 @@ def _step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: in
     return total
 
 
-def _resolved(args: TrainArgs) -> TrainArgs:
-    """The arguments checked, with the device and bf16 the run really uses (so the record says what ran)."""
+def _resolved(args: TrainArgs, ranks: Ranks = Ranks()) -> TrainArgs:
+    """The arguments checked, with the device and bf16 the run really uses (so the record says what ran); under
+    torchrun, this process joined to the others."""
     args.validate()
-    device = training_device(args.device)
+    device = distributed.start(ranks, training_device(args.device), args.batch_size)
     args = replace(args, device=device)
     if args.bf16 is None:
         args = replace(args, bf16=native_bf16(device))
@@ -434,9 +445,11 @@ def _resolved(args: TrainArgs) -> TrainArgs:
 
 def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.optim.Optimizer, feats: squad.Features,
                     rows: np.ndarray, width: int, num_layers: int, rng: random.Random, autocast, *, lr: float,
-                    teacher: torch.nn.Module | None = None) -> float:
-    """One optimizer step on one batch of windows (cut to `width`); returns the step's loss."""
+                    teacher: torch.nn.Module | None = None, ranks: Ranks = Ranks()) -> float:
+    """One optimizer step on one batch of windows (cut to `width`; this process's share of it under torchrun);
+    returns the step's loss."""
     device = args.device
+    rows = distributed.shard(rows, ranks)
     batch = {k: torch.from_numpy(v[:, :width]).to(device) for k, v in feats.model_inputs(rows).items()}
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -444,19 +457,24 @@ def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.op
     total = _step_loss(args, model, batch, torch.from_numpy(feats.start_positions[rows]).to(device),
                        torch.from_numpy(feats.end_positions[rows]).to(device), num_layers, width, rng, autocast,
                        teacher=teacher)
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    learning = [p for p in model.parameters() if p.requires_grad]
+    distributed.average_gradients(learning, ranks)
+    torch.nn.utils.clip_grad_norm_(learning, 1.0)
     optimizer.step()
-    return total
+    return distributed.mean_over_ranks(total, ranks, device)
 
 
 def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
-    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics."""
+    """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics.
+    Under torchrun, each process trains on its share of every batch and rank 0 writes (toolchain/distributed.py)."""
     from tqdm.auto import tqdm
 
-    args = _resolved(args)
+    ranks = distributed.from_environment()
+    args = _resolved(args, ranks)
     device = args.device
     out = Path(args.out)
     check_outputs(args)
+    distributed.barrier(ranks)  # every rank has checked --out before rank 0 writes to it
     ckpt_dir = out / CHECKPOINT_DIR
     model, tokenizer = _load_base(args)
     model.to(device)  # before the optimizer, so a resumed optimizer state lands on the same device
@@ -468,13 +486,18 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     steps_per_epoch = max(1, n // args.batch_size)
     max_steps = args.max_steps or max(1, int(args.epochs * steps_per_epoch))
     optimizer, state = _optimizer_and_state(args, model, ckpt_dir, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    distributed.same_start(model.parameters(), ranks)
+    if ranks.distributed:  # each rank its own dropout masks (one process draws them for the whole batch)
+        torch.manual_seed(args.seed + ranks.rank + 1)
+    if ranks.writer:
+        out.mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(args.seed + state["step"])
     model.train()
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16)
     start_time, last_save = time.monotonic() - state["elapsed"], time.monotonic()
-    bar = tqdm(total=max_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
+               disable=not ranks.writer)
     batches: tuple[int, list[np.ndarray]] = (-1, [])
     while state["step"] < max_steps:
         epoch, index = divmod(state["step"], steps_per_epoch)
@@ -486,7 +509,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         if args.time_budget:
             progress_share = max(progress_share, (time.monotonic() - start_time) / args.time_budget)
         total = _optimizer_step(args, model, optimizer, feats, rows, width, num_layers, rng, autocast,
-                                lr=args.lr * _lr_factor(progress_share, args.warmup), teacher=teacher)
+                                lr=args.lr * _lr_factor(progress_share, args.warmup), teacher=teacher, ranks=ranks)
 
         state["step"] += 1
         state["examples"] += len(rows)
@@ -494,25 +517,42 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         state["loss_ema"] = total if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * total
         bar.update(1)
         bar.set_postfix(loss=f"{state['loss_ema']:.3f}", ex_s=f"{state['examples'] / max(state['elapsed'], 1e-9):.1f}")
-        if time.monotonic() - last_save > args.save_every:
-            _save_checkpoint(ckpt_dir, model, optimizer, state)
-            last_save = time.monotonic()
-        if args.snapshot_every and state["step"] % args.snapshot_every == 0:
-            _save_model(Path(args.snapshot_dir) / f"step-{state['step']}", model, tokenizer, args, state, n)
+        last_save = _write_progress(args, model, optimizer, tokenizer, state, n, ranks, ckpt_dir, last_save)
         if progress is not None:
             progress({**state, "width": width})
-        if args.time_budget and state["elapsed"] >= args.time_budget:
+        if args.time_budget and _over_budget(state["elapsed"], args.time_budget, ranks, device):
             break
     bar.close()
-    return _save_model(out, model, tokenizer, args, state, n)
+    record = _training_record(args, state, n, ranks)
+    if ranks.writer:
+        _save_model(out, model, tokenizer, args, record)
+    distributed.barrier(ranks)
+    distributed.stop(ranks)
+    return record
 
 
-def _save_model(folder: Path, model, tokenizer, args: TrainArgs, state: dict, features: int) -> dict:
-    """Write a loadable model folder (weights, tokenizer, training record) in one rename; returns the record.
-    Exporting this folder later runs Drop-and-Restore the way it was trained (the variant is recorded)."""
-    was_training = model.training
-    model.eval()
-    info = {
+def _write_progress(args: TrainArgs, model, optimizer, tokenizer, state: dict, features: int, ranks: Ranks,
+                    ckpt_dir: Path, last_save: float) -> float:
+    """Rank 0's checkpoint (every `save_every` seconds) and snapshot (every `snapshot_every` steps); returns when
+    the checkpoint was last written."""
+    if not ranks.writer:
+        return last_save
+    if time.monotonic() - last_save > args.save_every:
+        _save_checkpoint(ckpt_dir, model, optimizer, state)
+        last_save = time.monotonic()
+    if args.snapshot_every and state["step"] % args.snapshot_every == 0:
+        _save_model(Path(args.snapshot_dir) / f"step-{state['step']}", model, tokenizer, args,
+                    _training_record(args, state, features, ranks))
+    return last_save
+
+
+def _over_budget(elapsed: float, budget: float, ranks: Ranks, device: str) -> bool:
+    """--time-budget: the ranks stop at the same step (rank clocks differ; a rank stopping alone would hang)."""
+    return distributed.mean_over_ranks(float(elapsed >= budget), ranks, device) > 0
+
+
+def _training_record(args: TrainArgs, state: dict, features: int, ranks: Ranks) -> dict:
+    return {
         "args": asdict(args),
         "features": features,
         "steps": state["step"],
@@ -521,12 +561,20 @@ def _save_model(folder: Path, model, tokenizer, args: TrainArgs, state: dict, fe
         "seconds": round(state["elapsed"], 1),
         "examples_per_second": round(state["examples"] / max(state["elapsed"], 1e-9), 2),
         "final_loss_ema": state["loss_ema"],
+        "processes": ranks.world,
         "torch": torch.__version__,
     }
+
+
+def _save_model(folder: Path, model, tokenizer, args: TrainArgs, record: dict) -> dict:
+    """Write a loadable model folder (weights, tokenizer, training record) in one rename; returns the record.
+    Exporting this folder later runs Drop-and-Restore the way it was trained (the variant is recorded)."""
+    was_training = model.training
+    model.eval()
     setattr(model.config, VARIANT_ATTRIBUTE, args.variant)
     with atomic.staging_dir(folder) as tmp:  # for `out`, the rename also drops the checkpoint it no longer needs
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "qtool_train.json").write_text(json.dumps(info, indent=2))
+        (tmp / "qtool_train.json").write_text(json.dumps(record, indent=2))
     model.train(was_training)
-    return info
+    return record
