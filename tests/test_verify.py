@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from toolchain import runtime, squad
-from toolchain import verify
-from toolchain.model import LengthConfig
+from toolchain.graph import runtime
+from toolchain.data import squad
+from toolchain.evaluate import verify
+from toolchain.model.drop_and_restore import LengthConfig
 
 
 def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_tokenizer, monkeypatch):

@@ -29,15 +29,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import optuna
 
-from .errors import InputError
-from . import output, squad
-from .overlap import f1_by_third, overlap_thirds
-from .families import dims_of
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
+from .core.errors import InputError
+from .artifact import output
+from .data import squad
+from .data.overlap import f1_by_third, overlap_thirds
+from .model.families import dims_of
+from .core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Engine, Variant
 from qtool_runtime.engines import runs_exactly
-from .settings import Sampler, SearchSettings
-from .verify import pareto_front
+from .graph.settings import Sampler, SearchSettings
+from .evaluate.verify import pareto_front
 
 SAMPLERS = Sampler.choices()
 # Search questions: SQuAD train before its last 2,000 questions (quantization tunes on the last 1,000).
@@ -65,7 +66,7 @@ def _train_ids(train_file: Path) -> tuple[str, ...]:
 def _search_pool(train_file: Path) -> tuple[str, ...]:
     """Ids of the questions the search may use, in file order: SQuAD train before SEARCH_POOL_END, less the
     calibration questions."""
-    from .calibration_windows import calibration_examples
+    from .data.calibration_windows import calibration_examples
 
     calib = {e.id for e in calibration_examples("squad", 10**9)}
     return tuple(i for i in _train_ids(train_file)[:SEARCH_POOL_END] if i not in calib)
@@ -140,7 +141,7 @@ def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]
 
 def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int, ffn: int) -> float:
     """Encoder multiply-adds of `config` on windows of these real lengths, relative to the plain model on them."""
-    from .model import flops
+    from .model.drop_and_restore import flops
 
     full = LengthConfig.full(len(config.keep), config.seq_len, config.rule)
     unique, counts = np.unique(lengths, return_counts=True)
@@ -237,9 +238,9 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
     (predicted latency at real lengths if a latency model is given, else MACs at real lengths).
     `settings` arrive resolved (search_configs): min_ratio and variant are set."""
-    from .latency import LatencyModel
+    from .evaluate.latency import LatencyModel
 
-    from .model import load_qa_model
+    from .model.drop_and_restore import load_qa_model
 
     s = settings
     model, tokenizer = load_qa_model(model_dir)
@@ -302,7 +303,7 @@ def summary(results: dict[str, dict[str, float]]) -> dict:
 def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict]:
     """F1/EM of one configuration (PyTorch FP32, every window unpadded) on each workload, and each question's F1
     (`f1_by_question`, 0 to 1, in the workload's order) for paired comparisons."""
-    from .runtime import Protocol, predict_torch
+    from .graph.runtime import Protocol, predict_torch
 
     return {name: _scores(examples, features, predict_torch(model, features, config, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
@@ -310,7 +311,7 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
 
 def reference_label(folder: str | Path) -> str:
     """A reference graph's name in the search's rows: a run-time configuration graph is scored at its full entry."""
-    from . import manifest as manifests
+    from .artifact import manifest as manifests
 
     folder = Path(folder)
     return f"{folder.name}@full" if manifests.load(folder).is_runtime else folder.name
@@ -319,8 +320,8 @@ def reference_label(folder: str | Path) -> str:
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
     window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
-    from . import manifest as manifests
-    from .runtime import Protocol, onnx_session, predict_onnx
+    from .artifact import manifest as manifests
+    from .graph.runtime import Protocol, onnx_session, predict_onnx
 
     folder = Path(folder)
     manifest = manifests.load(folder)
@@ -394,7 +395,7 @@ def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str 
         return "encoder MACs at the windows' real lengths / plain model on the same windows"
     import hashlib
 
-    from .latency import LatencyModel
+    from .evaluate.latency import LatencyModel
 
     timing = LatencyModel.load(latency_model)
     if timing.layers != layers:
@@ -518,7 +519,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
     keeps its search cost and F1 under `search_f1_by_workload`, and its paired difference from the full model (and
     from `reference_graph`, the bar when given) with a bootstrap interval. `settings` arrive resolved."""
-    from .model import load_qa_model
+    from .model.drop_and_restore import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
     trained = trained_questions(model_dir)
@@ -575,7 +576,7 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("--route needs --latency-model: the crossover where the full graph stops being the faster "
                          "one is predicted from it (MACs never favour the full model)")
     if s.reference_graph is not None:
-        from . import manifest as manifests
+        from .artifact import manifest as manifests
 
         manifests.load(Path(s.reference_graph))  # an artifact folder, or one line saying why not
     if s.route and s.length_rule != LengthRule.CAP:
@@ -671,7 +672,7 @@ def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
     """The model's layer count and the Drop-and-Restore variant it was trained with, from its config alone."""
     from transformers import AutoConfig
 
-    from .model import recorded_variant
+    from .model.drop_and_restore import recorded_variant
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     return config.num_hidden_layers, recorded_variant(config)

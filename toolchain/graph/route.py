@@ -24,10 +24,10 @@ import numpy as np
 
 from qtool_runtime.contract import SPAN_OUTPUTS, LengthRule
 
-from . import artifact, output
-from . import manifest as manifests
-from .errors import InputError
-from .output import OutputKind
+from ..artifact import artifact, output
+from ..artifact import manifest as manifests
+from ..core.errors import InputError
+from ..artifact.output import OutputKind
 
 if TYPE_CHECKING:
     import onnx
@@ -288,7 +288,7 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     `full_up_to` None: measured here, the longest window the full graph runs no slower than the reduced one.
     `out` None: beside the reduced artifact, its name and '-full<full_up_to>'. `out` is the artifact folder itself:
     refused if it is, holds or lies inside --full or --reduced, or holds anything but a routed artifact
-    (`toolchain.output`)."""
+    (`toolchain.artifact.output`)."""
     import onnx
 
     from .runtime import onnx_session

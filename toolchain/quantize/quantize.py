@@ -28,13 +28,14 @@ import onnx
 from qtool_runtime.contract import LengthRule, Precision, QuantMode
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, output, squad
-from .calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features  # noqa: F401 (re-exported)
-from . import manifest as manifests
+from ..artifact import artifact, output
+from ..data import squad
+from ..data.calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features  # noqa: F401 (re-exported)
+from ..artifact import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
-from .output import OutputKind
-from .passes import INT8_PASSES, run_passes
-from .runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from ..artifact.output import OutputKind
+from ..graph.passes import INT8_PASSES, run_passes
+from ..graph.runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
 DEFAULT_TUNE_QUESTIONS = 1000
 DEFAULT_CALIB_SAMPLES = 128  # calibration windows for static recipes

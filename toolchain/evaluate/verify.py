@@ -20,17 +20,19 @@ from qtool_runtime.contract import Engine, Precision, length_runs
 from qtool_runtime.engines import available, runs_exactly
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, atomic, output, squad
-from . import manifest as manifests
-from .manifest import Kind
-from .output import REPORT_FILES, OutputKind, RootKind, Target
+from ..artifact import artifact, output
+from ..core import atomic
+from ..data import squad
+from ..artifact import manifest as manifests
+from ..artifact.manifest import Kind
+from ..artifact.output import REPORT_FILES, OutputKind, RootKind, Target
 from qtool_runtime.timing import interleaved_ms
-from .families import dims_of
-from .overlap import THIRDS, overlap_thirds
+from ..model.families import dims_of
+from ..data.overlap import THIRDS, overlap_thirds
 from .peers import PEERS, STANDARD_INT8
-from .length import DEFAULT_LENGTH_RULE, LengthConfig
-from .settings import TorchReference, VerifySettings
-from .runtime import (
+from ..core.length import DEFAULT_LENGTH_RULE, LengthConfig
+from ..graph.settings import TorchReference, VerifySettings
+from ..graph.runtime import (
     Protocol,
     GraphError,
     GraphInterface,
@@ -65,7 +67,7 @@ def evaluate_model(
 ) -> list[dict]:
     """SQuAD EM/F1 of a PyTorch checkpoint under each length configuration ('full' or 'k1,k2,...');
     `neighbours` > 0: the document workload (squad.widen_contexts)."""
-    from .model import flops_ratio, load_qa_model, trained_variant
+    from ..model.drop_and_restore import flops_ratio, load_qa_model, trained_variant
 
     model, tokenizer = load_qa_model(model_dir)
     variant = variant or trained_variant(model)
@@ -193,7 +195,7 @@ def time_artifacts(
 
 
 def report_destination(root: Path, report_dir: str | Path | None) -> Path:
-    """Where the report goes, checked before any work (`toolchain.output`): never inside an artifact, never over
+    """Where the report goes, checked before any work (`toolchain.artifact.output`): never inside an artifact, never over
     files that are not a previous report. Default: the artifact root, or the folder of a single artifact."""
     root = Path(root)
     if report_dir is not None:
@@ -241,7 +243,7 @@ def verify_artifacts(
     _derive(rows, preds, features, settings.protocols)
     report = _report(examples, features, rows, settings, seq_len=first.length_config.seq_len,
                      baseline=STANDARD_INT8 if STANDARD_INT8 in latency else None)
-    report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/overlap.py"}
+    report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/data/overlap.py"}
     report["models"] = sorted({m.source_model for m in found.values()})
     write_report(dest, report)
     report["report_dir"] = str(dest)
@@ -267,7 +269,7 @@ def _torch_rows(model_dir, found: dict, examples, features: squad.Features, sett
     """The PyTorch FP32 reference rows: the full model, and with 'all' every FP32 qtool configuration found."""
     if settings.torch_configs == TorchReference.NONE:
         return []
-    from .model import flops_ratio, load_qa_model
+    from ..model.drop_and_restore import flops_ratio, load_qa_model
 
     if not model_dir or not Path(model_dir, "config.json").is_file():
         raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")

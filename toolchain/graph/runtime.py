@@ -24,9 +24,9 @@ import numpy as np
 from qtool_runtime.contract import KEEP_INPUT, MODEL_INPUTS, SPAN_OUTPUTS, Engine, Mode, length_runs
 from qtool_runtime.errors import QtoolError
 
-from . import squad
-from .overlap import f1_by_third
-from .length import LengthConfig
+from ..data import squad
+from ..data.overlap import f1_by_third
+from ..core.length import LengthConfig
 
 KEPT_PREFIX = "kept_"
 class Protocol(Mode):
@@ -193,7 +193,7 @@ def predict_torch(
     each dropping layer's ranking scores (what `near_tie_flips` reads)."""
     import torch
 
-    from .model import drop_and_restore
+    from ..model.drop_and_restore import drop_and_restore
 
     model.eval()
     full = config is None or config.is_full

@@ -14,9 +14,9 @@ from typing import Callable
 
 from qtool_runtime.errors import QtoolError
 
-from . import manifest as manifests
-from . import squad
-from .runtime import Protocol, onnx_session, predict_onnx, score
+from ..artifact import manifest as manifests
+from ..data import squad
+from ..graph.runtime import Protocol, onnx_session, predict_onnx, score
 
 DEFAULT_QUESTIONS = 200
 
@@ -32,7 +32,7 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
     from qtool_runtime import Artifact
     from transformers import AutoTokenizer
 
-    from .search import search_examples, trained_questions
+    from ..search import search_examples, trained_questions
 
     folder = Path(folder)
     manifest = manifests.load(folder)
