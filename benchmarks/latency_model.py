@@ -31,8 +31,9 @@ from toolchain.evaluate.latency import fit_latency_model
 from toolchain.core.length import LengthConfig
 from toolchain.model.drop_and_restore import load_qa_model, trained_variant
 from toolchain.graph.runtime import onnx_session
-from toolchain.search import search_examples
-from toolchain.evaluate.verify import pareto_front, time_artifacts
+from toolchain.data.splits import search_examples
+from toolchain.core.pareto import pareto_front
+from toolchain.evaluate.verify import time_artifacts
 
 
 def time_real(folders: list[Path], features: squad.Features, windows: int, rounds: int) -> dict[str, float]:

@@ -29,8 +29,9 @@ from toolchain.data import squad
 from toolchain.data.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
 from toolchain.evaluate.peers import OPENVINO_INT8
 from toolchain.graph.runtime import Protocol, batches, onnx_session, predict_onnx
-from toolchain.search import paired_interval, search_examples
-from toolchain.evaluate.verify import machine_info
+from toolchain.data.splits import search_examples
+from toolchain.search import paired_interval
+from toolchain.core.machine import machine_info
 
 TOLERANCE = 1.0  # every third within this of (c)
 

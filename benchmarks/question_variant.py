@@ -21,7 +21,7 @@ from toolchain.data import squad
 from toolchain.model.families import dims_of
 from toolchain.core.length import LengthConfig
 from toolchain.graph.runtime import Protocol, predict_torch, score
-from toolchain.search import search_examples
+from toolchain.data.splits import search_examples
 
 CONFIGS = ("341,334,332,292,280,254", "315,251,242,159,142,33", "360,330,300,270,240,210", "320,280,240,200,160,120")
 VARIANTS = (Variant.QTOOL, Variant.QUESTION, Variant.MATCH)  # lat needs padded windows

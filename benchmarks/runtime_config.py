@@ -22,9 +22,10 @@ import numpy as np
 
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
-from toolchain.graph.runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from toolchain.artifact.interface import GraphInterface
+from toolchain.graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 from qtool_runtime.timing import interleaved_ms
-from toolchain.evaluate.verify import machine_info
+from toolchain.core.machine import machine_info
 
 
 def pairs(root: Path, precision: str) -> tuple[Path, list[tuple[str, list[int], Path]]]:

@@ -8,7 +8,8 @@ from toolchain.data import squad
 from toolchain.artifact import manifest as manifests
 from toolchain.graph.export import ExportError, ExportValidationError, export_artifact, export_configs, validate_graph
 from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
-from toolchain.graph.runtime import GraphError, onnx_session, predict_onnx, predict_torch
+from toolchain.artifact.interface import GraphError
+from toolchain.graph.runtime import onnx_session, predict_onnx, predict_torch
 from toolchain.graph.settings import ExportSettings
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")

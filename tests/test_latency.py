@@ -66,7 +66,7 @@ def test_cost_is_relative_to_the_standard_graph_or_our_full_graph(tmp_path):
 def test_a_routed_configuration_is_priced_as_route_ships_it():
     """routed() applies route's rule (Crossover) to predicted times; a routed configuration is priced as the full
     one at or below its threshold and as itself above it, so its cost counts the windows routing sends to full."""
-    from toolchain.graph.route import Crossover, timed_widths
+    from toolchain.core.crossover import Crossover, timed_widths
 
     model = _model(None)
     model.coefficients["drops"] = 1.0  # a ms per dropping layer (sort, gathers): short windows are cheaper unreduced
@@ -151,7 +151,7 @@ def _search_lengths(model_dir, questions):
     from transformers import AutoTokenizer
 
     from toolchain.data import squad
-    from toolchain.search import search_examples, trained_questions
+    from toolchain.data.splits import search_examples, trained_questions
 
     import numpy as np
 

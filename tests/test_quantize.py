@@ -3,13 +3,13 @@ import pytest
 from conftest import REDUCED
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
+from toolchain.data.calibration_windows import calibration_examples
 from toolchain.quantize.quantize import (
     RECIPES_BY_NAME,
     STATIC_PREFERENCE,
     QuantizationError,
     Recipe,
     Trial,
-    calibration_examples,
     choose,
     quantize_artifact,
     select_nodes,
@@ -178,7 +178,7 @@ def test_drift_of_a_graph_against_itself_is_zero(exported_root):
 def test_document_calibration_mixes_paragraph_and_widened_windows(minilm_tokenizer, squad_dir):
     """--calib-neighbours: half the calibration windows come from contexts widened with neighbouring paragraphs
     (full windows of running text); tuning stays held out from the calibration questions actually read."""
-    from toolchain.quantize.quantize import calibration_features
+    from toolchain.data.calibration_windows import calibration_features
 
     train = str(squad_dir / "train-v1.1.json")
     plain = calibration_features(train, 32, minilm_tokenizer, 384, 128)

@@ -12,7 +12,8 @@ from qtool_runtime.contract import length_runs
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
 from toolchain.quantize.quantize import RECIPES_BY_NAME, QuantizationError, quantize_artifact
-from toolchain.graph.route import PAD_LOGIT, Crossover, RouteError, route_artifacts
+from toolchain.core.crossover import Crossover
+from toolchain.graph.route import PAD_LOGIT, RouteError, route_artifacts
 from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
 
 REDUCED_NAME = REDUCED.replace(",", "-")

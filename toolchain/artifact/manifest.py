@@ -17,7 +17,7 @@ from qtool_runtime.contract import (FEEDING_KEYS, Engine, MAX_TOKENS, MenuEntry,
 from ..model.families import OPTIONAL_ROLES
 from ..model.families import ROLES as FAMILY_ROLES
 from ..core.length import LengthConfig, LengthConfigError
-from ..graph.runtime import GraphError, GraphInterface, is_invariant
+from .interface import GraphError, GraphInterface, is_invariant
 
 class Kind(Mode):
     QTOOL = "qtool"  # our Drop-and-Restore graphs

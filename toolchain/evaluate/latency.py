@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from ..artifact.interface import GraphInterface
 from ..core import atomic
+from ..core.crossover import Crossover, timed_widths
 from ..artifact import output
 from ..core.errors import InputError
 from ..core.length import LengthConfig
+from ..core.machine import machine_info
 from ..artifact.output import OutputKind
 from qtool_runtime.contract import Precision
 
@@ -92,8 +95,6 @@ class LatencyModel:
         """`config` routed as `qtool route` routes it, on predicted instead of measured times: the full configuration
         up to the longest of route's widths at which it is predicted no slower (the same rule, `Crossover`); not
         routed when the reduced one is predicted faster everywhere. One that never pays runs full below seq_len."""
-        from ..graph.route import Crossover, timed_widths
-
         if config.is_full:
             return config
         reduced = replace(config, full_up_to=0)
@@ -162,7 +163,7 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
 
     Each (graph, length) runs once untimed before its timed runs: switching graphs evicts the previous
     graph's weights from the caches, and a deployment serving one graph runs it warm."""
-    from ..graph.runtime import GraphInterface, synthetic_feed
+    from ..graph.runtime import synthetic_feed
 
     from functools import partial
 
@@ -191,7 +192,6 @@ def fit_latency_model(
     what tell the per-layer terms apart. Steps: choose graphs -> time -> fit -> fit the baseline.
     """
     from ..graph.runtime import onnx_session
-    from .verify import machine_info
 
     ours, baseline = _graphs_to_fit(folders, precision)
     lengths = _lengths_to_time(ours, lengths)

@@ -36,7 +36,8 @@ from ..model.families import dims_of
 from ..core.length import LengthConfig
 from ..artifact.output import OutputKind, RootKind, Target
 from .peers import OPENVINO_INT8, STANDARD_FP32, STANDARD_FUSED, STANDARD_INT8
-from ..graph.runtime import GraphInterface, onnx_session
+from ..artifact.interface import GraphInterface
+from ..graph.runtime import onnx_session
 
 NAMES = {"export": STANDARD_FP32, "fused": STANDARD_FUSED, "int8": STANDARD_INT8}
 NNCF_CALIB_NEIGHBOURS = 2  # half of (c)'s calibration windows are documents, so its ranges cover full windows of text

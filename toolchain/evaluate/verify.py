@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,11 +31,11 @@ from ..data.overlap import THIRDS, overlap_thirds
 from .peers import PEERS, STANDARD_INT8
 from ..core.length import DEFAULT_LENGTH_RULE, LengthConfig
 from ..graph.settings import TorchReference, VerifySettings
+from ..artifact.interface import GraphError, GraphInterface, is_invariant
+from ..core.machine import machine_info
+from ..core.pareto import pareto_front
 from ..graph.runtime import (
     Protocol,
-    GraphError,
-    GraphInterface,
-    is_invariant,
     kept_agreement,
     onnx_session,
     predict_onnx,
@@ -44,7 +43,6 @@ from ..graph.runtime import (
     score,
     synthetic_feed,
 )
-
 
 
 class VerifyError(QtoolError, ValueError):
@@ -87,23 +85,6 @@ def evaluate_model(
             **score(examples, features, preds),
         })
     return rows
-
-
-def machine_info(threads: int | None) -> dict:
-    """CPU model, the instruction-set flags that matter for INT8, and the threads used."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni"]
-    return {"cpu": model, "cores": os.cpu_count(), "threads": threads or os.cpu_count(),
-            "flags": [f for f in wanted if f in flags]}
 
 
 def _workload_rows(features: squad.Features, windows: int) -> np.ndarray:
@@ -396,7 +377,7 @@ def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session
 
 
 def _distinct_protocols(protocols: Sequence[str], *, invariant: bool) -> list[str]:
-    """Protocols that can give different answers. An invariant graph (see runtime.is_invariant) gives the same
+    """Protocols that can give different answers. An invariant graph (see interface.is_invariant) gives the same
     logits under every protocol, so it is scored once (tests check that they agree)."""
     return list(protocols[:1]) if invariant else list(protocols)
 
@@ -466,15 +447,6 @@ def format_table(report: dict, markdown: bool = False) -> str:
         table.set_style(TableStyle.MARKDOWN)
     failed = [f"{r['name']} does not run: {r['does_not_run']}" for r in report["rows"] if "does_not_run" in r]
     return "\n".join([table.get_string(), *failed])
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both cost (lower) and F1 (higher)."""
-    front = []
-    for i, (cost, f1) in enumerate(points):
-        if not any((c <= cost and f >= f1) and (c < cost or f > f1) for c, f in points):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
 
 
 PARETO_PANELS = (("b32@384", "padded", "papers' protocol: batches of 32 padded to 384"),

@@ -28,8 +28,8 @@ from ..model.families import dims_of, family_of
 from ..model.drop_and_restore import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
 from ..artifact.output import OutputKind, RootKind, Target
 from .settings import ExportSettings
-from .runtime import (PROTOCOLS, GraphInterface, kept_agreement, near_tie_flips, onnx_session, predict_onnx,
-                      predict_torch)
+from ..artifact.interface import GraphInterface
+from .runtime import PROTOCOLS, kept_agreement, near_tie_flips, onnx_session, predict_onnx, predict_torch
 
 DEFAULT_OPSET = ExportSettings.opset
 RUNTIME = "runtime"  # --config RUNTIME: the run-time configuration graph (keep counts are an input)

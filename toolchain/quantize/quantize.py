@@ -30,12 +30,13 @@ from qtool_runtime.errors import QtoolError
 
 from ..artifact import artifact, output
 from ..data import squad
-from ..data.calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features  # noqa: F401 (re-exported)
+from ..data.calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features
 from ..artifact import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
 from ..artifact.output import OutputKind
 from ..graph.passes import INT8_PASSES, run_passes
-from ..graph.runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from ..artifact.interface import GraphInterface
+from ..graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 
 DEFAULT_TUNE_QUESTIONS = 1000
 DEFAULT_CALIB_SAMPLES = 128  # calibration windows for static recipes
