@@ -77,7 +77,7 @@ def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
     """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
     INT8 graphs and the standard recipe's three graphs, with the report."""
     from toolchain.evaluate.bench import run_bench
-    from toolchain.quantize.quantize import RECIPES_BY_NAME
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
 
     root = tmp_path_factory.mktemp("bench") / "bench"
     verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)

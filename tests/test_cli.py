@@ -21,7 +21,7 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     assert "kept agreement 1.000" in result.output
     result = run("quantize", root, "--samples", 16, "--no-tune")  # no --recipe: the measured default
     assert result.exit_code == 0, result.output
-    from toolchain.quantize.quantize import DEFAULT_RECIPE
+    from toolchain.quantize.recipes import DEFAULT_RECIPE
 
     int8 = manifests.load(next(p for p in root.iterdir() if p.name.startswith("int8-")))
     assert int8.quantization["recipe"]["name"] == DEFAULT_RECIPE

@@ -17,7 +17,7 @@ from toolchain.model.families import ROLES, UnsupportedModelError, dims_of, fami
 from toolchain.core.length import LengthConfig, LengthConfigError
 from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
                              load_qa_model, near_question_words, significance)
-from toolchain.quantize.quantize import Recipe, quantize_graph, select_nodes
+from toolchain.quantize.recipes import Recipe, quantize_graph, select_nodes
 from toolchain.graph.settings import ExportSettings
 
 FAMILIES = ("bert", "roberta", "distilbert", "electra")

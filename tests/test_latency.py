@@ -89,7 +89,8 @@ def test_a_routed_configuration_is_priced_as_route_ships_it():
 @pytest.fixture(scope="module")
 def latency_graphs(bench_run, tmp_path_factory):
     """The bench folder (FP32 and INT8 reduced, the standard recipe) plus an INT8 full graph."""
-    from toolchain.quantize.quantize import RECIPES_BY_NAME, quantize_artifact
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.quantize.quantize import quantize_artifact
 
     root, _ = bench_run
     extra = tmp_path_factory.mktemp("latency")

@@ -4,18 +4,8 @@ from conftest import REDUCED
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
 from toolchain.data.calibration_windows import calibration_examples
-from toolchain.quantize.quantize import (
-    RECIPES_BY_NAME,
-    STATIC_PREFERENCE,
-    QuantizationError,
-    Recipe,
-    Trial,
-    choose,
-    quantize_artifact,
-    select_nodes,
-    speed,
-    tuning_examples,
-)
+from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError, Recipe, select_nodes
+from toolchain.quantize.quantize import STATIC_PREFERENCE, Trial, choose, quantize_artifact, speed, tuning_examples
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 

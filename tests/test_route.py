@@ -11,7 +11,8 @@ from qtool_runtime import Artifact
 from qtool_runtime.contract import length_runs
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
-from toolchain.quantize.quantize import RECIPES_BY_NAME, QuantizationError, quantize_artifact
+from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError
+from toolchain.quantize.quantize import quantize_artifact
 from toolchain.core.crossover import Crossover
 from toolchain.graph.route import PAD_LOGIT, RouteError, route_artifacts
 from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx

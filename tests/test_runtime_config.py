@@ -182,7 +182,8 @@ def test_latency_target_needs_a_menu(exported_root):
 
 
 def test_static_int8_is_calibrated_and_scored_across_the_menu(runtime_dir, long_questions, tmp_path):
-    from toolchain.quantize.quantize import RECIPES_BY_NAME, quantize_artifact
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.quantize.quantize import quantize_artifact
 
     dest = quantize_artifact(runtime_dir, tmp_path / "int8-runtime", samples=16, tune_questions=24, tolerance=100.0,
                              recipes=[RECIPES_BY_NAME["static-fp32-out"]], timing_batches=(1, 2), log=lambda _: None)

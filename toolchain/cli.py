@@ -217,8 +217,8 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
 
     from .artifact.artifact import find_artifacts
     from .artifact.manifest import load
-    from .quantize.quantize import (DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, check_destination,
-                           int8_destination, quantize_artifact, quantize_plain_ort)
+    from .quantize.recipes import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError
+    from .quantize.quantize import check_destination, int8_destination, quantize_artifact, quantize_plain_ort
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
@@ -400,7 +400,8 @@ def _verify_settings(*, batch_sizes: str, engines: tuple[str, ...] = (), **optio
 @_verify_options
 def verify(path, model_dir, protocols, **options) -> None:
     """Check, score (under each input protocol) and time (side by side) every artifact under PATH; write the report."""
-    from .evaluate.verify import format_table, verify_artifacts
+    from .evaluate.report import format_table
+    from .evaluate.verify import verify_artifacts
 
     settings = _verify_settings(protocols=tuple(dict.fromkeys(protocols)), **options)
     report = _run(verify_artifacts, path, settings, model_dir=model_dir, log=click.echo)
@@ -422,7 +423,7 @@ def verify(path, model_dir, protocols, **options) -> None:
 def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, **options) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
     from .evaluate.bench import run_bench
-    from .evaluate.verify import format_table
+    from .evaluate.report import format_table
 
     report = _run(run_bench, model_dir, configs, out, _verify_settings(**options),
                   length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples, tolerance=tolerance,

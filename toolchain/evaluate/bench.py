@@ -15,8 +15,9 @@ from ..core.errors import InputError
 from ..graph.export import export_configs, planned_folders
 from ..core.length import DEFAULT_LENGTH_RULE
 from ..artifact.output import OutputKind, RootKind, Target
-from ..quantize.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, int8_destination,
-                       quantize_artifact, quantize_plain_ort)
+from ..quantize.recipes import LADDER, Recipe
+from ..quantize.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, int8_destination,
+                                 quantize_artifact, quantize_plain_ort)
 from ..graph.settings import ExportSettings, VerifySettings
 from .standard import build_standard, openvino_installed, standard_targets
 from .verify import report_destination, verify_artifacts
