@@ -16,7 +16,7 @@ from toolchain.graph.export import export_configs
 from toolchain.model.families import ROLES, UnsupportedModelError, dims_of, family_of
 from toolchain.core.length import LengthConfig, LengthConfigError
 from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
-                             load_qa_model, near_question_words, significance)
+                                              load_qa_model, near_question_words, significance)
 from toolchain.quantize.recipes import Recipe, quantize_graph, select_nodes
 from toolchain.graph.settings import ExportSettings
 

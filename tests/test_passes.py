@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from toolchain.graph.passes import (DROP_EXPORT_METADATA, FUSE_ATTENTION, FUSE_GELU, FUSE_MATMUL_BIAS, FUSE_QATTENTION,
-                              FUSE_RANKING_ATTENTION, MS_DOMAIN, NAME_NODES_BY_MODULE, NAME_SCOPES, TIDY,
-                              GraphPassError, run_passes)
+                                    FUSE_RANKING_ATTENTION, MS_DOMAIN, NAME_NODES_BY_MODULE, NAME_SCOPES, TIDY,
+                                    GraphPassError, run_passes)
 
 
 def tiny_graph() -> onnx.ModelProto:
