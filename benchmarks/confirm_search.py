@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from toolchain.search import confirm, confirmation_candidates
-from toolchain.settings import SearchSettings
+from toolchain.graph.settings import SearchSettings
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ import click
 import numpy as np
 import torch
 
-from toolchain import squad
-from toolchain.families import dims_of
-from toolchain.length import VARIANTS, LengthConfig
-from toolchain.model import load_qa_model
-from toolchain.runtime import Predictions, Protocol, predict_torch
-from toolchain.search import search_examples
+from toolchain.data import squad
+from toolchain.model.families import dims_of
+from toolchain.core.length import VARIANTS, LengthConfig
+from toolchain.model.drop_and_restore import load_qa_model
+from toolchain.graph.runtime import Predictions, Protocol, predict_torch
+from toolchain.data.splits import search_examples
 from toolchain.train import _distill
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import click
 
-from toolchain import squad
-from toolchain.families import dims_of
-from toolchain.length import VARIANTS, LengthConfig
-from toolchain.model import load_qa_model, trained_variant
-from toolchain.runtime import Protocol, predict_torch, score
-from toolchain.search import search_examples, trained_questions
+from toolchain.data import squad
+from toolchain.model.families import dims_of
+from toolchain.core.length import VARIANTS, LengthConfig
+from toolchain.model.drop_and_restore import load_qa_model, trained_variant
+from toolchain.graph.runtime import Protocol, predict_torch, score
+from toolchain.data.splits import search_examples, trained_questions
 
 SPLITS = ("dev", "heldout-train")
 

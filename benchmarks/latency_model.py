@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.artifact import find_artifacts
-from toolchain.latency import fit_latency_model
-from toolchain.length import LengthConfig
-from toolchain.model import load_qa_model, trained_variant
-from toolchain.runtime import onnx_session
-from toolchain.search import search_examples
-from toolchain.verify import pareto_front, time_artifacts
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.artifact.artifact import find_artifacts
+from toolchain.evaluate.latency import fit_latency_model
+from toolchain.core.length import LengthConfig
+from toolchain.model.drop_and_restore import load_qa_model, trained_variant
+from toolchain.graph.runtime import onnx_session
+from toolchain.data.splits import search_examples
+from toolchain.core.pareto import pareto_front
+from toolchain.evaluate.verify import time_artifacts
 
 
 def time_real(folders: list[Path], features: squad.Features, windows: int, rounds: int) -> dict[str, float]:

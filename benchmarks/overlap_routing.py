@@ -1,7 +1,7 @@
 """Route the questions whose words the context barely repeats to the full graph: does it close the low-overlap gap?
 
 The shipped `match` graph ranks context tokens by their match with the question, so it loses most where the answer's
-sentence repeats few of the question's words (the low overlap third, toolchain/overlap.py). The answer's sentence is
+sentence repeats few of the question's words (the low overlap third, toolchain/data/overlap.py). The answer's sentence is
 unknown before the graph runs; `overlap.context_overlap` (the best share any context sentence repeats) is known. This
 study scores the reduced graph, the full graph and the best peer (c) per question, picks the routing threshold on
 held-out SQuAD train documents (the smallest share of questions routed that keeps every third within 1 F1 of (c)),
@@ -25,12 +25,13 @@ from transformers import AutoTokenizer
 
 from qtool_runtime.contract import Engine
 from qtool_runtime.timing import interleaved_ms
-from toolchain import squad
-from toolchain.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
-from toolchain.peers import OPENVINO_INT8
-from toolchain.runtime import Protocol, batches, onnx_session, predict_onnx
-from toolchain.search import paired_interval, search_examples
-from toolchain.verify import machine_info
+from toolchain.data import squad
+from toolchain.data.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
+from toolchain.evaluate.peers import OPENVINO_INT8
+from toolchain.graph.runtime import Protocol, batches, onnx_session, predict_onnx
+from toolchain.data.splits import search_examples
+from toolchain.search import paired_interval
+from toolchain.core.machine import machine_info
 
 TOLERANCE = 1.0  # every third within this of (c)
 

@@ -16,12 +16,12 @@ import argparse
 import json
 
 from qtool_runtime.contract import Variant
-from toolchain import model as drop_model
-from toolchain import squad
-from toolchain.families import dims_of
-from toolchain.length import LengthConfig
-from toolchain.runtime import Protocol, predict_torch, score
-from toolchain.search import search_examples
+from toolchain.model.drop_and_restore import drop_and_restore as drop_model
+from toolchain.data import squad
+from toolchain.model.families import dims_of
+from toolchain.core.length import LengthConfig
+from toolchain.graph.runtime import Protocol, predict_torch, score
+from toolchain.data.splits import search_examples
 
 CONFIGS = ("341,334,332,292,280,254", "315,251,242,159,142,33", "360,330,300,270,240,210", "320,280,240,200,160,120")
 VARIANTS = (Variant.QTOOL, Variant.QUESTION, Variant.MATCH)  # lat needs padded windows

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolchain import model as drop
-from toolchain import squad
-from toolchain.length import LengthConfig
-from toolchain.runtime import Protocol, kept_agreement, predict_torch
+from toolchain.model.drop_and_restore import drop_and_restore as drop
+from toolchain.data import squad
+from toolchain.core.length import LengthConfig
+from toolchain.graph.runtime import Protocol, kept_agreement, predict_torch
 from toolchain.search import paired_interval
 
 

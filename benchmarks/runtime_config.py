@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.runtime import GraphInterface, Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.artifact.interface import GraphInterface
+from toolchain.graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
 from qtool_runtime.timing import interleaved_ms
-from toolchain.verify import machine_info
+from toolchain.core.machine import machine_info
 
 
 def pairs(root: Path, precision: str) -> tuple[Path, list[tuple[str, list[int], Path]]]:

@@ -13,7 +13,7 @@ import argparse
 import json
 
 from toolchain.search import search_configs
-from toolchain.settings import SearchSettings
+from toolchain.graph.settings import SearchSettings
 
 
 def hypervolume(front: list[dict], ref_cost: float = 1.0, ref_f1: float = 0.0) -> float:

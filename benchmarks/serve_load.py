@@ -132,7 +132,7 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
 
 def adaptive(args) -> dict:
     """Fixed full, fixed smallest and adaptive serving of one run-time configuration graph (see the docstring)."""
-    from toolchain import squad
+    from toolchain.data import squad
 
     kit = Artifact.open(args.runtime, threads=args.threads)
     times = kit.measure_menu(rounds=7)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolchain import squad
+from toolchain.data import squad
 from toolchain.train import TrainArgs, resolve_base, train
-from toolchain.settings import ExportSettings, VerifySettings
+from toolchain.graph.settings import ExportSettings, VerifySettings
 
 TRAIN_STEPS = 100
 
@@ -65,7 +65,7 @@ REDUCED = "300,250,200,150,120,100"
 @pytest.fixture(scope="session")
 def exported_root(tmp_path_factory, trained_dir) -> Path:
     """The trained model exported at the full and one reduced configuration (validated on 8 dev questions)."""
-    from toolchain.export import export_configs
+    from toolchain.graph.export import export_configs
 
     root = tmp_path_factory.mktemp("graphs") / "minilm"
     export_configs(trained_dir, ["full", REDUCED], root, settings=ExportSettings(samples=8))
@@ -76,8 +76,8 @@ def exported_root(tmp_path_factory, trained_dir) -> Path:
 def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
     """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
     INT8 graphs and the standard recipe's three graphs, with the report."""
-    from toolchain.bench import run_bench
-    from toolchain.quantize import RECIPES_BY_NAME
+    from toolchain.evaluate.bench import run_bench
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
 
     root = tmp_path_factory.mktemp("bench") / "bench"
     verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REDUCED
-from toolchain import manifest as manifests
+from toolchain.artifact import manifest as manifests
 from toolchain.cli import main
 
 
@@ -21,7 +21,7 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     assert "kept agreement 1.000" in result.output
     result = run("quantize", root, "--samples", 16, "--no-tune")  # no --recipe: the measured default
     assert result.exit_code == 0, result.output
-    from toolchain.quantize import DEFAULT_RECIPE
+    from toolchain.quantize.recipes import DEFAULT_RECIPE
 
     int8 = manifests.load(next(p for p in root.iterdir() if p.name.startswith("int8-")))
     assert int8.quantization["recipe"]["name"] == DEFAULT_RECIPE

@@ -21,18 +21,19 @@ import pytest
 from click.testing import CliRunner
 
 from qtool_runtime.errors import OS_INPUT_ERRORS, QtoolError
-from toolchain import atomic, squad
+from toolchain.core import atomic
+from toolchain.data import squad
 from toolchain.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "models" / "minilm-squad-lat"
 # Raises that only a programming error reaches (library misuse, an internal invariant): a traceback is right.
 BUG_ONLY = {
-    ("toolchain/squad.py", "postprocess"), ("toolchain/squad.py", "scores_of"), ("toolchain/runtime.py", "batches"),
-    ("toolchain/atomic.py", "staging_dir"), ("toolchain/atomic.py", "_on_sigterm"),
+    ("toolchain/data/squad.py", "postprocess"), ("toolchain/data/squad.py", "scores_of"), ("toolchain/graph/runtime.py", "batches"),
+    ("toolchain/core/atomic.py", "staging_dir"), ("toolchain/core/atomic.py", "_on_sigterm"),
     ("runtime/qtool_runtime/kit.py", "open"), ("runtime/qtool_runtime/serve.py", "__init__"),
     ("runtime/qtool_runtime/serve.py", "__enter__"),
-    ("toolchain/latency.py", "load"),  # a ValueError caught three lines below and re-raised as InputError
+    ("toolchain/evaluate/latency.py", "load"),  # a ValueError caught three lines below and re-raised as InputError
 }
 CLICK_ERRORS = {"BadParameter", "UsageError", "ClickException"}
 
@@ -163,7 +164,7 @@ def test_chunked_featurize_equals_one_pass(minilm_tokenizer, monkeypatch):
 FEATURIZE_CHILD = """
 import resource, sys
 from transformers import AutoTokenizer
-from toolchain import squad
+from toolchain.data import squad
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True)
 examples = squad.load_squad("train", limit=int(sys.argv[2]))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -191,8 +192,8 @@ def _copy(folder: Path, dest: Path) -> Path:
 
 
 def test_manifest_values_are_checked_against_the_graph(exported_root, tmp_path):
-    from toolchain import artifact
-    from toolchain import manifest as manifests
+    from toolchain.artifact import artifact
+    from toolchain.artifact import manifest as manifests
 
     folder = tmp_path / "art"
     _copy(exported_root / "fp32-full", folder)
@@ -210,7 +211,7 @@ def test_manifest_values_are_checked_against_the_graph(exported_root, tmp_path):
 
 def test_symlinks_leading_out_of_an_artifact_are_refused(exported_root, tmp_path):
     from qtool_runtime import Artifact, ArtifactError
-    from toolchain import artifact
+    from toolchain.artifact import artifact
 
     folder = tmp_path / "art"
     _copy(exported_root / "fp32-full", folder)
@@ -236,7 +237,7 @@ def test_answer_refuses_undecodable_text_in_one_line(exported_root, tmp_path):
 
 
 def test_quantize_refuses_an_unwritable_destination_before_work(exported_root, tmp_path):
-    from toolchain.quantize import quantize_artifact
+    from toolchain.quantize.quantize import quantize_artifact
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

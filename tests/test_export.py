@@ -3,12 +3,14 @@ import onnx
 import pytest
 
 from conftest import REDUCED
-from toolchain import artifact, squad
-from toolchain import manifest as manifests
-from toolchain.export import ExportError, ExportValidationError, export_artifact, export_configs, validate_graph
-from toolchain.model import LengthConfig, load_qa_model
-from toolchain.runtime import GraphError, onnx_session, predict_onnx, predict_torch
-from toolchain.settings import ExportSettings
+from toolchain.artifact import artifact
+from toolchain.data import squad
+from toolchain.artifact import manifest as manifests
+from toolchain.graph.export import ExportError, ExportValidationError, export_artifact, export_configs, validate_graph
+from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
+from toolchain.artifact.interface import GraphError
+from toolchain.graph.runtime import onnx_session, predict_onnx, predict_torch
+from toolchain.graph.settings import ExportSettings
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 
@@ -73,7 +75,7 @@ def test_validation_catches_a_wrong_graph(exported_root, trained_dir):
 
 
 def test_failed_export_leaves_nothing(tmp_path, trained_dir, monkeypatch):
-    import toolchain.export as export_module
+    import toolchain.graph.export as export_module
 
     model, tokenizer = load_qa_model(trained_dir)
     feats = squad.featurize(squad.load_squad("dev", limit=2), tokenizer)

@@ -10,15 +10,15 @@ import onnx
 import pytest
 import torch
 
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.export import export_configs
-from toolchain.families import ROLES, UnsupportedModelError, dims_of, family_of
-from toolchain.length import LengthConfig, LengthConfigError
-from toolchain.model import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
-                             load_qa_model, near_question_words, significance)
-from toolchain.quantize import Recipe, quantize_graph, select_nodes
-from toolchain.settings import ExportSettings
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.graph.export import export_configs
+from toolchain.model.families import ROLES, UnsupportedModelError, dims_of, family_of
+from toolchain.core.length import LengthConfig, LengthConfigError
+from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
+                                              load_qa_model, near_question_words, significance)
+from toolchain.quantize.recipes import Recipe, quantize_graph, select_nodes
+from toolchain.graph.settings import ExportSettings
 
 FAMILIES = ("bert", "roberta", "distilbert", "electra")
 

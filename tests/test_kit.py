@@ -19,9 +19,9 @@ import pytest
 
 import qtool_runtime
 from qtool_runtime import Answer, Artifact, ArtifactError, InputError
-from toolchain import squad
-from toolchain.runtime import onnx_session, predict_onnx
-from toolchain.settings import ExportSettings
+from toolchain.data import squad
+from toolchain.graph.runtime import onnx_session, predict_onnx
+from toolchain.graph.settings import ExportSettings
 
 RUNTIME_DIR = Path(qtool_runtime.__file__).resolve().parent.parent  # runtime/: what `pip install ./runtime` takes
 DEV_OFFSET, DEV_LIMIT = 230, 50  # dev questions 250-269 have contexts longer than one 384-token window
@@ -237,7 +237,7 @@ def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tm
     """A `ratio` graph was validated on windows padded to seq_len: the kit pads them, so its answers are
     the padded protocol's, not the (much worse) unpadded ones."""
     from conftest import REDUCED
-    from toolchain.export import export_configs
+    from toolchain.graph.export import export_configs
 
     (folder,) = export_configs(trained_dir, [REDUCED], tmp_path, settings=ExportSettings(length_rule="ratio", samples=4))
     assert folder.name.endswith("-ratio")
@@ -284,8 +284,8 @@ def _edited(src: Path, dest: Path, change) -> Path:
 
 @pytest.fixture(scope="module")
 def routed_dir(full_dir, reduced_dir, tmp_path_factory) -> Path:
-    """The FP32 full and reduced graphs routed at 100 tokens (toolchain.route; the threshold given, so nothing timed)."""
-    from toolchain.route import route_artifacts
+    """The FP32 full and reduced graphs routed at 100 tokens (toolchain.graph.route; the threshold given, so nothing timed)."""
+    from toolchain.graph.route import route_artifacts
 
     return route_artifacts(full_dir, reduced_dir, tmp_path_factory.mktemp("routed") / "fp32-routed", full_up_to=100,
                            log=lambda _: None)

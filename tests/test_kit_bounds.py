@@ -123,7 +123,7 @@ def _table(name: str, rows: int) -> onnx.TensorProto:
 
 
 def routed_model(threshold: int | None, *, opset: int = 24, raw: bool = False) -> onnx.ModelProto:
-    """A tiny graph shaped like toolchain.route's: If(LessOrEqual(longest, threshold)) over two branches that hold
+    """A tiny graph shaped like toolchain.graph.route's: If(LessOrEqual(longest, threshold)) over two branches that hold
     embedding tables (the reduced branch's word table smaller, to see that the smallest wins); None: no routing."""
     def branch(prefix: str, vocab: int) -> onnx.GraphProto:
         return helper.make_graph([helper.make_node("Identity", ["x"], [f"{prefix}y"])], prefix,

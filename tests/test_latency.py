@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from conftest import REDUCED
 from toolchain.cli import main
-from toolchain.errors import InputError
-from toolchain.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
-from toolchain.length import LengthConfig
-from toolchain.settings import SearchSettings
+from toolchain.core.errors import InputError
+from toolchain.evaluate.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
+from toolchain.core.length import LengthConfig
+from toolchain.graph.settings import SearchSettings
 
 
 def test_layer_tokens_follow_the_length_rule_and_skips():
@@ -66,7 +66,7 @@ def test_cost_is_relative_to_the_standard_graph_or_our_full_graph(tmp_path):
 def test_a_routed_configuration_is_priced_as_route_ships_it():
     """routed() applies route's rule (Crossover) to predicted times; a routed configuration is priced as the full
     one at or below its threshold and as itself above it, so its cost counts the windows routing sends to full."""
-    from toolchain.route import Crossover, timed_widths
+    from toolchain.core.crossover import Crossover, timed_widths
 
     model = _model(None)
     model.coefficients["drops"] = 1.0  # a ms per dropping layer (sort, gathers): short windows are cheaper unreduced
@@ -89,7 +89,8 @@ def test_a_routed_configuration_is_priced_as_route_ships_it():
 @pytest.fixture(scope="module")
 def latency_graphs(bench_run, tmp_path_factory):
     """The bench folder (FP32 and INT8 reduced, the standard recipe) plus an INT8 full graph."""
-    from toolchain.quantize import RECIPES_BY_NAME, quantize_artifact
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.quantize.quantize import quantize_artifact
 
     root, _ = bench_run
     extra = tmp_path_factory.mktemp("latency")
@@ -150,8 +151,8 @@ def test_fit_on_real_graphs_and_search_with_it(latency_graphs, trained_dir, tmp_
 def _search_lengths(model_dir, questions):
     from transformers import AutoTokenizer
 
-    from toolchain import squad
-    from toolchain.search import search_examples, trained_questions
+    from toolchain.data import squad
+    from toolchain.data.splits import search_examples, trained_questions
 
     import numpy as np
 

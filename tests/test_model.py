@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from toolchain import squad
-from toolchain.length import LengthConfig, LengthConfigError
-from toolchain.model import (
+from toolchain.data import squad
+from toolchain.core.length import LengthConfig, LengthConfigError
+from toolchain.model.drop_and_restore import (
     UnsupportedModelError,
     check_supported,
     drop_and_restore,

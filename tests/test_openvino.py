@@ -9,9 +9,9 @@ import pytest
 
 from conftest import REDUCED
 from qtool_runtime import Artifact, ArtifactError
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.peers import PEERS
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.evaluate.peers import PEERS
 
 OPENVINO_PEER = PEERS["openvino"]
 
@@ -56,9 +56,9 @@ def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):
 VERIFY_ON_OPENVINO_THEN_SIGTERM = """
 import os, signal, sys
 from pathlib import Path
-from toolchain import atomic
-from toolchain.settings import VerifySettings
-from toolchain.verify import verify_artifacts
+from toolchain.core import atomic
+from toolchain.graph.settings import VerifySettings
+from toolchain.evaluate.verify import verify_artifacts
 verify_artifacts(sys.argv[1], VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
                  workload_windows=4, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),
                  show_progress=False, log=lambda _: None)

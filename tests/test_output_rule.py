@@ -1,4 +1,4 @@
-"""The one output rule (toolchain.output), verb by verb: what is left on disk when a command's destination is (a) a
+"""The one output rule (toolchain.artifact.output), verb by verb: what is left on disk when a command's destination is (a) a
 folder holding a user's file, (b) the command's own input, (c) an existing output of the same kind, (d) a new path.
 
 Refusals are one `Error:` line with exit code 1, found before any long work; route's are in test_route.py, with real
@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REDUCED
-from toolchain import artifact, output
+from toolchain.artifact import artifact, output
 from toolchain.cli import main
-from toolchain.output import OutputError, OutputKind, RootKind, Target
+from toolchain.artifact.output import OutputError, OutputKind, RootKind, Target
 
 REDUCED_NAME = REDUCED.replace(",", "-")
 
@@ -138,7 +138,7 @@ def test_export_replaces_only_artifacts_of_the_same_name(exported_root, tmp_path
     refused(run("export", "--model", trained_dir, "--config", "full", "--config", REDUCED, "--out", root),
             f"--out {root / f'fp32-{REDUCED_NAME}'} is a non-empty folder that is not an FP32 qtool artifact")
     assert files(root) == before
-    from toolchain.export import planned_folders
+    from toolchain.graph.export import planned_folders
 
     planned = planned_folders(trained_dir, ["full", REDUCED], exported_root)  # (c) the fixture's own artifacts
     output.check_root(exported_root, RootKind.ARTIFACTS, [Target(f, OutputKind.FP32_ARTIFACT) for f in planned])
@@ -146,7 +146,7 @@ def test_export_replaces_only_artifacts_of_the_same_name(exported_root, tmp_path
 
 
 def test_quantize_checks_every_destination_before_the_first_graph(exported_root, tmp_path):
-    from toolchain.quantize import check_destination, int8_destination
+    from toolchain.quantize.quantize import check_destination, int8_destination
 
     root = tmp_path / "graphs"
     for name in ("fp32-full", f"fp32-{REDUCED_NAME}"):
@@ -168,7 +168,7 @@ def test_quantize_checks_every_destination_before_the_first_graph(exported_root,
 
 
 def test_standard_checks_its_folders_before_optimum_runs(trained_dir, tmp_path):
-    from toolchain.standard import standard_targets
+    from toolchain.evaluate.standard import standard_targets
 
     user = user_folder(tmp_path)
     refused(run("standard", "--model", trained_dir, "--out", user), "holds files but is not a folder of qtool artifacts")
@@ -185,9 +185,9 @@ def test_standard_checks_its_folders_before_optimum_runs(trained_dir, tmp_path):
 
 
 def test_bench_checks_every_folder_and_its_report_before_the_first_export(trained_dir, tmp_path):
-    from toolchain.bench import _check_outputs
-    from toolchain.length import DEFAULT_LENGTH_RULE
-    from toolchain.settings import VerifySettings
+    from toolchain.evaluate.bench import _check_outputs
+    from toolchain.core.length import DEFAULT_LENGTH_RULE
+    from toolchain.graph.settings import VerifySettings
 
     user = user_folder(tmp_path)
     refused(run("bench", "--model", trained_dir, "--config", REDUCED, "--out", user), "holds files but is not a folder")
@@ -240,7 +240,7 @@ def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_
 
 def test_search_out_replaces_only_a_search_result(trained_dir, tmp_path):
     from toolchain.search import check_out
-    from toolchain.settings import SearchSettings
+    from toolchain.graph.settings import SearchSettings
 
     notes = tmp_path / "notes.txt"
     notes.write_text("keep")
@@ -261,7 +261,7 @@ def test_search_out_replaces_only_a_search_result(trained_dir, tmp_path):
 
 
 def test_fit_latency_out_replaces_only_a_latency_model(exported_root, tmp_path):
-    from toolchain.latency import check_out
+    from toolchain.evaluate.latency import check_out
 
     before = files(exported_root)
     notes = tmp_path / "notes.json"
@@ -277,7 +277,7 @@ def test_fit_latency_out_replaces_only_a_latency_model(exported_root, tmp_path):
 
 
 def test_verify_report_dir_never_lands_on_a_users_files(exported_root, tmp_path):
-    from toolchain.verify import report_destination
+    from toolchain.evaluate.verify import report_destination
 
     before = files(exported_root)
     user = user_folder(tmp_path)

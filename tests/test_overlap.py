@@ -1,9 +1,9 @@
-"""Lexical overlap thirds (toolchain/overlap.py) on real SQuAD dev questions."""
+"""Lexical overlap thirds (toolchain/data/overlap.py) on real SQuAD dev questions."""
 
 import numpy as np
 
-from toolchain import squad
-from toolchain.overlap import answer_sentence, content_words, f1_by_third, overlap_share, overlap_thirds
+from toolchain.data import squad
+from toolchain.data.overlap import answer_sentence, content_words, f1_by_third, overlap_share, overlap_thirds
 
 
 def test_the_answer_sentence_holds_the_answer(squad_dir):

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from toolchain.passes import (DROP_EXPORT_METADATA, FUSE_ATTENTION, FUSE_GELU, FUSE_MATMUL_BIAS, FUSE_QATTENTION,
-                              FUSE_RANKING_ATTENTION, MS_DOMAIN, NAME_NODES_BY_MODULE, NAME_SCOPES, TIDY,
-                              GraphPassError, run_passes)
+from toolchain.graph.passes import (DROP_EXPORT_METADATA, FUSE_ATTENTION, FUSE_GELU, FUSE_MATMUL_BIAS, FUSE_QATTENTION,
+                                    FUSE_RANKING_ATTENTION, MS_DOMAIN, NAME_NODES_BY_MODULE, NAME_SCOPES, TIDY,
+                                    GraphPassError, run_passes)
 
 
 def tiny_graph() -> onnx.ModelProto:
@@ -173,7 +173,7 @@ def attention_graph(read_probs: bool = False, heads: int = 2, head_dim: int = 4,
 
 
 def test_fuse_attention_replaces_the_core_by_one_node_with_the_same_values():
-    from toolchain.passes import FUSE_ATTENTION
+    from toolchain.graph.passes import FUSE_ATTENTION
 
     rng = np.random.default_rng(1)
     mask = np.ones((2, 5), np.int64)
@@ -190,7 +190,7 @@ def test_fuse_attention_replaces_the_core_by_one_node_with_the_same_values():
 
 
 def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
-    from toolchain.passes import FUSE_ATTENTION
+    from toolchain.graph.passes import FUSE_ATTENTION
 
     kept = run_passes(attention_graph(read_probs=True), [FUSE_ATTENTION]).model
     assert [n.op_type for n in kept.graph.node] == [n.op_type for n in attention_graph(read_probs=True).graph.node]
@@ -198,7 +198,7 @@ def test_fuse_attention_keeps_a_core_whose_probabilities_are_read():
 
 def test_fuse_ranking_attention_runs_a_ranking_core_as_one_attention_with_the_same_values():
     """Right-padded rows take the fused core (per-row key lengths); a mask with a hole takes the written-out core."""
-    from toolchain.passes import FUSE_RANKING_ATTENTION
+    from toolchain.graph.passes import FUSE_RANKING_ATTENTION
 
     rng = np.random.default_rng(2)
     right_padded = np.ones((3, 6), np.int64)
@@ -227,7 +227,7 @@ def test_fuse_ranking_attention_runs_a_ranking_core_as_one_attention_with_the_sa
 
 
 def test_fuse_ranking_attention_needs_the_input_mask_and_leaves_other_cores():
-    from toolchain.passes import FUSE_RANKING_ATTENTION
+    from toolchain.graph.passes import FUSE_RANKING_ATTENTION
 
     with pytest.raises(GraphPassError, match="fuse-ranking-attention requires .* no attention_mask input"):
         run_passes(attention_graph(read_probs=True), [FUSE_RANKING_ATTENTION])
@@ -274,7 +274,7 @@ def _qkv_feeds() -> dict:
 
 
 def test_fuse_qattention_runs_static_qkv_and_attention_as_one_node_with_the_same_values():
-    from toolchain.passes import FUSE_QATTENTION
+    from toolchain.graph.passes import FUSE_QATTENTION
 
     feeds = _qkv_feeds()
     want = _run(static_qkv_graph(), feeds)[0]
@@ -288,7 +288,7 @@ def test_fuse_qattention_runs_static_qkv_and_attention_as_one_node_with_the_same
 
 
 def test_fuse_qattention_leaves_projections_read_elsewhere():
-    from toolchain.passes import FUSE_QATTENTION
+    from toolchain.graph.passes import FUSE_QATTENTION
 
     model = static_qkv_graph()
     model.graph.output.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", "S", 8]))  # q read twice

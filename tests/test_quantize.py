@@ -1,21 +1,11 @@
 import pytest
 
 from conftest import REDUCED
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.quantize import (
-    RECIPES_BY_NAME,
-    STATIC_PREFERENCE,
-    QuantizationError,
-    Recipe,
-    Trial,
-    calibration_examples,
-    choose,
-    quantize_artifact,
-    select_nodes,
-    speed,
-    tuning_examples,
-)
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.data.calibration_windows import calibration_examples
+from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError, Recipe, select_nodes
+from toolchain.quantize.quantize import STATIC_PREFERENCE, Trial, choose, quantize_artifact, speed, tuning_examples
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 
@@ -93,7 +83,7 @@ def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_r
 
 
 def test_unreachable_tolerance_fails_and_writes_nothing(exported_root, tmp_path, monkeypatch):
-    import toolchain.quantize as quantize_module
+    import toolchain.quantize.quantize as quantize_module
 
     dest = tmp_path / "int8"
     with pytest.raises(QuantizationError, match="tolerance must be >= 0"):
@@ -163,7 +153,7 @@ def test_static_recipe_leaves_matmul_outputs_fp32_and_records_what_it_did(int8_d
 
 
 def test_drift_of_a_graph_against_itself_is_zero(exported_root):
-    from toolchain.drift import tensor_drift
+    from toolchain.quantize.drift import tensor_drift
 
     folder = exported_root / REDUCED_DIR
     manifest = manifests.load(folder)
@@ -178,7 +168,7 @@ def test_drift_of_a_graph_against_itself_is_zero(exported_root):
 def test_document_calibration_mixes_paragraph_and_widened_windows(minilm_tokenizer, squad_dir):
     """--calib-neighbours: half the calibration windows come from contexts widened with neighbouring paragraphs
     (full windows of running text); tuning stays held out from the calibration questions actually read."""
-    from toolchain.quantize import calibration_features
+    from toolchain.data.calibration_windows import calibration_features
 
     train = str(squad_dir / "train-v1.1.json")
     plain = calibration_features(train, 32, minilm_tokenizer, 384, 128)

@@ -8,10 +8,10 @@ import torch
 from onnx import TensorProto, helper
 
 from conftest import REDUCED
-from toolchain import squad
-from toolchain.export import ExportValidationError, validate_graph
-from toolchain.model import MATCH_FIRST, _drop, _ranked, load_qa_model
-from toolchain.runtime import Predictions, near_tie_flips
+from toolchain.data import squad
+from toolchain.graph.export import ExportValidationError, validate_graph
+from toolchain.model.drop_and_restore import MATCH_FIRST, _drop, _ranked, load_qa_model
+from toolchain.graph.runtime import Predictions, near_tie_flips
 from qtool_runtime.contract import Variant
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
@@ -98,7 +98,7 @@ def test_validation_tells_near_ties_from_a_wrong_ranking(exported_root, trained_
     """A graph whose ranking moves each score by at most `amplitude` swaps only tokens PyTorch ranked within
     2 * amplitude: accepted (the swaps reported, the other windows' logits compared) when the tie tolerance covers
     that, refused when it does not; a ranking moved by 0.5 is refused at the default tolerance."""
-    from toolchain.length import LengthConfig
+    from toolchain.core.length import LengthConfig
 
     model, tokenizer = load_qa_model(trained_dir)
     feats = squad.featurize(squad.load_squad("dev", limit=24, offset=300), tokenizer)

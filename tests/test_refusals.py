@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REDUCED
-from toolchain import artifact
-from toolchain import manifest as manifests
+from toolchain.artifact import artifact
+from toolchain.artifact import manifest as manifests
 from toolchain.cli import main
-from toolchain.errors import InputError
-from toolchain.export import ExportError, export_configs
+from toolchain.core.errors import InputError
+from toolchain.graph.export import ExportError, export_configs
 from toolchain.train import TrainArgs, check_sandwich_configs
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")

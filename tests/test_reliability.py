@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import artifact, atomic
-from toolchain.output import OutputKind
+from toolchain.artifact import artifact
+from toolchain.core import atomic
+from toolchain.artifact.output import OutputKind
 
 
 @pytest.fixture
@@ -71,8 +72,8 @@ def test_sigterm_in_process_cleans_up_and_restores_the_handler(tmp_path):
 STAGING_CHILD = textwrap.dedent(
     """
     import sys, time
-    from toolchain import artifact
-    from toolchain.output import OutputKind
+    from toolchain.artifact import artifact
+    from toolchain.artifact.output import OutputKind
     with artifact.staging(sys.argv[1], OutputKind.FP32_ARTIFACT) as tmp:
         (tmp / "model.onnx").write_bytes(b"0" * 100000)
         print(tmp, flush=True)
@@ -128,7 +129,7 @@ def test_checkpoint_without_qa_head_is_refused(tmp_path, minilm_tokenizer, head)
     """transformers would silently add a random QA head; load_qa_model names the missing weights instead."""
     import transformers
 
-    from toolchain.model import UnsupportedModelError, load_qa_model
+    from toolchain.model.drop_and_restore import UnsupportedModelError, load_qa_model
 
     folder = _tiny_bert(getattr(transformers, head), tmp_path / head, minilm_tokenizer)
     with pytest.raises(UnsupportedModelError, match=r"qa_outputs.bias, qa_outputs.weight were not in the checkpoint"):
@@ -140,8 +141,8 @@ def test_qa_checkpoint_loads_with_its_own_head(tmp_path, minilm_tokenizer, dev_e
     from safetensors.torch import load_file
     from transformers import BertForQuestionAnswering
 
-    from toolchain import squad
-    from toolchain.model import drop_and_restore, load_qa_model
+    from toolchain.data import squad
+    from toolchain.model.drop_and_restore import drop_and_restore, load_qa_model
 
     folder = _tiny_bert(BertForQuestionAnswering, tmp_path / "qa", minilm_tokenizer)
     model, tokenizer = load_qa_model(folder)
@@ -156,7 +157,7 @@ def test_qa_checkpoint_loads_with_its_own_head(tmp_path, minilm_tokenizer, dev_e
 def test_model_folder_without_tokenizer_or_weights_is_a_clear_error(tmp_path, minilm_tokenizer):
     from transformers import BertForQuestionAnswering
 
-    from toolchain.model import load_qa_model
+    from toolchain.model.drop_and_restore import load_qa_model
 
     folder = _tiny_bert(BertForQuestionAnswering, tmp_path / "qa")
     with pytest.raises(FileNotFoundError, match="has no tokenizer files"):

@@ -9,11 +9,13 @@ import pytest
 from conftest import REDUCED
 from qtool_runtime import Artifact
 from qtool_runtime.contract import length_runs
-from toolchain import manifest as manifests
-from toolchain import squad
-from toolchain.quantize import RECIPES_BY_NAME, QuantizationError, quantize_artifact
-from toolchain.route import PAD_LOGIT, Crossover, RouteError, route_artifacts
-from toolchain.runtime import Protocol, onnx_session, predict_onnx
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
+from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError
+from toolchain.quantize.quantize import quantize_artifact
+from toolchain.core.crossover import Crossover
+from toolchain.graph.route import PAD_LOGIT, RouteError, route_artifacts
+from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
 
 REDUCED_NAME = REDUCED.replace(",", "-")
 
@@ -62,7 +64,7 @@ def test_ranking_layers_as_one_attention_answer_real_windows_as_the_written_out_
     the written-out cores run); logits of real tokens agree."""
     import onnxruntime as ort
 
-    from toolchain.passes import FUSE_RANKING_ATTENTION, run_passes
+    from toolchain.graph.passes import FUSE_RANKING_ATTENTION, run_passes
 
     path = exported_root / f"fp32-{REDUCED_NAME}" / "model.onnx"
     fused = run_passes(onnx.load(str(path)), [FUSE_RANKING_ATTENTION]).model
@@ -172,7 +174,7 @@ def test_the_crossover_is_the_longest_length_the_full_graph_holds_before_the_red
 
 
 def test_verify_times_a_routed_graph_on_batches_that_never_straddle_its_threshold(dev_windows):
-    from toolchain.verify import _workload
+    from toolchain.evaluate.verify import _workload
 
     lengths = dev_windows.attention_mask.sum(1)
     threshold = int(np.median(lengths))

@@ -25,12 +25,12 @@ from qtool_runtime import Artifact, ConfigError, MenuEntry, MenuTimes
 from qtool_runtime.contract import KEEP_INPUT, check_fields
 from qtool_runtime.menu import by_accuracy, choose
 from qtool_runtime.serve import ServerThread
-from toolchain import manifest as manifests
-from toolchain import squad
+from toolchain.artifact import manifest as manifests
+from toolchain.data import squad
 from toolchain.cli import main
-from toolchain.export import DEFAULT_ATOL, ExportError, export_configs
-from toolchain.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
-from toolchain.settings import ExportSettings, VerifySettings
+from toolchain.graph.export import DEFAULT_ATOL, ExportError, export_configs
+from toolchain.graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
+from toolchain.graph.settings import ExportSettings, VerifySettings
 from test_kit_bounds import JUNK
 
 SMALL = "120,100,80,60,40,20"
@@ -182,7 +182,8 @@ def test_latency_target_needs_a_menu(exported_root):
 
 
 def test_static_int8_is_calibrated_and_scored_across_the_menu(runtime_dir, long_questions, tmp_path):
-    from toolchain.quantize import RECIPES_BY_NAME, quantize_artifact
+    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.quantize.quantize import quantize_artifact
 
     dest = quantize_artifact(runtime_dir, tmp_path / "int8-runtime", samples=16, tune_questions=24, tolerance=100.0,
                              recipes=[RECIPES_BY_NAME["static-fp32-out"]], timing_batches=(1, 2), log=lambda _: None)
@@ -237,7 +238,7 @@ def test_menu_is_scored_into_the_manifest(runtime_dir, exported_root, tmp_path):
     import shutil
 
     from qtool_runtime.menu import by_accuracy
-    from toolchain.menu import MenuError, score_menu
+    from toolchain.evaluate.menu import MenuError, score_menu
 
     copy = tmp_path / "fp32-runtime"
     shutil.copytree(runtime_dir, copy)
@@ -277,7 +278,7 @@ def test_server_corrects_predictions_with_observed_batches(runtime_dir):
 
 def test_verify_reports_every_menu_entry(runtime_dir, tmp_path):
     """verify scores and times a run-time graph once per menu entry (rows <folder>@<configuration>)."""
-    from toolchain.verify import verify_artifacts
+    from toolchain.evaluate.verify import verify_artifacts
 
     settings = VerifySettings(limit=4, batch_sizes=(1,), rounds=1, workload_windows=4, torch_configs="none",
                               report_dir=tmp_path / "report")

@@ -2,12 +2,13 @@ import numpy as np
 import optuna
 import pytest
 
-from toolchain import squad
-from toolchain.errors import InputError
-from toolchain.length import LengthConfig
+from toolchain.data import squad
+from toolchain.core.errors import InputError
+from toolchain.core.length import LengthConfig
+from toolchain.data.splits import search_examples
 from toolchain.search import (EvolutionSampler, config_from_ratios, confirmation_candidates, macs_ratio_at_lengths,
-                              paired_interval, ratios_of, recommend, search_configs, search_examples, trained_space)
-from toolchain.settings import SearchSettings
+                              paired_interval, ratios_of, recommend, search_configs, trained_space)
+from toolchain.graph.settings import SearchSettings
 
 
 def test_ratios_always_give_valid_configs():
@@ -66,7 +67,8 @@ def test_search_slice_is_held_out_train():
     others = search_examples(60, exclude=frozenset(ids))
     assert len(others) == 60 and not ids & {e.id for e in others}
     assert [e.id for e in search_examples(50, offset=1)] != [e.id for e in examples]
-    from toolchain.quantize import DEFAULT_TUNE_QUESTIONS, calibration_examples, tuning_examples
+    from toolchain.data.calibration_windows import calibration_examples
+    from toolchain.quantize.quantize import DEFAULT_TUNE_QUESTIONS, tuning_examples
 
     assert not ids & {e.id for e in calibration_examples("squad", 1000)}
     assert not ids & {e.id for e in tuning_examples(DEFAULT_TUNE_QUESTIONS, "squad")}
@@ -262,7 +264,7 @@ def test_the_search_leaves_out_what_the_last_training_stage_saw(tmp_path):
     """A stage trained on the first N train questions is not searched (nor confirmed) on them."""
     import json
 
-    from toolchain.search import spread_ids, trained_questions
+    from toolchain.data.splits import spread_ids, trained_questions
 
     assert trained_questions(tmp_path) == frozenset()  # no record
     (tmp_path / "train-3-doc.json").write_text(json.dumps({"args": {"train_file": "train-wide1.json", "limit": 8000}}))

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -81,8 +82,8 @@ def test_killed_workers_lose_no_trial_and_a_restart_resumes(trained_dir, postgre
     """SIGKILL one of two workers mid-trial, then the other: their trials stay running until their heartbeats are
     GRACE_SECONDS old, then fail and are queued again; a worker started afterwards resumes the study and ends it
     with exactly its budget of complete trials, the killed ones retried with their own parameters."""
-    url, name, budget = postgres.url(), "killed-workers", 8
-    slow = ["--questions", "40", "--neighbours", "2", "--min-ratio", "0.5", "--sampler", "evolution",
+    url, name, budget = postgres.url(), "killed-workers", 5
+    slow = ["--questions", "16", "--neighbours", "2", "--min-ratio", "0.5", "--sampler", "evolution",
             "--population", "3", "--trials", str(budget)]
     first, second = (_start(trained_dir, url, name, tmp_path / f"{n}.json", *slow, "--seed", str(i))
                      for i, n in enumerate(("first", "second")))
@@ -111,7 +112,9 @@ def test_killed_workers_lose_no_trial_and_a_restart_resumes(trained_dir, postgre
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(complete) == budget
     assert sorted(t.number for t in failed) == sorted(t.number for t in killed)
-    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t for t in complete}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t for t in complete}
     for dead in failed:
         assert retried[dead.number].params == dead.params
     assert json.loads((tmp_path / "third.json").read_text())["trials"] == budget

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from toolchain import squad
+from toolchain.data import squad
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_postprocess_respects_max_answer_length(minilm_tokenizer, squad_dir):
 def test_document_workload_widens_contexts_with_neighbouring_paragraphs():
     """Each question keeps its own id and question; its context gains up to N paragraphs of the same article on
     each side, and every gold answer still points at its own text."""
-    from toolchain import squad
+    from toolchain.data import squad
 
     plain = squad.load_squad("dev", limit=60)
     wide = squad.load_squad("dev", limit=60, neighbours=2)

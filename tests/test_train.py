@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from toolchain.errors import QtoolError
-from toolchain.model import LengthConfig, load_qa_model
+from toolchain.core.errors import QtoolError
+from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
 from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, sandwich, smallest_config, train
-from toolchain.verify import evaluate_model
+from toolchain.evaluate.verify import evaluate_model
 
 from conftest import TRAIN_STEPS
 
@@ -32,7 +32,7 @@ def test_sandwich_configs_respect_the_drop_bound():
 def test_length_drop_samples_what_the_length_rule_will_do(rule):
     """A 64-token batch: 'ratio' drops a share of it in every layer; 'cap' draws for max_length (384) and caps,
     so a short window keeps what a cap graph keeps of it."""
-    from toolchain.model import flops
+    from toolchain.model.drop_and_restore import flops
 
     args = TrainArgs(base="minilm", out="unused", max_length=384, length_drop=True, num_sandwich=3, layerdrop=0.0,
                      length_rule=rule)
@@ -66,9 +66,9 @@ def test_training_learns_squad(trained_dir):
 
 
 def evaluate_model_untrained(limit):
-    from toolchain import squad
+    from toolchain.data import squad
     from toolchain.train import resolve_base
-    from toolchain.verify import predict_torch, score
+    from toolchain.evaluate.verify import predict_torch, score
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     torch.manual_seed(0)
@@ -108,7 +108,7 @@ def test_length_drop_can_be_restricted_to_the_configurations_to_ship():
 def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenizer):
     """--neighbours widens the training contexts (more, fuller windows); snapshots are loadable models that
     differ step by step; a restricted sandwich runs (a bad configuration fails before featurizing)."""
-    from toolchain import squad
+    from toolchain.data import squad
 
     common = dict(base="minilm", limit=12, max_length=128, batch_size=4, max_steps=2, length_drop=True,
                   length_rule="cap", neighbours=1, seed=3, bf16=False)
@@ -154,8 +154,8 @@ def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(t
     moved away from the base; inplace distillation would add the span loss and teach with the student's logits."""
     from contextlib import nullcontext
 
-    from toolchain import squad
-    from toolchain.model import drop_and_restore
+    from toolchain.data import squad
+    from toolchain.model.drop_and_restore import drop_and_restore
     from toolchain.train import _distill, _frozen_teacher, _step_loss
 
     model, tokenizer = load_qa_model(trained_dir)
@@ -232,7 +232,7 @@ def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
     model, _ = load_qa_model(out)
     # the variant LengthDrop trained is recorded, so export runs the model the way it was trained
     assert json.loads((out / "config.json").read_text())["qtool_drop_variant"] == "lat"
-    from toolchain.model import trained_variant
+    from toolchain.model.drop_and_restore import trained_variant
 
     assert trained_variant(model) == "lat"
 

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from toolchain import runtime, squad
-from toolchain import verify
-from toolchain.model import LengthConfig
+from toolchain.core.pareto import pareto_front
+from toolchain.graph import runtime
+from toolchain.data import squad
+from toolchain.model.drop_and_restore import LengthConfig
 
 
 def test_trimmed_padding_is_exact_for_the_full_configuration(minilm_qa, minilm_tokenizer, monkeypatch):
@@ -59,7 +60,7 @@ def test_cap_rule_answers_the_same_padded_or_not(minilm_qa, minilm_tokenizer):
 
 def test_pareto_front():
     points = [(1.0, 80.0), (0.5, 79.0), (0.6, 78.0), (0.4, 70.0), (1.2, 80.0)]
-    assert verify.pareto_front(points) == [3, 1, 0]
+    assert pareto_front(points) == [3, 1, 0]
 
 
 def test_kept_agreement_counts_real_tokens_only():

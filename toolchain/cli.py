@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from .latency import DEFAULT_LENGTHS
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
-from .quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
-from .standard import NNCF_CALIB_SAMPLES
-from .runtime import PROTOCOLS, Protocol
-from .settings import ExportSettings, Sampler, SearchSettings, Teacher, TorchReference, VerifySettings
+from .evaluate.latency import DEFAULT_LENGTHS
+from .core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
+from .quantize.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
+from .evaluate.standard import NNCF_CALIB_SAMPLES
+from .graph.runtime import PROTOCOLS, Protocol
+from .graph.settings import ExportSettings, Sampler, SearchSettings, Teacher, TorchReference, VerifySettings
 from qtool_runtime.bounds import click_type as bounded  # the kit's one bounds table for operational flags
 from qtool_runtime.contract import ENGINES
 
@@ -51,7 +51,7 @@ def _run(fn, *args, **kwargs):
 
     SIGTERM during the call unwinds like Ctrl-C, so staging folders and temporary directories are removed.
     """
-    from .atomic import sigterm_as_exit
+    from .core.atomic import sigterm_as_exit
 
     try:
         with sigterm_as_exit():
@@ -128,7 +128,7 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
     from .train import TrainArgs, train as run_train
 
     if nproc > 1 and not from_environment().distributed:
-        raise SystemExit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
+        click.get_current_context().exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
 
     args = TrainArgs(
         base=base, out=out, train_file=train_file, length_drop=length_drop, num_sandwich=num_sandwich,
@@ -171,7 +171,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, neighbours, as_json) -> None:
     """SQuAD v1.1 EM/F1 of a PyTorch checkpoint under each length configuration."""
-    from .verify import evaluate_model
+    from .evaluate.verify import evaluate_model
 
     rows = _run(evaluate_model, model_dir, configs, squad_file=squad_file, limit=limit, seq_len=seq_len,
                 length_rule=length_rule, protocol=protocol, variant=variant, neighbours=neighbours)
@@ -203,8 +203,8 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 
     --config runtime writes OUT/fp32-runtime/: one graph whose keep counts are an input, so a deployment
     chooses the configuration per request (qtool answer --config/--budget-ms, qtool serve --latency-target-ms)."""
-    from .export import export_configs
-    from .manifest import load
+    from .graph.export import export_configs
+    from .artifact.manifest import load
 
     settings = ExportSettings(squad_file=squad_file, samples=samples, seq_len=seq_len, doc_stride=doc_stride,
                               length_rule=length_rule, variant=variant, opset=opset, atol=atol)
@@ -239,10 +239,10 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
     from qtool_runtime.contract import Precision
 
-    from .artifact import find_artifacts
-    from .manifest import load
-    from .quantize import (DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError, check_destination,
-                           int8_destination, quantize_artifact, quantize_plain_ort)
+    from .artifact.artifact import find_artifacts
+    from .artifact.manifest import load
+    from .quantize.recipes import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError
+    from .quantize.quantize import check_destination, int8_destination, quantize_artifact, quantize_plain_ort
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
@@ -316,7 +316,7 @@ def search(model_dir, out, report, **options) -> None:
         result = _run(search_configs, model_dir, settings, log=click.echo)
     _print_search(result)
     if out:
-        from .atomic import write_text
+        from .core.atomic import write_text
 
         _run(write_text, out, json.dumps(result, indent=2))
 
@@ -362,7 +362,7 @@ def standard(model_dir, out, openvino, calib_samples) -> None:
     (b) optimum export, onnxruntime O2 fusions, dynamic INT8; (c) the export quantized by NNCF and run on OpenVINO.
     `bench` builds them too; speed claims are measured against the faster of the two.
     """
-    from .standard import build_standard
+    from .evaluate.standard import build_standard
 
     _run(build_standard, model_dir, out, openvino=openvino, calib_samples=calib_samples, log=click.echo)
 
@@ -379,8 +379,8 @@ def fit_latency(graphs, out, lengths, rounds, threads) -> None:
     GRAPHS are artifact folders (or folders of them): the full graph and a few reduced configurations of one
     model, plus the standard recipe's INT8 graph (std-int8-o2-dynamic) so costs read as speed against it.
     """
-    from .artifact import find_artifacts
-    from .latency import check_out, fit_latency_model
+    from .artifact.artifact import find_artifacts
+    from .evaluate.latency import check_out, fit_latency_model
 
     try:
         window_lengths = tuple(int(n) for n in lengths.split(","))
@@ -440,7 +440,8 @@ def _verify_settings(*, batch_sizes: str, engines: tuple[str, ...] = (), **optio
 @_verify_options
 def verify(path, model_dir, protocols, **options) -> None:
     """Check, score (under each input protocol) and time (side by side) every artifact under PATH; write the report."""
-    from .verify import format_table, verify_artifacts
+    from .evaluate.report import format_table
+    from .evaluate.verify import verify_artifacts
 
     settings = _verify_settings(protocols=tuple(dict.fromkeys(protocols)), **options)
     report = _run(verify_artifacts, path, settings, model_dir=model_dir, log=click.echo)
@@ -461,8 +462,8 @@ def verify(path, model_dir, protocols, **options) -> None:
 @_verify_options
 def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, **options) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
-    from .bench import run_bench
-    from .verify import format_table
+    from .evaluate.bench import run_bench
+    from .evaluate.report import format_table
 
     report = _run(run_bench, model_dir, configs, out, _verify_settings(**options),
                   length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples, tolerance=tolerance,
@@ -487,7 +488,7 @@ def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_
 def route(full_dir, reduced_dir, out, full_up_to, rounds) -> None:
     """One graph for short and long windows: the full graph where dropping tokens would not pay (a short window),
     the reduced one on longer windows. Padding is trimmed first, so padded inputs cost what unpadded ones do."""
-    from .route import route_artifacts
+    from .graph.route import route_artifacts
 
     folder = _run(route_artifacts, full_dir, reduced_dir, out, full_up_to=full_up_to, rounds=rounds, log=click.echo)
     click.echo(f"routed artifact: {folder}")
@@ -503,7 +504,7 @@ def route(full_dir, reduced_dir, out, full_up_to, rounds) -> None:
 def menu(artifact, questions, offset, neighbours) -> None:
     """Score every menu entry of a run-time configuration graph (export --config runtime) and record it in its
     manifest: F1 on paragraphs and documents, ms per full window. Servers choose by this F1."""
-    from .menu import score_menu
+    from .evaluate.menu import score_menu
 
     _run(score_menu, artifact, questions=questions, offset=offset, neighbours=neighbours, log=click.echo)
     click.echo(f"recorded the menu's F1 and ms in {Path(artifact) / 'manifest.json'}")

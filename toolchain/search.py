@@ -18,33 +18,33 @@ join it.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import multiprocessing
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import optuna
 
-from .errors import InputError
-from . import output, squad
-from .overlap import f1_by_third, overlap_thirds
-from .families import dims_of
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
+from .core.errors import InputError
+from .artifact import output
+from .data import squad
+from .data.overlap import f1_by_third, overlap_thirds
+from .model.families import dims_of
+from .core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Engine, Variant
 from qtool_runtime.engines import runs_exactly
-from .settings import Sampler, SearchSettings
+from .graph.settings import Sampler, SearchSettings
+from .core.pareto import pareto_front
+from .data.splits import search_examples, spread_ids, trained_questions
+from .data.splits import training_args as _training_args
 from .shared_study import (Progress, StudyLock, call_storage, describe, file_digest, finish_once,
                            model_digest, open_storage, progress_of, run_budget, storage_file, study_lock,
                            worker_name)
-from .verify import pareto_front
 
 SAMPLERS = Sampler.choices()
-# Search questions: SQuAD train before its last 2,000 questions (quantization tunes on the last 1,000).
-SEARCH_POOL_END = 87_599 - 2_000
 SEARCH_SAMPLING = "spread over SQuAD train"  # recorded in a study: studies over contiguous slices are not resumed
 
 
@@ -55,80 +55,6 @@ def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAUL
         n = max(1, min(n, math.ceil(n * r)))
         keep.append(n)
     return LengthConfig(tuple(keep), seq_len, rule, variant)
-
-
-@functools.lru_cache(maxsize=4)
-def _train_ids(train_file: Path) -> tuple[str, ...]:
-    """Every question id of SQuAD train, in file order: read once per process and file (a search needs the pool and
-    the last training stage's questions several times)."""
-    return tuple(e.id for e in squad.load_squad(train_file))
-
-
-@functools.lru_cache(maxsize=4)
-def _search_pool(train_file: Path) -> tuple[str, ...]:
-    """Ids of the questions the search may use, in file order: SQuAD train before SEARCH_POOL_END, less the
-    calibration questions."""
-    from .calibration_windows import calibration_examples
-
-    calib = {e.id for e in calibration_examples("squad", 10**9)}
-    return tuple(i for i in _train_ids(train_file)[:SEARCH_POOL_END] if i not in calib)
-
-
-def spread_ids(questions: int, offset: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
-    """The ids of `questions` search questions spread evenly over the pool (see search_examples)."""
-    pool = [i for i in _search_pool(squad.resolve_squad_file("train")) if i not in exclude]
-    if questions > len(pool):
-        raise InputError(f"--questions {questions} asks for more than SQuAD train holds for the search "
-                         f"({len(pool)} questions)")
-    stride = len(pool) / questions
-    return [pool[(math.floor(i * stride) + offset) % len(pool)] for i in range(questions)]
-
-
-def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
-                    exclude: frozenset[str] = frozenset()) -> list[squad.SquadExample]:
-    """Questions for the search from SQuAD *train* (never dev), never calibration questions, and apart from the slice
-    quantization tunes on, spread evenly over the pool: SQuAD groups questions by article (about 200 each), so a
-    contiguous slice of a few hundred holds one or two articles, and configurations rank differently from article to
-    article. `offset` shifts the spread by that many pool questions; `exclude`: ids never chosen (a confirmation
-    leaves the search's questions out). `neighbours` > 0: the same questions with widened contexts (documents)."""
-    order = {q: i for i, q in enumerate(spread_ids(questions, offset, exclude))}
-    chosen = squad.load_squad("train", limit=SEARCH_POOL_END, neighbours=neighbours, ids=order)
-    return sorted(chosen, key=lambda e: order[e.id])
-
-
-def _training_records(model_dir: str | Path) -> list[Path]:
-    """The model's `qtool train` records, latest first: the last run's (qtool_train.json), then numbered stage records."""
-    return [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
-
-
-def _training_args(model_dir: str | Path) -> Iterator[tuple[Path, dict]]:
-    """(record, its `args`) for each readable training record, latest first (unreadable records are skipped)."""
-    for path in _training_records(model_dir):
-        try:
-            yield path, json.loads(path.read_text()).get("args", {})
-        except (OSError, json.JSONDecodeError):
-            continue
-
-
-def trained_questions(model_dir: str | Path) -> frozenset[str]:
-    """Ids of the SQuAD train questions the model's last training stage saw (its record's --limit from the start of
-    train), which the search and its confirmation leave out: a stage scored on its own training questions looks
-    better than it is. Empty when that stage read another file (e.g. widened contexts written out), trained on all of
-    train (nothing is held out then), or left no record."""
-    for _, args in _training_args(model_dir):
-        train = squad.resolve_squad_file("train")
-        if args.get("limit") is None or not _same_file(args.get("train_file", "train"), train):
-            return frozenset()
-        return frozenset(_train_ids(train)[:int(args["limit"])])
-    return frozenset()
-
-
-def _same_file(name_or_path: str, path: Path) -> bool:
-    """Whether a record's `--train-file` (the name 'train' or a path, as given where the stage ran) is `path`."""
-    try:
-        return squad.resolve_squad_file(name_or_path).resolve() == path.resolve()
-    except (FileNotFoundError, OSError):
-        return False
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
@@ -143,7 +69,7 @@ def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]
 
 def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int, ffn: int) -> float:
     """Encoder multiply-adds of `config` on windows of these real lengths, relative to the plain model on them."""
-    from .model import flops
+    from .model.drop_and_restore import flops
 
     full = LengthConfig.full(len(config.keep), config.seq_len, config.rule)
     unique, counts = np.unique(lengths, return_counts=True)
@@ -202,9 +128,9 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
     (predicted latency at real lengths if a latency model is given, else MACs at real lengths).
     `settings` arrive resolved (search_configs): min_ratio and variant are set."""
-    from .latency import LatencyModel
+    from .evaluate.latency import LatencyModel
 
-    from .model import load_qa_model
+    from .model.drop_and_restore import load_qa_model
 
     s = settings
     model, tokenizer = load_qa_model(model_dir)
@@ -268,7 +194,7 @@ def summary(results: dict[str, dict[str, float]]) -> dict:
 def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict]:
     """F1/EM of one configuration (PyTorch FP32, every window unpadded) on each workload, and each question's F1
     (`f1_by_question`, 0 to 1, in the workload's order) for paired comparisons."""
-    from .runtime import Protocol, predict_torch
+    from .graph.runtime import Protocol, predict_torch
 
     return {name: _scores(examples, features, predict_torch(model, features, config, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
@@ -276,7 +202,7 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
 
 def reference_label(folder: str | Path) -> str:
     """A reference graph's name in the search's rows: a run-time configuration graph is scored at its full entry."""
-    from . import manifest as manifests
+    from .artifact import manifest as manifests
 
     folder = Path(folder)
     return f"{folder.name}@full" if manifests.load(folder).is_runtime else folder.name
@@ -285,8 +211,8 @@ def reference_label(folder: str | Path) -> str:
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
     window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
-    from . import manifest as manifests
-    from .runtime import Protocol, onnx_session, predict_onnx
+    from .artifact import manifest as manifests
+    from .graph.runtime import Protocol, onnx_session, predict_onnx
 
     folder = Path(folder)
     manifest = manifests.load(folder)
@@ -375,7 +301,7 @@ def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str 
         return "encoder MACs at the windows' real lengths / plain model on the same windows"
     import hashlib
 
-    from .latency import LatencyModel
+    from .evaluate.latency import LatencyModel
 
     timing = LatencyModel.load(latency_model)
     if timing.layers != layers:
@@ -520,7 +446,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
     keeps its search cost and F1 under `search_f1_by_workload`, and its paired difference from the full model (and
     from `reference_graph`, the bar when given) with a bootstrap interval. `settings` arrive resolved."""
-    from .model import load_qa_model
+    from .model.drop_and_restore import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
     trained = trained_questions(model_dir)
@@ -577,7 +503,7 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("--route needs --latency-model: the crossover where the full graph stops being the faster "
                          "one is predicted from it (MACs never favour the full model)")
     if s.reference_graph is not None:
-        from . import manifest as manifests
+        from .artifact import manifest as manifests
 
         manifests.load(Path(s.reference_graph))  # an artifact folder, or one line saying why not
     if s.route and s.length_rule != LengthRule.CAP:
@@ -717,7 +643,7 @@ def _layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
     """The model's layer count and the Drop-and-Restore variant it was trained with, from its config alone."""
     from transformers import AutoConfig
 
-    from .model import recorded_variant
+    from .model.drop_and_restore import recorded_variant
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     return config.num_hidden_layers, recorded_variant(config)

@@ -27,16 +27,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic, distributed, output, squad
+from . import distributed
+from .core import atomic
+from .artifact import output
+from .data import squad
 from qtool_runtime.bounds import BOUNDS
 
+from .core.errors import InputError
 from .distributed import Ranks
-from .errors import InputError
-from .families import dims_of
-from .length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
-from .model import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
-from .output import CHECKPOINT_DIR, OutputKind, RootKind, Target
-from .settings import Teacher
+from .model.families import dims_of
+from .core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS, LengthRule
+from .model.drop_and_restore import VARIANT_ATTRIBUTE, LengthConfig, drop_and_restore
+from .artifact.output import CHECKPOINT_DIR, OutputKind, RootKind, Target
+from .graph.settings import Teacher
 
 # Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
 # input shape; with one width per batch a run sees hundreds of shapes and resident memory grows without bound.
@@ -261,7 +264,7 @@ def _load_base(args: TrainArgs):
     """(model, tokenizer) of the base, seeded; refuses a model we cannot run token by token or a length past it."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .model import check_supported, quiet_transformers
+    from .model.drop_and_restore import check_supported, quiet_transformers
 
     base = resolve_base(args.base)
     local = Path(base).is_dir()
@@ -287,7 +290,7 @@ def _load_base(args: TrainArgs):
 def _check_missing_weights(args: TrainArgs, model, missing: list[str]) -> None:
     """A base may lack only its QA head (an encoder: the head starts random), and not at all under a frozen
     teacher, which would then teach the sub-models noise."""
-    from .families import family_of
+    from .model.families import family_of
 
     head_module = family_of(model).qa_head(model)
     prefix = next(name for name, module in model.named_modules() if module is head_module)
@@ -304,7 +307,7 @@ def _check_missing_weights(args: TrainArgs, model, missing: list[str]) -> None:
 def _freeze(model, layers: int) -> None:
     """Stop learning below encoder layer `layers`: only the later layers and the QA head keep their gradients
     (the embeddings, and ELECTRA's projection, freeze with the first layers). Freezing every layer is refused."""
-    from .families import family_of
+    from .model.families import family_of
 
     family = family_of(model)
     encoder_layers = family.encoder_layers(model)

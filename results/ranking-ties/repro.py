@@ -2,11 +2,11 @@
 and validate on the first N dev questions. Run from the checkout: python results/ranking-ties/repro.py 200 0 1 2 3"""
 import sys, time, torch, numpy as np
 from pathlib import Path
-from toolchain import squad
-from toolchain.model import load_qa_model
-from toolchain.length import LengthConfig
-from toolchain.export import export_graph, validate_graph
-from toolchain.errors import *
+from toolchain.data import squad
+from toolchain.model.drop_and_restore import load_qa_model
+from toolchain.core.length import LengthConfig
+from toolchain.graph.export import export_graph, validate_graph
+from toolchain.core.errors import *
 model, tok = load_qa_model("../shared/models/minilm-squad-lat-doc-match")
 samples = int(sys.argv[1]); seeds = [int(s) for s in sys.argv[2:]]
 ex = squad.load_squad("dev", limit=samples)

@@ -46,7 +46,7 @@ class LengthRule(Mode):
 
 
 class Variant(Mode):
-    """How dropped tokens are ranked and restored (toolchain.length documents them)."""
+    """How dropped tokens are ranked and restored (toolchain.core.length documents them)."""
 
     QTOOL = "qtool"  # significance over real queries; a dropped token keeps its post-attention state
     LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
@@ -263,7 +263,7 @@ def feeding(manifest: dict) -> tuple[bool, bool]:
 
 def full_up_to(length_config: dict) -> int:
     """A routed graph's threshold (0 for any other graph): a batch whose longest window has at most this many real
-    tokens runs the full model, any other batch the reduced configuration (toolchain.route)."""
+    tokens runs the full model, any other batch the reduced configuration (toolchain.graph.route)."""
     return length_config.get("full_up_to", 0)
 
 

@@ -85,7 +85,7 @@ def _model_facts(buf, start: int, end: int) -> GraphFacts:
 
 
 def _route_threshold(graph: _Graph) -> int:
-    """The constant a top-level If compares the longest window with (toolchain.route.compose): 0 if none."""
+    """The constant a top-level If compares the longest window with (toolchain.graph.route.compose): 0 if none."""
     made_by = {out: (op, inputs) for op, inputs, outputs in graph.nodes for out in outputs}
     for op, inputs, _ in graph.nodes:
         if op != "If" or not inputs:

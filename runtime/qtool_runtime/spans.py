@@ -1,6 +1,6 @@
 """The span decoder: best answer span over a question's windows. numpy only.
 
-One implementation for what ships (qtool_runtime.Artifact) and what qtool measures (toolchain.squad.postprocess),
+One implementation for what ships (qtool_runtime.Artifact) and what qtool measures (toolchain.data.squad.postprocess),
 so a score in a verify report is the score of the decoder a deployment runs.
 """
 

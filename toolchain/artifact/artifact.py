@@ -19,7 +19,7 @@ from qtool_runtime.contract import FORMAT, MANIFEST, format_of, sha256  # noqa: 
 from qtool_runtime.errors import QtoolError
 from qtool_runtime.kit import inside
 
-from . import atomic
+from ..core import atomic
 
 if TYPE_CHECKING:
     from .output import OutputKind
@@ -59,7 +59,7 @@ def tool_versions() -> dict[str, str]:
 def staging(dest: Path, kind: OutputKind) -> Iterator[Path]:
     """Yield a temporary folder beside `dest`; on success it replaces `dest`, on error or SIGTERM it vanishes.
 
-    Commands check `dest` against their inputs before any work (`toolchain.output`); it is checked again here, where
+    Commands check `dest` against their inputs before any work (`toolchain.artifact.output`); it is checked again here, where
     the replacing happens, so no caller ever replaces something that is not an artifact of `kind`."""
     from .output import check_target  # output reads manifests (manifest.py imports this module)
 

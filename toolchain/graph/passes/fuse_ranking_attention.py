@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 from qtool_runtime.contract import ATTENTION_OPSET, onnxruntime_problem
 
-from ..artifact import opset_of
+from ...artifact.artifact import opset_of
 from .framework import GraphPass
 from .fuse_attention import AttentionCore, core_at
 from .graph_utils import (add_initializers, consumers, drop_unused_initializers, free_name, free_tensor_name, has_nodes,
@@ -68,7 +68,7 @@ def _right_padded(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], str]:
     tokenizer qtool supports writes) with at least one real token (a row of padding only attends uniformly in the
     written-out core, to nothing in the fused one): a bool scalar. Then a ranking layer's keys hold their real tokens first in
     every layer: the first layer's in input order; a later layer's in a TopK's order, where significance ranks padding
-    below every real token (`toolchain.model`; its question and [CLS] ranks are by position, real under right
+    below every real token (`toolchain.model.drop_and_restore`; its question and [CLS] ranks are by position, real under right
     padding), so `nonpad_kv_seqlen` says exactly what the key mask says."""
     at = free_tensor_name(model, "attention_mask_right_padded")
     zero, one, axis0, axis1, zero_f = add_initializers(model, at, {

@@ -23,14 +23,18 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import atomic, output
-from .errors import InputError
-from .length import LengthConfig
-from .output import OutputKind
+from ..artifact.interface import GraphInterface
+from ..core import atomic
+from ..core.crossover import Crossover, timed_widths
+from ..artifact import output
+from ..core.errors import InputError
+from ..core.length import LengthConfig
+from ..core.machine import machine_info
+from ..artifact.output import OutputKind
 from qtool_runtime.contract import Precision
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ..artifact.manifest import Manifest
 
 FEATURES = ("constant", "drops", "tokens", "layer_tokens", "attention_pairs", "ffn_tokens")
 BASELINE_FEATURES = ("constant", "tokens", "tokens_squared")
@@ -91,8 +95,6 @@ class LatencyModel:
         """`config` routed as `qtool route` routes it, on predicted instead of measured times: the full configuration
         up to the longest of route's widths at which it is predicted no slower (the same rule, `Crossover`); not
         routed when the reduced one is predicted faster everywhere. One that never pays runs full below seq_len."""
-        from .route import Crossover, timed_widths
-
         if config.is_full:
             return config
         reduced = replace(config, full_up_to=0)
@@ -150,7 +152,7 @@ class LatencyModel:
 
 
 def check_out(path: str | Path, folders: Sequence[str | Path] = ()) -> Path:
-    """Refuse, before any timing (`toolchain.output`), a destination that is one of the artifact `folders` timed, lies
+    """Refuse, before any timing (`toolchain.artifact.output`), a destination that is one of the artifact `folders` timed, lies
     inside an artifact, or is a file that is not a latency model (re-fitting replaces a latency model); returns it."""
     return output.check_target(path, OutputKind.LATENCY_MODEL, inputs=[("GRAPHS", f) for f in folders])
 
@@ -161,7 +163,7 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
 
     Each (graph, length) runs once untimed before its timed runs: switching graphs evicts the previous
     graph's weights from the caches, and a deployment serving one graph runs it warm."""
-    from .runtime import GraphInterface, synthetic_feed
+    from ..graph.runtime import synthetic_feed
 
     from functools import partial
 
@@ -189,8 +191,7 @@ def fit_latency_model(
     whole). Needs at least two configurations, one of them reduced, all of one depth: the reduced graphs are
     what tell the per-layer terms apart. Steps: choose graphs -> time -> fit -> fit the baseline.
     """
-    from .runtime import onnx_session
-    from .verify import machine_info
+    from ..graph.runtime import onnx_session
 
     ours, baseline = _graphs_to_fit(folders, precision)
     lengths = _lengths_to_time(ours, lengths)
@@ -229,8 +230,8 @@ def _graphs_to_fit(folders: Sequence[str | Path], precision: str
     """qtool's graphs of `precision` (one model, one depth, a reduced one among them) and the standard recipe's INT8."""
     from qtool_runtime.contract import Engine, Precision
 
-    from . import manifest as manifest_mod
-    from .manifest import Kind
+    from ..artifact import manifest as manifest_mod
+    from ..artifact.manifest import Kind
 
     ours: dict[str, tuple[Path, Manifest]] = {}
     baseline: tuple[str, Path, Manifest] | None = None

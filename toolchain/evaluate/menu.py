@@ -14,9 +14,11 @@ from typing import Callable
 
 from qtool_runtime.errors import QtoolError
 
-from . import manifest as manifests
-from . import squad
-from .runtime import Protocol, onnx_session, predict_onnx, score
+from ..artifact import manifest as manifests
+from ..core.machine import machine_info
+from ..data import squad
+from ..data.splits import search_examples, trained_questions
+from ..graph.runtime import Protocol, onnx_session, predict_onnx, score
 
 DEFAULT_QUESTIONS = 200
 
@@ -31,8 +33,6 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
     """Measure every menu entry of the run-time artifact `folder` and rewrite its manifest with the figures."""
     from qtool_runtime import Artifact
     from transformers import AutoTokenizer
-
-    from .search import search_examples, trained_questions
 
     folder = Path(folder)
     manifest = manifests.load(folder)
@@ -55,8 +55,6 @@ def score_menu(folder: str | Path, *, questions: int = DEFAULT_QUESTIONS, offset
         menu.append(replace(entry, f1=f1, ms=round(times.ms[kit.label(entry)][0], 2)))
         log(f"  {kit.label(entry):<28} " + "  ".join(f"{n}: F1 {v:.2f}" for n, v in f1.items())
             + f"  {menu[-1].ms:.1f} ms per {seq_len}-token window")
-    from .verify import machine_info
-
     record = {"squad_file": "train", "questions": questions, "offset": offset, "workloads": list(workloads),
               "left_out_trained": len(seen),
               "protocol": Protocol.BUCKETED, "ms": f"median of {rounds}, one {seq_len}-token window, batch 1",

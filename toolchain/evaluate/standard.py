@@ -29,13 +29,15 @@ from qtool_runtime.contract import Engine, Precision, QuantMode
 from qtool_runtime.engines import available
 from qtool_runtime.errors import QtoolError
 
-from . import artifact, output, squad
-from . import manifest as manifests
-from .families import dims_of
-from .length import LengthConfig
-from .output import OutputKind, RootKind, Target
+from ..artifact import artifact, output
+from ..data import squad
+from ..artifact import manifest as manifests
+from ..model.families import dims_of
+from ..core.length import LengthConfig
+from ..artifact.output import OutputKind, RootKind, Target
 from .peers import OPENVINO_INT8, STANDARD_FP32, STANDARD_FUSED, STANDARD_INT8
-from .runtime import GraphInterface, onnx_session
+from ..artifact.interface import GraphInterface
+from ..graph.runtime import onnx_session
 
 NAMES = {"export": STANDARD_FP32, "fused": STANDARD_FUSED, "int8": STANDARD_INT8}
 NNCF_CALIB_NEIGHBOURS = 2  # half of (c)'s calibration windows are documents, so its ranges cover full windows of text
@@ -150,7 +152,7 @@ def _build_openvino_peer(exported: Path, work: Path, dest: Path, *, config, sour
     import onnx
     from transformers import AutoTokenizer
 
-    from .calibration_windows import calibration_features
+    from ..data.calibration_windows import calibration_features
 
     tokenizer = AutoTokenizer.from_pretrained(work / "export", local_files_only=True)
     seq_len = squad.MAX_LENGTH

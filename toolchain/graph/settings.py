@@ -13,7 +13,7 @@ from qtool_runtime.bounds import BOUNDS
 from qtool_runtime.contract import ENGINES, LengthRule, Mode
 from qtool_runtime.errors import QtoolError
 
-from . import squad
+from ..data import squad
 from .runtime import PROTOCOLS
 
 

@@ -16,7 +16,7 @@ one batch (`qtool_runtime.contract.length_runs`); then every window's answer is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -24,10 +24,11 @@ import numpy as np
 
 from qtool_runtime.contract import SPAN_OUTPUTS, LengthRule
 
-from . import artifact, output
-from . import manifest as manifests
-from .errors import InputError
-from .output import OutputKind
+from ..artifact import artifact, output
+from ..artifact import manifest as manifests
+from ..core.crossover import Crossover, timed_widths
+from ..core.errors import InputError
+from ..artifact.output import OutputKind
 
 if TYPE_CHECKING:
     import onnx
@@ -37,37 +38,8 @@ PAD_LOGIT = -10000.0  # span logits at padding positions of the input (never an 
 MIN_OPSET = 18  # ReduceMax with its axes as an input
 
 
-def timed_widths(seq_len: int) -> tuple[int, ...]:
-    """Window lengths the crossover is timed at: a quarter of seq_len to seq_len in twelfths (96, 128, ..., 384)."""
-    step = max(1, seq_len // 12)
-    return tuple(sorted({*range(seq_len // 4 or 1, seq_len + 1, step), seq_len}))
-
-
 class RouteError(InputError):
     """Two artifacts that cannot share one routed graph."""
-
-
-@dataclass(frozen=True)
-class Crossover:
-    """Milliseconds per window of each graph at each width (batch 1, medians), and the routing threshold."""
-
-    widths: tuple[int, ...]
-    full_ms: tuple[float, ...]
-    reduced_ms: tuple[float, ...]
-
-    @property
-    def full_up_to(self) -> int:
-        """The longest measured width at which the full graph is still no slower than the reduced one, provided the
-        reduced graph is faster at every longer width (else 0: route nothing to the full graph)."""
-        best = 0
-        for i, w in enumerate(self.widths):
-            if all(f > r for f, r in zip(self.full_ms[i + 1:], self.reduced_ms[i + 1:])) and self.full_ms[i] <= self.reduced_ms[i]:
-                best = w
-        return best
-
-    def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "full_ms": [round(x, 3) for x in self.full_ms],
-                "reduced_ms": [round(x, 3) for x in self.reduced_ms], "full_up_to": self.full_up_to}
 
 
 def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
@@ -288,7 +260,7 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     `full_up_to` None: measured here, the longest window the full graph runs no slower than the reduced one.
     `out` None: beside the reduced artifact, its name and '-full<full_up_to>'. `out` is the artifact folder itself:
     refused if it is, holds or lies inside --full or --reduced, or holds anything but a routed artifact
-    (`toolchain.output`)."""
+    (`toolchain.artifact.output`)."""
     import onnx
 
     from .runtime import onnx_session

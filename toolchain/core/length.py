@@ -49,7 +49,7 @@ class LengthConfig:
     seq_len: int = 384
     rule: LengthRule = DEFAULT_LENGTH_RULE  # a plain string is taken and turned into its mode
     variant: Variant = DEFAULT_VARIANT
-    # a routed graph (toolchain.route): a batch whose longest window has at most this many real tokens runs every
+    # a routed graph (toolchain.graph.route): a batch whose longest window has at most this many real tokens runs every
     # layer on every token; 0: the configuration applies to every window
     full_up_to: int = 0
 

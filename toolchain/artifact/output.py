@@ -25,8 +25,8 @@ from typing import Callable, Iterable, NamedTuple
 
 from qtool_runtime.contract import MANIFEST, Precision
 
-from . import atomic
-from .errors import InputError
+from ..core import atomic
+from ..core.errors import InputError
 from .manifest import Kind as ArtifactKind
 
 CHECKPOINT_DIR = "checkpoint"  # where `qtool train` keeps its resumable state inside --out

@@ -6,7 +6,7 @@ feed-forward block and on to the next layer, so the cost of every later step shr
 keeps the hidden state it had when it was dropped; before the QA head all tokens are put back at their
 original positions, so span logits exist for every position. The `lat` variant follows LAT's own code
 instead (see `length.VARIANTS`). The model's family (BERT, RoBERTa, DistilBERT, ELECTRA) is reached only
-through its adapter in `toolchain.families`.
+through its adapter in `toolchain.model.families`.
 
 Position embeddings are added before the first layer and attention is permutation-equivariant, so kept
 tokens need not stay in order: the gather uses TopK's order and the restore scatters back by position.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .families import Family, UnsupportedModelError, dims_of, family_of
-from .length import DEFAULT_VARIANT, LengthConfig
+from ..core.length import DEFAULT_VARIANT, LengthConfig
 from qtool_runtime.contract import Variant
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free

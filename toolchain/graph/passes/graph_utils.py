@@ -1,4 +1,4 @@
-"""ONNX graph helpers the passes share (and `toolchain.drift`, `toolchain.route` read graphs with): who reads and
+"""ONNX graph helpers the passes share (and `toolchain.quantize.drift`, `toolchain.graph.route` read graphs with): who reads and
 writes each tensor, subgraphs, free names for new nodes, tensors and initializers, constants, node order, and the
 checks and counts a pass states (`has_nodes`, `none_left`, `matches`)."""
 

@@ -20,15 +20,16 @@ from qtool_runtime.errors import QtoolError
 import numpy as np
 import torch
 
-from . import artifact, output, squad
-from . import manifest as manifests
-from .length import LengthConfig
-from .families import dims_of, family_of
-from .model import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
-from .output import OutputKind, RootKind, Target
+from ..artifact import artifact, output
+from ..data import squad
+from ..artifact import manifest as manifests
+from ..core.length import LengthConfig
+from ..model.families import dims_of, family_of
+from ..model.drop_and_restore import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
+from ..artifact.output import OutputKind, RootKind, Target
 from .settings import ExportSettings
-from .runtime import (PROTOCOLS, GraphInterface, kept_agreement, near_tie_flips, onnx_session, predict_onnx,
-                      predict_torch)
+from ..artifact.interface import GraphInterface
+from .runtime import PROTOCOLS, kept_agreement, near_tie_flips, onnx_session, predict_onnx, predict_torch
 
 DEFAULT_OPSET = ExportSettings.opset
 RUNTIME = "runtime"  # --config RUNTIME: the run-time configuration graph (keep counts are an input)
@@ -337,10 +338,10 @@ def export_configs(
 
     Everything is checked before the first graph is written: configurations, the sequence length against
     the model's position table, the document stride against the sequence length, and every destination
-    (`toolchain.output`: an artifact root; only artifacts of the same name are replaced). `variant=None` runs the
+    (`toolchain.artifact.output`: an artifact root; only artifacts of the same name are replaced). `variant=None` runs the
     model the way it was trained (the variant `qtool train` recorded; `qtool` otherwise).
     """
-    from .model import load_qa_model, trained_variant
+    from ..model.drop_and_restore import load_qa_model, trained_variant
 
     inputs = (("--model", model_dir), ("--squad", settings.squad_file))
     output.check_root(out, RootKind.ARTIFACTS, inputs=inputs)  # before the model loads
@@ -389,7 +390,7 @@ def planned_folders(model_dir: str | Path, configs: Sequence[str], out: str | Pa
     running several stages (bench) checks before the first of them starts."""
     from transformers import AutoConfig
 
-    from .model import recorded_variant
+    from ..model.drop_and_restore import recorded_variant
 
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")

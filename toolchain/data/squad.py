@@ -20,7 +20,7 @@ import numpy as np
 from qtool_runtime.kit import max_question_tokens
 from qtool_runtime.spans import best_span
 
-from .errors import InputError
+from ..core.errors import InputError
 
 MAX_LENGTH = 384
 DOC_STRIDE = 128
@@ -64,7 +64,7 @@ def default_squad_dir() -> Path:
     env = os.environ.get("QTOOL_SQUAD_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "squad"
+    return Path(__file__).resolve().parent.parent.parent.parent / "shared" / "squad"
 
 
 def resolve_squad_file(name_or_path: str | Path) -> Path:

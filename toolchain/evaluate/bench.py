@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import output
-from .errors import InputError
-from .export import export_configs, planned_folders
-from .length import DEFAULT_LENGTH_RULE
-from .output import OutputKind, RootKind, Target
-from .quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, LADDER, Recipe, int8_destination,
-                       quantize_artifact, quantize_plain_ort)
-from .settings import ExportSettings, VerifySettings
+from ..artifact import output
+from ..core.errors import InputError
+from ..graph.export import export_configs, planned_folders
+from ..core.length import DEFAULT_LENGTH_RULE
+from ..artifact.output import OutputKind, RootKind, Target
+from ..quantize.recipes import LADDER, Recipe
+from ..quantize.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS, int8_destination,
+                                 quantize_artifact, quantize_plain_ort)
+from ..graph.settings import ExportSettings, VerifySettings
 from .standard import build_standard, openvino_installed, standard_targets
 from .verify import report_destination, verify_artifacts
 
@@ -72,7 +73,7 @@ def _quantized(folders: list[Path]) -> list[Path]:
 
 def _check_outputs(model_dir: str | Path, out: Path, exports: list[tuple[list[str], str]], verify: VerifySettings, *,
                    standard: bool, plain_ort: bool) -> None:
-    """Every folder bench will write and its report, checked before the first export (`toolchain.output`)."""
+    """Every folder bench will write and its report, checked before the first export (`toolchain.artifact.output`)."""
     fp32 = [f for names, rule in exports for f in planned_folders(model_dir, names, out, ExportSettings(length_rule=rule))]
     targets = [Target(f, OutputKind.FP32_ARTIFACT) for f in fp32]
     targets += [Target(int8_destination(f), OutputKind.INT8_ARTIFACT) for f in _quantized(fp32)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from .passes import consumers, only_user
+from ..graph.passes import consumers, only_user
 
 TOP = 12  # tensors kept in the quantization record
 ATTENTION_ROLES = ("q", "k", "v", "attn_out")  # run on the rows the previous layer kept; FFN roles on this layer's

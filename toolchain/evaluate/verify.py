@@ -8,9 +8,6 @@ between graphs are the figures to compare; absolute times differ from machine to
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,23 +15,23 @@ from typing import Callable, Sequence
 import numpy as np
 from qtool_runtime.contract import Engine, Precision, length_runs
 from qtool_runtime.engines import available, runs_exactly
-from qtool_runtime.errors import QtoolError
 
-from . import artifact, atomic, output, squad
-from . import manifest as manifests
-from .manifest import Kind
-from .output import REPORT_FILES, OutputKind, RootKind, Target
+from ..artifact import artifact, output
+from ..data import squad
+from ..artifact import manifest as manifests
+from ..artifact.manifest import Kind
+from ..artifact.output import REPORT_FILES, OutputKind, RootKind, Target
 from qtool_runtime.timing import interleaved_ms
-from .families import dims_of
-from .overlap import THIRDS, overlap_thirds
+from ..model.families import dims_of
+from ..data.overlap import THIRDS, overlap_thirds
 from .peers import PEERS, STANDARD_INT8
-from .length import DEFAULT_LENGTH_RULE, LengthConfig
-from .settings import TorchReference, VerifySettings
-from .runtime import (
+from .report import VerifyError, write_report
+from ..core.length import DEFAULT_LENGTH_RULE, LengthConfig
+from ..graph.settings import TorchReference, VerifySettings
+from ..artifact.interface import GraphError, GraphInterface, is_invariant
+from ..core.machine import machine_info
+from ..graph.runtime import (
     Protocol,
-    GraphError,
-    GraphInterface,
-    is_invariant,
     kept_agreement,
     onnx_session,
     predict_onnx,
@@ -42,11 +39,6 @@ from .runtime import (
     score,
     synthetic_feed,
 )
-
-
-
-class VerifyError(QtoolError, ValueError):
-    """Bad verify input found before any work starts."""
 
 
 def evaluate_model(
@@ -65,7 +57,7 @@ def evaluate_model(
 ) -> list[dict]:
     """SQuAD EM/F1 of a PyTorch checkpoint under each length configuration ('full' or 'k1,k2,...');
     `neighbours` > 0: the document workload (squad.widen_contexts)."""
-    from .model import flops_ratio, load_qa_model, trained_variant
+    from ..model.drop_and_restore import flops_ratio, load_qa_model, trained_variant
 
     model, tokenizer = load_qa_model(model_dir)
     variant = variant or trained_variant(model)
@@ -85,23 +77,6 @@ def evaluate_model(
             **score(examples, features, preds),
         })
     return rows
-
-
-def machine_info(threads: int | None) -> dict:
-    """CPU model, the instruction-set flags that matter for INT8, and the threads used."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni"]
-    return {"cpu": model, "cores": os.cpu_count(), "threads": threads or os.cpu_count(),
-            "flags": [f for f in wanted if f in flags]}
 
 
 def _workload_rows(features: squad.Features, windows: int) -> np.ndarray:
@@ -193,7 +168,7 @@ def time_artifacts(
 
 
 def report_destination(root: Path, report_dir: str | Path | None) -> Path:
-    """Where the report goes, checked before any work (`toolchain.output`): never inside an artifact, never over
+    """Where the report goes, checked before any work (`toolchain.artifact.output`): never inside an artifact, never over
     files that are not a previous report. Default: the artifact root, or the folder of a single artifact."""
     root = Path(root)
     if report_dir is not None:
@@ -241,7 +216,7 @@ def verify_artifacts(
     _derive(rows, preds, features, settings.protocols)
     report = _report(examples, features, rows, settings, seq_len=first.length_config.seq_len,
                      baseline=STANDARD_INT8 if STANDARD_INT8 in latency else None)
-    report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/overlap.py"}
+    report["overlap_thirds"] = {"begin": dict(zip(THIRDS[1:], cuts)), "definition": "toolchain/data/overlap.py"}
     report["models"] = sorted({m.source_model for m in found.values()})
     write_report(dest, report)
     report["report_dir"] = str(dest)
@@ -267,7 +242,7 @@ def _torch_rows(model_dir, found: dict, examples, features: squad.Features, sett
     """The PyTorch FP32 reference rows: the full model, and with 'all' every FP32 qtool configuration found."""
     if settings.torch_configs == TorchReference.NONE:
         return []
-    from .model import flops_ratio, load_qa_model
+    from ..model.drop_and_restore import flops_ratio, load_qa_model
 
     if not model_dir or not Path(model_dir, "config.json").is_file():
         raise FileNotFoundError(f"PyTorch reference model not found ({model_dir!r}); pass --model DIR or --torch-configs none")
@@ -394,7 +369,7 @@ def _artifact_row(name: str, folder: Path, manifest: manifests.Manifest, session
 
 
 def _distinct_protocols(protocols: Sequence[str], *, invariant: bool) -> list[str]:
-    """Protocols that can give different answers. An invariant graph (see runtime.is_invariant) gives the same
+    """Protocols that can give different answers. An invariant graph (see interface.is_invariant) gives the same
     logits under every protocol, so it is scored once (tests check that they agree)."""
     return list(protocols[:1]) if invariant else list(protocols)
 
@@ -433,110 +408,3 @@ def _derive(rows: list[dict], preds: dict, features: squad.Features, protocols: 
                 preds[(twin["name"], protocols[0])], preds[(row["name"], protocols[0])], features.attention_mask)
 
 
-def format_table(report: dict, markdown: bool = False) -> str:
-    """The papers' Table 1 with the peers beside it: F1 per protocol and per overlap third (the first protocol),
-    latency per protocol, speed against the best peer (the faster of the standard recipes (b) and (c), per column)."""
-    from prettytable import PrettyTable, TableStyle
-
-    protocols = report["protocols"]
-    keys = [f"b{b}@{report['seq_len']}" for b in report["latency"]["batch_sizes"]] + ["real_b1", "real_b32"]
-    table = PrettyTable()
-    table.field_names = (["graph", "runtime", "precision", "config", "rule"] + [f"F1 {p}" for p in protocols]
-                         + ["spread"] + [f"F1 {t}" for t in THIRDS]
-                         + [f"ms {k}" for k in keys] + [f"x peer {k}" for k in keys] + ["MB", "FLOPs"])
-    for r in report["rows"]:
-        if "does_not_run" in r:
-            continue  # listed below the table
-        lat, speed = r.get("latency_ms", {}), r.get("speedup_vs_best_peer", {})
-        thirds = r.get(f"f1_by_overlap_{protocols[0]}") or {}
-        table.add_row(
-            [r["name"], r.get("runtime", ""), r["precision"], r["config"], r["rule"] if r["config"] != "full" else ""]
-            + [f"{r[f'f1_{p}']:.2f}" for p in protocols] + [f"{r['f1_spread']:.2f}" if "f1_spread" in r else ""]
-            + [f"{thirds[t]:.2f}" if t in thirds else "" for t in THIRDS]
-            + [f"{lat[k]:.2f}" if k in lat else "" for k in keys]
-            + [f"{speed[k]:.2f}x" if k in speed else "" for k in keys]
-            + [f"{r['size_mb']:.1f}" if "size_mb" in r else "", f"{r['flops_ratio']:.2f}"]
-        )
-    table.align = "r"
-    for col in ("graph", "runtime", "precision", "config", "rule"):
-        table.align[col] = "l"
-    if markdown:
-        table.set_style(TableStyle.MARKDOWN)
-    failed = [f"{r['name']} does not run: {r['does_not_run']}" for r in report["rows"] if "does_not_run" in r]
-    return "\n".join([table.get_string(), *failed])
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both cost (lower) and F1 (higher)."""
-    front = []
-    for i, (cost, f1) in enumerate(points):
-        if not any((c <= cost and f >= f1) and (c < cost or f > f1) for c, f in points):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-PARETO_PANELS = (("b32@384", "padded", "papers' protocol: batches of 32 padded to 384"),
-                 ("real_b1", "unpadded", "real workload: dev windows one by one, unpadded"))
-
-
-def plot_pareto(report: dict, path: str | Path, panels: Sequence[tuple[str, str, str]] = PARETO_PANELS) -> Path:
-    """F1 against latency for every ONNX graph, one panel per (latency protocol, F1 protocol) pair; points
-    are numbered and named in a shared legend, so close points stay readable."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(k, p, t) for k, p, t in panels if any(k in r.get("latency_ms", {}) for r in report["rows"])]
-    if not panels:
-        raise VerifyError("the report has no latency under the plotted protocols")
-    rows = [r for r in report["rows"] if "latency_ms" in r]
-    styles = {(Kind.QTOOL, Precision.FP32): ("o", "tab:blue"), (Kind.QTOOL, Precision.INT8): ("s", "tab:orange"),
-              (Kind.STANDARD, Precision.FP32): ("^", "tab:gray"), (Kind.STANDARD, Precision.INT8): ("D", "tab:red")}
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 2.8, 4.8), dpi=120, squeeze=False)
-    for ax, (key, protocol, title) in zip(axes[0], panels):
-        shown = [(i, r) for i, r in enumerate(rows, 1) if key in r["latency_ms"] and f"f1_{protocol}" in r]
-        points = [(r["latency_ms"][key], r[f"f1_{protocol}"]) for _, r in shown]
-        for (i, r), (x, y) in zip(shown, points):
-            marker, color = styles[(r["kind"], r["precision"])]
-            ax.scatter(x, y, marker=marker, color=color, s=36, zorder=3)
-            ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        front = pareto_front(points)
-        ax.plot([points[j][0] for j in front], [points[j][1] for j in front], "--", color="gray", lw=0.8)
-        unit = "ms per window" if key.startswith("real") else "ms per batch"
-        ax.set_xlabel(f"latency {key} ({unit}, median)")
-        ax.set_ylabel(f"SQuAD v1.1 F1, {protocol} ({report['questions']} questions)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker=styles[(r["kind"], r["precision"])][0], color=styles[(r["kind"], r["precision"])][1],
-                          linestyle="", label=f"{i}  {r['name']}") for i, r in enumerate(rows, 1)]
-    handles.append(plt.Line2D([], [], linestyle="--", color="gray", label="Pareto front"))
-    fig.legend(handles=handles, loc="center right", fontsize=7.5, frameon=False)
-    fig.suptitle(f"F1 vs latency, onnxruntime CPU ({report['machine']['cpu']}, {report['machine']['threads']} threads)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.8 / (6.2 * len(panels) + 2.8), 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def write_report(dest: Path, report: dict) -> None:
-    lat = report["latency"]
-    atomic.write_text(dest / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic.write_text(dest / "report.md", (
-        "# qtool verify report\n\n"
-        f"SQuAD `{report['squad_file']}`, {report.get('workload', 'paragraphs')}: {report['questions']} questions "
-        f"({report['windows']} windows, mean {report['mean_real_tokens']:.0f} real tokens), configurations stated for {report['seq_len']} tokens. "
-        f"F1 per input protocol: padded (batches of 32 windows, each padded to {report['seq_len']}), unpadded "
-        f"(every window alone at its real length) and bucketed (length-sorted batches of 32 padded to their "
-        f"longest); `spread` is the largest F1 difference between protocols (0 for a batch-invariant graph). Latency: onnxruntime CPU on {report['machine']['cpu']} ({report['machine']['threads']} "
-        f"threads, flags {', '.join(report['machine']['flags'])}); every graph in one process, {lat['rounds']} "
-        f"interleaved rounds after {lat['warmup']} warm-up, medians. `b1@L`/`b32@L`: one batch of L real tokens "
-        f"(ms per batch); `real_b1`: the windows of the first {lat.get('workload_questions', '?')} questions "
-        f"({lat['workload_windows']} windows, {lat.get('windows_per_question', float('nan')):.2f} per question) one by one, unpadded; "
-        f"`real_b32`: the same windows length-sorted in batches of 32 padded to each batch's longest (ms per "
-        f"window). `x std`: speedup against the standard recipe ({report['baseline']}).\n\n"
-        + format_table(report, markdown=True) + "\n"))
-    if any(k in r.get("latency_ms", {}) for r in report["rows"] for k, _, _ in PARETO_PANELS):
-        tmp = dest / ".pareto.png.tmp.png"
-        plot_pareto(report, tmp)
-        os.replace(tmp, dest / "pareto.png")

@@ -14,10 +14,10 @@ from . import artifact
 from qtool_runtime.contract import (FEEDING_KEYS, Engine, MAX_TOKENS, MenuEntry, Mode, Precision, bounded_int,
                                     check_fields, feeding)
 
-from .families import OPTIONAL_ROLES
-from .families import ROLES as FAMILY_ROLES
-from .length import LengthConfig, LengthConfigError
-from .runtime import GraphError, GraphInterface, is_invariant
+from ..model.families import OPTIONAL_ROLES
+from ..model.families import ROLES as FAMILY_ROLES
+from ..core.length import LengthConfig, LengthConfigError
+from .interface import GraphError, GraphInterface, is_invariant
 
 class Kind(Mode):
     QTOOL = "qtool"  # our Drop-and-Restore graphs
@@ -53,7 +53,7 @@ class Manifest:
     source_fp32: dict | None = None  # {"folder": name, "sha256": of its graph}: the FP32 twin of an INT8 graph
     menu: list[MenuEntry] | None = None  # a run-time configuration graph's configurations (contract.check_menu)
     menu_scored: dict | None = None  # how the menu's F1 and ms were measured (`qtool menu`)
-    route: dict | None = None  # a routed graph (toolchain.route): its full and reduced parts and the crossover timed
+    route: dict | None = None  # a routed graph (toolchain.graph.route): its full and reduced parts and the crossover timed
     engine: str = Engine.ONNXRUNTIME  # the runtime the graph is meant to run on (contract.Engine)
     graph_passes: dict[str, int] | None = None  # rewrites each graph pass made (export's, or the INT8 passes')
     files: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""INT8 quantization of exported graphs (recipes, calibration and tuning, drift diagnosis); imports the layers below."""
