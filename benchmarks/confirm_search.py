@@ -19,7 +19,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from toolchain.search import confirm, confirmation_candidates
+from toolchain.search.recommend import confirm, confirmation_candidates
 from toolchain.graph.settings import SearchSettings
 
 

@@ -30,7 +30,7 @@ from toolchain.data.overlap import THIRDS, context_overlap, f1_by_third, overlap
 from toolchain.evaluate.peers import OPENVINO_INT8
 from toolchain.graph.runtime import Protocol, batches, onnx_session, predict_onnx
 from toolchain.data.splits import search_examples
-from toolchain.search import paired_interval
+from toolchain.search.scoring import paired_interval
 from toolchain.core.machine import machine_info
 
 TOLERANCE = 1.0  # every third within this of (c)

@@ -18,7 +18,7 @@ from toolchain.model.drop_and_restore import drop_and_restore as drop
 from toolchain.data import squad
 from toolchain.core.length import LengthConfig
 from toolchain.graph.runtime import Protocol, kept_agreement, predict_torch
-from toolchain.search import paired_interval
+from toolchain.search.scoring import paired_interval
 
 
 def _float32_ranking():

@@ -31,9 +31,9 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import pg_server  # noqa: E402
 
-from toolchain.shared_study import open_storage  # noqa: E402
+from toolchain.search.shared_study import open_storage  # noqa: E402
 
-SEARCH = ["--questions", "100", "--neighbours", "2", "--sampler", "evolution", "--population", "6"]
+SEARCH = ["--questions", "60", "--neighbours", "2", "--sampler", "evolution", "--population", "6"]
 WORKERS = ((1, 2), (1, 1), (2, 1), (3, 1))  # (processes, threads each)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from toolchain.search import search_configs
+from toolchain.search.run import search_configs
 from toolchain.graph.settings import SearchSettings
 
 

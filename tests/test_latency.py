@@ -175,7 +175,7 @@ def test_fit_refuses_what_cannot_be_fitted(bench_run, trained_dir, tmp_path):
 
 def test_a_study_keeps_one_cost(trained_dir, tmp_path):
     """Resuming a stored study with another cost would mix incomparable trials: refused."""
-    from toolchain.search import search_configs
+    from toolchain.search.run import search_configs
 
     storage = str(tmp_path / "study.journal")
     search_configs(trained_dir, SearchSettings(trials=1, questions=4, storage=storage), log=lambda _: None)

@@ -239,7 +239,7 @@ def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_
 
 
 def test_search_out_replaces_only_a_search_result(trained_dir, tmp_path):
-    from toolchain.search import check_out
+    from toolchain.search.run import check_out
     from toolchain.graph.settings import SearchSettings
 
     notes = tmp_path / "notes.txt"

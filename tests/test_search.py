@@ -6,8 +6,11 @@ from toolchain.data import squad
 from toolchain.core.errors import InputError
 from toolchain.core.length import LengthConfig
 from toolchain.data.splits import search_examples
-from toolchain.search import (EvolutionSampler, config_from_ratios, confirmation_candidates, macs_ratio_at_lengths,
-                              paired_interval, ratios_of, recommend, search_configs, trained_space)
+from toolchain.search.recommend import confirmation_candidates, recommend
+from toolchain.search.run import search_configs
+from toolchain.search.samplers import EvolutionSampler
+from toolchain.search.scoring import paired_interval
+from toolchain.search.space import config_from_ratios, macs_ratio_at_lengths, ratios_of, trained_space
 from toolchain.graph.settings import SearchSettings
 
 

@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pg_server import free_port
-from toolchain.shared_study import GRACE_SECONDS, StorageError, open_storage
+from toolchain.search.shared_study import GRACE_SECONDS, StorageError, open_storage
 
 # Small trials: six paragraph questions each, in the space LengthDrop trained.
 QUICK = ["--questions", "6", "--neighbours", "0", "--min-ratio", "0.5", "--sampler", "evolution", "--population", "3"]

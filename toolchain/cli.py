@@ -303,7 +303,7 @@ def search(model_dir, out, report, **options) -> None:
 
     Scale out: start the same command with `--storage postgresql://USER:PASSWORD@HOST/DB --study NAME` on as many
     machines as you like; they share one study and its budget (see docs/scaling-out.md)."""
-    from .search import check_out, search_configs, search_report
+    from .search.run import check_out, search_configs, search_report
 
     settings = SearchSettings(**options)
     if report and settings.storage is None:

@@ -31,7 +31,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .core.errors import InputError
+from ..core.errors import InputError
 
 HEARTBEAT_SECONDS = 5  # a running trial's worker writes a heartbeat this often
 GRACE_SECONDS = 20  # a running trial without a heartbeat for this long is failed and queued again
