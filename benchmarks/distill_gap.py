@@ -27,7 +27,7 @@ from toolchain.core.length import VARIANTS, LengthConfig
 from toolchain.model.drop_and_restore import load_qa_model
 from toolchain.graph.runtime import Predictions, Protocol, predict_torch
 from toolchain.data.splits import search_examples
-from toolchain.train import _distill
+from toolchain.train.lengthdrop import _distill
 
 
 def window_kl(student: Predictions, teacher: Predictions, features: squad.Features) -> np.ndarray:

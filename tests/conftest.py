@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from toolchain.data import squad
-from toolchain.train import TrainArgs, resolve_base, train
+from toolchain.train.args import TrainArgs, resolve_base
+from toolchain.train.loop import train
 from toolchain.graph.settings import ExportSettings, VerifySettings
 
 TRAIN_STEPS = 100

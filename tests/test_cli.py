@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from conftest import REDUCED
 from toolchain.artifact import manifest as manifests
-from toolchain.cli import main
+from toolchain.cli.commands import main
 
 
 def run(*args):

@@ -9,7 +9,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from toolchain.train import TrainArgs, train
+from toolchain.train.args import TrainArgs
+from toolchain.train.loop import train
 
 # A few LengthDrop steps (full model + one random sub-model, layer skipping on) from the MiniLM encoder, without
 # dropout and in float32, so that the only difference left between one and two processes is summation order.
@@ -50,7 +51,7 @@ def _base_weights(trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The MiniLM encoder's own weights, under the trained model's names (the QA head is new: left out)."""
     from transformers import AutoModel
 
-    from toolchain.train import resolve_base
+    from toolchain.train.args import resolve_base
 
     encoder = AutoModel.from_pretrained(resolve_base("minilm"), local_files_only=True).state_dict()
     prefix = next(k.split(".")[0] for k in trained if not k.startswith("qa_outputs"))

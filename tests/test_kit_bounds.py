@@ -24,7 +24,7 @@ from qtool_runtime.__main__ import main as kit_main
 from qtool_runtime.bounds import BOUNDS, MAX_WAIT_MS, check, usable_cores
 from qtool_runtime.contract import check_fields, full_up_to_problem
 from qtool_runtime.graphfacts import GraphFormatError, read_graph_facts
-from toolchain.cli import main as qtool
+from toolchain.cli.commands import main as qtool
 
 # --- the bounds table --------------------------------------------------------------------------------------------
 

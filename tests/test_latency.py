@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REDUCED
-from toolchain.cli import main
+from toolchain.cli.commands import main
 from toolchain.core.errors import InputError
 from toolchain.evaluate.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
 from toolchain.core.length import LengthConfig

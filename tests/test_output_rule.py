@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from conftest import REDUCED
 from toolchain.artifact import artifact, output
-from toolchain.cli import main
+from toolchain.cli.commands import main
 from toolchain.artifact.output import OutputError, OutputKind, RootKind, Target
 
 REDUCED_NAME = REDUCED.replace(",", "-")
@@ -206,7 +206,7 @@ def test_bench_checks_every_folder_and_its_report_before_the_first_export(traine
 
 
 def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_dir, tmp_path):
-    from toolchain.train import TrainArgs, check_outputs
+    from toolchain.train.args import TrainArgs, check_outputs
 
     before = files(trained_dir)
     refused(run("train", "--base", trained_dir, "--out", trained_dir, "--max-steps", 1), "is --base")

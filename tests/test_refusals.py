@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from conftest import REDUCED
 from toolchain.artifact import artifact
 from toolchain.artifact import manifest as manifests
-from toolchain.cli import main
+from toolchain.cli.commands import main
 from toolchain.core.errors import InputError
 from toolchain.graph.export import ExportError, export_configs
-from toolchain.train import TrainArgs, check_sandwich_configs
+from toolchain.train.args import TrainArgs, check_sandwich_configs
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 

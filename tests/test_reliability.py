@@ -191,7 +191,7 @@ def test_unwritable_destinations_are_refused_before_work(tmp_path):
     """An --out below a file fails in one line before any model is loaded (the model path does not even exist)."""
     from click.testing import CliRunner
 
-    from toolchain.cli import main
+    from toolchain.cli.commands import main
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -190,7 +190,7 @@ def test_verify_times_a_routed_graph_on_batches_that_never_straddle_its_threshol
 def test_qtool_route_writes_the_artifact_or_one_error_line(static_pair, tmp_path):
     from click.testing import CliRunner
 
-    from toolchain.cli import main
+    from toolchain.cli.commands import main
 
     full, reduced = static_pair
     out = tmp_path / "cli-routed"
@@ -215,7 +215,7 @@ def _files(folder) -> dict[str, str]:
 def _route_cli(full, reduced, out, full_up_to: int = 200):
     from click.testing import CliRunner
 
-    from toolchain.cli import main
+    from toolchain.cli.commands import main
 
     return CliRunner().invoke(main, ["route", "--full", str(full), "--reduced", str(reduced), "--full-up-to",
                                      str(full_up_to), "--out", str(out)], catch_exceptions=False)

@@ -27,7 +27,7 @@ from qtool_runtime.menu import by_accuracy, choose
 from qtool_runtime.serve import ServerThread
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
-from toolchain.cli import main
+from toolchain.cli.commands import main
 from toolchain.graph.export import DEFAULT_ATOL, ExportError, export_configs
 from toolchain.graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
 from toolchain.graph.settings import ExportSettings, VerifySettings

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from qtool_runtime import Artifact
 from qtool_runtime.serve import ServerThread
 from toolchain.data import squad
-from toolchain.cli import main
+from toolchain.cli.commands import main
 
 MAX_BODY = 100_000
 

@@ -8,7 +8,9 @@ import torch
 
 from toolchain.core.errors import QtoolError
 from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
-from toolchain.train import WIDTH_MULTIPLE, TrainArgs, batch_width, random_config, sandwich, smallest_config, train
+from toolchain.train.args import TrainArgs
+from toolchain.train.lengthdrop import WIDTH_MULTIPLE, batch_width, random_config, sandwich, smallest_config
+from toolchain.train.loop import train
 from toolchain.evaluate.verify import evaluate_model
 
 from conftest import TRAIN_STEPS
@@ -67,7 +69,7 @@ def test_training_learns_squad(trained_dir):
 
 def evaluate_model_untrained(limit):
     from toolchain.data import squad
-    from toolchain.train import resolve_base
+    from toolchain.train.args import resolve_base
     from toolchain.evaluate.verify import predict_torch, score
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -156,20 +158,21 @@ def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(t
 
     from toolchain.data import squad
     from toolchain.model.drop_and_restore import drop_and_restore
-    from toolchain.train import _distill, _frozen_teacher, _step_loss
+    from toolchain.train.base import frozen_teacher
+    from toolchain.train.lengthdrop import _distill, step_loss
 
     model, tokenizer = load_qa_model(trained_dir)
     model.eval()  # no dropout: the values below are exact
     args = TrainArgs(base=str(trained_dir), out="unused", max_length=128, length_drop=True, length_rule="cap",
                      teacher="frozen", sandwich_configs=("100,80,60,50,40,30",))
-    teacher = _frozen_teacher(args, model)
+    teacher = frozen_teacher(args, model)
     with torch.no_grad():
         model.qa_outputs.weight.mul_(0.5)  # the student has moved; the teacher must not follow
     feats = squad.featurize(dev_examples[:4], tokenizer, 128, 64, pad_to_max_length=False, with_targets=True)
     rows = list(range(4))
     batch = {k: torch.from_numpy(v[:, :128]) for k, v in feats.model_inputs(rows).items()}
     starts, ends = torch.from_numpy(feats.start_positions[rows]), torch.from_numpy(feats.end_positions[rows])
-    total = _step_loss(args, model, batch, starts, ends, 6, 128, random.Random(0), nullcontext(), teacher=teacher)
+    total = step_loss(args, model, batch, starts, ends, 6, 128, random.Random(0), nullcontext(), teacher=teacher)
     base, _ = load_qa_model(trained_dir)
     config = sandwich(args, 6, 128, random.Random(0))[0][0]
     with torch.no_grad():

@@ -94,7 +94,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     by luck (a 200-question slice moves F1 by about 2 either way); a second slice says whether it holds. Each row
     keeps its search cost and F1 under `search_f1_by_workload`, and its paired difference from the full model (and
     from `reference_graph`, the bar when given) with a bootstrap interval. `settings` arrive resolved."""
-    from .model.drop_and_restore import load_qa_model
+    from ..model.drop_and_restore import load_qa_model
 
     model, tokenizer = load_qa_model(model_dir)
     trained = trained_questions(model_dir)

@@ -52,7 +52,7 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("--route needs --latency-model: the crossover where the full graph stops being the faster "
                          "one is predicted from it (MACs never favour the full model)")
     if s.reference_graph is not None:
-        from .artifact import manifest as manifests
+        from ..artifact import manifest as manifests
 
         manifests.load(Path(s.reference_graph))  # an artifact folder, or one line saying why not
     if s.route and s.length_rule != LengthRule.CAP:

@@ -24,9 +24,9 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     paragraphs, and documents when `neighbours` > 0); cost down over every window of every workload
     (predicted latency at real lengths if a latency model is given, else MACs at real lengths).
     `settings` arrive resolved (search_configs): min_ratio and variant are set."""
-    from .evaluate.latency import LatencyModel
+    from ..evaluate.latency import LatencyModel
 
-    from .model.drop_and_restore import load_qa_model
+    from ..model.drop_and_restore import load_qa_model
 
     s = settings
     model, tokenizer = load_qa_model(model_dir)
@@ -90,7 +90,7 @@ def summary(results: dict[str, dict[str, float]]) -> dict:
 def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict]:
     """F1/EM of one configuration (PyTorch FP32, every window unpadded) on each workload, and each question's F1
     (`f1_by_question`, 0 to 1, in the workload's order) for paired comparisons."""
-    from .graph.runtime import Protocol, predict_torch
+    from ..graph.runtime import Protocol, predict_torch
 
     return {name: _scores(examples, features, predict_torch(model, features, config, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
@@ -98,7 +98,7 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
 
 def reference_label(folder: str | Path) -> str:
     """A reference graph's name in the search's rows: a run-time configuration graph is scored at its full entry."""
-    from .artifact import manifest as manifests
+    from ..artifact import manifest as manifests
 
     folder = Path(folder)
     return f"{folder.name}@full" if manifests.load(folder).is_runtime else folder.name
@@ -107,8 +107,8 @@ def reference_label(folder: str | Path) -> str:
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
     window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
-    from .artifact import manifest as manifests
-    from .graph.runtime import Protocol, onnx_session, predict_onnx
+    from ..artifact import manifest as manifests
+    from ..graph.runtime import Protocol, onnx_session, predict_onnx
 
     folder = Path(folder)
     manifest = manifests.load(folder)

@@ -37,7 +37,7 @@ def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]
 
 def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int, ffn: int) -> float:
     """Encoder multiply-adds of `config` on windows of these real lengths, relative to the plain model on them."""
-    from .model.drop_and_restore import flops
+    from ..model.drop_and_restore import flops
 
     full = LengthConfig.full(len(config.keep), config.seq_len, config.rule)
     unique, counts = np.unique(lengths, return_counts=True)
@@ -70,7 +70,7 @@ def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str 
         return "encoder MACs at the windows' real lengths / plain model on the same windows"
     import hashlib
 
-    from .evaluate.latency import LatencyModel
+    from ..evaluate.latency import LatencyModel
 
     timing = LatencyModel.load(latency_model)
     if timing.layers != layers:
@@ -97,7 +97,7 @@ def layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
     """The model's layer count and the Drop-and-Restore variant it was trained with, from its config alone."""
     from transformers import AutoConfig
 
-    from .model.drop_and_restore import recorded_variant
+    from ..model.drop_and_restore import recorded_variant
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     return config.num_hidden_layers, recorded_variant(config)

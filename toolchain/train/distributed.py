@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .core.errors import InputError
+from ..core.errors import InputError
 
 
 @dataclass(frozen=True)
