@@ -14,6 +14,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_export_quantize_verify(trained_dir, tmp_path):
     root = tmp_path / "graphs" / "cli"
     result = run("export", "--model", trained_dir, "--config", REDUCED, "--out", root, "--samples", 4)
@@ -63,6 +64,7 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     assert only["protocols"] == ["unpadded"] and "f1_padded" not in only["rows"][0]
 
 
+@pytest.mark.slow
 def test_bench_measures_qtool_against_the_standard_recipe(bench_run):
     """bench builds the standard recipe (optimum export, fusions, dynamic INT8) from the same checkpoint."""
     root, report = bench_run

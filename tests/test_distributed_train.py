@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,6 +24,7 @@ ARGS = dict(base="minilm", limit=200, max_length=128, batch_size=BATCH, max_step
 TOLERANCE = 2 * ARGS["lr"] * STEPS
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(tmp_path):
     one = train(TrainArgs(out=str(tmp_path / "one"), threads=1, **ARGS))
     cli = ["--base", "minilm", "--limit", "200", "--max-length", "128", "--batch-size", str(BATCH), "--max-steps",

@@ -233,6 +233,7 @@ def test_postprocess_uses_the_kit_decoder():
     assert squad.best_span is qtool_runtime.best_span
 
 
+@pytest.mark.slow
 def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tmp_path):
     """A `ratio` graph was validated on windows padded to seq_len: the kit pads them, so its answers are
     the padded protocol's, not the (much worse) unpadded ones."""

@@ -52,6 +52,7 @@ def int8_dir(exported_root):
                              recipes=recipes, timing_batches=(1, 4), log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_quantize_picks_the_fastest_recipe_within_tolerance(int8_dir, exported_root):
     manifest = manifests.load(int8_dir)
     fp32 = manifests.load(exported_root / REDUCED_DIR)

@@ -48,6 +48,13 @@ def long_questions(squad_dir) -> list[squad.SquadExample]:
     return squad.load_squad("dev", limit=6, offset=250, neighbours=1)  # contexts of several windows
 
 
+def kit_source(folder) -> str:
+    """The model folder a run-time artifact was exported from (its manifest says)."""
+    from toolchain.artifact import manifest as manifests
+
+    return manifests.load(folder).source_model
+
+
 def test_manifest_records_menu_and_validation(runtime_dir):
     manifest = manifests.load(runtime_dir)
     assert manifest.is_runtime and manifest.interface.inputs[-1] == KEEP_INPUT
@@ -245,10 +252,18 @@ def test_menu_is_scored_into_the_manifest(runtime_dir, exported_root, tmp_path):
     scored = score_menu(copy, questions=6, rounds=1, log=lambda _: None)
     assert scored.menu_scored["squad_file"] == "train" and len(scored.menu) == 3
     assert scored.menu_scored["left_out_trained"] == 1000  # the test model trained on train's first 1,000 questions
-    for entry in scored.menu:
-        assert set(entry.f1) == {squad.workload_name(0), squad.workload_name(squad.DOCUMENT_NEIGHBOURS)}
-        assert all(0 <= v <= 100 for v in entry.f1.values()) and entry.ms > 0
     kit = Artifact.open(copy)
+    from toolchain.data.splits import search_examples, trained_questions
+
+    seen = trained_questions(kit_source(copy))
+    for entry, kit_entry in zip(scored.menu, kit.menu):
+        assert set(entry.f1) == {squad.workload_name(0), squad.workload_name(squad.DOCUMENT_NEIGHBOURS)}
+        assert entry.ms > 0
+        for n in (0, squad.DOCUMENT_NEIGHBOURS):  # the recorded F1 is the kit's own answers' on the same questions
+            examples = search_examples(6, 0, n, exclude=seen)
+            answers = kit.answer_batch([(e.question, e.context) for e in examples], config=kit_entry)
+            scores = squad.squad_scores({e.id: a.text for e, a in zip(examples, answers)}, examples)
+            assert entry.f1[squad.workload_name(n)] == pytest.approx(scores["f1"], abs=0.01)
     assert [e.keep for e in by_accuracy(kit.menu)] == [e.keep for e in scored.menu[:1] + sorted(
         scored.menu[1:], key=lambda e: -e.mean_f1)]  # the full entry first, whatever 6 questions say
     with pytest.raises(MenuError, match="one configuration"):

@@ -103,6 +103,7 @@ def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
             assert r["macs_unpadded"] <= 1.0
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_resumable_study(trained_dir, tmp_path):
     storage = str(tmp_path / "study.journal")
     with pytest.raises(ValueError, match="must share a study"):

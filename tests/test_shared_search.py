@@ -51,6 +51,7 @@ def _wait_for(condition, what: str, timeout: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_three_workers_finish_one_study_with_exactly_its_budget(trained_dir, postgres, tmp_path):
     """Three processes started together on one study of 9 trials: exactly 9 complete trials, the confirmation
     computed by one of them and handed to the others, and `--report` from a fourth process says the same."""
@@ -78,6 +79,7 @@ def test_three_workers_finish_one_study_with_exactly_its_budget(trained_dir, pos
     assert f"--config {results[0]['recommended']['config']}" in report.stdout
 
 
+@pytest.mark.slow
 def test_killed_workers_lose_no_trial_and_a_restart_resumes(trained_dir, postgres, tmp_path):
     """SIGKILL one of two workers mid-trial, then the other: their trials stay running until their heartbeats are
     GRACE_SECONDS old, then fail and are queued again; a worker started afterwards resumes the study and ends it

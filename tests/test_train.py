@@ -304,6 +304,7 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_hundreds_of_steps(tmp_path, minilm_tokenizer):
     """Plain fine-tuning on real SQuAD windows of every length: resident memory after warm-up stays flat
     (it grew without bound when every batch had its own width). A small BERT keeps this fast."""
