@@ -33,7 +33,7 @@ import pg_server  # noqa: E402
 
 from toolchain.search.shared_study import open_storage  # noqa: E402
 
-SEARCH = ["--questions", "60", "--neighbours", "2", "--sampler", "evolution", "--population", "6"]
+SEARCH = ["--questions", "20", "--neighbours", "2", "--sampler", "evolution", "--population", "6"]
 WORKERS = ((1, 2), (1, 1), (2, 1), (3, 1))  # (processes, threads each)
 
 

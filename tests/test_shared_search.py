@@ -21,6 +21,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from pg_server import free_port
+from toolchain.core.errors import InputError
+from toolchain.graph.settings import SearchSettings
+from toolchain.search.run import search_configs, search_report
 from toolchain.search.shared_study import GRACE_SECONDS, StorageError, open_storage
 
 # Small trials: six paragraph questions each, in the space LengthDrop trained.
@@ -136,7 +139,9 @@ def test_a_worker_with_other_settings_and_an_unreachable_server_are_refused_in_o
     other_workload = [*QUICK[:2], "--neighbours", "2", *QUICK[4:]]
     assert "other settings (workloads)" in refused("--model", str(trained_dir), "--storage", url, "--study", name,
                                                    "--trials", "2", *other_workload)
-    assert "model" in refused("--model", str(minilm_dir), "--storage", url, "--study", name, "--trials", "2", *QUICK)
+    with pytest.raises(InputError, match=r"other settings \(.*model.*\)"):  # another model, however named
+        search_configs(minilm_dir, SearchSettings(storage=url, study_name=name, trials=2, questions=6, neighbours=0,
+                                                  min_ratio=0.5, sampler="evolution", population=3), log=print)
     dead = postgres.url(port=free_port())
     message = refused("--model", str(trained_dir), "--storage", dead, "--study", name, "--trials", "2", *QUICK)
     assert message.startswith("Error: cannot open the study storage postgresql://qtool@127.0.0.1") and "refused" in message
@@ -145,5 +150,5 @@ def test_a_worker_with_other_settings_and_an_unreachable_server_are_refused_in_o
         with pytest.raises(StorageError, match=why) as error:
             open_storage(bad)
         assert "\n" not in str(error.value) and "not-it" not in str(error.value)
-    assert "no study 'never-run'" in refused("--model", str(trained_dir), "--storage", url, "--study", "never-run",
-                                             "--report")
+    with pytest.raises(InputError, match="no study 'never-run'"):
+        search_report(trained_dir, url, "never-run")

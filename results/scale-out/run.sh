@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=${M:-../shared/models/minilm-squad-lat-doc-match}
-python benchmarks/scale_out.py --model "$M" --trials 12 --repeats 3 --train-steps 12 \
+python benchmarks/scale_out.py --model "$M" --trials 8 --repeats 3 --train-steps 10 \
   --out results/scale-out/report.json 2>&1 | tee results/scale-out/output.txt
