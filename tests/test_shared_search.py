@@ -98,7 +98,8 @@ def test_killed_workers_lose_no_trial_and_a_restart_resumes(trained_dir, postgre
             trials = _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         except KeyError:  # the study is not created yet
             return False
-        return any(t.user_attrs.get("worker") == f"{socket.gethostname()}:{worker.pid}" for t in trials)
+        return any(t.user_attrs.get("worker") == f"{socket.gethostname()}:{worker.pid}" and len(t.params) == 6
+                   for t in trials)  # mid-trial: its configuration drawn, its scoring under way
 
     _wait_for(lambda: running_in(first), "a trial running in the first worker")
     first.send_signal(signal.SIGKILL)
