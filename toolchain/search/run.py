@@ -11,7 +11,6 @@ import optuna
 
 from ..core.errors import InputError
 from ..artifact import output
-from ..data import squad
 from ..core.length import LengthConfig, LengthRule
 from qtool_runtime.contract import VARIANTS, Variant
 from ..graph.settings import SearchSettings
@@ -21,7 +20,7 @@ from .shared_study import (StudyLock, call_storage, describe, finish_once, progr
 from .recommend import RECOMMEND_TOLERANCE, confirm, confirmation_candidates, recommend, study_rows
 from .samplers import SAMPLERS
 from .scoring import reference_label, score_graph, scoring_workloads, summary
-from .space import layers_and_variant, describe_cost, describe_space, ratios_of
+from .space import layers_and_variant, describe_space, ratios_of
 from .study import IDENTITY, identity_of, load_study, run_study, open_study
 
 
@@ -94,9 +93,10 @@ def search_configs(
         if low < min_ratio:
             raise InputError(f"--start-from {config.label} keeps {low:.2f} of a layer's tokens, below the searched "
                              f"space's {min_ratio:.2f}; lower --min-ratio")
-    study, lock = open_study(settings=identity_of(model_dir, s, layers), search=s, layers=layers, start_from=start_from)
+    identity = identity_of(model_dir, s, layers)
+    study, lock = open_study(settings=identity, search=s, layers=layers, start_from=start_from)
     study = run_study(study, lock, str(model_dir), s, log=log)
-    return _result(model_dir, s, study, lock, layers=layers, log=log)
+    return _result(model_dir, s, study, lock, identity=identity, log=log)
 
 
 def search_report(model_dir: str | Path, storage: str, study_name: str = SearchSettings.study_name, *,
@@ -115,13 +115,14 @@ def search_report(model_dir: str | Path, storage: str, study_name: str = SearchS
     if differ:
         raise InputError(f"study {study_name!r} in {describe(storage)} searched another {' and '.join(differ)} "
                          f"than {model_dir}; give the model it searched")
-    return _result(model_dir, s, study, lock, layers=layers, log=log)
+    return _result(model_dir, s, study, lock, identity=mine, log=log)
 
 
-def _result(model_dir: str | Path, s: SearchSettings, study: optuna.Study, lock: StudyLock, *, layers: int,
+def _result(model_dir: str | Path, s: SearchSettings, study: optuna.Study, lock: StudyLock, *, identity: dict,
             log: Callable[[str], None]) -> dict:
     """The search's result from the study as it stands; the finish (reference and confirmation) once the budget is
-    complete, computed by one worker and read from the study by the others."""
+    complete, computed by one worker and read from the study by the others. `identity`: what a trial measures
+    (identity_of), whose cost, workloads and left-out questions the result states."""
     progress = call_storage(lambda: progress_of(study, s.trials), s.storage)
     rows = call_storage(lambda: study_rows(study), s.storage)
     finish: dict = {"reference": None, "confirmation": None}
@@ -129,14 +130,14 @@ def _result(model_dir: str | Path, s: SearchSettings, study: optuna.Study, lock:
         finish = finish_once(study, lock, lambda: _finish(model_dir, s, rows, log=log), key=progress.complete, log=log)
     reference, confirmed = finish["reference"], finish["confirmation"]
     _, space = describe_space(model_dir, s.min_ratio, s.length_rule)
-    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
+    workloads = identity["workloads"]
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
                                   f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}"
                                   + (", each candidate routed (full model up to its predicted crossover)" if s.route else ""),
-                      "minimize": describe_cost(s.latency_model, layers, model_dir)},
+                      "minimize": identity["cost"]},
         "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,
-        "variant": str(s.variant), "workloads": workloads, "left_out_trained": len(trained_questions(model_dir)),
+        "variant": str(s.variant), "workloads": workloads, "left_out_trained": identity.get("left_out_trained", 0),
         "recommended": recommend(rows, reference=reference) if confirmed is None else confirmed["recommended"],
         "recommended_on_search_slice": recommend(rows, reference=reference), "confirmation": confirmed,
         "reference": reference,

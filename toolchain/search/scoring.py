@@ -16,7 +16,7 @@ from qtool_runtime.engines import runs_exactly
 from ..graph.settings import SearchSettings
 from ..data.splits import search_examples, trained_questions
 from .shared_study import worker_name
-from .space import config_from_ratios, macs_ratio_at_lengths
+from .space import config_from_ratios, macs_ratio_at_lengths, workload_neighbours
 
 
 def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[str], None] = print):
@@ -71,7 +71,7 @@ def scoring_workloads(tokenizer, settings: SearchSettings, *, questions: int, of
     """Search questions as paragraphs and, with `neighbours` > 0, as documents, featurized at seq_len."""
     stride = squad.default_doc_stride(settings.seq_len)
     workloads = {}
-    for n in (0, settings.neighbours) if settings.neighbours else (0,):
+    for n in workload_neighbours(settings):
         examples = search_examples(questions, offset, n, exclude)
         workloads[squad.workload_name(n)] = (examples, squad.featurize(examples, tokenizer, max_length=settings.seq_len,
                                                                        doc_stride=stride))

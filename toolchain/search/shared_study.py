@@ -24,12 +24,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+
+from qtool_runtime.contract import sha256
 
 from ..core.errors import InputError
 
@@ -98,7 +100,7 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
 
 
 def _engine_options(storage: str) -> dict:
-    if storage.startswith(("postgresql", "postgres")):
+    if storage.startswith("postgres"):  # postgres:// and postgresql://, with or without a driver
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {}
 
@@ -269,7 +271,7 @@ def run_budget(study: optuna.Study, objective: Callable, budget: int, lock: Stud
         lock.acquire()
         try:
             call_storage(lambda: _fail_stale(study), storage)
-            step = call_storage(lambda: _next_step(study, budget, heartbeats=bool(heartbeats)), storage)
+            step = call_storage(lambda: _next_step(study, budget, heartbeats=heartbeats), storage)
             if step == "run":
                 call_storage(lambda: study.optimize(unlocked, n_trials=1), storage)
         finally:
@@ -332,11 +334,8 @@ class _beating:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """A file's sha256, short: enough to tell one SQuAD file or weights file from another."""
+    return sha256(path)[:16]
 
 
 def model_digest(model_dir: str | Path) -> str:
@@ -344,7 +343,3 @@ def model_digest(model_dir: str | Path) -> str:
     folder = Path(model_dir)
     files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
     return hashlib.sha256("".join(f"{p.name}:{file_digest(p)}" for p in files).encode()).hexdigest()[:16]
-
-
-def trials_of(study: optuna.Study) -> Iterator[optuna.trial.FrozenTrial]:
-    return iter(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -11,6 +11,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
 from ..data.splits import training_args
+from ..graph.settings import SearchSettings
 
 
 SEARCH_SAMPLING = "spread over SQuAD train"  # recorded in a study: studies over contiguous slices are not resumed
@@ -101,3 +102,8 @@ def layers_and_variant(model_dir: str | Path) -> tuple[int, str]:
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     return config.num_hidden_layers, recorded_variant(config)
+
+
+def workload_neighbours(settings: SearchSettings) -> tuple[int, ...]:
+    """The workloads a search scores, as neighbouring paragraphs per side: paragraphs (0), and documents when asked."""
+    return (0, settings.neighbours) if settings.neighbours else (0,)

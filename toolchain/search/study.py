@@ -19,7 +19,7 @@ from .shared_study import (Progress, StudyLock, call_storage, describe, file_dig
                            open_storage, run_budget, study_lock)
 from .samplers import make_sampler
 from .scoring import make_objective
-from .space import SEARCH_SAMPLING, describe_cost, ratios_of
+from .space import SEARCH_SAMPLING, describe_cost, ratios_of, workload_neighbours
 
 
 def _run_trials(study: optuna.Study, lock: StudyLock, objective, settings: SearchSettings, progress: bool) -> None:
@@ -78,7 +78,7 @@ def open_study(*, settings: dict, search: SearchSettings, layers: int, start_fro
             recorded = {"cost": study.user_attrs.get("cost")}  # a study from before settings were recorded
         if recorded is not None:
             recorded = {**{k: settings[k] for k in IDENTITY if k not in recorded}, **recorded}  # older studies
-        if recorded is not None and recorded != settings:
+        if recorded not in (None, settings):
             differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
             raise InputError(f"study {s.study_name!r} in {describe(s.storage)} was run with other settings "
                              f"({', '.join(differ)}); use a new --study for this one")
@@ -108,7 +108,7 @@ def _recorded_search(s: SearchSettings) -> dict:
 
 def identity_of(model_dir: str | Path, s: SearchSettings, layers: int) -> dict:
     """What a trial measures, recorded in the study: a worker whose command differs here is refused."""
-    workloads = [squad.workload_name(n) for n in ((0, s.neighbours) if s.neighbours else (0,))]
+    workloads = [squad.workload_name(n) for n in workload_neighbours(s)]
     recorded = dict(questions=s.questions, offset=s.offset, sampling=SEARCH_SAMPLING, workloads=workloads,
                     rule=s.length_rule, seq_len=s.seq_len, min_ratio=s.min_ratio,
                     cost=describe_cost(s.latency_model, layers, model_dir),
