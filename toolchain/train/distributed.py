@@ -112,11 +112,21 @@ def average_gradients(parameters: Sequence[torch.Tensor], ranks: Ranks) -> None:
 
 def mean_over_ranks(value: float, ranks: Ranks, device: str) -> float:
     """A step's loss as one process would report it: the mean of the ranks' losses."""
+    return _reduced(value, ranks, device, dist.ReduceOp.SUM) / ranks.world
+
+
+def largest_over_ranks(value: float, ranks: Ranks, device: str) -> float:
+    """One clock for all ranks (the slowest one's): a --time-budget run then gives every rank the same learning
+    rate at each step and stops them at the same step (a rank stopping alone would hang the others)."""
+    return _reduced(value, ranks, device, dist.ReduceOp.MAX)
+
+
+def _reduced(value: float, ranks: Ranks, device: str, op: dist.ReduceOp) -> float:
     if not ranks.distributed:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / ranks.world
+    dist.all_reduce(t, op=op)
+    return float(t.item())
 
 
 def barrier(ranks: Ranks) -> None:

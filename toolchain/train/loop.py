@@ -86,7 +86,8 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         width = batch_width(int(lengths[rows].max()), max_width)
         progress_share = state["step"] / max_steps
         if args.time_budget:
-            progress_share = max(progress_share, (time.monotonic() - start_time) / args.time_budget)
+            elapsed = distributed.largest_over_ranks(time.monotonic() - start_time, ranks, device)
+            progress_share = max(progress_share, elapsed / args.time_budget)
         total = _optimizer_step(args, model, optimizer, feats, rows, width, num_layers, rng, autocast,
                                 lr=args.lr * lr_factor(progress_share, args.warmup), teacher=teacher, ranks=ranks)
 
@@ -99,7 +100,7 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
         last_save = write_progress(args, model, optimizer, tokenizer, state, n, ranks, ckpt_dir, last_save)
         if progress is not None:
             progress({**state, "width": width})
-        if args.time_budget and _over_budget(state["elapsed"], args.time_budget, ranks, device):
+        if args.time_budget and distributed.largest_over_ranks(state["elapsed"], ranks, device) >= args.time_budget:
             break
     bar.close()
     record = training_record(args, state, n, ranks)
@@ -109,7 +110,3 @@ def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resum
     distributed.stop(ranks)
     return record
 
-
-def _over_budget(elapsed: float, budget: float, ranks: Ranks, device: str) -> bool:
-    """--time-budget: the ranks stop at the same step (rank clocks differ; a rank stopping alone would hang)."""
-    return distributed.mean_over_ranks(float(elapsed >= budget), ranks, device) > 0
