@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from toolchain.search.recommend import confirm, confirmation_candidates
-from toolchain.graph.settings import SearchSettings
+from toolchain.core.settings import SearchSettings
 
 
 def main() -> None:

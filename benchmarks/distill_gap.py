@@ -60,7 +60,7 @@ def gap(teacher: Predictions, student: Predictions, features: squad.Features) ->
 @click.option("--model", "models", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A model whose sub-model is compared (repeat).")
 @click.option("--config", required=True, help="The sub-model's length configuration.")
-@click.option("--variant", type=click.Choice(VARIANTS), default="question", show_default=True)
+@click.option("--variant", type=click.Choice(VARIANTS), default="match", show_default=True)
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1), help="Held-out train questions.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON here.")
 def main(teacher, models, config, variant, limit, out) -> None:

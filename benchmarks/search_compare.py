@@ -13,7 +13,7 @@ import argparse
 import json
 
 from toolchain.search.run import search_configs
-from toolchain.graph.settings import SearchSettings
+from toolchain.core.settings import SearchSettings
 
 
 def hypervolume(front: list[dict], ref_cost: float = 1.0, ref_f1: float = 0.0) -> float:

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 import torch
 
+from toolchain.core.settings import ExportSettings, TrainSettings, VerifySettings
 from toolchain.data import squad
-from toolchain.train.args import TrainArgs, resolve_base
+from toolchain.train.args import resolve_base
 from toolchain.train.loop import train
-from toolchain.graph.settings import ExportSettings, VerifySettings
 
 TRAIN_STEPS = 100
 
@@ -50,7 +51,7 @@ def minilm_qa(minilm_dir):
 def trained_dir(tmp_path_factory, squad_dir) -> Path:
     """MiniLM fine-tuned on 1,000 SQuAD train questions at length 192 (about a minute on 2 cores; seeded, so the same model whatever ran before)."""
     out = tmp_path_factory.mktemp("trained") / "minilm-qa"
-    train(TrainArgs(base="minilm", out=str(out), limit=1000, max_length=192, batch_size=16,
+    train(TrainSettings(base="minilm", out=str(out), limit=1000, max_length=192, batch_size=16,
                     max_steps=TRAIN_STEPS, lr=2e-4, warmup=0.1, seed=0))
     return out
 
@@ -78,12 +79,13 @@ def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
     """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
     INT8 graphs and the standard recipe's three graphs, with the report."""
     from toolchain.evaluate.bench import run_bench
-    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.core.settings import BenchSettings, QuantizeSettings
 
     root = tmp_path_factory.mktemp("bench") / "bench"
     verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)
-    report = run_bench(trained_dir, [REDUCED], root, verify, calib_samples=8, tune_questions=20, tolerance=100.0,
-                       recipes=[RECIPES_BY_NAME["dynamic-all"]], timing_batches=(1, 2), plain_ort=False,
+    quantize = QuantizeSettings(samples=8, tune_questions=20, tolerance=100.0, recipes=("dynamic-all",),
+                                timing_batches=(1, 2))
+    report = run_bench(trained_dir, [REDUCED], root, verify, BenchSettings(quantize=quantize, plain_ort=False),
                        log=lambda _: None)
     return root, report
 
@@ -96,3 +98,9 @@ def postgres():
     server = pg_server.start()
     yield server
     server.stop()
+
+
+# Any JSON-like value, nested a little: what hypothesis feeds manifest and request checks (kit and run-time graph tests).
+JUNK = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=8)

@@ -34,15 +34,17 @@ class Mode(str, Enum):
 
 
 class LengthRule(Mode):
-    """How keep counts stated for seq_len meet a window of L real tokens."""
+    """How keep counts stated for seq_len meet a batch of width L. Graphs run `cap` only; `ratio` is a training
+    option (LengthDrop draws each batch's counts for its own width, as LAT's code does)."""
 
     CAP = "cap"  # k_i(L) = min(k_i, n_in): an unpadded window keeps what it would keep padded
     RATIO = "ratio"  # k_i(L) = ceil(k_i * L / seq_len), LAT's scaling: only right for inputs padded to seq_len
 
-    @property
-    def sees_padding(self) -> bool:
-        """Whether padding changes which real tokens are kept (so the graph must be fed padded to seq_len)."""
-        return self is LengthRule.RATIO
+
+# Retired for graphs: `ratio` kept the same tokens as `cap` on windows padded to seq_len and fewer (27 F1 less) on
+# unpadded ones. A manifest that drops tokens under it is refused with this line; a full graph drops nothing and runs.
+RATIO_RETIRED = ("length rule 'ratio' is retired for graphs: it matches 'cap' on padded windows and loses F1 on "
+                 "unpadded ones; re-export the configuration with qtool export (cap)")
 
 
 class Variant(Mode):
@@ -50,8 +52,8 @@ class Variant(Mode):
 
     QTOOL = "qtool"  # significance over real queries; a dropped token keeps its post-attention state
     LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
-    QUESTION = "question"  # qtool, and the question segment ([CLS] question [SEP]) is always kept
-    MATCH = "match"  # question, and context tokens near a word of the question rank above the rest of the context
+    # the question segment ([CLS] question [SEP]) first, then context tokens near a word of the question, then the rest
+    MATCH = "match"
 
     @property
     def sees_padding(self) -> bool:
@@ -60,7 +62,13 @@ class Variant(Mode):
     @property
     def keeps_question(self) -> bool:
         """Whether the question segment (found by its token type) always ranks first."""
-        return self in (Variant.QUESTION, Variant.MATCH)
+        return self is Variant.MATCH
+
+
+# Retired variants, with the line that refuses them. `question` (the question segment first, then qtool's ranking)
+# lost to `match` at every configuration and on every overlap third of held-out train documents (results/question-vs-match).
+RETIRED_VARIANTS = {"question": "variant 'question' is retired: 'match' keeps the question too and beat it at every "
+                                "configuration on held-out documents; re-export or retrain with --variant match"}
 
 
 class QuantMode(Mode):
@@ -252,13 +260,17 @@ def is_file_name(name: object) -> bool:
 
 def feeding(manifest: dict) -> tuple[bool, bool]:
     """(batchable, pad_to_seq_len) for a manifest: only dynamic INT8 is not batchable (activation scales
-    computed per batch), and the ratio rule and LAT's variant see padding, so they need every window padded to
-    seq_len as validated. A manifest's own `feeding` record must agree (check_fields)."""
+    computed per batch), and LAT's variant sees padding, so it needs every window padded to seq_len as validated. A
+    manifest's own `feeding` record must agree (check_fields)."""
     lc = manifest["length_config"]
-    drops = any(k is None or k < lc["seq_len"] for k in lc["keep"])
     mode = (manifest.get("quantization") or {}).get("mode")
-    rule, variant = LengthRule(lc.get("rule", LengthRule.RATIO)), Variant(lc.get("variant", Variant.QTOOL))
-    return (not (mode and QuantMode(mode).per_batch_scales), drops and (rule.sees_padding or variant.sees_padding))
+    variant = Variant(lc.get("variant", Variant.QTOOL))
+    return (not (mode and QuantMode(mode).per_batch_scales), drops(lc) and variant.sees_padding)
+
+
+def drops(length_config: dict) -> bool:
+    """Whether a manifest's configuration drops tokens at some layer (a full one runs the plain model)."""
+    return any(k is None or k < length_config["seq_len"] for k in length_config["keep"])
 
 
 def full_up_to(length_config: dict) -> int:
@@ -327,6 +339,9 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          and all(a >= b for a, b in zip(counts, counts[1:])),
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
+    need(lc.get("rule", LengthRule.RATIO) == LengthRule.CAP or not drops(lc), RATIO_RETIRED)
+    retired = RETIRED_VARIANTS.get(lc["variant"]) if isinstance(lc.get("variant"), str) else None
+    need(retired is None, retired or "")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
     routed = full_up_to_problem(full_up_to(lc), lc["keep"], lc["seq_len"], lc.get("rule", LengthRule.RATIO),
                                 lc.get("variant", Variant.QTOOL))

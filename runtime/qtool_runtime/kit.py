@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import bounds
-from .contract import (FULL, Engine, KEEP_INPUT, MANIFEST, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
+from .contract import (FULL, Engine, KEEP_INPUT, MANIFEST, LengthRule, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
                        config_label, feeding, format_of, full_up_to, kept_widths, length_runs, onnxruntime_problem,
                        parse_config, sha256)
 from .engines import QTOOL_KIND, engine_of, open_session, runs_exactly
@@ -345,7 +345,7 @@ class Artifact:
         """What a health check reports: which graph answers and under which length configuration."""
         lc = self.manifest["length_config"]
         return {"artifact": self.name, "precision": self.manifest["precision"],
-                "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", "ratio"),
+                "length_config": {"keep": lc["keep"], "seq_len": lc["seq_len"], "rule": lc.get("rule", LengthRule.RATIO),
                                   "variant": lc.get("variant", "qtool"), "full_up_to": self.full_up_to},
                 "doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
                 "max_positions": self.max_positions, "max_question_tokens": self.max_question_tokens,

@@ -6,6 +6,7 @@ artifact behind. The manifest records sha256 of every other file; `check_artifac
 
 from __future__ import annotations
 
+import subprocess
 import datetime as _dt
 import json
 import platform
@@ -33,7 +34,6 @@ class ArtifactError(QtoolError, ValueError):
 
 def source_commit() -> str | None:
     """The git commit of the qtool checkout running (None outside a git checkout): which code made a report."""
-    import subprocess
 
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,

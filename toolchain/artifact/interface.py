@@ -78,8 +78,8 @@ class GraphInterface:
 
 def is_invariant(config: LengthConfig | None, *, static: bool = True) -> bool:
     """True when a graph's answers depend neither on padding nor on batch-mates: no dynamic activation
-    scales (`static`), and no drop ops or drop counts that see padding (the cap rule, qtool's significance)."""
+    scales (`static`), and no drop ops or drop counts that see padding (qtool's significance)."""
     if config is None or config.is_full:
         return static
-    # the ratio rule's counts and `lat` significance (padding queries included) both see padding
-    return static and not config.rule.sees_padding and not config.variant.sees_padding
+    # `lat` significance (padding queries included) sees padding
+    return static and not config.variant.sees_padding

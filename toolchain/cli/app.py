@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 import click
+from qtool_runtime.errors import one_line_errors
+from ..core.atomic import sigterm_as_exit
 
 
 
@@ -26,18 +28,12 @@ NEIGHBOURS_HELP = ("The document workload: widen each context with this many nei
                    "on each side, so windows are full of real tokens (0: SQuAD's own paragraphs).")
 
 
-RULE_HELP = ("How a configuration stated for --seq-len tokens applies to other input lengths: 'cap' keeps min(k_i, "
-             "tokens in), so unpadded windows keep what padded ones keep; 'ratio' scales k_i with the input length "
-             "(LAT), right only for inputs padded to --seq-len.")
-
-
 ROOT_HELP = (" New, empty, or a folder of qtool artifacts: artifacts of the same name are replaced, nothing else is "
              "touched; never the model or inside an artifact.")
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The error types that mean bad input: qtool's one base class (toolchain and kit) and file errors."""
-    from qtool_runtime.errors import one_line_errors
 
     return one_line_errors()
 
@@ -47,7 +43,6 @@ def run(fn, *args, **kwargs):
 
     SIGTERM during the call unwinds like Ctrl-C, so staging folders and temporary directories are removed.
     """
-    from ..core.atomic import sigterm_as_exit
 
     try:
         with sigterm_as_exit():

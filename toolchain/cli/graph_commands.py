@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from ..core.length import LENGTH_RULES, VARIANTS
-from ..quantize.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
+from ..core.length import VARIANTS
 from ..evaluate.standard import NNCF_CALIB_SAMPLES
-from ..graph.settings import ExportSettings
-from .app import CONFIG_HELP, POSITIVE, ROOT_HELP, RULE_HELP, VARIANT_HELP, run, main
+from ..core.settings import ExportSettings, QuantizeSettings
+from .app import CONFIG_HELP, POSITIVE, ROOT_HELP, VARIANT_HELP, run, main
+from ..artifact.manifest import load
+from qtool_runtime.contract import Precision
 
 
 @main.command()
@@ -21,23 +22,21 @@ from .app import CONFIG_HELP, POSITIVE, ROOT_HELP, RULE_HELP, VARIANT_HELP, run,
 @click.option("--samples", default=ExportSettings.samples, show_default=True, type=POSITIVE, help="Questions used to validate each graph against PyTorch.")
 @click.option("--seq-len", default=ExportSettings.seq_len, show_default=True, type=click.IntRange(min=2), help="Sequence length the configurations are stated for (at most the model's positions).")
 @click.option("--doc-stride", type=POSITIVE, default=None, help="Window overlap in tokens (default: min(128, seq-len/2)); recorded in the manifest.")
-@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(ExportSettings.length_rule), show_default=True, help=RULE_HELP)
 @click.option("--opset", default=ExportSettings.opset, show_default=True, type=click.IntRange(min=1))
 @click.option("--atol", default=ExportSettings.atol, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Largest logit difference ONNX vs PyTorch allowed.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help=VARIANT_HELP)
 @click.option("--menu", "menu", multiple=True, help="With --config runtime: a configuration the run-time graph is meant "
               "to run (repeatable; full is always on the menu). Each is validated against PyTorch.")
-def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, length_rule, opset, atol, variant,
+def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, opset, atol, variant,
            menu) -> None:
     """Export one validated ONNX graph per configuration into OUT/fp32-<config>/.
 
     --config runtime writes OUT/fp32-runtime/: one graph whose keep counts are an input, so a deployment
     chooses the configuration per request (qtool answer --config/--budget-ms, qtool serve --latency-target-ms)."""
     from ..graph.export import export_configs
-    from ..artifact.manifest import load
 
     settings = ExportSettings(squad_file=squad_file, samples=samples, seq_len=seq_len, doc_stride=doc_stride,
-                              length_rule=length_rule, variant=variant, opset=opset, atol=atol)
+                              variant=variant, opset=opset, atol=atol)
     folders = run(export_configs, model_dir, configs, out, settings=settings, menu=menu)
     for folder in folders:
         v = load(folder).validation
@@ -53,33 +52,30 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, le
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--calib", default="squad", show_default=True, help="'squad' (shipped, offline) or a SQuAD JSON path.")
-@click.option("--samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
-@click.option("--calib-neighbours", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--calib", default=QuantizeSettings.calib, show_default=True, help="'squad' (shipped, offline) or a SQuAD JSON path.")
+@click.option("--samples", default=QuantizeSettings.samples, show_default=True, type=POSITIVE, help="Calibration windows (static recipes).")
+@click.option("--calib-neighbours", default=QuantizeSettings.calib_neighbours, show_default=True, type=click.IntRange(min=0),
               help="Take half the calibration windows from contexts widened by this many neighbouring paragraphs on each "
                    "side (full windows of running text, the document workload); needs a SQuAD file with whole articles, "
                    "e.g. --calib ../shared/squad/train-v1.1.json.")
-@click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
-@click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
+@click.option("--tolerance", default=QuantizeSettings.tolerance, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
+@click.option("--tune-questions", default=QuantizeSettings.tune_questions, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
 @click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
 @click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: static-fp32-out, batch-invariant "
               "static INT8 that lost the least F1 on the reference model) without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")
 def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, recipe_names, no_tune, plain_ort) -> None:
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
-    from qtool_runtime.contract import Precision
 
     from ..artifact.artifact import find_artifacts
-    from ..artifact.manifest import load
-    from ..quantize.recipes import DEFAULT_RECIPE, LADDER, RECIPES_BY_NAME, QuantizationError
+    from ..quantize.recipes import RECIPES_BY_NAME, QuantizationError
     from ..quantize.quantize import check_destination, int8_destination, quantize_artifact, quantize_plain_ort
 
     unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
     if unknown:
         raise click.BadParameter(f"unknown recipe(s) {unknown}; choose from {list(RECIPES_BY_NAME)}", param_hint="--recipe")
-    if no_tune and not recipe_names:
-        recipe_names = (DEFAULT_RECIPE,)
-    recipes = [RECIPES_BY_NAME[r] for r in recipe_names] or list(LADDER)
+    settings = QuantizeSettings(calib=calib, samples=samples, calib_neighbours=calib_neighbours, tolerance=tolerance,
+                                tune_questions=tune_questions, recipes=tuple(recipe_names), tune=not no_tune)
 
     def sources():
         found = [f for f in find_artifacts(path) if load(f, check_graph=False).precision == Precision.FP32]
@@ -94,9 +90,7 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
         if plain_ort:
             dest = run(quantize_plain_ort, src, int8_destination(src, plain_ort=True), calib=calib, samples=samples)
         else:
-            dest = run(quantize_artifact, src, calib=calib, samples=samples, calib_neighbours=calib_neighbours,
-                        tolerance=None if no_tune else tolerance,
-                        tune_questions=tune_questions, recipes=recipes, log=click.echo)
+            dest = run(quantize_artifact, src, settings=settings, log=click.echo)
         click.echo(f"wrote {dest}")
 
 

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..core.length import DEFAULT_LENGTH_RULE, LENGTH_RULES
-from ..quantize.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, DEFAULT_TUNE_QUESTIONS
-from ..graph.runtime import PROTOCOLS
-from ..graph.settings import TorchReference, VerifySettings
+from ..core.windows import PROTOCOLS
+from ..core.settings import BenchSettings, QuantizeSettings, TorchReference, VerifySettings
 from qtool_runtime.bounds import click_type as bounded  # the kit's one bounds table for operational flags
 from qtool_runtime.contract import ENGINES
-from .app import NEIGHBOURS_HELP, POSITIVE, ROOT_HELP, RULE_HELP, run, main
+from .app import NEIGHBOURS_HELP, POSITIVE, ROOT_HELP, run, main
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -75,20 +73,18 @@ def verify(path, model_dir, protocols, **options) -> None:
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Fine-tuned QA model folder.")
 @click.option("--config", "configs", multiple=True, required=True, help="Reduced configuration(s) to ship (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact root, e.g. graphs/minilm." + ROOT_HELP)
-@click.option("--length-rule", "length_rules", type=click.Choice(LENGTH_RULES), multiple=True, default=(str(DEFAULT_LENGTH_RULE),),
-              show_default=True, help=RULE_HELP + " Repeat to export each configuration under both rules.")
-@click.option("--calib-samples", default=DEFAULT_CALIB_SAMPLES, show_default=True, type=POSITIVE, help="Calibration windows of every static recipe: qtool's and (c)'s.")
-@click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
-@click.option("--tune-questions", default=DEFAULT_TUNE_QUESTIONS, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
+@click.option("--calib-samples", default=QuantizeSettings.samples, show_default=True, type=POSITIVE, help="Calibration windows of every static recipe: qtool's and (c)'s.")
+@click.option("--tolerance", default=QuantizeSettings.tolerance, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop a quantization recipe may cost.")
+@click.option("--tune-questions", default=QuantizeSettings.tune_questions, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions per recipe.")
 @click.option("--no-standard", is_flag=True, help="Skip the standard recipe (optimum export + fusions + dynamic INT8).")
 @_verify_options
-def bench(model_dir, configs, out, length_rules, calib_samples, tolerance, tune_questions, no_standard, **options) -> None:
+def bench(model_dir, configs, out, calib_samples, tolerance, tune_questions, no_standard, **options) -> None:
     """The whole benchmark in one run: qtool's graphs and the standard recipe's, from one checkpoint, side by side."""
     from ..evaluate.bench import run_bench
     from ..evaluate.report import format_table
 
+    quantize = QuantizeSettings(samples=calib_samples, tolerance=tolerance, tune_questions=tune_questions)
     report = run(run_bench, model_dir, configs, out, _verify_settings(**options),
-                  length_rules=tuple(dict.fromkeys(length_rules)), calib_samples=calib_samples, tolerance=tolerance,
-                  tune_questions=tune_questions, standard=not no_standard, log=click.echo)
+                 BenchSettings(quantize=quantize, standard=not no_standard), log=click.echo)
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['report_dir']) / 'report.md'}")

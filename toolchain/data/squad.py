@@ -6,6 +6,7 @@ and articles removed, white space collapsed) and each prediction takes the best 
 
 from __future__ import annotations
 
+import os
 import collections
 import json
 import re
@@ -21,26 +22,15 @@ from qtool_runtime.kit import max_question_tokens
 from qtool_runtime.spans import best_span
 
 from ..core.errors import InputError
+from ..core.windows import DOC_STRIDE, DOCUMENT_NEIGHBOURS, MAX_LENGTH, default_doc_stride  # noqa: F401 (squad.X)
 
-MAX_LENGTH = 384
-DOC_STRIDE = 128
 MAX_ANSWER_LENGTH = 30
 N_BEST = 20
-
-
-# The document workload's construction (reports on dev, tuning and search on held-out train): each question's
-# context is its paragraph plus this many neighbouring paragraphs of the same article on each side.
-DOCUMENT_NEIGHBOURS = 2
 
 
 def workload_name(neighbours: int) -> str:
     """How reports name the workload a `neighbours` setting builds."""
     return f"documents (paragraph + {neighbours} neighbours each side)" if neighbours else "paragraphs"
-
-
-def default_doc_stride(seq_len: int) -> int:
-    """SQuAD's usual 128-token window overlap, or half the window for short windows (the one default)."""
-    return min(DOC_STRIDE, seq_len // 2)
 
 
 class SquadFormatError(QtoolError, ValueError):
@@ -59,7 +49,6 @@ class SquadExample:
 
 def default_squad_dir() -> Path:
     """Where tests and benchmarks find SQuAD: $QTOOL_SQUAD_DIR, else ../shared/squad beside the checkout."""
-    import os
 
     env = os.environ.get("QTOOL_SQUAD_DIR")
     if env:

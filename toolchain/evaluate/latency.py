@@ -16,6 +16,7 @@ below 1/1.5 is the "1.5x faster than the standard recipe" line.
 
 from __future__ import annotations
 
+from functools import partial
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,10 @@ from ..core.errors import InputError
 from ..core.length import LengthConfig
 from ..core.machine import machine_info
 from ..artifact.output import OutputKind
-from qtool_runtime.contract import Precision
+from qtool_runtime.timing import interleaved_ms
+from qtool_runtime.contract import Engine, Precision
+from ..artifact import manifest as manifest_mod
+from ..artifact.manifest import Kind
 
 if TYPE_CHECKING:
     from ..artifact.manifest import Manifest
@@ -98,7 +102,7 @@ class LatencyModel:
         if config.is_full:
             return config
         reduced = replace(config, full_up_to=0)
-        full = LengthConfig.full(self.layers, config.seq_len, config.rule, config.variant)
+        full = LengthConfig.full(self.layers, config.seq_len, variant=config.variant)
         widths = timed_widths(config.seq_len)
         crossover = Crossover(widths, tuple(self.predict_ms(full, w) for w in widths),
                               tuple(self.predict_ms(reduced, w) for w in widths))
@@ -117,7 +121,7 @@ class LatencyModel:
         if self.baseline is not None:
             ref = sum(c * self.baseline_ms(int(n)) for n, c in zip(unique, counts))
         else:
-            full = LengthConfig.full(self.layers, config.seq_len, config.rule, config.variant)
+            full = LengthConfig.full(self.layers, config.seq_len, variant=config.variant)
             ref = sum(c * self.predict_ms(full, int(n)) for n, c in zip(unique, counts))
         return float(ours / ref)
 
@@ -164,10 +168,6 @@ def _time_points(sessions: dict[str, object], lengths: Sequence[int], *, rounds:
     Each (graph, length) runs once untimed before its timed runs: switching graphs evicts the previous
     graph's weights from the caches, and a deployment serving one graph runs it warm."""
     from ..graph.runtime import synthetic_feed
-
-    from functools import partial
-
-    from qtool_runtime.timing import interleaved_ms
 
     work = {(name, n): partial(s.run, None, synthetic_feed(GraphInterface.of_session(s), 1, n, seed=n))
             for name, s in sessions.items() for n in lengths}
@@ -228,10 +228,6 @@ def fit_latency_model(
 def _graphs_to_fit(folders: Sequence[str | Path], precision: str
                    ) -> tuple[dict[str, tuple[Path, Manifest]], tuple[str, Path, Manifest] | None]:
     """qtool's graphs of `precision` (one model, one depth, a reduced one among them) and the standard recipe's INT8."""
-    from qtool_runtime.contract import Engine, Precision
-
-    from ..artifact import manifest as manifest_mod
-    from ..artifact.manifest import Kind
 
     ours: dict[str, tuple[Path, Manifest]] = {}
     baseline: tuple[str, Path, Manifest] | None = None

@@ -38,6 +38,7 @@ from ..artifact.output import OutputKind, RootKind, Target
 from .peers import OPENVINO_INT8, STANDARD_FP32, STANDARD_FUSED, STANDARD_INT8
 from ..artifact.interface import GraphInterface
 from ..graph.runtime import onnx_session
+from ..data.calibration_windows import calibration_features
 
 NAMES = {"export": STANDARD_FP32, "fused": STANDARD_FUSED, "int8": STANDARD_INT8}
 NNCF_CALIB_NEIGHBOURS = 2  # half of (c)'s calibration windows are documents, so its ranges cover full windows of text
@@ -151,8 +152,6 @@ def _build_openvino_peer(exported: Path, work: Path, dest: Path, *, config, sour
     import nncf
     import onnx
     from transformers import AutoTokenizer
-
-    from ..data.calibration_windows import calibration_features
 
     tokenizer = AutoTokenizer.from_pretrained(work / "export", local_files_only=True)
     seq_len = squad.MAX_LENGTH

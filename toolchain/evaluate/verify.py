@@ -26,8 +26,8 @@ from ..model.families import dims_of
 from ..data.overlap import THIRDS, overlap_thirds
 from .peers import PEERS, STANDARD_INT8
 from .report import VerifyError, write_report
-from ..core.length import DEFAULT_LENGTH_RULE, LengthConfig
-from ..graph.settings import TorchReference, VerifySettings
+from ..core.length import LengthConfig
+from ..core.settings import TorchReference, VerifySettings
 from ..artifact.interface import GraphError, GraphInterface, is_invariant
 from ..core.machine import machine_info
 from ..graph.runtime import (
@@ -48,7 +48,6 @@ def evaluate_model(
     squad_file: str = "dev",
     limit: int | None = None,
     seq_len: int = squad.MAX_LENGTH,
-    length_rule: str = DEFAULT_LENGTH_RULE,
     variant: str | None = None,
     protocol: str = Protocol.PADDED,
     batch_size: int = 32,
@@ -64,7 +63,7 @@ def evaluate_model(
     dims = dims_of(model)
     if not 2 <= seq_len <= dims.max_positions:
         raise VerifyError(f"--seq-len {seq_len} is outside what the model takes (2..{dims.max_positions})")
-    parsed = [LengthConfig.parse(c, dims.layers, seq_len, length_rule, variant) for c in configs]
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, variant=variant) for c in configs]
     examples = squad.load_squad(squad_file, limit=limit, neighbours=neighbours)
     features = squad.featurize(examples, tokenizer, max_length=seq_len, doc_stride=squad.default_doc_stride(seq_len))
     rows = []

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from qtool_runtime.contract import LengthRule, MenuEntry, Precision
+from qtool_runtime.contract import MenuEntry, Precision
 from qtool_runtime.errors import QtoolError
 
 import numpy as np
@@ -27,9 +27,10 @@ from ..core.length import LengthConfig
 from ..model.families import dims_of, family_of
 from ..model.drop_and_restore import DropAndRestoreQA, RuntimeConfigQA, flops_ratio
 from ..artifact.output import OutputKind, RootKind, Target
-from .settings import ExportSettings
+from ..core.settings import ExportSettings
 from ..artifact.interface import GraphInterface
 from .runtime import PROTOCOLS, kept_agreement, near_tie_flips, onnx_session, predict_onnx, predict_torch
+from .passes import EXPORT_PASSES, run_passes
 
 DEFAULT_OPSET = ExportSettings.opset
 RUNTIME = "runtime"  # --config RUNTIME: the run-time configuration graph (keep counts are an input)
@@ -153,8 +154,6 @@ def tidy_graph(path: str | Path) -> dict[str, int]:
     """
     import onnx
 
-    from .passes import EXPORT_PASSES, run_passes
-
     done = run_passes(onnx.load(str(path)), EXPORT_PASSES)
     onnx.save(done.model, str(path))
     return done.rewrites
@@ -240,10 +239,8 @@ def runtime_layout(menu: Sequence[LengthConfig]) -> LengthConfig:
     if len(skips) > 1:
         raise ExportError(f"menu configurations skip different layers {sorted(skips)}; skipped layers are an "
                           "export-time choice: export one run-time graph per set of skipped layers")
-    if any(c.rule != LengthRule.CAP for c in menu):
-        raise ExportError("a run-time configuration graph runs the cap rule; use --length-rule cap")
     keep = tuple(None if k is None else first.seq_len for k in first.keep)
-    return LengthConfig(keep, first.seq_len, LengthRule.CAP, first.variant)
+    return LengthConfig(keep, first.seq_len, variant=first.variant)
 
 
 def export_runtime_artifact(model: torch.nn.Module, tokenizer, menu: Sequence[LengthConfig], dest: str | Path,
@@ -354,9 +351,8 @@ def export_configs(
     settings = replace(settings, doc_stride=settings.window_stride)
     if not 0 < settings.doc_stride < seq_len:
         raise ExportError(f"--doc-stride {settings.doc_stride} must be positive and smaller than --seq-len {seq_len}")
-    parsed = [LengthConfig.parse(c, dims.layers, seq_len, settings.length_rule, settings.variant)
-              for c in configs if c != RUNTIME]
-    menu_configs = [LengthConfig.parse(c, dims.layers, seq_len, settings.length_rule, settings.variant) for c in menu]
+    parsed = [LengthConfig.parse(c, dims.layers, seq_len, variant=settings.variant) for c in configs if c != RUNTIME]
+    menu_configs = [LengthConfig.parse(c, dims.layers, seq_len, variant=settings.variant) for c in menu]
     repeated = sorted({c.label for i, c in enumerate(menu_configs) if c in menu_configs[:i]})
     if repeated:
         raise ExportError(f"--menu {', '.join(repeated)} is given twice; give each configuration once")
@@ -396,7 +392,7 @@ def planned_folders(model_dir: str | Path, configs: Sequence[str], out: str | Pa
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     variant = settings.variant or recorded_variant(config)
-    parsed = [LengthConfig.parse(c, dims_of(config).layers, settings.seq_len, settings.length_rule, variant)
+    parsed = [LengthConfig.parse(c, dims_of(config).layers, settings.seq_len, variant=variant)
               for c in configs if c != RUNTIME]
     return export_folders(out, parsed, runtime=RUNTIME in configs)
 

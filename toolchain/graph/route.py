@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from qtool_runtime.contract import SPAN_OUTPUTS, LengthRule
+from qtool_runtime.contract import SPAN_OUTPUTS
 
 from ..artifact import artifact, output
 from ..artifact import manifest as manifests
 from ..core.crossover import Crossover, timed_widths
 from ..core.errors import InputError
 from ..artifact.output import OutputKind
+from .passes import defined_names, subgraphs
+from qtool_runtime.timing import interleaved_ms
+from .runtime import onnx_session
 
 if TYPE_CHECKING:
     import onnx
@@ -51,7 +54,6 @@ def check_pair(full: manifests.Manifest, reduced: manifests.Manifest) -> None:
     need(full.length_config.is_full and not full.is_runtime, "--full must be a full graph (every layer keeps every token)")
     need(reduced.is_reduced and not reduced.is_runtime and not reduced.length_config.full_up_to,
          "--reduced must be a graph of one reduced configuration")
-    need(reduced.length_config.rule == LengthRule.CAP, "a routed graph needs the cap rule (its reduced graph trims padding)")
     need(not reduced.feeding["pad_to_seq_len"], "the reduced graph sees padding; a routed graph trims it")
     need(full.precision == reduced.precision, f"the graphs differ in precision ({full.precision} vs {reduced.precision})")
     need(full.interface.inputs == reduced.interface.inputs, "the graphs take different inputs")
@@ -92,7 +94,6 @@ def _point_subgraphs_at(graph: "onnx.GraphProto", renamed: dict[str, str], shado
     `renamed`, where no enclosing subgraph defines the name itself. onnx.compose.add_prefix_graph recurses into
     subgraphs before it renames initializers, so their reads of the graph's constants keep the old names; and the
     branch's inputs, read from the routed graph's trimmed inputs, are renamed here at every depth."""
-    from .passes import defined_names, subgraphs
 
     for node in graph.node:
         for sub in subgraphs(node):
@@ -209,7 +210,6 @@ def measure_crossover(full_session: "ort.InferenceSession", reduced_session: "or
                       widths: tuple[int, ...], rounds: int = 5, repeat: int = 10,
                       log: Callable[[str], None] = print) -> Crossover:
     """Milliseconds per window of both graphs at each width (batch 1, interleaved rounds, medians)."""
-    from qtool_runtime.timing import interleaved_ms
 
     full_ms, reduced_ms = [], []
     for width in widths:
@@ -227,7 +227,6 @@ def measure_crossover(full_session: "ort.InferenceSession", reduced_session: "or
 def check_routed(graph: Path, full_graph: Path, reduced_graph: Path, full_up_to: int, seq_len: int) -> dict[str, object]:
     """Run the routed graph beside its two parts on windows on both sides of the threshold (alone, padded to seq_len,
     and two of one side in a batch): its span logits on real tokens must be its branch's. The validation record."""
-    from .runtime import onnx_session
 
     routed, full, reduced = (onnx_session(p) for p in (graph, full_graph, reduced_graph))
     widths = sorted({max(4, full_up_to - 1), full_up_to, min(seq_len, full_up_to + 1), seq_len})
@@ -262,8 +261,6 @@ def route_artifacts(full_folder: str | Path, reduced_folder: str | Path, out: st
     refused if it is, holds or lies inside --full or --reduced, or holds anything but a routed artifact
     (`toolchain.artifact.output`)."""
     import onnx
-
-    from .runtime import onnx_session
 
     full_folder, reduced_folder = Path(full_folder), Path(reduced_folder)
     full, reduced = manifests.load(full_folder), manifests.load(reduced_folder)

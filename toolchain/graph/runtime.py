@@ -21,30 +21,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from qtool_runtime.contract import Engine, Mode, length_runs
+from qtool_runtime.contract import Engine
 
 from ..artifact.interface import GraphError, GraphInterface, is_invariant
 from ..data import squad
 from ..data.overlap import f1_by_third
 from ..core.length import LengthConfig
-
-class Protocol(Mode):
-    """How windows are fed to a graph when it is scored."""
-
-    PADDED = "padded"  # the papers' protocol: batches of windows, each padded to seq_len
-    UNPADDED = "unpadded"  # every window alone at its real length (what the kit does for dynamic graphs)
-    BUCKETED = "bucketed"  # length-sorted batches, each padded to its longest window (the kit for static graphs)
-
-    def groups(self, lengths: np.ndarray, batch_size: int, *, threshold: int = 0) -> list[np.ndarray]:
-        """The rows that share a run, in the order they run; a routed graph's `threshold` (its full_up_to): no run
-        mixes windows on both sides of it (contract.length_runs)."""
-        if self == Protocol.UNPADDED:
-            return [np.array([row]) for row in range(len(lengths))]
-        runs = length_runs([int(n) for n in lengths], batch_size, threshold=threshold, sort=self == Protocol.BUCKETED)
-        return [np.array(rows, dtype=np.int64) for rows in runs]
-
-
-PROTOCOLS = Protocol.choices()
+from ..core.windows import PROTOCOLS, Protocol  # noqa: F401 (runtime.Protocol)
+from qtool_runtime.engines import open_session
 
 
 @dataclass
@@ -196,7 +180,6 @@ def onnx_session(path: str | Path, threads: int | None = None, engine: Engine = 
                  exact: bool = True):
     """A CPU session of the graph at `path` on `engine` (qtool_runtime.engines: onnxruntime with full graph
     optimisation, or OpenVINO computing in FP32); a corrupt graph raises GraphError."""
-    from qtool_runtime.engines import open_session
 
     path = Path(path)
     if not path.is_file():

@@ -28,7 +28,7 @@ from qtool_runtime.contract import Variant
 
 NEG_MASK = -10000.0  # additive attention mask; finite so INT8 graphs and bf16 stay NaN-free
 ALWAYS_KEPT = 1e9  # significance that outranks any sum of attention ([CLS] under `lat`); a constant, not n-dependent
-# `question`: a question token scores QUESTION_FIRST - position, above any sum of attention (at most heads * n) and
+# `match`: a question token scores QUESTION_FIRST - position, above any sum of attention (at most heads * n) and
 # exact in float32, so question tokens rank first, in order, with no ties for runtimes to break differently
 QUESTION_FIRST = float(1 << 20)
 # `match`: a context token near a word of the question scores its attention + MATCH_FIRST, above any sum of attention
@@ -273,7 +273,7 @@ def _question_len(family: Family, attention_mask: torch.Tensor, token_type_ids: 
     """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B, 1]."""
     if token_type_ids is None or "token_type_ids" not in family.inputs:
         raise UnsupportedModelError(
-            f"the '{Variant.QUESTION}' and '{Variant.MATCH}' variants find the question by its token type; "
+            f"the '{Variant.MATCH}' variant finds the question by its token type; "
             f"{family.model_type} has no token_type_ids (use qtool or lat)")
     return ((token_type_ids == 0) & (attention_mask > 0)).sum(dim=1, keepdim=True)
 

@@ -16,6 +16,7 @@ neural-compressor's `quantize`.
 
 from __future__ import annotations
 
+from functools import partial
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -24,25 +25,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from qtool_runtime.contract import LengthRule, Precision, QuantMode
+from qtool_runtime.contract import Precision, QuantMode
 
 from ..artifact import artifact, output
 from ..data import squad
 from ..data.calibration_windows import CALIBRATION_SETS, calibration_examples, calibration_features
 from ..artifact import manifest as manifests
 from .drift import drift_record, format_drift, tensor_drift
-from .recipes import LADDER, QuantizationError, Recipe, calibration_reader, quantize_graph, select_nodes
+from ..core.settings import QuantizeSettings
+from .recipes import QuantizationError, Recipe, calibration_reader, quantize_graph, recipes_for, select_nodes
 from ..artifact.output import OutputKind
 from ..artifact.interface import GraphInterface
 from ..graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx, score, synthetic_feed
+from qtool_runtime.timing import interleaved_ms
 
-DEFAULT_TUNE_QUESTIONS = 1000
-DEFAULT_CALIB_SAMPLES = 128  # calibration windows for static recipes
-DEFAULT_TOLERANCE = 1.0  # largest F1 drop against the FP32 graph a recipe may cost
 # Recipes are scored as deployments feed graphs: one window at a time, and length-bucketed batches of 32.
 # Dynamic INT8 computes activation scales per batch, so its answers depend on batch-mates: both count.
-# A `ratio` graph expects windows padded to seq_len (its manifest says so): it is scored that way.
-TUNING_PROTOCOLS = {LengthRule.CAP: (Protocol.UNPADDED, Protocol.BUCKETED), LengthRule.RATIO: (Protocol.PADDED,)}
+TUNING_PROTOCOLS = (Protocol.UNPADDED, Protocol.BUCKETED)
 
 
 # A static recipe within tolerance wins over a faster dynamic one unless that is faster by more than this
@@ -80,9 +79,6 @@ def tuning_examples(questions: int, calib: str, samples: int = 10**9) -> list[sq
 def time_graphs(paths: dict[str, Path], interface: GraphInterface, seq_len: int, *, batch_size: int = 1,
                 rounds: int = 15, warmup: int = 2) -> dict[str, float]:
     """Median ms per run of each graph on the same synthetic batch, the graphs interleaved round by round."""
-    from functools import partial
-
-    from qtool_runtime.timing import interleaved_ms
 
     feed = synthetic_feed(interface, batch_size, seq_len)
     work = {name: partial(onnx_session(p).run, None, feed) for name, p in paths.items()}
@@ -92,23 +88,21 @@ def time_graphs(paths: dict[str, Path], interface: GraphInterface, seq_len: int,
 def quantize_artifact(
     src: str | Path,
     dest: str | Path | None = None,
+    settings: QuantizeSettings = QuantizeSettings(),
     *,
-    calib: str = "squad",
-    samples: int = DEFAULT_CALIB_SAMPLES,
-    calib_neighbours: int = 0,
-    tolerance: float | None = DEFAULT_TOLERANCE,
-    tune_questions: int = DEFAULT_TUNE_QUESTIONS,
-    recipes: Sequence[Recipe] = LADDER,
-    timing_batches: tuple[int, int] = (1, 32),
     log: Callable[[str], None] = print,
 ) -> Path:
     """Quantize one FP32 artifact folder into an INT8 artifact folder (default: fp32-X -> int8-X beside it).
 
     In named steps: candidates (one graph per recipe) -> score (held-out train, deployment protocols) -> time
     (interleaved, `timing_batches` at seq_len) -> choose (`choose`) -> drift (per-tensor error of the choice)
-    -> write. `tolerance=None` takes the first recipe without scoring or timing it.
+    -> write. `settings.tune` False takes the first recipe without scoring or timing it.
     """
-    src = Path(src)
+    src, s = Path(src), settings
+    recipes = recipes_for(s.recipes, s.tune)
+    calib, samples, calib_neighbours, timing_batches = s.calib, s.samples, s.calib_neighbours, s.timing_batches
+    tolerance = s.tolerance if s.tune else None
+    tune_questions = s.tune_questions
     manifest = _quantizable(src, tolerance, recipes)
     dest = check_destination(src, dest or int8_destination(src))  # before minutes of tuning
     from transformers import AutoTokenizer
@@ -232,7 +226,7 @@ class TuningSet:
         features = squad.featurize(examples, tokenizer, max_length=manifest.length_config.seq_len,
                                    doc_stride=manifest.doc_stride)
         configs = {c.label: c.keep for c in manifest.menu_configs()} if manifest.is_runtime else {"": None}
-        return cls(examples, features, TUNING_PROTOCOLS[manifest.length_config.rule], configs=configs)
+        return cls(examples, features, TUNING_PROTOCOLS, configs=configs)
 
     @property
     def runs(self) -> list[tuple[str, str, tuple | None]]:
@@ -355,8 +349,7 @@ def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: lis
         "quantized": {
             "weights": f"S8 {'per-channel' if recipe.per_channel else 'per-tensor'}: " + ", ".join(
                 r for r in manifest.roles if r not in recipe.keep_fp32),
-            "activations": ("U8 inputs of the weight MatMuls, scales fixed by calibration; outputs "
-                            + ("U8" if recipe.quantize_outputs else "FP32")) if static else
+            "activations": "U8 inputs of the weight MatMuls, scales fixed by calibration; outputs FP32" if static else
                            "U8 inputs of the weight MatMuls, scale computed per batch at run time; outputs FP32",
             "embeddings": "word-embedding table INT8 (Gather)" if recipe.embeddings else "FP32",
             "fp32": ["attention scores and probabilities (Q.K^T, softmax, P.V)", "LayerNorm, GELU, residual adds",
@@ -368,7 +361,7 @@ def quantization_record(recipe: Recipe, manifest: manifests.Manifest, nodes: lis
     }
 
 
-def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = DEFAULT_CALIB_SAMPLES) -> Path:
+def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad", samples: int = QuantizeSettings.samples) -> Path:
     """A comparison baseline: onnxruntime.quantization.quantize_static with its defaults (QDQ, per-tensor, MinMax)."""
     from onnxruntime.quantization import quantize_static
     from transformers import AutoTokenizer

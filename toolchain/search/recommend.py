@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import optuna
 
 from ..core.length import LengthConfig
-from ..graph.settings import SearchSettings
+from ..core.settings import SearchSettings
 from ..data.splits import spread_ids, trained_questions
 from .scoring import paired_interval, reference_label, score_config, score_graph, scoring_workloads, summary
 
@@ -109,7 +109,7 @@ def confirm(model_dir: str | Path, candidates: Sequence[dict], settings: SearchS
     rows, full = [], None
     for row in candidates:
         config = replace(LengthConfig.parse(row["config"], model.config.num_hidden_layers, settings.seq_len,
-                                            settings.length_rule, settings.variant), full_up_to=row.get("full_up_to", 0))
+                                            variant=settings.variant), full_up_to=row.get("full_up_to", 0))
         results = score_config(model, workloads, config)
         full = full or (results if config.is_full else None)
         gaps = {"f1_vs_full_by_workload": paired_gaps(results, full) if full else {}}

@@ -11,9 +11,9 @@ import optuna
 
 from ..core.errors import InputError
 from ..artifact import output
-from ..core.length import LengthConfig, LengthRule
+from ..core.length import LengthConfig
 from qtool_runtime.contract import VARIANTS, Variant
-from ..graph.settings import SearchSettings
+from ..core.settings import SearchSettings
 from ..core.pareto import pareto_front
 from ..data.splits import spread_ids, trained_questions
 from .shared_study import (StudyLock, call_storage, describe, finish_once, progress_of, storage_file)
@@ -22,6 +22,7 @@ from .samplers import SAMPLERS
 from .scoring import reference_label, score_graph, scoring_workloads, summary
 from .space import layers_and_variant, describe_space, ratios_of
 from .study import IDENTITY, identity_of, load_study, run_study, open_study
+from ..artifact import manifest as manifests
 
 
 def check_out(out: str | Path, model_dir: str | Path, settings: SearchSettings) -> Path:
@@ -51,11 +52,8 @@ def _check_arguments(model_dir: str | Path, settings: SearchSettings) -> None:
         raise InputError("--route needs --latency-model: the crossover where the full graph stops being the faster "
                          "one is predicted from it (MACs never favour the full model)")
     if s.reference_graph is not None:
-        from ..artifact import manifest as manifests
 
         manifests.load(Path(s.reference_graph))  # an artifact folder, or one line saying why not
-    if s.route and s.length_rule != LengthRule.CAP:
-        raise InputError(f"--route needs the cap rule (a routed graph trims padding), got '{s.length_rule}'")
     spread_ids(s.questions, s.offset, trained_questions(model_dir))  # the slice exists
 
 
@@ -79,7 +77,7 @@ def search_configs(
     windows' real lengths, relative to the standard recipe's graph, or without one the MACs at real lengths.
     """
     _check_arguments(model_dir, settings)
-    min_ratio, _ = describe_space(model_dir, settings.min_ratio, settings.length_rule)
+    min_ratio, _ = describe_space(model_dir, settings.min_ratio)
     layers, trained = layers_and_variant(model_dir)
     s = replace(settings, min_ratio=min_ratio, variant=Variant(settings.variant or trained),
                 latency_model=None if settings.latency_model is None else str(settings.latency_model))
@@ -87,7 +85,7 @@ def search_configs(
         raise InputError(f"--route needs a variant that does not see padding (a routed graph trims padding), "
                          f"got '{s.variant}'")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    start_from = [LengthConfig.parse(c, layers, s.seq_len, s.length_rule, s.variant) for c in s.start_from]
+    start_from = [LengthConfig.parse(c, layers, s.seq_len, variant=s.variant) for c in s.start_from]
     for config in start_from:
         low = min(ratios_of(config).values())
         if low < min_ratio:
@@ -129,11 +127,11 @@ def _result(model_dir: str | Path, s: SearchSettings, study: optuna.Study, lock:
     if progress.done and (s.reference_graph or s.confirm_questions):
         finish = finish_once(study, lock, lambda: _finish(model_dir, s, rows, log=log), key=progress.complete, log=log)
     reference, confirmed = finish["reference"], finish["confirmation"]
-    _, space = describe_space(model_dir, s.min_ratio, s.length_rule)
+    _, space = describe_space(model_dir, s.min_ratio)
     workloads = identity["workloads"]
     return {
         "objective": {"maximize": "mean F1 over the workloads (" + ", ".join(workloads) + ") on held-out SQuAD "
-                                  f"train, unpadded windows, length rule {s.length_rule}, variant {s.variant}"
+                                  f"train, unpadded windows, variant {s.variant}"
                                   + (", each candidate routed (full model up to its predicted crossover)" if s.route else ""),
                       "minimize": identity["cost"]},
         "space": space, "sampler": s.sampler, "squad_file": "train", "questions": s.questions, "offset": s.offset,

@@ -7,7 +7,7 @@ import numpy as np
 import optuna
 
 from ..core.errors import InputError
-from ..graph.settings import Sampler
+from ..core.settings import Sampler
 
 
 SAMPLERS = Sampler.choices()

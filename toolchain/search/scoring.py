@@ -13,10 +13,11 @@ from ..model.families import dims_of
 from ..core.length import LengthConfig
 from qtool_runtime.contract import Engine
 from qtool_runtime.engines import runs_exactly
-from ..graph.settings import SearchSettings
+from ..core.settings import SearchSettings
 from ..data.splits import search_examples, trained_questions
 from .shared_study import worker_name
 from .space import config_from_ratios, macs_ratio_at_lengths, workload_neighbours
+from ..artifact import manifest as manifests
 
 
 def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[str], None] = print):
@@ -43,7 +44,7 @@ def make_objective(model_dir: str, settings: SearchSettings, *, log: Callable[[s
     def objective(trial) -> tuple[float, float]:
         trial.set_user_attr("worker", worker_name())  # which process (host:pid) ran it: visible from any machine
         ratios = [trial.suggest_float(f"r{i}", s.min_ratio, 1.0) for i in range(dims.layers)]
-        config = config_from_ratios(ratios, s.seq_len, s.length_rule, s.variant)
+        config = config_from_ratios(ratios, s.seq_len, s.variant)
         if s.route:
             config = timing.routed(config)
         results = score_config(model, workloads, config)
@@ -98,7 +99,6 @@ def score_config(model, workloads: dict, config: LengthConfig) -> dict[str, dict
 
 def reference_label(folder: str | Path) -> str:
     """A reference graph's name in the search's rows: a run-time configuration graph is scored at its full entry."""
-    from ..artifact import manifest as manifests
 
     folder = Path(folder)
     return f"{folder.name}@full" if manifests.load(folder).is_runtime else folder.name
@@ -107,7 +107,6 @@ def reference_label(folder: str | Path) -> str:
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
     window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
-    from ..artifact import manifest as manifests
     from ..graph.runtime import Protocol, onnx_session, predict_onnx
 
     folder = Path(folder)

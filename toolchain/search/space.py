@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -9,21 +10,21 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthConfig, LengthRule
+from ..core.length import DEFAULT_VARIANT, LengthConfig, LengthRule
 from ..data.splits import training_args
-from ..graph.settings import SearchSettings
+from ..core.settings import SearchSettings
 
 
 SEARCH_SAMPLING = "spread over SQuAD train"  # recorded in a study: studies over contiguous slices are not resumed
 
 
-def config_from_ratios(ratios: Sequence[float], seq_len: int, rule: str = DEFAULT_LENGTH_RULE,
+def config_from_ratios(ratios: Sequence[float], seq_len: int,
                        variant: str = DEFAULT_VARIANT) -> LengthConfig:
     keep, n = [], seq_len
     for r in ratios:
         n = max(1, min(n, math.ceil(n * r)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, rule, variant)
+    return LengthConfig(tuple(keep), seq_len, variant=variant)
 
 
 def trained_space(model_dir: str | Path) -> tuple[float | None, str, str | None]:
@@ -40,14 +41,14 @@ def macs_ratio_at_lengths(config: LengthConfig, lengths: np.ndarray, hidden: int
     """Encoder multiply-adds of `config` on windows of these real lengths, relative to the plain model on them."""
     from ..model.drop_and_restore import flops
 
-    full = LengthConfig.full(len(config.keep), config.seq_len, config.rule)
+    full = LengthConfig.full(len(config.keep), config.seq_len)
     unique, counts = np.unique(lengths, return_counts=True)
     ours = sum(c * flops(config.for_window(int(n)), hidden, ffn, int(n)) for n, c in zip(unique, counts))
     plain = sum(c * flops(full, hidden, ffn, int(n)) for n, c in zip(unique, counts))
     return float(ours / plain)
 
 
-def describe_space(model_dir: str | Path, min_ratio: float | None, length_rule: str) -> tuple[float, str]:
+def describe_space(model_dir: str | Path, min_ratio: float | None) -> tuple[float, str]:
     """(the smallest keep ratio searched, a sentence saying how it relates to what LengthDrop trained)."""
     trained, record, trained_rule = trained_space(model_dir)
     if min_ratio is None:
@@ -62,14 +63,13 @@ def describe_space(model_dir: str | Path, min_ratio: float | None, length_rule: 
         space += f", {within} what LengthDrop trained ([{trained:.2f}, 1], {record})"
     if trained_rule is not None:
         space += (f"; LengthDrop sampled under the {trained_rule} rule"
-                  + ("" if trained_rule == length_rule else f", not the {length_rule} rule searched here"))
+                  + ("" if trained_rule == LengthRule.CAP else f", not the {LengthRule.CAP} rule graphs run"))
     return min_ratio, space
 
 
 def describe_cost(latency_model: str | Path | None, layers: int, model_dir: str | Path) -> str:
     if latency_model is None:
         return "encoder MACs at the windows' real lengths / plain model on the same windows"
-    import hashlib
 
     from ..evaluate.latency import LatencyModel
 

@@ -12,8 +12,8 @@ import optuna
 from ..core.errors import InputError
 from ..data import squad
 from ..core.length import LengthConfig
-from qtool_runtime.contract import Variant
-from ..graph.settings import SearchSettings
+from qtool_runtime.contract import LengthRule, Variant
+from ..core.settings import SearchSettings
 from ..data.splits import trained_questions
 from .shared_study import (Progress, StudyLock, call_storage, describe, file_digest, model_digest,
                            open_storage, run_budget, study_lock)
@@ -110,7 +110,7 @@ def identity_of(model_dir: str | Path, s: SearchSettings, layers: int) -> dict:
     """What a trial measures, recorded in the study: a worker whose command differs here is refused."""
     workloads = [squad.workload_name(n) for n in workload_neighbours(s)]
     recorded = dict(questions=s.questions, offset=s.offset, sampling=SEARCH_SAMPLING, workloads=workloads,
-                    rule=s.length_rule, seq_len=s.seq_len, min_ratio=s.min_ratio,
+                    rule=LengthRule.CAP, seq_len=s.seq_len, min_ratio=s.min_ratio,  # rule: the one graphs run (older studies record it)
                     cost=describe_cost(s.latency_model, layers, model_dir),
                     model=model_digest(model_dir), data=file_digest(squad.resolve_squad_file("train")))
     if s.variant != Variant.QTOOL:  # studies from before the variant was searchable ran qtool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -10,11 +11,12 @@ from ..data import squad
 
 from ..core.errors import InputError
 from ..model.families import dims_of
-from ..graph.settings import Teacher
-from .args import TrainArgs, check_sandwich_configs, resolve_base
+from ..core.settings import Teacher
+from ..core.settings import TrainSettings
+from .args import check_sandwich_configs, resolve_base
 
 
-def load_base(args: TrainArgs):
+def load_base(args: TrainSettings):
     """(model, tokenizer) of the base, seeded; refuses a model we cannot run token by token or a length past it."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -41,7 +43,7 @@ def load_base(args: TrainArgs):
     return model, tokenizer
 
 
-def _check_missing_weights(args: TrainArgs, model, missing: list[str]) -> None:
+def _check_missing_weights(args: TrainSettings, model, missing: list[str]) -> None:
     """A base may lack only its QA head (an encoder: the head starts random), and not at all under a frozen
     teacher, which would then teach the sub-models noise."""
     from ..model.families import family_of
@@ -73,18 +75,17 @@ def freeze(model, layers: int) -> None:
             module.requires_grad_(True)
 
 
-def frozen_teacher(args: TrainArgs, model):
+def frozen_teacher(args: TrainSettings, model):
     """A frozen, dropout-free copy of the base model for `teacher="frozen"`; None for inplace distillation."""
     if args.teacher != Teacher.FROZEN:
         return None
-    import copy
 
     teacher = copy.deepcopy(model).eval()
     teacher.requires_grad_(False)
     return teacher
 
 
-def training_features(args: TrainArgs, tokenizer, num_layers: int) -> squad.Features:
+def training_features(args: TrainSettings, tokenizer, num_layers: int) -> squad.Features:
     check_sandwich_configs(args, num_layers)  # a bad configuration fails before featurizing
     examples = squad.load_squad(args.train_file, limit=args.limit, neighbours=args.neighbours)
     return squad.featurize(examples, tokenizer, args.max_length,

@@ -14,7 +14,7 @@ from ..core import atomic
 from ..core.errors import InputError
 from .distributed import Ranks
 from ..model.drop_and_restore import VARIANT_ATTRIBUTE
-from .args import TrainArgs
+from ..core.settings import TrainSettings
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
@@ -27,20 +27,20 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
         )
 
 
-def _what_learns(args: TrainArgs) -> dict:
+def _what_learns(args: TrainSettings) -> dict:
     """The options that decide which weights learn and from whom: a resumed run must keep them."""
     return {"teacher": str(args.teacher), "freeze_layers": args.freeze_layers}
 
 
-def _check_resumable(args: TrainArgs, saved_state: dict, ckpt_dir: Path) -> None:
-    before = _what_learns(TrainArgs(base=args.base, out=args.out))  # checkpoints from before these options
+def _check_resumable(args: TrainSettings, saved_state: dict, ckpt_dir: Path) -> None:
+    before = _what_learns(TrainSettings(base=args.base, out=args.out))  # checkpoints from before these options
     saved = {k: saved_state.get(k, default) for k, default in before.items()}
     if saved != _what_learns(args):
         raise InputError(f"--resume: {ckpt_dir} was trained with --teacher {saved['teacher']} --freeze-layers "
                          f"{saved['freeze_layers']}; resume with the same options")
 
 
-def optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
+def optimizer_and_state(args: TrainSettings, model, ckpt_dir: Path, resume: bool):
     """AdamW (no decay on biases and norms) and the run state, both from the checkpoint when resuming."""
     learning = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in learning if p.ndim > 1]
@@ -60,7 +60,7 @@ def optimizer_and_state(args: TrainArgs, model, ckpt_dir: Path, resume: bool):
     return optimizer, state
 
 
-def write_progress(args: TrainArgs, model, optimizer, tokenizer, state: dict, features: int, ranks: Ranks,
+def write_progress(args: TrainSettings, model, optimizer, tokenizer, state: dict, features: int, ranks: Ranks,
                     ckpt_dir: Path, last_save: float) -> float:
     """Rank 0's checkpoint (every `save_every` seconds) and snapshot (every `snapshot_every` steps); returns when
     the checkpoint was last written."""
@@ -75,7 +75,7 @@ def write_progress(args: TrainArgs, model, optimizer, tokenizer, state: dict, fe
     return last_save
 
 
-def training_record(args: TrainArgs, state: dict, features: int, ranks: Ranks) -> dict:
+def training_record(args: TrainSettings, state: dict, features: int, ranks: Ranks) -> dict:
     return {
         "args": asdict(args),
         "features": features,
@@ -90,7 +90,7 @@ def training_record(args: TrainArgs, state: dict, features: int, ranks: Ranks) -
     }
 
 
-def save_model(folder: Path, model, tokenizer, args: TrainArgs, record: dict) -> dict:
+def save_model(folder: Path, model, tokenizer, args: TrainSettings, record: dict) -> dict:
     """Write a loadable model folder (weights, tokenizer, training record) in one rename; returns the record.
     Exporting this folder later runs Drop-and-Restore the way it was trained (the variant is recorded)."""
     was_training = model.training

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-from ..core.length import DEFAULT_LENGTH_RULE, DEFAULT_VARIANT, LengthRule
+from ..core.length import DEFAULT_VARIANT, LengthRule
 from ..model.drop_and_restore import LengthConfig, drop_and_restore
-from .args import TrainArgs
+from ..core.settings import TrainSettings
 
 
 # Batches are padded to a multiple of this many tokens. CPU kernels (oneDNN) build and cache a primitive per
@@ -20,42 +20,51 @@ from .args import TrainArgs
 WIDTH_MULTIPLE = 32
 
 
-def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = DEFAULT_VARIANT,
-                    rule: str = DEFAULT_LENGTH_RULE) -> LengthConfig:
+def smallest_config(num_layers: int, seq_len: int, ratio: float, variant: str = DEFAULT_VARIANT) -> LengthConfig:
     """Every layer drops the largest allowed share: the sandwich's lower bound."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = max(1, math.ceil(n * (1.0 - ratio)))
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, rule, variant)
+    return LengthConfig(tuple(keep), seq_len, variant=variant)
 
 
-def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random, variant: str = DEFAULT_VARIANT,
-                  rule: str = DEFAULT_LENGTH_RULE) -> LengthConfig:
+def random_config(num_layers: int, seq_len: int, ratio: float, rng: random.Random,
+                  variant: str = DEFAULT_VARIANT) -> LengthConfig:
     """Each layer keeps a uniform count between (1 - ratio) and all of what the previous layer kept."""
     keep, n = [], seq_len
     for _ in range(num_layers):
         n = rng.randint(max(1, math.ceil(n * (1.0 - ratio))), n)
         keep.append(n)
-    return LengthConfig(tuple(keep), seq_len, rule, variant)
+    return LengthConfig(tuple(keep), seq_len, variant=variant)
 
 
-def sandwich(args: TrainArgs, num_layers: int, width: int, rng: random.Random) -> list[tuple[LengthConfig, tuple[int, ...]]]:
+def sandwich(args: TrainSettings, num_layers: int, width: int, rng: random.Random) -> list[tuple[LengthConfig, tuple[int, ...]]]:
     """The sub-models of one LengthDrop step: the smallest, then `num_sandwich` random ones (with skipped layers);
     or, with `sandwich_configs`, exactly those.
 
-    Under the 'ratio' rule the counts are drawn for this batch's width; under 'cap' for max_length, so a
-    short batch keeps min(k_i, tokens in) exactly as a cap graph will on an unpadded window.
+    Under 'cap' the counts are drawn for max_length, so a short batch keeps min(k_i, tokens in) exactly as a graph
+    will on an unpadded window; under the 'ratio' training rule (LAT's) they are drawn for this batch's width, and
+    `sandwich_configs` are scaled to it.
     """
+    by_width = args.length_rule == LengthRule.RATIO
     if args.sandwich_configs:
-        return [(LengthConfig.parse(text, num_layers, args.max_length, args.length_rule, args.variant), ())
-                for text in args.sandwich_configs]
-    budget = width if LengthRule(args.length_rule).sees_padding else args.max_length
+        configs = [LengthConfig.parse(text, num_layers, args.max_length, variant=args.variant)
+                   for text in args.sandwich_configs]
+        return [(scaled_to_width(c, width) if by_width else c, ()) for c in configs]
+    budget = width if by_width else args.max_length
     subs = [(smallest_config(num_layers, budget, args.length_drop_ratio, args.variant), ())]
     for _ in range(args.num_sandwich):
         skip = tuple(i for i in range(num_layers) if rng.random() < args.layerdrop)
         subs.append((random_config(num_layers, budget, args.length_drop_ratio, rng, args.variant), skip))
     return subs
+
+
+def scaled_to_width(config: LengthConfig, width: int) -> LengthConfig:
+    """`config` (stated for its seq_len) scaled to a batch of `width` tokens as LAT trains: k -> max(1, ceil(k * width
+    / seq_len)), read under cap, so a batch padded to `width` keeps those counts."""
+    keep = tuple(None if k is None else max(1, -(-k * width // config.seq_len)) for k in config.keep)
+    return LengthConfig(keep, width, variant=config.variant)
 
 
 def batch_width(longest: int, max_width: int) -> int:
@@ -111,7 +120,7 @@ def _teacher_logits(model, teacher, batch: dict, starts, ends, autocast) -> tupl
     return s_full.detach(), e_full.detach(), loss.item()
 
 
-def step_loss(args: TrainArgs, model, batch: dict, starts, ends, num_layers: int, width: int,
+def step_loss(args: TrainSettings, model, batch: dict, starts, ends, num_layers: int, width: int,
                rng: random.Random, autocast, teacher=None) -> float:
     """Forward and backward of one step: the full model on the span loss (or the frozen teacher's forward), then
     (LengthDrop) each sub-model distilled from the teacher's logits. Returns the summed loss."""

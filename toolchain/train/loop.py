@@ -16,13 +16,14 @@ from ..data import squad
 from .distributed import Ranks
 from ..model.families import dims_of
 from ..artifact.output import CHECKPOINT_DIR
-from .args import TrainArgs, resolved_args, check_outputs
+from ..core.settings import TrainSettings
+from .args import check_outputs, resolved_args
 from .base import freeze, frozen_teacher, load_base, training_features
 from .checkpoints import optimizer_and_state, save_model, training_record, write_progress
 from .lengthdrop import lr_factor, step_loss, batch_width, epoch_batches
 
 
-def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.optim.Optimizer, feats: squad.Features,
+def _optimizer_step(args: TrainSettings, model: torch.nn.Module, optimizer: torch.optim.Optimizer, feats: squad.Features,
                     rows: np.ndarray, width: int, num_layers: int, rng: random.Random, autocast, *, lr: float,
                     teacher: torch.nn.Module | None = None, ranks: Ranks = Ranks()) -> float:
     """One optimizer step on one batch of windows (cut to `width`; this process's share of it under torchrun);
@@ -43,7 +44,7 @@ def _optimizer_step(args: TrainArgs, model: torch.nn.Module, optimizer: torch.op
     return distributed.mean_over_ranks(total, ranks, device)
 
 
-def train(args: TrainArgs, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+def train(args: TrainSettings, progress: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
     """Fine-tune and write a QA model folder to `args.out`; returns the run's statistics.
     Under torchrun, each process trains on its share of every batch and rank 0 writes (toolchain/distributed.py)."""
     from tqdm.auto import tqdm

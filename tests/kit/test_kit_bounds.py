@@ -26,6 +26,8 @@ from qtool_runtime.contract import check_fields, full_up_to_problem
 from qtool_runtime.graphfacts import GraphFormatError, read_graph_facts
 from toolchain.cli.commands import main as qtool
 
+from conftest import JUNK
+
 # --- the bounds table --------------------------------------------------------------------------------------------
 
 
@@ -196,11 +198,6 @@ def _paths(obj: object, prefix: tuple = ()):
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
     for key, value in items:
         yield from _paths(value, (*prefix, key))
-
-
-JUNK = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-                    max_leaves=8)
 
 
 def test_the_example_manifests_pass():

@@ -8,8 +8,8 @@ import torch
 
 from toolchain.core.errors import QtoolError
 from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
-from toolchain.train.args import TrainArgs
-from toolchain.train.lengthdrop import WIDTH_MULTIPLE, batch_width, random_config, sandwich, smallest_config
+from toolchain.core.settings import TrainSettings
+from toolchain.train.lengthdrop import WIDTH_MULTIPLE, batch_width, random_config, sandwich, scaled_to_width, smallest_config
 from toolchain.train.loop import train
 from toolchain.evaluate.verify import evaluate_model
 
@@ -36,7 +36,7 @@ def test_length_drop_samples_what_the_length_rule_will_do(rule):
     so a short window keeps what a cap graph keeps of it."""
     from toolchain.model.drop_and_restore import flops
 
-    args = TrainArgs(base="minilm", out="unused", max_length=384, length_drop=True, num_sandwich=3, layerdrop=0.0,
+    args = TrainSettings(base="minilm", out="unused", max_length=384, length_drop=True, num_sandwich=3, layerdrop=0.0,
                      length_rule=rule)
     subs = sandwich(args, 6, 64, random.Random(0))
     assert len(subs) == 4 and all(skip == () for _, skip in subs)
@@ -51,6 +51,18 @@ def test_length_drop_samples_what_the_length_rule_will_do(rule):
         assert smallest.keep == (308, 247, 198, 159, 128, 103) and counts == [64] * 6
         # and on a 200-token window only the later layers drop, as at inference
         assert flops(smallest, 384, 1536, 200) < flops(LengthConfig.full(6), 384, 1536, 200)
+
+
+def test_ratio_training_scales_sandwich_configs_to_the_batch_width():
+    """Under the 'ratio' training rule a named configuration (stated for max_length) keeps ceil(k * width / 384)
+    of a padded batch, at least 1, as LAT's scaling did; under 'cap' it is read as stated."""
+    args = dict(base="minilm", out="unused", max_length=384, length_drop=True, sandwich_configs=("315,251,skip,159,142,33",))
+    ((scaled, _),) = sandwich(TrainSettings(**args, length_rule="ratio"), 6, 192, random.Random(0))
+    assert scaled.keep == (158, 126, None, 80, 71, 17) and scaled.seq_len == 192 and scaled.rule == "cap"
+    assert [scaled.keep_count(i, 192, 192) for i in (0, 1, 5)] == [158, 126, 17]
+    assert scaled_to_width(LengthConfig.parse("4,2,1,1,1,1", 6, 384), 8).keep == (1,) * 6
+    ((stated, _),) = sandwich(TrainSettings(**args, length_rule="cap"), 6, 192, random.Random(0))
+    assert stated.keep == (315, 251, None, 159, 142, 33) and stated.seq_len == 384
 
 
 def test_training_learns_squad(trained_dir):
@@ -90,7 +102,7 @@ def test_same_seed_gives_the_same_model_whatever_ran_before(tmp_path):
     for run, noise in enumerate((1, 1000)):
         torch.rand(noise)  # another test, or another stage, drew from the global generator first
         out = tmp_path / f"run{run}"
-        train(TrainArgs(base="minilm", out=str(out), limit=16, max_length=128, batch_size=8, max_steps=2,
+        train(TrainSettings(base="minilm", out=str(out), limit=16, max_length=128, batch_size=8, max_steps=2,
                         save_every=0.0, seed=3, bf16=False))
         weights.append(load_file(out / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
@@ -99,7 +111,7 @@ def test_same_seed_gives_the_same_model_whatever_ran_before(tmp_path):
 
 
 def test_length_drop_can_be_restricted_to_the_configurations_to_ship():
-    args = TrainArgs(base="minilm", out="unused", max_length=384, length_drop=True, length_rule="cap",
+    args = TrainSettings(base="minilm", out="unused", max_length=384, length_drop=True, length_rule="cap",
                      sandwich_configs=("348,287,234,202,170,149", "315,251,242,159,142,33"))
     for width in (64, 384):
         subs = sandwich(args, 6, width, random.Random(width))
@@ -115,8 +127,8 @@ def test_training_on_documents_writes_a_learning_curve(tmp_path, minilm_tokenize
     common = dict(base="minilm", limit=12, max_length=128, batch_size=4, max_steps=2, length_drop=True,
                   length_rule="cap", neighbours=1, seed=3, bf16=False)
     with pytest.raises(QtoolError, match="length configuration"):
-        train(TrainArgs(out=str(tmp_path / "bad"), sandwich_configs=("100,x",), **common))
-    args = TrainArgs(out=str(tmp_path / "doc"), sandwich_configs=("120,100,90,80,70,60",), snapshot_every=1,
+        train(TrainSettings(out=str(tmp_path / "bad"), sandwich_configs=("100,x",), **common))
+    args = TrainSettings(out=str(tmp_path / "doc"), sandwich_configs=("120,100,90,80,70,60",), snapshot_every=1,
                      snapshot_dir=str(tmp_path / "curve"), **common)
     info = train(args)
     assert info["args"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the record says what ran
@@ -138,7 +150,7 @@ def test_a_frozen_teacher_trains_only_the_sub_model_above_the_frozen_layers(trai
     layers and the QA head learn, and the record says which teacher taught."""
     from safetensors.torch import load_file
 
-    info = train(TrainArgs(base=str(trained_dir), out=str(tmp_path / "o"), limit=12, max_length=128, batch_size=4,
+    info = train(TrainSettings(base=str(trained_dir), out=str(tmp_path / "o"), limit=12, max_length=128, batch_size=4,
                            max_steps=2, length_drop=True, length_rule="cap", neighbours=1, teacher="frozen",
                            freeze_layers=2, sandwich_configs=("100,80,60,50,40,30",), lr=1e-3, seed=3, bf16=False))
     assert info["args"]["teacher"] == "frozen" and info["args"]["freeze_layers"] == 2
@@ -163,7 +175,7 @@ def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(t
 
     model, tokenizer = load_qa_model(trained_dir)
     model.eval()  # no dropout: the values below are exact
-    args = TrainArgs(base=str(trained_dir), out="unused", max_length=128, length_drop=True, length_rule="cap",
+    args = TrainSettings(base=str(trained_dir), out="unused", max_length=128, length_drop=True, length_rule="cap",
                      teacher="frozen", sandwich_configs=("100,80,60,50,40,30",))
     teacher = frozen_teacher(args, model)
     with torch.no_grad():
@@ -186,10 +198,10 @@ def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(t
 
 def test_frozen_teachers_and_frozen_layers_refuse_what_they_cannot_train(trained_dir, tmp_path):
     with pytest.raises(QtoolError, match="^--freeze-layers must be less than the model's 6 layers, got 6$"):
-        train(TrainArgs(base=str(trained_dir), out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
+        train(TrainSettings(base=str(trained_dir), out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
                         freeze_layers=6))
     with pytest.raises(QtoolError, match="^--teacher frozen needs a trained QA model as --base; minilm has no QA head"):
-        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
+        train(TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64,
                         length_drop=True, teacher="frozen"))
     assert not (tmp_path / "o").exists()
 
@@ -197,13 +209,13 @@ def test_frozen_teachers_and_frozen_layers_refuse_what_they_cannot_train(trained
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_asking_for_a_gpu_that_is_not_there_is_one_line(tmp_path):
     with pytest.raises(QtoolError, match="^--device cuda: no CUDA GPU"):
-        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64, device="cuda"))
+        train(TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=64, device="cuda"))
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_uses_the_gpu_when_one_is_present(tmp_path):
-    info = train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=16, max_steps=2, max_length=128, batch_size=4,
+    info = train(TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=16, max_steps=2, max_length=128, batch_size=4,
                            length_drop=True, num_sandwich=1, seed=0))
     assert info["args"]["device"] == "cuda" and info["args"]["bf16"] == torch.cuda.is_bf16_supported()
     model, _ = load_qa_model(tmp_path / "o")  # saved weights load on the CPU
@@ -213,7 +225,7 @@ def test_training_uses_the_gpu_when_one_is_present(tmp_path):
 def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
     """LengthDrop runs the sandwich from a QA checkpoint; an interrupted run resumes from its checkpoint."""
     out = tmp_path / "ld"
-    args = TrainArgs(base=str(trained_dir), out=str(out), limit=64, max_length=128, batch_size=8, max_steps=3,
+    args = TrainSettings(base=str(trained_dir), out=str(out), limit=64, max_length=128, batch_size=8, max_steps=3,
                      length_drop=True, num_sandwich=1, save_every=0.0, seed=1, variant="lat")
 
     def interrupt_after_two(state):
@@ -242,7 +254,7 @@ def test_length_drop_stage_survives_an_interruption(trained_dir, tmp_path):
 
 def test_missing_base_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="base model folder not found"):
-        train(TrainArgs(base=str(tmp_path / "nope"), out=str(tmp_path / "o"), limit=8, max_steps=1))
+        train(TrainSettings(base=str(tmp_path / "nope"), out=str(tmp_path / "o"), limit=8, max_steps=1))
 
 
 def test_batch_width_rounds_up_to_the_multiple():
@@ -258,7 +270,7 @@ def test_training_sees_few_distinct_batch_shapes(tmp_path):
     gives dozens here).
     """
     widths: list[int] = []
-    args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=48, max_length=128, batch_size=2,
+    args = TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=48, max_length=128, batch_size=2,
                      doc_stride=64, epochs=1.0, bf16=False, seed=0)
     info = train(args, progress=lambda state: widths.append(state["width"]))
     assert len(widths) == info["steps"] >= 40  # one epoch of the ~100 windows
@@ -278,9 +290,9 @@ def test_training_sees_few_distinct_batch_shapes(tmp_path):
      ("teacher", "frozen", "--teacher frozen"), ("freeze_layers", -1, "--freeze-layers")],
 )
 def test_train_args_are_validated(tmp_path, field, value, option):
-    args = TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)
+    args = TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=128)
     args.validate()
-    setattr(args, field, value)
+    args = replace(args, **{field: value})
     with pytest.raises(ValueError, match=f"^{option} must be"):
         train(args)
     assert not (tmp_path / "o").exists()
@@ -288,12 +300,12 @@ def test_train_args_are_validated(tmp_path, field, value, option):
 
 def test_train_refuses_lengths_past_the_model_and_foreign_out_folders(tmp_path):
     with pytest.raises(ValueError, match=r"--max-length 1024 exceeds what minilm supports \(512 positions\)"):
-        train(TrainArgs(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=1024))
+        train(TrainSettings(base="minilm", out=str(tmp_path / "o"), limit=8, max_steps=1, max_length=1024))
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "todo.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a model folder"):
-        train(TrainArgs(base="minilm", out=str(foreign), limit=8, max_steps=1))
+        train(TrainSettings(base="minilm", out=str(foreign), limit=8, max_steps=1))
     assert (foreign / "todo.txt").read_text() == "keep me"
 
 
@@ -321,7 +333,7 @@ def test_memory_stays_flat_over_hundreds_of_steps(tmp_path, minilm_tokenizer):
         if state["step"] in (100, 200, 400):
             rss[state["step"]] = _rss_mb()
 
-    args = TrainArgs(base=str(base), out=str(tmp_path / "o"), limit=4000, max_length=256, batch_size=4,
+    args = TrainSettings(base=str(base), out=str(tmp_path / "o"), limit=4000, max_length=256, batch_size=4,
                      max_steps=400, bf16=True, seed=0, threads=2)
     train(args, progress=record)
     assert set(rss) == {100, 200, 400}

@@ -186,13 +186,12 @@ def test_standard_checks_its_folders_before_optimum_runs(trained_dir, tmp_path):
 
 def test_bench_checks_every_folder_and_its_report_before_the_first_export(trained_dir, tmp_path):
     from toolchain.evaluate.bench import _check_outputs
-    from toolchain.core.length import DEFAULT_LENGTH_RULE
-    from toolchain.graph.settings import VerifySettings
+    from toolchain.core.settings import VerifySettings
 
     user = user_folder(tmp_path)
     refused(run("bench", "--model", trained_dir, "--config", REDUCED, "--out", user), "holds files but is not a folder")
     refused(run("bench", "--model", trained_dir, "--config", REDUCED, "--out", trained_dir), "is inside --model")
-    exports = [(["full", REDUCED], DEFAULT_LENGTH_RULE)]
+    exports = ["full", REDUCED]
     root = tmp_path / "bench"
     fake_artifact(root / "fp32-full", precision="fp32")
     user_folder(root, f"int8-{REDUCED_NAME}")  # written only after minutes of export: refused before them
@@ -206,41 +205,42 @@ def test_bench_checks_every_folder_and_its_report_before_the_first_export(traine
 
 
 def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_dir, tmp_path):
-    from toolchain.train.args import TrainArgs, check_outputs
+    from toolchain.core.settings import TrainSettings
+    from toolchain.train.args import check_outputs
 
     before = files(trained_dir)
     refused(run("train", "--base", trained_dir, "--out", trained_dir, "--max-steps", 1), "is --base")
     assert files(trained_dir) == before
     user = user_folder(tmp_path)
     with pytest.raises(OutputError, match="not a model folder"):
-        check_outputs(TrainArgs(base="minilm", out=str(user)))
+        check_outputs(TrainSettings(base="minilm", out=str(user)))
     with pytest.raises(OutputError, match="is inside --out"):
-        check_outputs(TrainArgs(base="minilm", out=str(tmp_path / "m"), snapshot_every=5,
+        check_outputs(TrainSettings(base="minilm", out=str(tmp_path / "m"), snapshot_every=5,
                                 snapshot_dir=str(tmp_path / "m" / "snapshots")))
     snapshots = tmp_path / "snapshots"
     (snapshots / "step-1").mkdir(parents=True)
     (snapshots / "step-1" / "qtool_train.json").write_text("{}")  # a snapshot: this is a folder of snapshots
     user_folder(snapshots, "step-5")
     with pytest.raises(OutputError, match="step-5 is a non-empty folder that is not a model folder"):
-        check_outputs(TrainArgs(base="minilm", out=str(tmp_path / "m"), snapshot_every=5, snapshot_dir=str(snapshots)))
+        check_outputs(TrainSettings(base="minilm", out=str(tmp_path / "m"), snapshot_every=5, snapshot_dir=str(snapshots)))
     with pytest.raises(OutputError, match="holds --train-file"):
-        check_outputs(TrainArgs(base="minilm", out=str(user), train_file=str(user / "a.txt")))
+        check_outputs(TrainSettings(base="minilm", out=str(user), train_file=str(user / "a.txt")))
     for marker in ("config.json", "checkpoint/other-framework.ckpt"):  # another framework's model folder: not ours
         foreign = user_folder(tmp_path, "foreign-" + marker.split("/")[0])
         (foreign / marker).parent.mkdir(parents=True, exist_ok=True)
         (foreign / marker).write_text("{}")
         with pytest.raises(OutputError, match="not a model folder"):
-            check_outputs(TrainArgs(base="minilm", out=str(foreign)))
+            check_outputs(TrainSettings(base="minilm", out=str(foreign)))
         assert (foreign / "a.txt").read_text() == "keep"
-    check_outputs(TrainArgs(base="minilm", out=str(trained_dir.parent / "again")))  # (d)
+    check_outputs(TrainSettings(base="minilm", out=str(trained_dir.parent / "again")))  # (d)
     shutil.copytree(trained_dir, tmp_path / "previous")
-    check_outputs(TrainArgs(base=str(trained_dir), out=str(tmp_path / "previous")))  # (c) a model folder is replaced
+    check_outputs(TrainSettings(base=str(trained_dir), out=str(tmp_path / "previous")))  # (c) a model folder is replaced
     assert (user / "a.txt").read_text() == "keep"
 
 
 def test_search_out_replaces_only_a_search_result(trained_dir, tmp_path):
     from toolchain.search.run import check_out
-    from toolchain.graph.settings import SearchSettings
+    from toolchain.core.settings import SearchSettings
 
     notes = tmp_path / "notes.txt"
     notes.write_text("keep")

@@ -20,8 +20,8 @@ import pytest
 import qtool_runtime
 from qtool_runtime import Answer, Artifact, ArtifactError, InputError
 from toolchain.data import squad
+from toolchain.artifact import manifest as manifests
 from toolchain.graph.runtime import onnx_session, predict_onnx
-from toolchain.graph.settings import ExportSettings
 
 RUNTIME_DIR = Path(qtool_runtime.__file__).resolve().parent.parent  # runtime/: what `pip install ./runtime` takes
 DEV_OFFSET, DEV_LIMIT = 230, 50  # dev questions 250-269 have contexts longer than one 384-token window
@@ -233,38 +233,36 @@ def test_postprocess_uses_the_kit_decoder():
     assert squad.best_span is qtool_runtime.best_span
 
 
-@pytest.mark.slow
-def test_ratio_graphs_are_fed_padded(trained_dir, kit_examples, hf_tokenizer, tmp_path):
-    """A `ratio` graph was validated on windows padded to seq_len: the kit pads them, so its answers are
-    the padded protocol's, not the (much worse) unpadded ones."""
-    from conftest import REDUCED
-    from toolchain.graph.export import export_configs
+def test_retired_ratio_graphs_are_refused_in_one_line(full_dir, reduced_dir, tmp_path):
+    """An artifact that drops tokens under the retired `ratio` rule is refused by the kit and the toolchain with one
+    line saying what to do; a full graph drops nothing, so its old rule does not matter and it still runs."""
+    from qtool_runtime.contract import RATIO_RETIRED
 
-    (folder,) = export_configs(trained_dir, [REDUCED], tmp_path, settings=ExportSettings(length_rule="ratio", samples=4))
-    assert folder.name.endswith("-ratio")
-    kit = Artifact.open(folder, batch_size=8)
-    assert kit.pad_to_seq_len
-    examples = kit_examples[:20]
-    features = squad.featurize(examples, hf_tokenizer, max_length=kit.seq_len, doc_stride=kit.doc_stride)
-    preds = predict_onnx(onnx_session(folder / "model.onnx"), features, protocol="padded")
-    measured = squad.postprocess(examples, features, preds.start_logits, preds.end_logits,
-                                 max_answer_length=kit.max_answer_length)
-    answers = kit.answer_batch([(e.question, e.context) for e in examples])
-    assert [a.text for a in answers] == [measured[e.id] for e in examples]
+    def ratio(m):
+        m["length_config"]["rule"] = "ratio"
+
+    old = _edited(reduced_dir, tmp_path / "reduced", ratio)
+    with pytest.raises(ArtifactError, match="length rule 'ratio' is retired") as refused:
+        Artifact.open(old)
+    assert RATIO_RETIRED in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(manifests.ManifestError, match="length rule 'ratio' is retired"):
+        manifests.load(old)
+    full = Artifact.open(_edited(full_dir, tmp_path / "full", ratio))
+    assert not full.pad_to_seq_len and full.answer("Who?", "Ann went home.").text
 
 
-def test_feeding_rule_follows_quantization_and_length_rule(full_dir, tmp_path):
-    """Dynamic INT8 runs one window at a time; static INT8 and FP32 batch; ratio/LAT graphs are padded to seq_len.
+def test_feeding_rule_follows_quantization_and_variant(full_dir, tmp_path):
+    """Dynamic INT8 runs one window at a time; static INT8 and FP32 batch; LAT graphs are padded to seq_len.
     A manifest whose recorded feeding contradicts that is refused."""
     from qtool_runtime.kit import check_manifest, feeding
 
     base = json.loads((full_dir / "manifest.json").read_text())
     reduced = {**base, "length_config": {**base["length_config"], "keep": [300, 250, 200, 150, 120, 100]}}
-    for quant, rule, want in [(None, "cap", (True, False)), ({"mode": "static"}, "cap", (True, False)),
-                              ({"mode": "dynamic"}, "cap", (False, False)), ({"mode": "static"}, "ratio", (True, True))]:
-        m = {**reduced, "quantization": quant, "length_config": {**reduced["length_config"], "rule": rule}}
+    for quant, variant, want in [(None, "qtool", (True, False)), ({"mode": "static"}, "qtool", (True, False)),
+                                 ({"mode": "dynamic"}, "qtool", (False, False)), ({"mode": "static"}, "lat", (True, True))]:
+        m = {**reduced, "quantization": quant, "length_config": {**reduced["length_config"], "variant": variant}}
         m.pop("feeding", None)
-        assert feeding(m) == want, (quant, rule)
+        assert feeding(m) == want, (quant, variant)
     assert base["feeding"] == {"batchable": True, "pad_to_seq_len": False}  # what export wrote
     lying = _copy(full_dir, tmp_path / "lying")
     m = json.loads((lying / "manifest.json").read_text())

@@ -57,7 +57,7 @@ VERIFY_ON_OPENVINO_THEN_SIGTERM = """
 import os, signal, sys
 from pathlib import Path
 from toolchain.core import atomic
-from toolchain.graph.settings import VerifySettings
+from toolchain.core.settings import VerifySettings
 from toolchain.evaluate.verify import verify_artifacts
 verify_artifacts(sys.argv[1], VerifySettings(limit=8, protocols=("unpadded",), batch_sizes=(1,), rounds=1,
                  workload_windows=4, engines=("openvino",), torch_configs="none", report_dir=sys.argv[3]),

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from pg_server import free_port
 from toolchain.core.errors import InputError
-from toolchain.graph.settings import SearchSettings
+from toolchain.core.settings import SearchSettings
 from toolchain.search.run import search_configs, search_report
 from toolchain.search.shared_study import GRACE_SECONDS, StorageError, open_storage
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toolchain.train.args import TrainArgs
+from toolchain.core.settings import TrainSettings
 from toolchain.train.loop import train
 
 # A few LengthDrop steps (full model + one random sub-model, layer skipping on) from the MiniLM encoder, without
@@ -26,7 +26,7 @@ TOLERANCE = 2 * ARGS["lr"] * STEPS
 
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(tmp_path):
-    one = train(TrainArgs(out=str(tmp_path / "one"), threads=1, **ARGS))
+    one = train(TrainSettings(out=str(tmp_path / "one"), threads=1, **ARGS))
     cli = ["--base", "minilm", "--limit", "200", "--max-length", "128", "--batch-size", str(BATCH), "--max-steps",
            str(STEPS), "--lr", "1e-4", "--seed", "3", "--length-drop", "--num-sandwich", "1", "--dropout", "0",
            "--no-bf16"]

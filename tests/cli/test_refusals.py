@@ -15,7 +15,8 @@ from toolchain.artifact import manifest as manifests
 from toolchain.cli.commands import main
 from toolchain.core.errors import InputError
 from toolchain.graph.export import ExportError, export_configs
-from toolchain.train.args import TrainArgs, check_sandwich_configs
+from toolchain.core.settings import TrainSettings
+from toolchain.train.args import check_sandwich_configs
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 
@@ -33,10 +34,10 @@ def _one_error_line(result) -> str:
     (("384,384,384,384,384,384",), "is the full model"),
 ])
 def test_sandwich_configs_are_distinct_reduced_configurations(configs, message):
-    args = TrainArgs(base="minilm", out="unused", length_drop=True, sandwich_configs=configs, max_length=384)
+    args = TrainSettings(base="minilm", out="unused", length_drop=True, sandwich_configs=configs, max_length=384)
     with pytest.raises(InputError, match=message):
         check_sandwich_configs(args, 6)
-    ok = TrainArgs(base="minilm", out="unused", length_drop=True, max_length=384,
+    ok = TrainSettings(base="minilm", out="unused", length_drop=True, max_length=384,
                    sandwich_configs=("212,194,189,96,81,51", "315,251,242,159,142,33"))
     assert [c.keep for c in check_sandwich_configs(ok, 6)] == [(212, 194, 189, 96, 81, 51), (315, 251, 242, 159, 142, 33)]
 

@@ -12,15 +12,13 @@ from toolchain.cli.commands import main
 from toolchain.core.errors import InputError
 from toolchain.evaluate.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
 from toolchain.core.length import LengthConfig
-from toolchain.graph.settings import SearchSettings
+from toolchain.core.settings import SearchSettings
 
 
 def test_layer_tokens_follow_the_length_rule_and_skips():
     cap = LengthConfig.parse("315,251,skip,159,142,33", 6)
     assert layer_tokens(cap, 384) == [(384, 315), (315, 251), (251, 159), (159, 142), (142, 33)]
     assert layer_tokens(cap, 200) == [(200, 200), (200, 200), (200, 159), (159, 142), (142, 33)]
-    ratio = LengthConfig.parse("192,96,48,48,48,48", 6, rule="ratio")
-    assert layer_tokens(ratio, 192)[:3] == [(192, 96), (96, 48), (48, 24)]
     full = LengthConfig.full(6)
     assert layer_tokens(full, 100) == [(100, 100)] * 6
     # no drops in the full graph; projections see every layer's input, attention its square
@@ -89,13 +87,13 @@ def test_a_routed_configuration_is_priced_as_route_ships_it():
 @pytest.fixture(scope="module")
 def latency_graphs(bench_run, tmp_path_factory):
     """The bench folder (FP32 and INT8 reduced, the standard recipe) plus an INT8 full graph."""
-    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.core.settings import QuantizeSettings
     from toolchain.quantize.quantize import quantize_artifact
 
     root, _ = bench_run
     extra = tmp_path_factory.mktemp("latency")
     shutil.copytree(root / "fp32-full", extra / "fp32-full")
-    quantize_artifact(extra / "fp32-full", samples=8, tolerance=None, recipes=[RECIPES_BY_NAME["dynamic-all"]],
+    quantize_artifact(extra / "fp32-full", settings=QuantizeSettings(samples=8, tune=False, recipes=("dynamic-all",)),
                       log=lambda _: None)
     return root, extra / "int8-full"
 

@@ -11,7 +11,8 @@ from qtool_runtime import Artifact
 from qtool_runtime.contract import length_runs
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
-from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError
+from toolchain.core.settings import QuantizeSettings
+from toolchain.quantize.recipes import QuantizationError
 from toolchain.quantize.quantize import quantize_artifact
 from toolchain.core.crossover import Crossover
 from toolchain.graph.route import PAD_LOGIT, RouteError, route_artifacts
@@ -24,9 +25,10 @@ REDUCED_NAME = REDUCED.replace(",", "-")
 def static_pair(exported_root, tmp_path_factory) -> tuple:
     """Static INT8 graphs (one recipe, calibrated on 16 windows) of the test model's full and reduced configurations."""
     root = tmp_path_factory.mktemp("route")
-    recipe = [RECIPES_BY_NAME["static-fp32-out"]]
-    full, reduced = (quantize_artifact(exported_root / f"fp32-{name}", root / f"int8-{name}", samples=16, tolerance=None,
-                                       recipes=recipe, log=lambda _: None) for name in ("full", REDUCED_NAME))
+    recipe = ("static-fp32-out",)
+    settings = QuantizeSettings(samples=16, tune=False, recipes=recipe)
+    full, reduced = (quantize_artifact(exported_root / f"fp32-{name}", root / f"int8-{name}", settings, log=lambda _: None)
+                     for name in ("full", REDUCED_NAME))
     return full, reduced
 
 
@@ -162,8 +164,8 @@ def test_route_refuses_pairs_it_cannot_join_and_quantize_refuses_a_routed_graph(
     fp32 = route_artifacts(exported_root / "fp32-full", exported_root / f"fp32-{REDUCED_NAME}", tmp_path / "fp32-routed",
                            full_up_to=100, log=lambda _: None)
     with pytest.raises(QuantizationError, match="routed graph"):
-        quantize_artifact(fp32, tmp_path / "int8-routed", samples=4, tolerance=None,
-                          recipes=[RECIPES_BY_NAME["static-fp32-out"]], log=lambda _: None)
+        quantize_artifact(fp32, tmp_path / "int8-routed", QuantizeSettings(samples=4, tune=False,
+                                                                           recipes=("static-fp32-out",)), log=lambda _: None)
 
 
 def test_the_crossover_is_the_longest_length_the_full_graph_holds_before_the_reduced_one_wins():

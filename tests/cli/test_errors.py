@@ -21,11 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from qtool_runtime.errors import OS_INPUT_ERRORS, QtoolError
+from toolchain.core.settings import QuantizeSettings
 from toolchain.core import atomic
 from toolchain.data import squad
 from toolchain.cli.commands import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/cli/ -> the checkout
 REFERENCE = ROOT.parent / "shared" / "models" / "minilm-squad-lat"
 # Raises that only a programming error reaches (library misuse, an internal invariant): a traceback is right.
 BUG_ONLY = {
@@ -115,8 +116,7 @@ def test_train_input_errors_are_one_line(tmp_path, case):
     one_line(cli("train", "--base", "minilm", *args, "--max-steps", 1), message, code=2 if case == "out-file" else 1)
 
 
-@pytest.mark.parametrize("case", ["questions", "workers", "latency-missing", "latency-bad", "route-without-latency",
-                                  "route-ratio"])
+@pytest.mark.parametrize("case", ["questions", "workers", "latency-missing", "latency-bad", "route-without-latency"])
 def test_search_input_errors_are_one_line(tmp_path, case):
     bad = tmp_path / "bad.json"
     bad.write_text('{"coefficients": 3}')
@@ -126,7 +126,6 @@ def test_search_input_errors_are_one_line(tmp_path, case):
         "latency-missing": (["--latency-model", tmp_path / "none.json"], "does not exist"),
         "latency-bad": (["--latency-model", bad], "is not a latency model"),
         "route-without-latency": (["--route"], "--route needs --latency-model"),
-        "route-ratio": (["--route", "--latency-model", bad, "--length-rule", "ratio"], "--route needs the cap rule"),
     }[case]
     one_line(cli("search", "--model", REFERENCE, "--trials", 1, *args), message)
 
@@ -242,7 +241,7 @@ def test_quantize_refuses_an_unwritable_destination_before_work(exported_root, t
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(NotADirectoryError, match="is not a folder"):
-        quantize_artifact(exported_root / "fp32-full", blocker / "int8-full", tolerance=None,
+        quantize_artifact(exported_root / "fp32-full", blocker / "int8-full", QuantizeSettings(tune=False),
                           log=lambda _: pytest.fail("quantize started work"))
 
 

@@ -43,15 +43,14 @@ def test_config_parse_and_scaling():
     assert config.rule == "cap"
     assert config.keep_count(0, 192, 192) == 192 and config.keep_count(1, 192, 192) == 192
     assert config.keep_count(5, 192, 50) == 33 and config.keep_count(5, 20, 20) == 20
-    # ratio: half the length keeps half, rounded up; never more than arrives, never fewer than 1
-    ratio = LengthConfig.parse("315,251,242,159,142,33", 6, rule="ratio")
-    assert [ratio.keep_count(i, 384, 384) for i in range(6)] == list(ratio.keep)
-    assert ratio.keep_count(0, 192, 192) == 158
-    assert ratio.keep_count(5, 192, 50) == 17
-    assert ratio.keep_count(5, 2, 2) == 1
+    # ratio is retired for graphs: refused for a reduced configuration, read (as the plain model) for a full one
+    with pytest.raises(LengthConfigError, match="length rule 'ratio' is retired"):
+        LengthConfig.parse("315,251,242,159,142,33", 6, rule="ratio")
+    old_full = LengthConfig.from_dict({"keep": [384] * 6, "seq_len": 384, "rule": "ratio"})
+    assert old_full.is_full and LengthConfig.from_dict(old_full.to_dict()).rule == "cap"
     with pytest.raises(LengthConfigError, match="length rule 'half'"):
         LengthConfig.parse("full", 6, rule="half")
-    assert LengthConfig.from_dict(ratio.to_dict()) == ratio
+    assert LengthConfig.from_dict(config.to_dict()) == config
     assert LengthConfig.full(6).is_full and not config.is_full
     assert LengthConfig.parse("full", 6) == LengthConfig.full(6) and LengthConfig.full(6).label == "full"
 

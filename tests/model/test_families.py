@@ -18,7 +18,7 @@ from toolchain.core.length import LengthConfig, LengthConfigError
 from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
                                               load_qa_model, near_question_words, significance)
 from toolchain.quantize.recipes import Recipe, quantize_graph, select_nodes
-from toolchain.graph.settings import ExportSettings
+from toolchain.core.settings import ExportSettings
 
 FAMILIES = ("bert", "roberta", "distilbert", "electra")
 
@@ -207,16 +207,16 @@ def test_lat_significance_counts_padding_queries():
     assert qtool[0, 3] == lat[0, 3] == -1.0
 
 
-def test_question_variant_keeps_the_question_segment(windows):
-    """`question` keeps [CLS] question [SEP] at every layer (the first k of it, in order, when k is smaller), and
-    ranks the context as qtool does; a family without token_type_ids refuses it and `match` in one line."""
+def test_match_variant_keeps_the_question_segment(windows):
+    """`match` keeps [CLS] question [SEP] at every layer (the first k of it, in order, when k is smaller), where qtool's
+    ranking may drop it; a family without token_type_ids refuses it in one line."""
     model = tiny_model("bert", 4, seed=1)
     inputs = {k: torch.from_numpy(v[:4]) for k, v in windows.model_inputs().items()}
     question_len = ((inputs["token_type_ids"] == 0) & (inputs["attention_mask"] > 0)).sum(1)
     assert question_len.min() > 8
     keep = (300, 120, 40, 8)
     with torch.no_grad():
-        *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="question"),
+        *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="match"),
                                     return_kept=True)
         *_, kept_qtool = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384), return_kept=True)
     for row, n_q in enumerate(question_len.tolist()):
@@ -225,13 +225,12 @@ def test_question_variant_keeps_the_question_segment(windows):
         assert sorted(kept[-1][row].tolist()) == list(range(8))
     assert any(not set(range(n_q)) <= set(k[row].tolist())
                for row, n_q in enumerate(question_len.tolist()) for k in kept_qtool[:3])  # qtool may drop them
-    for family in ("distilbert", "roberta"):  # both variants rank by segment, which these inputs do not carry
+    for family in ("distilbert", "roberta"):  # `match` ranks by segment, which these inputs do not carry
         other = tiny_model(family, 2)
-        for variant in ("question", "match"):
-            with pytest.raises(UnsupportedModelError, match="no token_type_ids") as info:
-                drop_and_restore(other, inputs["input_ids"], inputs["attention_mask"],
-                                 config=LengthConfig((100, 50), 384, variant=variant))
-            assert "\n" not in str(info.value)
+        with pytest.raises(UnsupportedModelError, match="no token_type_ids") as info:
+            drop_and_restore(other, inputs["input_ids"], inputs["attention_mask"],
+                             config=LengthConfig((100, 50), 384, variant="match"))
+        assert "\n" not in str(info.value)
 
 
 def test_near_question_words_marks_the_neighbourhood_of_repeated_question_words():
@@ -277,19 +276,18 @@ def test_match_variant_keeps_the_question_then_its_words_neighbourhood(windows):
     keep = (300, 30, 6)
     with torch.no_grad():
         *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="match"), return_kept=True)
-        *_, kept_question = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="question"),
-                                             return_kept=True)
+        *_, kept_qtool = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384), return_kept=True)
     for row, chosen in enumerate(favoured):
         assert set(kept[0][row].tolist()) >= chosen
         assert set(kept[1][row].tolist()) <= chosen
         assert sorted(kept[2][row].tolist()) == list(range(6))  # the question before its words' neighbourhood
-    assert any(not set(k[row].tolist()) <= chosen for row, chosen in enumerate(favoured) for k in kept_question[1:2])
+    assert any(not set(k[row].tolist()) <= chosen for row, chosen in enumerate(favoured) for k in kept_qtool[1:2])
 
 
-@pytest.mark.parametrize("variant, invariant", [("lat", False), ("question", True), ("match", True)])
+@pytest.mark.parametrize("variant, invariant", [("lat", False), ("match", True)])
 def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir):
     """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
-    says so. `lat` sees padding queries, so its graph must be fed padded; `question` does not.
+    says so. `lat` sees padding queries, so its graph must be fed padded; `match` does not.
 
     The MiniLM fine-tuned by the test session, not a random model: LAT's significance adds the near-uniform
     attention of padding queries, which in a random model leaves near-ties that float rounding reorders."""

@@ -30,8 +30,8 @@ from toolchain.data import squad
 from toolchain.cli.commands import main
 from toolchain.graph.export import DEFAULT_ATOL, ExportError, export_configs
 from toolchain.graph.runtime import Protocol, kept_agreement, onnx_session, predict_onnx
-from toolchain.graph.settings import ExportSettings, VerifySettings
-from test_kit_bounds import JUNK
+from toolchain.core.settings import ExportSettings, VerifySettings
+from conftest import JUNK
 
 SMALL = "120,100,80,60,40,20"
 
@@ -189,11 +189,12 @@ def test_latency_target_needs_a_menu(exported_root):
 
 
 def test_static_int8_is_calibrated_and_scored_across_the_menu(runtime_dir, long_questions, tmp_path):
-    from toolchain.quantize.recipes import RECIPES_BY_NAME
+    from toolchain.core.settings import QuantizeSettings
     from toolchain.quantize.quantize import quantize_artifact
 
-    dest = quantize_artifact(runtime_dir, tmp_path / "int8-runtime", samples=16, tune_questions=24, tolerance=100.0,
-                             recipes=[RECIPES_BY_NAME["static-fp32-out"]], timing_batches=(1, 2), log=lambda _: None)
+    dest = quantize_artifact(runtime_dir, tmp_path / "int8-runtime",
+                             QuantizeSettings(samples=16, tune_questions=24, tolerance=100.0, recipes=("static-fp32-out",),
+                                              timing_batches=(1, 2)), log=lambda _: None)
     manifest = manifests.load(dest)
     assert manifest.is_runtime and manifest.precision == "int8" and manifest.quantization["mode"] == "static"
     tuning = manifest.quantization["tuning"]

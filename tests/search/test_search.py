@@ -11,7 +11,7 @@ from toolchain.search.run import search_configs
 from toolchain.search.samplers import EvolutionSampler
 from toolchain.search.scoring import paired_interval
 from toolchain.search.space import config_from_ratios, macs_ratio_at_lengths, ratios_of, trained_space
-from toolchain.graph.settings import SearchSettings
+from toolchain.core.settings import SearchSettings
 
 
 def test_ratios_always_give_valid_configs():
@@ -71,10 +71,11 @@ def test_search_slice_is_held_out_train():
     assert len(others) == 60 and not ids & {e.id for e in others}
     assert [e.id for e in search_examples(50, offset=1)] != [e.id for e in examples]
     from toolchain.data.calibration_windows import calibration_examples
-    from toolchain.quantize.quantize import DEFAULT_TUNE_QUESTIONS, tuning_examples
+    from toolchain.core.settings import QuantizeSettings
+    from toolchain.quantize.quantize import tuning_examples
 
     assert not ids & {e.id for e in calibration_examples("squad", 1000)}
-    assert not ids & {e.id for e in tuning_examples(DEFAULT_TUNE_QUESTIONS, "squad")}
+    assert not ids & {e.id for e in tuning_examples(QuantizeSettings.tune_questions, "squad")}
 
 
 def test_search_finds_a_front_anchored_at_the_full_model(trained_dir):
@@ -139,7 +140,7 @@ def test_a_study_resumed_with_other_settings_is_refused(trained_dir, tmp_path):
                        log=lambda _: None)
     with pytest.raises(InputError, match=r"other settings \(variant\)"):
         search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5, storage=storage,
-                                                   variant="question"), log=lambda _: None)
+                                                   variant="match"), log=lambda _: None)
 
 
 def test_search_starts_from_given_configurations_and_confirms_on_another_slice(trained_dir):
@@ -188,11 +189,11 @@ def test_paired_interval_resamples_questions_together():
 
 
 def test_search_runs_the_variant_asked_for(trained_dir):
-    """The test model was trained with qtool's variant; --variant question searches the question-keeping one."""
+    """The test model was trained with qtool's variant; --variant match searches the question-keeping one."""
     seen = []
     result = search_configs(trained_dir, SearchSettings(trials=2, questions=4, neighbours=0, min_ratio=0.5,
-                                                        variant="question"), log=seen.append)
-    assert result["variant"] == "question" and "variant question" in result["objective"]["maximize"]
+                                                        variant="match"), log=seen.append)
+    assert result["variant"] == "match" and "variant match" in result["objective"]["maximize"]
     assert len(seen) == 2 and len(result["evaluated"]) >= 1
 
 

@@ -10,7 +10,7 @@ from toolchain.graph.export import ExportError, ExportValidationError, export_ar
 from toolchain.model.drop_and_restore import LengthConfig, load_qa_model
 from toolchain.artifact.interface import GraphError
 from toolchain.graph.runtime import onnx_session, predict_onnx, predict_torch
-from toolchain.graph.settings import ExportSettings
+from toolchain.core.settings import ExportSettings
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
 
