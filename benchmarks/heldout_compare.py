@@ -1,0 +1,88 @@
+"""F1 of INT8 graphs on held-out SQuAD train documents, side by side: overall, per overlap third, and each graph's
+paired difference from a reference graph on the same questions (95 % bootstrap interval). For choosing between
+recipes or configurations without looking at dev; `--dev` reports on dev questions spread over all of dev (its first
+thousand questions, which verify's `--limit` takes, come from five articles).
+
+    python benchmarks/heldout_compare.py G/int8-212-194-189-96-81-51-match G/int8-...-sq0.5 \\
+        --reference G/std-int8-openvino-nncf --model ../shared/models/minilm-squad-lat-doc-match --train 600
+
+The reference named by the peers' OpenVINO folder name runs on OpenVINO (as (c) ships); every other graph on
+onnxruntime. Questions: spread over the search pool (never calibration, tuning or dev questions), less the ones the
+model's last training stage saw; as documents (two neighbouring paragraphs each side), every window alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from qtool_runtime.contract import Engine
+from toolchain.core.machine import machine_info
+from toolchain.data import squad
+from toolchain.data.overlap import THIRDS, f1_by_third, overlap_thirds
+from toolchain.data.splits import search_examples, trained_questions
+from toolchain.evaluate.peers import OPENVINO_INT8
+from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
+from toolchain.search.scoring import paired_interval
+
+
+def per_question_f1(folder: Path, examples, features, threads: int) -> np.ndarray:
+    engine = Engine.OPENVINO if folder.name == OPENVINO_INT8 else Engine.ONNXRUNTIME
+    session = onnx_session(folder / "model.onnx", threads, engine, exact=engine == Engine.ONNXRUNTIME)
+    preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
+    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
+    return squad.question_scores(answers, examples)[1]
+
+
+def spread_dev(questions: int) -> list[squad.SquadExample]:
+    """`questions` dev questions spread evenly over dev (its first thousand come from five articles), as documents."""
+    every = squad.load_squad("dev", neighbours=squad.DOCUMENT_NEIGHBOURS)
+    return [every[i * len(every) // questions] for i in range(questions)]
+
+
+def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,
+            threads: int = 2, dev: bool = False) -> dict:
+    exclude = trained_questions(model) if model and not dev else frozenset()
+    examples = spread_dev(questions) if dev else search_examples(questions, offset=offset,
+                                                                 neighbours=squad.DOCUMENT_NEIGHBOURS, exclude=exclude)
+    tokenizer = AutoTokenizer.from_pretrained(graphs[0], local_files_only=True)
+    features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE)
+    third = overlap_thirds(examples)[0]
+    ref = per_question_f1(reference, examples, features, threads)
+    rows = {reference.name: {"f1": 100 * float(ref.mean()), **f1_by_third(ref, third)}}
+    for folder in graphs:
+        f1 = per_question_f1(folder, examples, features, threads)
+        rows[folder.name] = {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third),
+                             "vs_reference": {"all": paired_interval(f1, ref), **{
+                                 t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}
+        print(f"{folder.name:<46} F1 {rows[folder.name]['f1']:6.2f}  "
+              + " / ".join(f"{rows[folder.name][t]:5.1f}" for t in THIRDS)
+              + "  vs reference {:+.2f} [{:+.2f}, {:+.2f}]".format(*rows[folder.name]["vs_reference"]["all"]), flush=True)
+    return {"machine": machine_info(threads), "split": "dev, spread" if dev else "held-out train", "questions": len(examples), "windows": len(features), "offset": offset,
+            "left_out_trained": len(exclude), "reference": reference.name, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("graphs", type=Path, nargs="+")
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--model", help="the model the graphs come from: its last stage's training questions are left out")
+    parser.add_argument("--train", type=int, default=600, help="questions (held-out train, or dev with --dev)")
+    parser.add_argument("--dev", action="store_true", help="report: dev questions spread over all of dev instead")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = compare(args.graphs, args.reference, questions=args.train, model=args.model, offset=args.offset,
+                     dev=args.dev)
+    print(f"reference {report['reference']}: F1 {report['rows'][report['reference']]['f1']:.2f} "
+          f"({report['questions']} questions, {report['windows']} windows)")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
