@@ -47,7 +47,7 @@ def test_config_parse_and_scaling():
     with pytest.raises(LengthConfigError, match="length rule 'ratio' is retired"):
         LengthConfig.parse("315,251,242,159,142,33", 6, rule="ratio")
     old_full = LengthConfig.from_dict({"keep": [384] * 6, "seq_len": 384, "rule": "ratio"})
-    assert old_full.is_full and LengthConfig.from_dict(old_full.to_dict()).rule == "cap"
+    assert old_full.is_full and old_full.rule == "cap" and old_full == LengthConfig.full(6)
     with pytest.raises(LengthConfigError, match="length rule 'half'"):
         LengthConfig.parse("full", 6, rule="half")
     assert LengthConfig.from_dict(config.to_dict()) == config

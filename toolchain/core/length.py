@@ -5,7 +5,7 @@ Torch-free, so the deployment runtime and manifests can read configurations with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from qtool_runtime.contract import (LENGTH_RULES, RATIO_RETIRED, RETIRED_VARIANTS, VARIANTS, LengthRule, Variant,
@@ -173,7 +173,8 @@ class LengthConfig:
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
                      data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), data.get("full_up_to", 0))
         config.validate(len(config.keep))
-        return config
+        # validate() let a retired `ratio` through only on a full configuration, where every rule keeps every token
+        return config if config.rule == LengthRule.CAP else replace(config, rule=LengthRule.CAP)
 
 
 def _sym_min(a, b):
