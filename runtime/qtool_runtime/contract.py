@@ -268,6 +268,14 @@ def feeding(manifest: dict) -> tuple[bool, bool]:
     return (not (mode and QuantMode(mode).per_batch_scales), drops(lc) and variant.sees_padding)
 
 
+def retired_problem(rule: object, variant: object, drops: bool) -> str | None:
+    """Why a configuration's rule or variant is retired (one line), else None: the one check the kit's manifests and
+    the toolchain's configurations share. A configuration that drops nothing keeps every token under any rule."""
+    if rule != LengthRule.CAP and drops:
+        return RATIO_RETIRED
+    return RETIRED_VARIANTS.get(variant) if isinstance(variant, str) else None
+
+
 def drops(length_config: dict) -> bool:
     """Whether a manifest's configuration drops tokens at some layer (a full one runs the plain model)."""
     return any(k is None or k < length_config["seq_len"] for k in length_config["keep"])
@@ -339,8 +347,7 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
          and all(a >= b for a, b in zip(counts, counts[1:])),
          f"length_config must hold seq_len and non-increasing keep counts in 1..seq_len (null: a skipped layer), got {lc!r}")
     need(lc.get("rule", LengthRule.RATIO) in LENGTH_RULES, f"length rule {lc.get('rule')!r} is not one of {LENGTH_RULES}")
-    need(lc.get("rule", LengthRule.RATIO) == LengthRule.CAP or not drops(lc), RATIO_RETIRED)
-    retired = RETIRED_VARIANTS.get(lc["variant"]) if isinstance(lc.get("variant"), str) else None
+    retired = retired_problem(lc.get("rule", LengthRule.RATIO), lc.get("variant"), drops(lc))
     need(retired is None, retired or "")
     need(lc.get("variant", Variant.QTOOL) in VARIANTS, f"variant {lc.get('variant')!r} is not one of {VARIANTS}")
     routed = full_up_to_problem(full_up_to(lc), lc["keep"], lc["seq_len"], lc.get("rule", LengthRule.RATIO),

@@ -68,12 +68,13 @@ def quantize(path, calib, samples, calib_neighbours, tolerance, tune_questions, 
     """INT8 quantization (Intel Neural Compressor) of PATH: one fp32-* artifact or a root of them."""
 
     from ..artifact.artifact import find_artifacts
-    from ..quantize.recipes import RECIPES_BY_NAME, QuantizationError
+    from ..quantize.recipes import QuantizationError, recipes_for
     from ..quantize.quantize import check_destination, int8_destination, quantize_artifact, quantize_plain_ort
 
-    unknown = [r for r in recipe_names if r not in RECIPES_BY_NAME]
-    if unknown:
-        raise click.BadParameter(f"unknown recipe(s) {unknown}; choose from {list(RECIPES_BY_NAME)}", param_hint="--recipe")
+    try:
+        recipes_for(recipe_names, tune=not no_tune)  # unknown names are a usage error, before any work
+    except QuantizationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--recipe") from exc
     settings = QuantizeSettings(calib=calib, samples=samples, calib_neighbours=calib_neighbours, tolerance=tolerance,
                                 tune_questions=tune_questions, recipes=tuple(recipe_names), tune=not no_tune)
 

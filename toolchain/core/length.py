@@ -5,11 +5,10 @@ Torch-free, so the deployment runtime and manifests can read configurations with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
-from qtool_runtime.contract import (LENGTH_RULES, RATIO_RETIRED, RETIRED_VARIANTS, VARIANTS, LengthRule, Variant,
-                                    full_up_to_problem)
+from qtool_runtime.contract import LENGTH_RULES, VARIANTS, LengthRule, Variant, full_up_to_problem, retired_problem
 from qtool_runtime.errors import QtoolError
 
 
@@ -56,6 +55,8 @@ class LengthConfig:
             object.__setattr__(self, "rule", LengthRule(self.rule))
         if self.variant in VARIANTS:
             object.__setattr__(self, "variant", Variant(self.variant))
+        if self.rule == LengthRule.RATIO and self.is_full:  # every rule keeps every token: the same configuration
+            object.__setattr__(self, "rule", LengthRule.CAP)
 
     @classmethod
     def parse(
@@ -86,10 +87,9 @@ class LengthConfig:
     def validate(self, num_layers: int) -> None:
         if self.rule not in LENGTH_RULES:
             raise LengthConfigError(f"length rule {self.rule!r} is unknown; choose one of {LENGTH_RULES}")
-        if self.rule != LengthRule.CAP and not self.is_full:
-            raise LengthConfigError(RATIO_RETIRED)
-        if self.variant in RETIRED_VARIANTS:
-            raise LengthConfigError(RETIRED_VARIANTS[self.variant])
+        retired = retired_problem(self.rule, self.variant, not self.is_full)
+        if retired:
+            raise LengthConfigError(retired)
         if self.variant not in VARIANTS:
             raise LengthConfigError(f"Drop-and-Restore variant {self.variant!r} is unknown; choose one of {VARIANTS}")
         if self.seq_len < 1:
@@ -173,8 +173,7 @@ class LengthConfig:
         config = cls(tuple(None if k is None else int(k) for k in data["keep"]), int(data["seq_len"]),
                      data.get("rule", LengthRule.RATIO), data.get("variant", DEFAULT_VARIANT), data.get("full_up_to", 0))
         config.validate(len(config.keep))
-        # validate() let a retired `ratio` through only on a full configuration, where every rule keeps every token
-        return config if config.rule == LengthRule.CAP else replace(config, rule=LengthRule.CAP)
+        return config
 
 
 def _sym_min(a, b):

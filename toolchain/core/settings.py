@@ -172,15 +172,15 @@ class TrainSettings:
     save_every: float = 600.0  # seconds
     threads: int | None = None
     variant: str = DEFAULT_VARIANT  # Drop-and-Restore variant (length.VARIANTS); recorded in the model's config.json
-    # How sandwich configurations meet each batch, as the length rule will at inference: 'cap' (the one default,
-    # as export and search) draws them for max_length and keeps min(k_i, tokens in), which is what a cap graph
-    # does to an unpadded window; 'ratio' draws the counts for the batch's own width (LAT's training).
+    # How sandwich configurations meet each batch: 'cap' draws them for max_length and keeps min(k_i, tokens in),
+    # which is what every graph does to an unpadded window; 'ratio' draws the counts for the batch's own width and
+    # scales sandwich_configs to it (LAT's training).
     length_rule: str = DEFAULT_LENGTH_RULE
     # The document workload for training: each context widened with this many neighbouring paragraphs of its
     # article (squad.widen_contexts), so windows are full of real tokens and sub-models drop real tokens.
     neighbours: int = 0
-    # LengthDrop restricted to the configurations you intend to ship (stated for max_length, read under
-    # length_rule): every step distils each of them from the full model instead of drawing a random sandwich.
+    # LengthDrop restricted to the configurations you intend to ship (stated for max_length): every step distils
+    # each of them from the full model instead of drawing a random sandwich.
     sandwich_configs: tuple[str, ...] = ()
     # Learning curves: every `snapshot_every` steps the model is written to snapshot_dir/step-N.
     snapshot_every: int | None = None

@@ -31,20 +31,20 @@ def run_bench(
     """Export, quantize, build the peers ((b), and (c) where the openvino extra is installed), verify (as `verify`
     says); returns the verify report.
     """
-    out, standard, plain_ort, samples = Path(out), bench.standard, bench.plain_ort, bench.quantize.samples
+    out = Path(out)
     verify.check()
     reduced = [c for c in configs if c != "full"]
     names = ["full", *reduced]
-    _check_outputs(model_dir, out, names, verify, standard=standard, plain_ort=plain_ort)
+    _check_outputs(model_dir, out, names, verify, standard=bench.standard, plain_ort=bench.plain_ort)
     folders = export_configs(model_dir, names, out, settings=ExportSettings())
     log(f"exported {len(folders)} graphs")
     for src in _quantized(folders):
         log(f"quantizing {src.name}")
         quantize_artifact(src, settings=bench.quantize, log=log)
-    if plain_ort:
-        quantize_plain_ort(folders[0], int8_destination(folders[0], plain_ort=True), samples=samples)
-    if standard:
-        build_standard(model_dir, out, openvino=openvino_installed(), calib_samples=samples, log=log)
+    if bench.plain_ort:
+        quantize_plain_ort(folders[0], int8_destination(folders[0], plain_ort=True), samples=bench.quantize.samples)
+    if bench.standard:
+        build_standard(model_dir, out, openvino=openvino_installed(), calib_samples=bench.quantize.samples, log=log)
     return verify_artifacts(out, verify, model_dir=model_dir, log=log)
 
 

@@ -100,18 +100,17 @@ def quantize_artifact(
     """
     src, s = Path(src), settings
     recipes = recipes_for(s.recipes, s.tune)
-    calib, samples, calib_neighbours, timing_batches = s.calib, s.samples, s.calib_neighbours, s.timing_batches
     tolerance = s.tolerance if s.tune else None
-    tune_questions = s.tune_questions
     manifest = _quantizable(src, tolerance, recipes)
     dest = check_destination(src, dest or int8_destination(src))  # before minutes of tuning
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, use_fast=True)
     seq_len = manifest.length_config.seq_len
-    calib_features = calibration_features(calib, samples, tokenizer, seq_len, manifest.doc_stride, calib_neighbours)
+    calib_features = calibration_features(s.calib, s.samples, tokenizer, seq_len, manifest.doc_stride,
+                                          s.calib_neighbours)
     reader = calibration_reader(calib_features, 8, manifest.interface.inputs, menu_feeds(manifest))
-    tuning_set = TuningSet.of(tuning_examples(tune_questions if tolerance is not None else DRIFT_WINDOWS, calib, samples),
+    tuning_set = TuningSet.of(tuning_examples(s.tune_questions if s.tune else DRIFT_WINDOWS, s.calib, s.samples),
                               tokenizer, manifest)
     with tempfile.TemporaryDirectory(prefix="qtool-quant-") as work:
         candidates = recipes if tolerance is not None else recipes[:1]
@@ -124,7 +123,7 @@ def quantize_artifact(
             chosen, tuning = candidates[0], None
         else:
             chosen, tuning = _score_time_choose(src, manifest, candidates, trials, paths, tuning_set, tolerance,
-                                                timing_batches, log)
+                                                s.timing_batches, log)
         log(f"chosen recipe: {chosen.name}")
         graph_passes = built[chosen.name][1]  # the chosen graph's rewrite count per INT8 pass
         for name, count in graph_passes.items():
@@ -135,8 +134,8 @@ def quantize_artifact(
                              DRIFT_WINDOWS)
         for line in format_drift(drift):
             log(line)
-        record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), calib, samples,
-                                     len(calib_features), tuning, drift, calib_neighbours=calib_neighbours)
+        record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), s.calib, s.samples,
+                                     len(calib_features), tuning, drift, calib_neighbours=s.calib_neighbours)
         write_int8(src, manifest, dest, paths[chosen.name], quantization=record, graph_passes=graph_passes)
     return dest
 
