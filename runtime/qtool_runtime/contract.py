@@ -54,6 +54,9 @@ class Variant(Mode):
     LAT = "lat"  # LAT's code: significance over all queries (padding included), [CLS] always kept
     # the question segment ([CLS] question [SEP]) first, then context tokens near a word of the question, then the rest
     MATCH = "match"
+    # as `match`, but the rest ranks by the QA head's answer score of the layer's attention output (the higher of a
+    # token's start and end logits) instead of the attention it receives
+    ANSWER = "answer"
 
     @property
     def sees_padding(self) -> bool:
@@ -62,7 +65,17 @@ class Variant(Mode):
     @property
     def keeps_question(self) -> bool:
         """Whether the question segment (found by its token type) always ranks first."""
-        return self is Variant.MATCH
+        return self in (Variant.MATCH, Variant.ANSWER)
+
+    @property
+    def favours_question_words(self) -> bool:
+        """Whether context tokens near a word of the question rank next, before the rest."""
+        return self in (Variant.MATCH, Variant.ANSWER)
+
+    @property
+    def ranks_by_answer_score(self) -> bool:
+        """Whether the rest rank by the QA head's answer score rather than by the attention they receive."""
+        return self is Variant.ANSWER
 
 
 # Retired variants, with the line that refuses them. `question` (the question segment first, then qtool's ranking)

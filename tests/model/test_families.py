@@ -284,7 +284,40 @@ def test_match_variant_keeps_the_question_then_its_words_neighbourhood(windows):
     assert any(not set(k[row].tolist()) <= chosen for row, chosen in enumerate(favoured) for k in kept_qtool[1:2])
 
 
-@pytest.mark.parametrize("variant, invariant", [("lat", False), ("match", True)])
+def test_answer_variant_ranks_the_rest_by_the_qa_heads_answer_score(windows):
+    """`answer` keeps what `match` favours first (the question, then the context near its words); the tokens a layer
+    keeps beyond those are the ones the QA head scores highest (the higher of start and end logit) on that layer's
+    attention output, not the ones that receive the most attention. Read off the head's own calls (a hook)."""
+    model = tiny_model("bert", 3, seed=3)
+    inputs = {k: torch.from_numpy(v[:3]) for k, v in windows.model_inputs().items()}
+    question_len = ((inputs["token_type_ids"] == 0) & (inputs["attention_mask"] > 0)).sum(1, keepdim=True)
+    near = near_question_words(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], question_len)
+    real = inputs["attention_mask"].sum(1)
+    favoured_counts = question_len[:, 0] + near.sum(1)
+    assert favoured_counts.max() < real.min()  # room at the first layer for tokens beyond the favoured
+    keep = (int(favoured_counts.max() + real.min()) // 2, 40, 20)
+    calls: list[torch.Tensor] = []
+    hook = model.qa_outputs.register_forward_hook(lambda _m, _i, out: calls.append(out.detach()))
+    try:
+        with torch.no_grad():
+            *_, kept = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="answer"),
+                                        return_kept=True)
+    finally:
+        hook.remove()
+    assert len(calls) == len(keep) + 1  # once per dropping layer, once for the answer
+    with torch.no_grad():
+        *_, kept_match = drop_and_restore(model, **inputs, config=LengthConfig(keep, 384, variant="match"),
+                                          return_kept=True)
+    layer0 = calls[0].max(dim=-1).values  # positions are still in order at the first layer
+    for row, n_q in enumerate(question_len[:, 0].tolist()):
+        favoured = set(range(n_q)) | set(near[row].nonzero().flatten().tolist())
+        rest = [p for p in range(int(inputs["attention_mask"][row].sum())) if p not in favoured]
+        best = sorted(rest, key=lambda p: -float(layer0[row, p]))[: keep[0] - len(favoured)]
+        assert set(kept[0][row].tolist()) == favoured | set(best)
+    assert any(set(a[row].tolist()) != set(b[row].tolist()) for a, b in zip(kept, kept_match) for row in range(3))
+
+
+@pytest.mark.parametrize("variant, invariant", [("lat", False), ("match", True), ("answer", True)])
 def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir):
     """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
     says so. `lat` sees padding queries, so its graph must be fed padded; `match` does not.

@@ -17,11 +17,11 @@ CONFIG_HELP = ("Length configuration: 'full' or one kept-token count per layer, 
 
 
 VARIANT_HELP = ("Drop-and-Restore variant: 'qtool' (significance over real queries; a dropped token keeps its "
-                "post-attention state), 'question' (qtool, and the question's tokens are always kept), 'match' "
-                "(question, and context tokens near the question's words rank above the rest; what ships, trained by "
-                "`qtool train --variant match`: docs/concepts.md) "
+                "post-attention state), 'match' (the question's tokens first, then context tokens near the question's "
+                "words, then the rest by attention; trained by `qtool train --variant match`), 'answer' (as match, but "
+                "the rest by the QA head's answer score; runs a match-trained model) "
                 "or 'lat' (LAT's code: over all queries, [CLS] always kept, a dropped token keeps its last layer "
-                "output). Default: what `qtool train` recorded in the model folder, else qtool.")
+                "output); docs/concepts.md. Default: what `qtool train` recorded in the model folder, else qtool.")
 
 
 NEIGHBOURS_HELP = ("The document workload: widen each context with this many neighbouring paragraphs of the same article "

@@ -34,6 +34,7 @@ QUESTION_FIRST = float(1 << 20)
 # `match`: a context token near a word of the question scores its attention + MATCH_FIRST, above any sum of attention
 # (heads * n < 2^14 for every supported family: at most 16 heads at 512 positions), below QUESTION_FIRST.
 MATCH_FIRST = float(1 << 14)
+ANSWER_SCORE_BOUND = float(1 << 12)  # `answer`: the rest's answer scores are clamped to +-this, below MATCH_FIRST
 # Scores are ranked in float64: near 2^14 float32 resolves only 0.002 of attention, so the bonus rounded near tokens'
 # attention into ties and near-ties that PyTorch and onnxruntime broke differently (a model exported or not by luck).
 # In float64 the bonus is exact for every float32 attention sum above 2^-15, so tiers and attention rank
@@ -238,7 +239,8 @@ def drop_and_restore(
     variant = Variant(config.variant) if dropping else None
     question_len = _question_len(family, attention_mask, token_type_ids) if dropping and variant.keeps_question else None
     near = near_question_words(input_ids, attention_mask, token_type_ids, question_len) if (
-        variant == Variant.MATCH) else None
+        dropping and variant.favours_question_words) else None
+    answer_head = family.qa_head(model) if dropping and variant.ranks_by_answer_score else None
     set_aside: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden states, positions) of dropped tokens
     kept: list[torch.Tensor] = []
 
@@ -255,7 +257,7 @@ def drop_and_restore(
             n_in = h.shape[1]
             k = config.keep_count(i, seq_len, n_in) if keep_counts is None else _input_count(keep_counts, i, n_in)
             a, mask, positions, aside = _drop(h, a, probs, mask, positions, n_in, k, variant, question_len, near,
-                                              scores_out)
+                                              scores_out, answer_head)
             set_aside.append(aside)
         h = family.feed_forward(layer, a)
         if return_kept:
@@ -273,7 +275,7 @@ def _question_len(family: Family, attention_mask: torch.Tensor, token_type_ids: 
     """Tokens in each window's question segment ([CLS] question [SEP]: the real tokens of type 0, a prefix), [B, 1]."""
     if token_type_ids is None or "token_type_ids" not in family.inputs:
         raise UnsupportedModelError(
-            f"the '{Variant.MATCH}' variant finds the question by its token type; "
+            f"the '{Variant.MATCH}' and '{Variant.ANSWER}' variants find the question by its token type; "
             f"{family.model_type} has no token_type_ids (use qtool or lat)")
     return ((token_type_ids == 0) & (attention_mask > 0)).sum(dim=1, keepdim=True)
 
@@ -299,17 +301,19 @@ def near_question_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, t
 
 def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n_in,
           k, variant: str, question_len: torch.Tensor | None = None, near: torch.Tensor | None = None,
-          scores_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+          scores_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None, answer_head: nn.Module | None = None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One layer's drop: sort tokens by significance once, keep the first k (their attention output, mask and
     positions) and set the rest aside with their positions. `question_len` ([B, 1]): the question segment ranks
-    first; `near` ([B, seq_len] by original position, the `match` variant): those context tokens rank next."""
+    first; `near` ([B, seq_len] by original position, `match` and `answer`): those context tokens rank next;
+    `answer_head` (the `answer` variant): the rest rank by its answer score (answer_score) instead of attention."""
     lat = variant == Variant.LAT
     score = significance(probs, mask, variant, positions).to(RANK_DTYPE)
     if lat:  # LAT always keeps [CLS]
         score = torch.where(positions == 0, torch.full_like(score, ALWAYS_KEPT), score)
     if near is not None:
-        score = torch.where(torch.gather(near, 1, positions), score + MATCH_FIRST, score)
+        rest = score if answer_head is None else answer_score(answer_head, a, mask, positions)
+        score = torch.where(torch.gather(near, 1, positions), score + MATCH_FIRST, rest)
     if question_len is not None:
         score = torch.where(positions < question_len, QUESTION_FIRST - positions.to(score.dtype), score)
     if scores_out is not None:
@@ -320,6 +324,20 @@ def _drop(h: torch.Tensor, a: torch.Tensor, probs: torch.Tensor, mask: torch.Ten
     # lat: it keeps the output of the last layer that kept it (this layer's input)
     aside = (take_rows(h if lat else a, rest), torch.gather(positions, 1, rest))
     return take_rows(a, top), torch.gather(mask, 1, top), torch.gather(positions, 1, top), aside
+
+
+def answer_score(answer_head: nn.Module, a: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[B, n] in RANK_DTYPE: the higher of each token's start and end logits from the QA head on this layer's attention
+    output, the state a token dropped here is restored with, so the head reads it as it will at the end; padding
+    ranks last in position order (below any logit).
+
+    Why: on documents most of what dropping costs is the answer's own tokens dropped by a layer that kept the
+    question's words instead (results/answer-ranking); the head trained to find the answer ranks them higher
+    than the attention they receive does. A [n, d] x [d, 2] product per layer: nothing next to the layer."""
+    logits = answer_head(a).float()
+    # clamped well below MATCH_FIRST, so the tiers hold whatever the head says (real logits are tens at most)
+    score = torch.maximum(logits[..., 0], logits[..., 1]).clamp(-ANSWER_SCORE_BOUND, ANSWER_SCORE_BOUND).to(RANK_DTYPE)
+    return torch.where(mask > 0, score, -ALWAYS_KEPT - positions.to(RANK_DTYPE))
 
 
 def _ranked(score: torch.Tensor) -> torch.Tensor:
