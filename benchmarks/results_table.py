@@ -66,7 +66,8 @@ def table(study: Path) -> str:
             _speed(par_times, name, f"b1@{seq}"), _speed(par_times, name, f"b32@{seq}")]) + " |")
     first = (doc_times or par_times or [docs or pars])[0]
     machine, versions = first["machine"], first["versions"]
-    made_by = (f"Model: {', '.join(first['models'])}; code: commit {first.get('commit') or 'unknown'}."
+    made_by = (f"Model: {', '.join('../shared/models/' + Path(m).name for m in first['models'])}; "
+               f"code: commit {first.get('commit') or 'unknown'}."
                if "models" in first else f"Model and code: [{study}]({study}/README.md).")
     notes = [f"Machine: {machine['cpu']} ({', '.join(machine.get('flags', []))}), {machine['threads']} threads; "
              + ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "openvino", "torch")) + ".",
@@ -75,9 +76,11 @@ def table(study: Path) -> str:
              f"paragraphs each side; paragraphs: the first {pars['questions'] if pars else '?'}; both unpadded, one "
              f"window at a time. Speed: ms per window against the faster of (b) and (c) in the same run, median "
              f"(range) of {len(doc_times)} and {len(par_times)} repeats.",
-             "Graphs that do not run on a runtime: " + "; ".join(
-                 r["name"] + " (" + r["does_not_run"].split(": ", 2)[-1][:120] + ")"
-                 for r in (docs or pars)["rows"] if "does_not_run" in r) + "."]
+             ]
+    failed = [r["name"] + " (" + r["does_not_run"].split(": ", 2)[-1][:120] + ")"
+              for r in (docs or pars)["rows"] if "does_not_run" in r]
+    if failed:
+        notes.append("Graphs that do not run on a runtime: " + "; ".join(failed) + ".")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
