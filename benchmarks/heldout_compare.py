@@ -6,9 +6,9 @@ thousand questions, which verify's `--limit` takes, come from five articles).
     python benchmarks/heldout_compare.py G/int8-212-194-189-96-81-51-match G/int8-...-sq0.5 \\
         --reference G/std-int8-openvino-nncf --model ../shared/models/minilm-squad-lat-doc-match --train 600
 
-The reference named by the peers' OpenVINO folder name runs on OpenVINO (as (c) ships); every other graph on
-onnxruntime. Questions: spread over the search pool (never calibration, tuning or dev questions), less the ones the
-model's last training stage saw; as documents (two neighbouring paragraphs each side), every window alone.
+Each graph runs on the runtime its manifest names ((c) and NNCF graphs on OpenVINO, the rest on onnxruntime).
+Questions: spread over the search pool (never calibration, tuning or dev questions), less the ones the model's last
+training stage saw; as documents (two neighbouring paragraphs each side), every window alone.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from qtool_runtime.contract import Engine
+from toolchain.artifact import manifest as manifests
 from toolchain.core.machine import machine_info
 from toolchain.data import squad
 from toolchain.data.overlap import THIRDS, f1_by_third, overlap_thirds
 from toolchain.data.splits import search_examples, trained_questions
-from toolchain.evaluate.peers import OPENVINO_INT8
 from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
 from toolchain.search.scoring import paired_interval
 
 
 def per_question_f1(folder: Path, examples, features, threads: int) -> np.ndarray:
-    engine = Engine.OPENVINO if folder.name == OPENVINO_INT8 else Engine.ONNXRUNTIME
+    engine = Engine(manifests.load(folder).engine)  # the runtime the graph is built for, as score_graph runs it
     session = onnx_session(folder / "model.onnx", threads, engine, exact=engine == Engine.ONNXRUNTIME)
     preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)

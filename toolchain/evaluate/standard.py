@@ -146,29 +146,41 @@ def build_standard(model_dir: str | Path, out: str | Path, *, openvino: bool | N
     return folders
 
 
+def nncf_static_int8(graph: Path, tokenizer, *, seq_len: int, doc_stride: int, calib: str,
+                     samples: int) -> tuple[object, dict]:
+    """(c)'s quantizer: NNCF's static INT8 (TRANSFORMER model type, mixed preset) of an ONNX graph, calibrated on
+    SQuAD train windows (half of them documents). Returns the quantized onnx.ModelProto and the manifest's
+    quantization record. The peer applies it to the plain export; benchmarks apply it to qtool's Drop-and-Restore graphs to compare
+    quantizers on the same graph."""
+    import nncf
+    import onnx
+
+    windows = calibration_features(calib, samples, tokenizer, seq_len, doc_stride, neighbours=NNCF_CALIB_NEIGHBOURS)
+    items = [windows.model_inputs(slice(i, i + 1)) for i in range(len(windows))]
+    nncf.set_log_level(logging.ERROR)
+    try:
+        quantized = nncf.quantize(onnx.load(str(graph)), nncf.Dataset(items), subset_size=len(items),
+                                  model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED)
+    except Exception as exc:  # NNCF raises many types; the message is what helps
+        raise StandardRecipeError(f"NNCF could not quantize {graph}: {exc}") from exc
+    return quantized, {"tool": f"nncf.quantize {nncf.__version__} (ONNX backend)", "mode": QuantMode.STATIC,
+                       "recipe": {"name": "nncf transformer mixed", "model_type": "TRANSFORMER", "preset": "MIXED"},
+                       "calibration": {"set": calib, "windows": len(items), "neighbours": NNCF_CALIB_NEIGHBOURS}}
+
+
 def _build_openvino_peer(exported: Path, work: Path, dest: Path, *, config, source: Path, calib: str,
                          samples: int) -> Path:
     """(c): NNCF's static INT8 of the plain export, calibrated on SQuAD train windows, for OpenVINO Runtime."""
-    import nncf
     import onnx
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(work / "export", local_files_only=True)
     seq_len = squad.MAX_LENGTH
-    windows = calibration_features(calib, samples, tokenizer, seq_len, squad.default_doc_stride(seq_len),
-                                   neighbours=NNCF_CALIB_NEIGHBOURS)
-    items = [windows.model_inputs(slice(i, i + 1)) for i in range(len(windows))]
-    nncf.set_log_level(logging.ERROR)
-    try:
-        quantized = nncf.quantize(onnx.load(str(exported)), nncf.Dataset(items), subset_size=len(items),
-                                  model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED)
-    except Exception as exc:  # NNCF raises many types; the message is what helps
-        raise StandardRecipeError(f"NNCF could not quantize {exported}: {exc}") from exc
+    quantized, recipe = nncf_static_int8(exported, tokenizer, seq_len=seq_len,
+                                         doc_stride=squad.default_doc_stride(seq_len), calib=calib, samples=samples)
     graph = work / "nncf-int8.onnx"
     onnx.save(quantized, str(graph))
     return _write(graph, work / "export", dest, precision="int8", config=config, source=source,
                   engine=Engine.OPENVINO,
-                  recipe={"tool": f"nncf.quantize {nncf.__version__} (ONNX backend)", "mode": QuantMode.STATIC,
-                          "recipe": {"name": "nncf transformer mixed", "model_type": "TRANSFORMER", "preset": "MIXED"},
-                          "calibration": {"set": calib, "windows": len(items), "neighbours": NNCF_CALIB_NEIGHBOURS},
+                  recipe={**recipe,
                           "description": "SmoothQuant + static INT8 QDQ + fast bias correction, run on OpenVINO"})
