@@ -1,7 +1,7 @@
 """F1 of INT8 graphs on held-out SQuAD train documents, side by side: overall, per overlap third, and each graph's
 paired difference from a reference graph on the same questions (95 % bootstrap interval). For choosing between
 recipes or configurations without looking at dev; `--dev` reports on dev questions spread over all of dev (its first
-thousand questions, which verify's `--limit` takes, come from five articles).
+thousand questions, which verify's `--limit` takes, come from two articles).
 
     python benchmarks/heldout_compare.py G/int8-212-194-189-96-81-51-match G/int8-...-sq0.5 \\
         --reference G/std-int8-openvino-nncf --model ../shared/models/minilm-squad-lat-doc-match --train 600
@@ -25,7 +25,7 @@ from toolchain.artifact import manifest as manifests
 from toolchain.core.machine import machine_info
 from toolchain.data import squad
 from toolchain.data.overlap import THIRDS, f1_by_third, overlap_thirds
-from toolchain.data.splits import search_examples, trained_questions
+from toolchain.data.splits import search_examples, spread_dev, trained_questions
 from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
 from toolchain.search.scoring import paired_interval
 
@@ -36,12 +36,6 @@ def per_question_f1(folder: Path, examples, features, threads: int) -> np.ndarra
     preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
     answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
     return squad.question_scores(answers, examples)[1]
-
-
-def spread_dev(questions: int) -> list[squad.SquadExample]:
-    """`questions` dev questions spread evenly over dev (its first thousand come from five articles), as documents."""
-    every = squad.load_squad("dev", neighbours=squad.DOCUMENT_NEIGHBOURS)
-    return [every[i * len(every) // questions] for i in range(questions)]
 
 
 def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,

@@ -183,3 +183,18 @@ def test_document_workload_widens_contexts_with_neighbouring_paragraphs():
     assert wide[0].context == "\n".join(paragraphs[first: first + 3])  # the article's first paragraph: 2 after it
     with pytest.raises(squad.InputError, match="neighbours must be 0 or more"):
         squad.load_squad("dev", limit=1, neighbours=-1)
+
+
+def test_spread_dev_draws_from_every_part_of_dev_as_documents():
+    """Reports on dev take questions spread over all of it: the first thousand come from two articles."""
+    from toolchain.core.errors import InputError
+    from toolchain.data.splits import spread_dev
+
+    every = squad.load_squad("dev")
+    spread = spread_dev(48)
+    assert [e.id for e in spread] == [every[i * len(every) // 48].id for i in range(48)]
+    assert len({e.title for e in spread}) > 30 and len({e.title for e in every[:1000]}) == 2
+    plain = {e.id: e.context for e in every}
+    assert all(len(e.context) > len(plain[e.id]) and plain[e.id] in e.context for e in spread)  # widened contexts
+    with pytest.raises(InputError, match="^20000 questions asked for; SQuAD dev holds 10570$"):
+        spread_dev(20_000)

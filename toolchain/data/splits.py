@@ -54,6 +54,15 @@ def search_examples(questions: int, offset: int = 0, neighbours: int = 0,
     return sorted(chosen, key=lambda e: order[e.id])
 
 
+def spread_dev(questions: int, neighbours: int = squad.DOCUMENT_NEIGHBOURS) -> list[squad.SquadExample]:
+    """`questions` dev questions spread evenly over all of dev (its first thousand come from two articles), for
+    reports; `neighbours`: contexts widened by that many paragraphs each side (documents by default)."""
+    every = squad.load_squad("dev", neighbours=neighbours)
+    if questions > len(every):
+        raise InputError(f"{questions} questions asked for; SQuAD dev holds {len(every)}")
+    return [every[i * len(every) // questions] for i in range(questions)]
+
+
 def _training_records(model_dir: str | Path) -> list[Path]:
     """The model's `qtool train` records, latest first: the last run's (qtool_train.json), then numbered stage records."""
     return [*Path(model_dir).glob("qtool_train.json"), *sorted(Path(model_dir).glob("train-*.json"), reverse=True)]
