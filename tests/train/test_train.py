@@ -1,3 +1,4 @@
+import copy
 import json
 import random
 import re
@@ -194,6 +195,43 @@ def test_the_frozen_teacher_is_the_base_and_the_full_model_learns_no_span_loss(t
         expected = ((_distill(s, base_s, mask) + _distill(e, base_e, mask)) / 2).item()
     assert expected > 1e-3 and total == pytest.approx(expected, rel=1e-4)
     assert model.qa_outputs.weight.grad is not None  # the sub-model's loss reached the shared weights
+
+
+def test_a_stage_under_answer_trains_the_sub_model_the_answer_graph_runs(minilm_qa, minilm_tokenizer, dev_examples):
+    """--variant answer: each step's sub-model ranks by the QA head's answer score, as the exported graph will (the
+    loss is the KL of that sub-model, and differs from the one `match` ranking gives on the same batch)."""
+    from contextlib import nullcontext
+
+    from toolchain.data import squad
+    from toolchain.model.drop_and_restore import drop_and_restore, near_question_words
+    from toolchain.train.base import frozen_teacher
+    from toolchain.train.lengthdrop import _distill, step_loss
+
+    model = copy.deepcopy(minilm_qa)  # step_loss leaves gradients on the model; the fixture is shared
+    feats = squad.featurize(dev_examples[:4], minilm_tokenizer, 384, 128, pad_to_max_length=False, with_targets=True)
+    batch = {k: torch.from_numpy(v) for k, v in feats.model_inputs(list(range(4))).items()}
+    width = batch["input_ids"].shape[1]
+    starts, ends = torch.from_numpy(feats.start_positions[:4]), torch.from_numpy(feats.end_positions[:4])
+    question_len = ((batch["token_type_ids"] == 0) & (batch["attention_mask"] > 0)).sum(1, keepdim=True)
+    near = near_question_words(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], question_len)
+    favoured, real = int((question_len[:, 0] + near.sum(1)).max()), int(batch["attention_mask"].sum(1).min())
+    assert favoured < real  # room at the first layer for tokens beyond the ones both variants favour
+    keep = ",".join(str(k) for k in ((favoured + real) // 2, 40, 30, 20, 10, 5))
+    losses = {}
+    for variant in ("match", "answer"):
+        args = TrainSettings(base="minilm", out="unused", max_length=384, length_drop=True, length_rule="cap",
+                             teacher="frozen", variant=variant, sandwich_configs=(keep,))
+        config = sandwich(args, 6, width, random.Random(0))[0][0]
+        assert config.variant == variant
+        losses[variant] = step_loss(args, model, batch, starts, ends, 6, width, random.Random(0), nullcontext(),
+                                    teacher=frozen_teacher(args, model))
+        with torch.no_grad():
+            full_s, full_e = drop_and_restore(model, **batch)
+            s, e = drop_and_restore(model, **batch, config=config)
+            mask = batch["attention_mask"]
+            expected = ((_distill(s, full_s, mask) + _distill(e, full_e, mask)) / 2).item()
+        assert losses[variant] == pytest.approx(expected, rel=1e-4)
+    assert losses["answer"] != pytest.approx(losses["match"], rel=1e-3)  # the ranking decided what the sub-model kept
 
 
 def test_frozen_teachers_and_frozen_layers_refuse_what_they_cannot_train(trained_dir, tmp_path):
