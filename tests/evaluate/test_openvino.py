@@ -94,3 +94,22 @@ def test_verify_runs_qtool_graphs_on_openvino_and_sigterm_still_exits_cleanly(ex
         assert on_openvino["vs_own_runtime"]["same_best_span_share"] == 1.0
         assert on_openvino["f1_unpadded"] == rows[name]["f1_unpadded"]
         assert on_openvino["latency_ms"]["real_b1"] > 0
+
+
+def test_the_full_static_int8_graph_in_qdq_form_runs_on_openvino(exported_root, tmp_path):
+    """INC's static INT8 in QDQ form (recipe static-fp32-out-qdq) is the full graph OpenVINO reads: its QuantizeLinear
+    / DequantizeLinear pairs and attention stay standard where the QOperator form's com.microsoft.QAttention does not
+    convert. The kit answers with it on OpenVINO as on onnxruntime, within INT8 rounding."""
+    from toolchain.core.settings import QuantizeSettings
+    from toolchain.quantize.quantize import quantize_artifact
+
+    settings = QuantizeSettings(samples=16, tune=False, recipes=("static-fp32-out-qdq",))
+    int8 = quantize_artifact(exported_root / "fp32-full", tmp_path / "int8-full", settings=settings, log=lambda _: None)
+    ops = {(n.domain or "ai.onnx", n.op_type) for n in onnx.load(str(int8 / "model.onnx")).graph.node}
+    assert ("ai.onnx", "DequantizeLinear") in ops and ("ai.onnx", "MatMul") in ops
+    assert not {op for domain, op in ops if domain == "com.microsoft"} - {"MultiHeadAttention", "Attention", "Gelu"}
+    examples = squad.load_squad("dev", limit=12)
+    pairs = [(e.question, e.context) for e in examples]
+    on_ort = Artifact.open(int8).answer_batch(pairs)
+    on_openvino = Artifact.open(int8, engine="openvino").answer_batch(pairs)
+    assert sum(a.text == b.text for a, b in zip(on_ort, on_openvino)) >= 10
