@@ -17,25 +17,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from transformers import AutoTokenizer
 
-from qtool_runtime.contract import Engine
-from toolchain.artifact import manifest as manifests
 from toolchain.core.machine import machine_info
 from toolchain.data import squad
 from toolchain.data.overlap import THIRDS, f1_by_third, overlap_thirds
 from toolchain.data.splits import search_examples, spread_dev, trained_questions
-from toolchain.graph.runtime import Protocol, onnx_session, predict_onnx
+from toolchain.graph.runtime import artifact_session, question_f1
 from toolchain.search.scoring import paired_interval
-
-
-def per_question_f1(folder: Path, examples, features, threads: int) -> np.ndarray:
-    engine = Engine(manifests.load(folder).engine)  # the runtime the graph is built for, as score_graph runs it
-    session = onnx_session(folder / "model.onnx", threads, engine, exact=engine == Engine.ONNXRUNTIME)
-    preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
-    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-    return squad.question_scores(answers, examples)[1]
 
 
 def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,
@@ -46,10 +35,10 @@ def compare(graphs: list[Path], reference: Path, *, questions: int, model: str |
     tokenizer = AutoTokenizer.from_pretrained(graphs[0], local_files_only=True)
     features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE)
     third = overlap_thirds(examples)[0]
-    ref = per_question_f1(reference, examples, features, threads)
+    ref = question_f1(artifact_session(reference, threads), examples, features)
     rows = {reference.name: {"f1": 100 * float(ref.mean()), **f1_by_third(ref, third)}}
     for folder in graphs:
-        f1 = per_question_f1(folder, examples, features, threads)
+        f1 = question_f1(artifact_session(folder, threads), examples, features)
         rows[folder.name] = {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third),
                              "vs_reference": {"all": paired_interval(f1, ref), **{
                                  t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}

@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer
 
-from qtool_runtime.contract import Engine
 from qtool_runtime.timing import interleaved_ms
 from toolchain.data import squad
 from toolchain.data.overlap import THIRDS, context_overlap, f1_by_third, overlap_thirds
-from toolchain.graph.runtime import Protocol, batches, onnx_session, predict_onnx
+from toolchain.graph.runtime import Protocol, artifact_session, batches, question_f1
 from toolchain.data.splits import search_examples, spread_dev, trained_questions
 from toolchain.search.scoring import paired_interval
 from toolchain.core.machine import machine_info
@@ -37,19 +36,13 @@ from toolchain.core.machine import machine_info
 TOLERANCE = 1.0  # every third within this of (c)
 
 
-def per_question_f1(session, examples, features) -> np.ndarray:
-    preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
-    answers = squad.postprocess(examples, features, preds.start_logits, preds.end_logits)
-    return squad.question_scores(answers, examples)[1]
-
-
 def summary(f1: np.ndarray, third: np.ndarray) -> dict:
     return {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third)}
 
 
 def score_split(sessions: dict, examples, tokenizer) -> dict:
-    features = squad.featurize(examples, tokenizer, max_length=384, doc_stride=128)
-    return {"f1": {name: per_question_f1(s, examples, features) for name, s in sessions.items()},
+    features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE)
+    return {"f1": {name: question_f1(s, examples, features) for name, s in sessions.items()},
             "third": overlap_thirds(examples)[0],
             "proxy": np.asarray([context_overlap(e.question, e.context) for e in examples]),
             "features": features}
@@ -106,9 +99,9 @@ def time_mix(sessions: dict, split: dict, examples, threshold: float, windows: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reduced", type=Path, required=True, help="the reduced graph (onnxruntime)")
+    parser.add_argument("--reduced", type=Path, required=True, help="the reduced graph")
     parser.add_argument("--full", type=Path, required=True, help="the full graph questions are routed to")
-    parser.add_argument("--peer", type=Path, required=True, help="the peer it must hold against, (c) (OpenVINO)")
+    parser.add_argument("--peer", type=Path, required=True, help="the peer it must hold against, (c)")
     parser.add_argument("--model", help="the model the graphs come from: its last stage's training questions are left out")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--dev", type=int, default=1000)
@@ -119,8 +112,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    sessions = {"reduced": onnx_session(args.reduced / "model.onnx", 2), "full": onnx_session(args.full / "model.onnx", 2),
-                "peer": onnx_session(args.peer / "model.onnx", 2, Engine.OPENVINO, exact=False)}
+    # each on the runtime its manifest names, as verify runs it ((c) on OpenVINO with its defaults)
+    sessions = {name: artifact_session(folder, 2) for name, folder in
+                (("reduced", args.reduced), ("full", args.full), ("peer", args.peer))}
     tokenizer = AutoTokenizer.from_pretrained(args.reduced, local_files_only=True)
     exclude = trained_questions(args.model) if args.model else frozenset()
     train = search_examples(args.train, neighbours=2, exclude=exclude)

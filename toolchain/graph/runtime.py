@@ -23,12 +23,13 @@ from typing import Iterator, Sequence
 import numpy as np
 from qtool_runtime.contract import Engine
 
+from ..artifact import manifest as manifests
 from ..artifact.interface import GraphError, GraphInterface, is_invariant
 from ..data import squad
 from ..data.overlap import f1_by_third
 from ..core.length import LengthConfig
 from ..core.windows import PROTOCOLS, Protocol  # noqa: F401 (runtime.Protocol)
-from qtool_runtime.engines import open_session
+from qtool_runtime.engines import open_session, runs_exactly
 
 
 @dataclass
@@ -187,6 +188,14 @@ def onnx_session(path: str | Path, threads: int | None = None, engine: Engine = 
     return open_session(path, engine, threads, exact=exact, error=GraphError)
 
 
+def artifact_session(folder: str | Path, threads: int | None = None):
+    """A session of the artifact in `folder` on the runtime its manifest names, computing as a user runs it: qtool's
+    graphs exactly in FP32 where they say FP32, a peer's ((c) on OpenVINO) with the runtime's defaults."""
+    folder = Path(folder)
+    manifest = manifests.load(folder)
+    return onnx_session(folder / manifest.graph, threads, Engine(manifest.engine), exact=runs_exactly(manifest.kind))
+
+
 def predict_onnx(
     session,
     features: squad.Features,
@@ -216,6 +225,14 @@ def predict_onnx(
             bar.update(len(rows))
     start, end = _assemble(len(features), features.input_ids.shape[1], parts)
     return Predictions(start, end, _kept_layers(kept, parts, len(features)))
+
+
+def question_f1(session, examples: Sequence[squad.SquadExample], features: squad.Features) -> np.ndarray:
+    """Per-question SQuAD F1 (0-1) of a graph whose answers do not depend on batch-mates, every window alone at its
+    real length: what paired comparisons of graphs on the same questions need."""
+    preds = predict_onnx(session, features, batch_size=1, protocol=Protocol.UNPADDED, invariant=True)
+    return squad.question_scores(squad.postprocess(examples, features, preds.start_logits, preds.end_logits),
+                                 examples)[1]
 
 
 def score(examples: Sequence[squad.SquadExample], features: squad.Features, preds: Predictions,

@@ -11,8 +11,6 @@ from ..data import squad
 from ..data.overlap import f1_by_third, overlap_thirds
 from ..model.families import dims_of
 from ..core.length import LengthConfig
-from qtool_runtime.contract import Engine
-from qtool_runtime.engines import runs_exactly
 from ..core.settings import SearchSettings
 from ..data.splits import search_examples, trained_questions
 from .shared_study import worker_name
@@ -107,12 +105,10 @@ def reference_label(folder: str | Path) -> str:
 def score_graph(folder: str | Path, workloads: dict) -> dict[str, dict]:
     """score_config's scores for a built artifact (e.g. the standard recipe's INT8 graph, `qtool standard`), every
     window alone and unpadded: the bar a configuration must hold is then that graph's F1 on the same questions."""
-    from ..graph.runtime import Protocol, onnx_session, predict_onnx
+    from ..graph.runtime import Protocol, artifact_session, predict_onnx
 
-    folder = Path(folder)
-    manifest = manifests.load(folder)
     # on the runtime it is built for ((c) on OpenVINO, as a team runs it), every window alone
-    session = onnx_session(folder / manifest.graph, engine=Engine(manifest.engine), exact=runs_exactly(manifest.kind))
+    session = artifact_session(folder)
     return {name: _scores(examples, features, predict_onnx(session, features, protocol=Protocol.UNPADDED))
             for name, (examples, features) in workloads.items()}
 
