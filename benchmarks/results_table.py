@@ -75,8 +75,7 @@ def table(study: Path) -> str:
              f"Documents: the first {docs['questions'] if docs else '?'} dev questions, each context widened by two "
              f"paragraphs each side; paragraphs: the first {pars['questions'] if pars else '?'}; both unpadded, one "
              f"window at a time. Speed: ms per window against the faster of (b) and (c) in the same run, median "
-             f"(range) of {len(doc_times)} and {len(par_times)} repeats.",
-             ]
+             f"(range) of {len(doc_times)} and {len(par_times)} repeats."]
     failed = [r["name"] + " (" + r["does_not_run"].split(": ", 2)[-1][:120] + ")"
               for r in (docs or pars)["rows"] if "does_not_run" in r]
     if failed:
