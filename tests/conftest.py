@@ -1,22 +1,23 @@
-"""Shared fixtures: real SQuAD slices from ../shared/squad and a MiniLM QA model fine-tuned for a few steps."""
+"""Shared fixtures: real SQuAD slices from ../shared/squad and the trained reference model from ../shared/models."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from hypothesis import strategies as st
 import torch
 
-from toolchain.core.settings import ExportSettings, TrainSettings, VerifySettings
+from toolchain.core.settings import ExportSettings, VerifySettings
 from toolchain.data import squad
 from toolchain.train.args import resolve_base
-from toolchain.train.loop import train
 
-TRAIN_STEPS = 100
+REFERENCE_MODEL = "minilm-squad-lat"  # the trained model most tests export, quantize and search
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# pytest -n N (pytest-xdist, as CI runs): N worker processes share the cores, so each takes its share of threads.
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +50,15 @@ def minilm_qa(minilm_dir):
 
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, squad_dir) -> Path:
-    """MiniLM fine-tuned on 1,000 SQuAD train questions at length 192 (about a minute on 2 cores; seeded, so the same model whatever ran before)."""
-    out = tmp_path_factory.mktemp("trained") / "minilm-qa"
-    train(TrainSettings(base="minilm", out=str(out), limit=1000, max_length=192, batch_size=16,
-                    max_steps=TRAIN_STEPS, lr=2e-4, warmup=0.1, seed=0))
+    """The shared reference model ../shared/models/minilm-squad-lat (made by `qtool train`: a SQuAD stage, then a
+    LengthDrop stage), copied into a writable folder: a real trained length-adaptive model at no training cost.
+    tests/train trains its own models to test training."""
+    source = squad_dir.parent / "models" / REFERENCE_MODEL
+    assert (source / "model.safetensors").is_file(), f"reference model not found at {source} (see ../shared/README.md)"
+    out = tmp_path_factory.mktemp("trained") / REFERENCE_MODEL
+    out.mkdir()
+    for file in source.iterdir():
+        shutil.copyfile(file, out / file.name)  # the shared folder is read-only; the copy is the tests' own
     return out
 
 
@@ -104,3 +110,4 @@ def postgres():
 JUNK = st.recursive(st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
                     max_leaves=8)
+

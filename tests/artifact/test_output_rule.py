@@ -234,6 +234,7 @@ def test_train_refuses_its_base_a_users_folder_and_snapshots_inside_out(trained_
         assert (foreign / "a.txt").read_text() == "keep"
     check_outputs(TrainSettings(base="minilm", out=str(trained_dir.parent / "again")))  # (d)
     shutil.copytree(trained_dir, tmp_path / "previous")
+    (tmp_path / "previous" / "qtool_train.json").write_text("{}")  # the record `qtool train` leaves in what it wrote
     check_outputs(TrainSettings(base=str(trained_dir), out=str(tmp_path / "previous")))  # (c) a model folder is replaced
     assert (user / "a.txt").read_text() == "keep"
 

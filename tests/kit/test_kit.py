@@ -1,6 +1,6 @@
 """The deployment kit (runtime/qtool_runtime): same windows and answers as what qtool measures, torch-free.
 
-Artifacts come from the session fixtures (a MiniLM fine-tuned 100 steps, exported full and reduced); the
+Artifacts come from the session fixtures (the trained reference model, exported full and reduced); the
 questions are a real SQuAD dev slice that includes contexts longer than one window.
 """
 

@@ -322,7 +322,7 @@ def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_di
     """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
     says so. `lat` sees padding queries, so its graph must be fed padded; `match` does not.
 
-    The MiniLM fine-tuned by the test session, not a random model: LAT's significance adds the near-uniform
+    The trained reference model, not a random model: LAT's significance adds the near-uniform
     attention of padding queries, which in a random model leaves near-ties that float rounding reorders."""
     import shutil
 

@@ -5,6 +5,7 @@ killed mid-trial loses nothing, a restart resumes, the confirmation runs once, a
 a server that is not there is refused in one line."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -43,8 +44,15 @@ def _finish(worker: subprocess.Popen) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _storage(url: str):
+    """One storage (one connection pool) per server for the test's own reads: polling with a new storage each time
+    leaves connections open until the server refuses more ("too many clients") when the workers start slowly."""
+    return open_storage(url)
+
+
 def _study(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url))
+    return optuna.load_study(study_name=name, storage=_storage(url))
 
 
 def _wait_for(condition, what: str, timeout: float = 300) -> None:

@@ -14,8 +14,6 @@ from toolchain.train.lengthdrop import WIDTH_MULTIPLE, batch_width, random_confi
 from toolchain.train.loop import train
 from toolchain.evaluate.verify import evaluate_model
 
-from conftest import TRAIN_STEPS
-
 
 def test_sandwich_configs_respect_the_drop_bound():
     small = smallest_config(6, 384, 0.2)
@@ -66,13 +64,20 @@ def test_ratio_training_scales_sandwich_configs_to_the_batch_width():
     assert stated.keep == (315, 251, None, 159, 142, 33) and stated.seq_len == 384
 
 
-def test_training_learns_squad(trained_dir):
-    """A minute of seeded fine-tuning on real SQuAD already answers some dev questions; the untrained head cannot."""
-    info = json.loads((trained_dir / "qtool_train.json").read_text())
-    assert info["steps"] == TRAIN_STEPS and info["examples_seen"] == TRAIN_STEPS * 16
-    model, tokenizer = load_qa_model(trained_dir)
+LEARN_STEPS = 30
+
+
+def test_training_learns_squad(tmp_path):
+    """Half a minute of seeded fine-tuning on real SQuAD already answers some dev questions; the untrained head
+    cannot."""
+    out = tmp_path / "minilm-qa"
+    train(TrainSettings(base="minilm", out=str(out), limit=1000, max_length=192, batch_size=16,
+                        max_steps=LEARN_STEPS, lr=2e-4, warmup=0.1, seed=0))
+    info = json.loads((out / "qtool_train.json").read_text())
+    assert info["steps"] == LEARN_STEPS and info["examples_seen"] == LEARN_STEPS * 16
+    model, tokenizer = load_qa_model(out)
     assert tokenizer.is_fast
-    rows = evaluate_model(trained_dir, ["full", "300,250,200,150,120,100"], limit=60, show_progress=False)
+    rows = evaluate_model(out, ["full", "300,250,200,150,120,100"], limit=60, show_progress=False)
     full, reduced = rows
     assert full["f1"] > 12.0, full
     assert reduced["flops_ratio"] < 0.7
