@@ -83,17 +83,26 @@ def exported_root(tmp_path_factory, trained_dir) -> Path:
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
     """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
-    INT8 graphs and the standard recipe's three graphs, with the report."""
+    INT8 graphs and the standard recipe's three graphs, with the report. Under `pytest -n` it is built once, by the
+    first worker that asks, in the run's shared temporary folder; the others wait for it and read it."""
+    import json
+
+    from filelock import FileLock
     from toolchain.evaluate.bench import run_bench
     from toolchain.core.settings import BenchSettings, QuantizeSettings
 
-    root = tmp_path_factory.mktemp("bench") / "bench"
-    verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)
-    quantize = QuantizeSettings(samples=8, tune_questions=20, tolerance=100.0, recipes=("dynamic-all",),
-                                timing_batches=(1, 2))
-    report = run_bench(trained_dir, [REDUCED], root, verify, BenchSettings(quantize=quantize, plain_ort=False),
-                       log=lambda _: None)
-    return root, report
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, saved = shared / "bench-run" / "bench", shared / "bench-run" / "report.json"
+    with FileLock(str(shared / "bench-run.lock")):
+        if not saved.is_file():
+            verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)
+            quantize = QuantizeSettings(samples=8, tune_questions=20, tolerance=100.0, recipes=("dynamic-all",),
+                                        timing_batches=(1, 2))
+            report = run_bench(trained_dir, [REDUCED], root, verify, BenchSettings(quantize=quantize, plain_ort=False),
+                               log=lambda _: None)
+            saved.write_text(json.dumps(report))
+    return root, json.loads(saved.read_text())
 
 
 @pytest.fixture(scope="session")
