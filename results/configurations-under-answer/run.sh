@@ -28,20 +28,17 @@ fi
 #    deterministic, so one run gives the same figures.
 python benchmarks/heldout_compare.py $(for c in $TRIED; do echo "$G/ship/$(name $c)"; done) \
   --reference $G/std/std-int8-openvino-nncf --model $M --train 600 --out $OUT/heldout-train-int8.json
-# 2. Timing: three repeats of every graph side by side in interleaved rounds; first the first round's graphs, then cmp/.
-common="--torch-configs none"
-for r in 1 2 3; do
-  qtool verify $G/first --limit 60 --neighbours 2 --protocol unpadded $common --rounds 3 --batch-sizes 1 --workload 80 \
-    --report-dir $OUT/first-time-documents-$r
-  qtool verify $G/first --limit 120 --protocol unpadded $common --rounds 3 --batch-sizes 1,32 --workload 120 \
-    --report-dir $OUT/first-time-paragraphs-$r
-done
-for r in 1 2 3; do
-  qtool verify $G/cmp --limit 60 --neighbours 2 --protocol unpadded $common --rounds 3 --batch-sizes 1 --workload 80 \
-    --report-dir $OUT/time-documents-$r
-  qtool verify $G/cmp --limit 120 --protocol unpadded $common --rounds 3 --batch-sizes 1,32 --workload 120 \
-    --report-dir $OUT/time-paragraphs-$r
-done
+# 2. Timing: three repeats of every graph of a folder side by side in interleaved rounds; first/, then cmp/.
+time_folder() {  # folder, report prefix
+  for r in 1 2 3; do
+    qtool verify $1 --limit 60 --neighbours 2 --protocol unpadded --torch-configs none --rounds 3 --batch-sizes 1 \
+      --workload 80 --report-dir $OUT/${2}time-documents-$r
+    qtool verify $1 --limit 120 --protocol unpadded --torch-configs none --rounds 3 --batch-sizes 1,32 --workload 120 \
+      --report-dir $OUT/${2}time-paragraphs-$r
+  done
+}
+time_folder $G/first first-
+time_folder $G/cmp ""
 # 3. Verified on 600 dev documents spread over all of dev, against (c); then the two best against what ships,
 #    paired, on held-out train and on spread dev.
 python benchmarks/heldout_compare.py $(for c in 315,220,160,110,70,40 280,200,150,100,60,40 315,240,200,140,100,40 \
