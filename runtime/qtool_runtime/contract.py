@@ -109,6 +109,29 @@ class Engine(Mode):
 ENGINES = Engine.choices()
 
 
+QTOOL_KIND = "qtool"  # a manifest's kind for qtool's own graphs (the default of a manifest without one)
+
+
+class FloatPrecision(Mode):
+    """How the runtime computes the operations a graph states in FP32 (a manifest's `float_precision`)."""
+
+    FP32 = "fp32"  # as stated: the rankings see the logits the FP32 graph was validated with
+    # the runtime's choice for the CPU: OpenVINO takes bf16 where the CPU has AVX-512 BF16 or AMX, FP32 elsewhere;
+    # onnxruntime's CPU kernels compute FP32 either way
+    RUNTIME_DEFAULT = "runtime-default"
+
+
+FLOAT_PRECISIONS = FloatPrecision.choices()
+
+
+def float_precision_of(kind: str = QTOOL_KIND, stated: str | None = None) -> FloatPrecision:
+    """A manifest's `float_precision` (`stated`); without one, qtool's graphs compute in FP32 as stated and a peer's
+    (kind 'standard') with the runtime's defaults, as a team would run it."""
+    if stated is not None:
+        return FloatPrecision(stated)
+    return FloatPrecision.FP32 if kind == QTOOL_KIND else FloatPrecision.RUNTIME_DEFAULT
+
+
 MANIFEST = "manifest.json"
 FORMAT = "qtool-artifact/1"
 # A routed graph's manifest (length_config.full_up_to): a kit that does not know the threshold would batch windows
@@ -351,6 +374,8 @@ def check_fields(m: dict, fail: Callable[[str], NoReturn]) -> None:
     need(is_file_name(m.get("graph")), f"graph {m.get('graph')!r} must be a file name inside the folder")
     need(m.get("precision") in PRECISIONS, f"precision {m.get('precision')!r} is not one of {PRECISIONS}")
     need(m.get("engine", Engine.ONNXRUNTIME) in ENGINES, f"engine {shown(m.get('engine'))} is not one of {ENGINES}")
+    need(m.get("float_precision", FloatPrecision.FP32) in FLOAT_PRECISIONS,
+         f"float_precision {shown(m.get('float_precision'))} is not one of {FLOAT_PRECISIONS}")
     for name in ("opset", "max_positions", "doc_stride", "max_answer_length"):
         need(bounded_int(m.get(name)), f"{name} must be an integer in 1..{MAX_TOKENS}, got {shown(m.get(name))}")
     lc = m.get("length_config")

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from . import bounds
-from .contract import Engine
+from .contract import Engine, FloatPrecision, float_precision_of
 from .errors import ArtifactError
 
-QTOOL_KIND = "qtool"  # a manifest's kind for qtool's own graphs (the default of a manifest without one)
 IR_SUFFIX = ".xml"  # an OpenVINO IR graph (weights in the .bin beside it); OpenVINO alone runs it
 
 
@@ -68,11 +67,11 @@ def available(engine: Engine) -> bool:
     return importlib.util.find_spec("onnxruntime" if engine is Engine.ONNXRUNTIME else "openvino") is not None
 
 
-def runs_exactly(kind: str) -> bool:
-    """Whether an artifact of manifest `kind` computes in FP32 where its graph says FP32 (`exact`): qtool's graphs
-    rank tokens, which bf16 would reorder; a peer's graph ('standard') runs with the runtime's defaults, as a team
-    would run it."""
-    return kind == QTOOL_KIND
+def runs_exactly(kind: str, float_precision: str | None = None) -> bool:
+    """Whether an artifact (its manifest's `kind` and `float_precision`) computes in FP32 where its graph says FP32
+    (`exact`). qtool's graphs do unless their manifest says otherwise: they rank tokens, which bf16 may reorder, so a
+    graph takes the runtime's default only where it was measured so (contract.FloatPrecision)."""
+    return float_precision_of(kind, float_precision) is FloatPrecision.FP32
 
 
 def openvino_session(path: Path, threads: int | None = None, *, exact: bool = True,

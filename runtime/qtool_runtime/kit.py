@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from . import bounds
-from .contract import (FULL, Engine, KEEP_INPUT, MANIFEST, LengthRule, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
+from .contract import (FULL, QTOOL_KIND, Engine, KEEP_INPUT, MANIFEST, LengthRule, MODEL_INPUTS, SPAN_OUTPUTS, TOKENIZER, MenuEntry, check_fields, check_keep,
                        config_label, feeding, format_of, full_up_to, kept_widths, length_runs, onnxruntime_problem,
                        parse_config, sha256)
-from .engines import QTOOL_KIND, engine_of, open_session, runs_exactly
+from .engines import engine_of, open_session, runs_exactly
 from .errors import ArtifactError, ConfigError, InputError, KitError, OptionError
 from .graphfacts import GraphFacts, read_graph_facts
 from .menu import MenuTimes, choose, measure
@@ -273,7 +273,7 @@ class Artifact:
         manifest = check_manifest(folder)
         facts = check_graph(folder, manifest)
         session = open_session(folder / manifest["graph"], engine_of(engine or manifest.get("engine", Engine.ONNXRUNTIME)),
-                               threads, exact=runs_exactly(manifest.get("kind", QTOOL_KIND)))
+                               threads, exact=runs_exactly(manifest.get("kind", QTOOL_KIND), manifest.get("float_precision")))
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         iface = manifest["interface"]
         if names[0] != iface["inputs"] or names[1] != iface["outputs"]:

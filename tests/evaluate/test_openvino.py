@@ -113,3 +113,39 @@ def test_the_full_static_int8_graph_in_qdq_form_runs_on_openvino(exported_root, 
     on_ort = Artifact.open(int8).answer_batch(pairs)
     on_openvino = Artifact.open(int8, engine="openvino").answer_batch(pairs)
     assert sum(a.text == b.text for a, b in zip(on_ort, on_openvino)) >= 10
+
+
+def test_static_int8_for_openvino_keeps_the_standard_form_and_the_runtimes_precision(exported_root, tmp_path):
+    """`--recipe static-openvino`: INC's static INT8 of the reduced Drop-and-Restore graph in QDQ form, without the
+    onnxruntime-only graph passes, for OpenVINO Runtime at its default precision (bf16 on CPUs with AVX-512 BF16 or
+    AMX). The kit opens it on OpenVINO, and it answers as its FP32 graph does, within INT8 rounding."""
+    import openvino as ov
+
+    from toolchain.core.settings import QuantizeSettings
+    from toolchain.quantize.quantize import quantize_artifact
+    from toolchain.quantize.recipes import QuantizationError
+
+    reduced = exported_root / ("fp32-" + REDUCED.replace(",", "-"))
+    with pytest.raises(QuantizationError, match="take it with --no-tune"):  # tuning times recipes on onnxruntime
+        quantize_artifact(reduced, tmp_path / "tuned", settings=QuantizeSettings(recipes=("static-openvino",)),
+                          log=lambda _: None)
+    assert not (tmp_path / "tuned").exists()
+    settings = QuantizeSettings(samples=16, tune=False, recipes=("static-openvino",))
+    int8 = quantize_artifact(reduced, tmp_path / "int8-reduced", settings=settings, log=lambda _: None)
+    manifest = manifests.load(int8)
+    assert manifest.engine == "openvino" and manifest.float_precision == "runtime-default"
+    assert manifest.graph_passes is None and not manifest.runs_exactly
+    ops = {(n.domain or "ai.onnx", n.op_type) for n in onnx.load(str(int8 / "model.onnx")).graph.node}
+    assert ("ai.onnx", "DequantizeLinear") in ops and ("ai.onnx", "TopK") in ops  # INT8, and it still drops tokens
+    # no fused operator only onnxruntime reads: export's Gelu (which OpenVINO reads) is the one contrib operator
+    assert {op for domain, op in ops if domain != "ai.onnx"} == {"Gelu"}
+
+    examples = squad.load_squad("dev", limit=12)
+    pairs = [(e.question, e.context) for e in examples]
+    on_openvino = Artifact.open(int8)  # the manifest's runtime
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    assert on_openvino.session.compiled.get_property("INFERENCE_PRECISION_HINT") == default
+    fp32 = Artifact.open(reduced, engine="openvino")  # a graph without the record computes as stated
+    assert fp32.session.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    same = sum(a.text == b.text for a, b in zip(on_openvino.answer_batch(pairs), Artifact.open(reduced).answer_batch(pairs)))
+    assert same >= 9, same

@@ -348,6 +348,9 @@ def test_corrupt_manifests_and_tokenizers_are_one_line(full_dir, tmp_path):
     stride = _edited(full_dir, tmp_path / "stride", lambda m: m.update(doc_stride=383))
     with pytest.raises(ArtifactError, match="doc_stride 383 leaves no room for a question in windows of 384 tokens"):
         Artifact.open(stride)
+    precision = _edited(full_dir, tmp_path / "precision", lambda m: m.update(float_precision="bf16"))
+    with pytest.raises(ArtifactError, match="float_precision 'bf16' is not one of \\('fp32', 'runtime-default'\\)"):
+        Artifact.open(precision)
     vocab = _copy(full_dir, tmp_path / "vocab")
     tokenizer = Tokenizer.from_file(str(vocab / "tokenizer.json"))
     tokenizer.add_tokens(["qtoolnewword"])  # id 30522: one past the graph's word table

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import artifact
-from qtool_runtime.contract import (FEEDING_KEYS, Engine, MAX_TOKENS, MenuEntry, Mode, Precision, bounded_int,
-                                    check_fields, feeding)
+from qtool_runtime.contract import (FEEDING_KEYS, QTOOL_KIND, Engine, MAX_TOKENS, MenuEntry, Mode, Precision,
+                                    bounded_int, check_fields, feeding)
+from qtool_runtime.engines import runs_exactly
 
 from ..model.families import OPTIONAL_ROLES
 from ..model.families import ROLES as FAMILY_ROLES
@@ -20,7 +21,7 @@ from ..core.length import LengthConfig, LengthConfigError
 from .interface import GraphError, GraphInterface, is_invariant
 
 class Kind(Mode):
-    QTOOL = "qtool"  # our Drop-and-Restore graphs
+    QTOOL = QTOOL_KIND  # our Drop-and-Restore graphs
     STANDARD = "standard"  # the standard recipe's plain-model graphs (what a team gets without qtool)
 
 
@@ -55,6 +56,7 @@ class Manifest:
     menu_scored: dict | None = None  # how the menu's F1 and ms were measured (`qtool menu`)
     route: dict | None = None  # a routed graph (toolchain.graph.route): its full and reduced parts and the crossover timed
     engine: str = Engine.ONNXRUNTIME  # the runtime the graph is meant to run on (contract.Engine)
+    float_precision: str | None = None  # contract.FloatPrecision; None: by kind (contract.float_precision_of)
     graph_passes: dict[str, int] | None = None  # rewrites each graph pass made (export's, or the INT8 passes')
     files: dict[str, str] = field(default_factory=dict)
     created: str | None = None
@@ -77,6 +79,11 @@ class Manifest:
         return [LengthConfig(tuple(e.keep), lc.seq_len, lc.rule, lc.variant) for e in self.menu]
 
     @property
+    def runs_exactly(self) -> bool:
+        """Whether runtimes must compute what the graph states in FP32 as FP32 (engines.runs_exactly)."""
+        return runs_exactly(self.kind, self.float_precision)
+
+    @property
     def invariant(self) -> bool:
         """Answers depend neither on padding nor on batch-mates (no per-batch activation scales, no
         padding-dependent drop counts): every input protocol gives the same logits. A routed graph's hold when its
@@ -96,7 +103,7 @@ class Manifest:
         data["feeding"] = self.feeding
         data["length_config"] = self.length_config.to_dict()
         data["interface"] = self.interface.to_dict()
-        for key in ("menu_scored", "route", "graph_passes"):
+        for key in ("menu_scored", "route", "graph_passes", "float_precision"):
             if data[key] is None:
                 data.pop(key)
         if self.menu is None:

@@ -60,7 +60,8 @@ def export(model_dir, configs, out, squad_file, samples, seq_len, doc_stride, op
                    "e.g. --calib ../shared/squad/train-v1.1.json.")
 @click.option("--tolerance", default=QuantizeSettings.tolerance, show_default=True, type=click.FloatRange(min=0), help="Largest F1 drop vs the FP32 graph a recipe may cost.")
 @click.option("--tune-questions", default=QuantizeSettings.tune_questions, show_default=True, type=POSITIVE, help="Held-out SQuAD train questions each recipe is scored on (never dev).")
-@click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: all); the fastest within tolerance wins.")
+@click.option("--recipe", "recipe_names", multiple=True, help="Try only these recipes (default: every onnxruntime recipe); the fastest within tolerance wins. "
+                   "static-openvino (with --no-tune) writes the static INT8 graph for OpenVINO Runtime (openvino extra).")
 @click.option("--no-tune", is_flag=True, help="Take the first --recipe given (default: static-fp32-out, batch-invariant "
               "static INT8 that lost the least F1 on the reference model) without scoring or timing it.")
 @click.option("--plain-ort", is_flag=True, help="Baseline instead: onnxruntime quantize_static with defaults, to ort-int8-<config>/.")

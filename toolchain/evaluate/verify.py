@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from qtool_runtime.contract import Engine, Precision, length_runs
-from qtool_runtime.engines import available, runs_exactly
+from qtool_runtime.engines import available
 
 from ..artifact import artifact, output
 from ..data import squad
@@ -282,7 +282,7 @@ def _onnx_rows(found: dict, examples, features: squad.Features, settings: Verify
                 raise VerifyError(f"{engine} is not installed: pip install 'qtool[{engine}]'")
             try:
                 session = onnx_session(folder / manifest.graph, settings.threads, engine,
-                                       exact=runs_exactly(manifest.kind))
+                                       exact=manifest.runs_exactly)
             except GraphError as exc:
                 if engine is own:
                     raise

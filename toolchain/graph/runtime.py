@@ -29,7 +29,7 @@ from ..data import squad
 from ..data.overlap import f1_by_third
 from ..core.length import LengthConfig
 from ..core.windows import PROTOCOLS, Protocol  # noqa: F401 (runtime.Protocol)
-from qtool_runtime.engines import open_session, runs_exactly
+from qtool_runtime.engines import open_session
 
 
 @dataclass
@@ -193,7 +193,7 @@ def artifact_session(folder: str | Path, threads: int | None = None):
     graphs exactly in FP32 where they say FP32, a peer's ((c) on OpenVINO) with the runtime's defaults."""
     folder = Path(folder)
     manifest = manifests.load(folder)
-    return onnx_session(folder / manifest.graph, threads, Engine(manifest.engine), exact=runs_exactly(manifest.kind))
+    return onnx_session(folder / manifest.graph, threads, Engine(manifest.engine), exact=manifest.runs_exactly)
 
 
 def predict_onnx(

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from qtool_runtime.contract import Precision, QuantMode
+from qtool_runtime.contract import Engine, FloatPrecision, Precision, QuantMode
+from qtool_runtime.engines import available
 
 from ..artifact import artifact, output
 from ..data import squad
@@ -136,7 +137,8 @@ def quantize_artifact(
             log(line)
         record = quantization_record(chosen, manifest, select_nodes(manifest, chosen), s.calib, s.samples,
                                      len(calib_features), tuning, drift, calib_neighbours=s.calib_neighbours)
-        write_int8(src, manifest, dest, paths[chosen.name], quantization=record, graph_passes=graph_passes)
+        write_int8(src, manifest, dest, paths[chosen.name], quantization=record, graph_passes=graph_passes or None,
+                   engine=chosen.engine, float_precision=chosen.float_precision)
     return dest
 
 
@@ -167,6 +169,12 @@ def _quantizable(src: Path, tolerance: float | None, recipes: Sequence[Recipe]) 
         raise QuantizationError("no recipes to try")
     for recipe in recipes:
         select_nodes(manifest, recipe)  # refuse a recipe that names a role the graph lacks
+        if tolerance is not None and recipe.engine is not Engine.ONNXRUNTIME:
+            raise QuantizationError(f"recipe {recipe.name} is for {recipe.engine}, and tuning scores and times recipes on "
+                                    "onnxruntime: take it with --no-tune")
+        if not available(recipe.engine):
+            raise QuantizationError(f"recipe {recipe.name} writes a graph for {recipe.engine}, which is not installed: "
+                                    f"pip install 'qtool[{recipe.engine}]'")
     return manifest
 
 
@@ -382,8 +390,10 @@ def quantize_plain_ort(src: str | Path, dest: str | Path, *, calib: str = "squad
 
 
 def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path, *, quantization: dict,
-               kind: str | None = None, graph_passes: dict[str, int] | None = None) -> Path:
-    """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated."""
+               kind: str | None = None, graph_passes: dict[str, int] | None = None,
+               engine: Engine = Engine.ONNXRUNTIME, float_precision: FloatPrecision = FloatPrecision.FP32) -> Path:
+    """An INT8 artifact: the quantized graph, the FP32 artifact's other files, its manifest updated (the runtime it
+    is for, and how that runtime computes its FP32 rest: recorded only where it is not FP32)."""
     opset = artifact.opset_of(onnx.load(str(graph), load_external_data=False))
     with artifact.staging(dest, OutputKind.INT8_ARTIFACT) as tmp:
         shutil.copyfile(graph, tmp / artifact.GRAPH)
@@ -391,7 +401,8 @@ def write_int8(src: Path, manifest: manifests.Manifest, dest: Path, graph: Path,
         manifests.write(tmp, replace(
             manifest, graph=artifact.GRAPH, precision="int8", opset=opset, kind=kind or manifest.kind, validation=None,
             quantization=quantization, source_fp32={"folder": src.name, "sha256": manifest.files[manifest.graph]},
-            files={}, created=None, versions={}, graph_passes=graph_passes,
+            files={}, created=None, versions={}, graph_passes=graph_passes, engine=str(engine),
+            float_precision=None if float_precision is FloatPrecision.FP32 else str(float_precision),
             # an FP32 graph's menu figures do not describe the INT8 graph: `qtool menu` measures it again
             menu=None if manifest.menu is None else [replace(e, f1={}, ms=None) for e in manifest.menu], menu_scored=None,
         ))
