@@ -28,7 +28,7 @@ from toolchain.search.scoring import paired_interval
 
 
 def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,
-            threads: int = 2, dev: bool = False) -> dict:
+            threads: int = 2, dev: bool = False, exact: bool = False) -> dict:
     exclude = trained_questions(model) if model and not dev else frozenset()
     examples = spread_dev(questions) if dev else search_examples(questions, offset=offset,
                                                                  neighbours=squad.DOCUMENT_NEIGHBOURS, exclude=exclude)
@@ -38,7 +38,7 @@ def compare(graphs: list[Path], reference: Path, *, questions: int, model: str |
     ref = question_f1(artifact_session(reference, threads), examples, features)
     rows = {reference.name: {"f1": 100 * float(ref.mean()), **f1_by_third(ref, third)}}
     for folder in graphs:
-        f1 = question_f1(artifact_session(folder, threads), examples, features)
+        f1 = question_f1(artifact_session(folder, threads, exact=exact or None), examples, features)
         rows[folder.name] = {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third),
                              "vs_reference": {"all": paired_interval(f1, ref), **{
                                  t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}
@@ -46,7 +46,8 @@ def compare(graphs: list[Path], reference: Path, *, questions: int, model: str |
               + " / ".join(f"{rows[folder.name][t]:5.1f}" for t in THIRDS)
               + "  vs reference {:+.2f} [{:+.2f}, {:+.2f}]".format(*rows[folder.name]["vs_reference"]["all"]), flush=True)
     return {"machine": machine_info(threads), "split": "dev, spread" if dev else "held-out train", "questions": len(examples), "windows": len(features), "offset": offset,
-            "left_out_trained": len(exclude), "reference": reference.name, "rows": rows}
+            "left_out_trained": len(exclude), "reference": reference.name, "rows": rows,
+            "float_precision": "fp32 for every graph" if exact else "as each manifest states"}
 
 
 def main() -> None:
@@ -57,10 +58,13 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=600, help="questions (held-out train, or dev with --dev)")
     parser.add_argument("--dev", action="store_true", help="report: dev questions spread over all of dev instead")
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--exact", action="store_true",
+                        help="compute the graphs' FP32 parts in FP32 even where a manifest takes the runtime's default "
+                             "(the reference runs as its manifest says)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = compare(args.graphs, args.reference, questions=args.train, model=args.model, offset=args.offset,
-                     dev=args.dev)
+                     dev=args.dev, exact=args.exact)
     print(f"reference {report['reference']}: F1 {report['rows'][report['reference']]['f1']:.2f} "
           f"({report['questions']} questions, {report['windows']} windows)")
     if args.out:

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from transformers import AutoTokenizer
 
-from qtool_runtime.contract import Engine, Precision
+from qtool_runtime.contract import Engine, FloatPrecision, Precision
 from toolchain.artifact import artifact
 from toolchain.artifact import manifest as manifests
 from toolchain.artifact.output import OutputKind
@@ -34,7 +34,9 @@ def quantize_with_nncf(fp32: Path, dest: Path, *, calib: str = "squad", samples:
             if item.is_file() and item.name not in (manifest.graph, artifact.MANIFEST):
                 shutil.copyfile(item, tmp / item.name)
         onnx.save(quantized, str(tmp / manifest.graph))
+        # on OpenVINO at its default precision, as qtool's static-openvino recipe runs
         manifests.write(tmp, dataclasses.replace(manifest, precision=Precision.INT8, engine=str(Engine.OPENVINO),
+                                                 float_precision=str(FloatPrecision.RUNTIME_DEFAULT),
                                                  quantization=recipe, validation=None, files={}, graph_passes=None,
                                                  source_fp32={"folder": fp32.name}))
     return dest

@@ -188,12 +188,14 @@ def onnx_session(path: str | Path, threads: int | None = None, engine: Engine = 
     return open_session(path, engine, threads, exact=exact, error=GraphError)
 
 
-def artifact_session(folder: str | Path, threads: int | None = None):
-    """A session of the artifact in `folder` on the runtime its manifest names, computing as a user runs it: qtool's
-    graphs exactly in FP32 where they say FP32, a peer's ((c) on OpenVINO) with the runtime's defaults."""
+def artifact_session(folder: str | Path, threads: int | None = None, *, exact: bool | None = None):
+    """A session of the artifact in `folder` on the runtime its manifest names, computing as a user runs it: in FP32
+    where the graph says FP32 unless its manifest's float_precision (or, for a peer, its kind) says the runtime's
+    default. `exact` overrides the manifest (a study of what the runtime's default precision costs)."""
     folder = Path(folder)
     manifest = manifests.load(folder)
-    return onnx_session(folder / manifest.graph, threads, Engine(manifest.engine), exact=manifest.runs_exactly)
+    return onnx_session(folder / manifest.graph, threads, Engine(manifest.engine),
+                        exact=manifest.runs_exactly if exact is None else exact)
 
 
 def predict_onnx(
