@@ -27,6 +27,13 @@ from toolchain.graph.runtime import artifact_session, question_f1
 from toolchain.search.scoring import paired_interval
 
 
+def row_names(graphs: list[Path]) -> list[str]:
+    """Each graph's row: its folder's name, or parent/name where two graphs share a name (one configuration's graph
+    for onnxruntime and for OpenVINO, each in a root of its own)."""
+    names = [g.name for g in graphs]
+    return [f"{g.parent.name}/{g.name}" if names.count(g.name) > 1 else g.name for g in graphs]
+
+
 def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,
             threads: int = 2, dev: bool = False, exact: bool = False) -> dict:
     exclude = trained_questions(model) if model and not dev else frozenset()
@@ -37,14 +44,13 @@ def compare(graphs: list[Path], reference: Path, *, questions: int, model: str |
     third = overlap_thirds(examples)[0]
     ref = question_f1(artifact_session(reference, threads), examples, features)
     rows = {reference.name: {"f1": 100 * float(ref.mean()), **f1_by_third(ref, third)}}
-    for folder in graphs:
+    for folder, name in zip(graphs, row_names(graphs)):
         f1 = question_f1(artifact_session(folder, threads, exact=exact or None), examples, features)
-        rows[folder.name] = {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third),
-                             "vs_reference": {"all": paired_interval(f1, ref), **{
-                                 t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}
-        print(f"{folder.name:<46} F1 {rows[folder.name]['f1']:6.2f}  "
-              + " / ".join(f"{rows[folder.name][t]:5.1f}" for t in THIRDS)
-              + "  vs reference {:+.2f} [{:+.2f}, {:+.2f}]".format(*rows[folder.name]["vs_reference"]["all"]), flush=True)
+        rows[name] = {"f1": 100 * float(f1.mean()), **f1_by_third(f1, third),
+                      "vs_reference": {"all": paired_interval(f1, ref), **{
+                          t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}
+        print(f"{name:<46} F1 {rows[name]['f1']:6.2f}  " + " / ".join(f"{rows[name][t]:5.1f}" for t in THIRDS)
+              + "  vs reference {:+.2f} [{:+.2f}, {:+.2f}]".format(*rows[name]["vs_reference"]["all"]), flush=True)
     return {"machine": machine_info(threads), "split": "dev, spread" if dev else "held-out train", "questions": len(examples), "windows": len(features), "offset": offset,
             "left_out_trained": len(exclude), "reference": reference.name, "rows": rows,
             "float_precision": "fp32 for every graph" if exact else "as each manifest states"}
