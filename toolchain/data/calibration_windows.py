@@ -39,7 +39,8 @@ def calibration_features(calib: str, samples: int, tokenizer, seq_len: int, doc_
                          neighbours: int = 0) -> squad.Features:
     """Windows of the first calibration questions, at most `samples`. With `neighbours` > 0, half of them come
     from the same questions with contexts widened by that many paragraphs on each side, so the static activation
-    ranges also cover full windows of running text (the document workload), not only single paragraphs."""
+    ranges also cover full windows of running text (the document workload), not only single paragraphs. Widening
+    needs the neighbours in the file: a file of whole articles (SQuAD train) has them, the shipped set mostly not."""
 
     def windows(count: int, wide: int) -> squad.Features:
         f = squad.featurize(calibration_examples(calib, count, wide), tokenizer, max_length=seq_len, doc_stride=doc_stride)
