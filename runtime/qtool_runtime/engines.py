@@ -76,9 +76,10 @@ def runs_exactly(kind: str, float_precision: str | None = None) -> bool:
 
 def openvino_session(path: Path, threads: int | None = None, *, exact: bool = True,
                      error: type[Exception] = ArtifactError) -> OpenVinoSession:
-    """An OpenVINO CPU session tuned for latency (one stream). `exact`: compute in FP32 where the graph says FP32;
-    OpenVINO's default on CPUs with AMX or AVX-512 BF16 is bf16, which moves logits by more than a Drop-and-Restore
-    ranking tolerates (a team's plain model may take the default: the standard recipes record which they ran)."""
+    """An OpenVINO CPU session tuned for latency (one stream). `exact`: compute in FP32 where the graph says FP32.
+    OpenVINO's default on CPUs with AMX or AVX-512 BF16 is bf16, which moves the logits a Drop-and-Restore graph ranks
+    tokens by; a graph takes it only where its manifest says so (runs_exactly), as the peers and `static-openvino`
+    graphs do."""
     try:
         import openvino as ov
     except ImportError:
