@@ -181,3 +181,28 @@ def test_document_calibration_mixes_paragraph_and_widened_windows(minilm_tokeniz
     assert (wide == 384).mean() > 0.5 and wide.mean() > plain.attention_mask.sum(1).mean()
     tune = tuning_examples(20, train, 32)
     assert len(tune) == 20 and not {e.id for e in tune} & {e.id for e in squad.load_squad(train, limit=32)}
+
+
+def test_drift_reads_answer_ranking_heads_on_the_rows_their_layer_received(trained_dir, tmp_path):
+    """An `answer` graph runs the QA head once per dropping layer, on that layer's rows in ranked order. Two graphs
+    rank differently, so those rows are compared token by token: by the `kept_i` of the layer before (none at the
+    first layer, which receives the window in order); the final head reads restored rows, in order."""
+    import numpy as np
+
+    from toolchain.core.settings import ExportSettings
+    from toolchain.graph.export import export_configs
+    from toolchain.quantize.drift import _rows_from, _watched, tensor_drift
+
+    [folder] = export_configs(trained_dir, [REDUCED], tmp_path, settings=ExportSettings(samples=4, variant="answer"))
+    manifest = manifests.load(folder)
+    heads = manifest.roles["head"]
+    assert len(heads) == 6 + 1
+    kept = [f"kept_{i}" for i in range(6)]
+    placed = {node: _rows_from(where, role, kept)
+              for _, node, role, side, where in _watched(folder / "model.onnx", manifest.roles)
+              if role == "head" and side == "input"}
+    assert [placed[h] for h in heads] == [None, "kept_0", "kept_1", "kept_2", "kept_3", "kept_4", None]
+    feed = {"input_ids": np.array([[101, 2054, 2003, 102, 3000, 2001, 1037, 2103, 102]]),
+            "attention_mask": np.ones((1, 9), dtype=np.int64), "token_type_ids": np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1]])}
+    rows = tensor_drift(folder / "model.onnx", folder / "model.onnx", manifest.roles, [feed])
+    assert len(rows) == 2 * (6 * 6 + 7) and all(r.rel_error == 0.0 for r in rows)

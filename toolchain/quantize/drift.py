@@ -38,12 +38,14 @@ class TensorDrift:
     sqnr_db: float  # 20 log10(||fp32|| / ||int8 - fp32||)
 
 
-def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, str, str, str]]:
-    """(tensor, node, role, side) for the activation input and the output of every weight MatMul by role."""
+def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, str, str, str, str]]:
+    """(tensor, node, role, side, placed) for the activation input and the output of every weight MatMul by role;
+    `placed` names the node whose `layer.N.` says which layer's rows the tensor holds (_rows_from)."""
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     by_name = {n.name: n for n in graph.node}
+    producer = {o: n.name for n in graph.node for o in n.output}
     users = consumers(graph)
     biases = {i.name for i in graph.initializer if len(i.dims) == 1}
     watched = []
@@ -51,7 +53,11 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
         for name in names:
             node = by_name.get(name)
             if node is not None:
-                watched += [(node.input[0], name, role, "input"), (_dense_output(node, users, biases), name, role, "output")]
+                # the QA head's MatMuls carry no layer in their name: an `answer` graph's ranking heads read a
+                # layer's attention output, named by the LayerNorm that makes it; the final head reads restored rows
+                placed = producer.get(node.input[0], "") if role == "head" else name
+                watched += [(node.input[0], name, role, "input", placed),
+                            (_dense_output(node, users, biases), name, role, "output", placed)]
     return watched
 
 
@@ -96,25 +102,26 @@ def tensor_drift(fp32_path: str | Path, int8_path: str | Path, roles: dict[str, 
         ref: dict[tuple[str, str], float] = {}
         for feed in feeds:
             a, b = (dict(zip(shared + kept, s.run(shared + kept, feed))) for s in sessions)
-            for tensor, node, role, _ in watched:
+            for tensor, node, role, _, placed in watched:
                 if tensor in a:
-                    x, y = _aligned(a, b, tensor, _rows_from(node, role, kept))
+                    x, y = _aligned(a, b, tensor, _rows_from(placed, role, kept))
                     err[(tensor, node)] = err.get((tensor, node), 0.0) + float(np.sum((x - y) ** 2))
                     ref[(tensor, node)] = ref.get((tensor, node), 0.0) + float(np.sum(x ** 2))
     rows = []
-    for tensor, node, role, side in watched:
+    for tensor, node, role, side, _ in watched:
         if ref.get((tensor, node), 0) > 0:
             rel = math.sqrt(err[(tensor, node)] / ref[(tensor, node)])
             rows.append(TensorDrift(tensor, node, role, side, rel, -20 * math.log10(rel) if rel > 0 else math.inf))
     return sorted(rows, key=lambda r: -r.rel_error)
 
 
-def _rows_from(node: str, role: str, kept: list[str]) -> str | None:
-    """The `kept_i` output naming the token position of each row of `node`'s tensors (None: rows in order)."""
-    match = LAYER.search(node)
-    if not kept or match is None or role == "head":
+def _rows_from(placed: str, role: str, kept: list[str]) -> str | None:
+    """The `kept_i` output naming the token position of each row of the tensors `placed` names (None: rows in order).
+    Attention roles and a layer's ranking head run on the rows the layer received, FFN roles on those it kept."""
+    match = LAYER.search(placed)
+    if not kept or match is None:
         return None
-    layer = int(match.group(1)) - (1 if role in ATTENTION_ROLES else 0)
+    layer = int(match.group(1)) - (1 if role in ATTENTION_ROLES or role == "head" else 0)
     return kept[layer] if layer >= 0 else None
 
 
