@@ -5,7 +5,7 @@ from toolchain.core.settings import QuantizeSettings
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
 from toolchain.data.calibration_windows import calibration_examples
-from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError, Recipe, select_nodes
+from toolchain.quantize.recipes import RECIPES_BY_NAME, QuantizationError, Recipe, recipes_for, select_nodes
 from toolchain.quantize.quantize import STATIC_PREFERENCE, Trial, choose, quantize_artifact, speed, tuning_examples
 
 REDUCED_DIR = "fp32-" + REDUCED.replace(",", "-")
@@ -110,6 +110,23 @@ def test_only_fp32_artifacts_are_quantized(int8_dir):
 
 def _trial(name: str, ms: float, drop: float = 0.0) -> Trial:
     return Trial(name, "", 70.0 - drop, 0.0, drop, 1, latency_ms={"small": ms, "large": ms}, within_tolerance=drop <= 1.0)
+
+
+def test_retired_recipes_are_refused_with_why(exported_root, tmp_path):
+    """Percentile and entropy calibration never reached our activations (neural-compressor keyed the method on the
+    producing node); their names are refused in one line before any work, by the CLI and the function alike."""
+    from click.testing import CliRunner
+
+    from toolchain.cli.commands import main
+
+    before = sorted(p.name for p in exported_root.iterdir())
+    for name in ("static-fp32-out-pct", "static-fp32-out-entropy"):
+        with pytest.raises(QuantizationError, match=f"recipe {name} is retired: .*MinMax.*use static-fp32-out"):
+            recipes_for((name,), tune=False)
+        result = CliRunner().invoke(main, ["quantize", str(exported_root / REDUCED_DIR), "--recipe", name])
+        assert result.exit_code == 2 and f"recipe {name} is retired" in result.output
+    assert sorted(p.name for p in exported_root.iterdir()) == before
+    assert all(r.calibration == "minmax" for r in RECIPES_BY_NAME.values())
 
 
 def test_choose_prefers_static_unless_measurably_slower():
