@@ -26,8 +26,10 @@ from toolchain.core import atomic
 from toolchain.data import squad
 from toolchain.cli.commands import main
 
+from conftest import REFERENCE_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]  # tests/cli/ -> the checkout
-REFERENCE = ROOT.parent / "shared" / "models" / "minilm-squad-lat"
+REFERENCE = squad.default_squad_dir().parent / "models" / REFERENCE_MODEL  # where conftest's trained_dir copies it from
 # Raises that only a programming error reaches (library misuse, an internal invariant): a traceback is right.
 BUG_ONLY = {
     ("toolchain/data/squad.py", "postprocess"), ("toolchain/data/squad.py", "scores_of"), ("toolchain/graph/runtime.py", "batches"),
