@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from ..graph.passes import consumers, only_user
+from ..graph.passes import consumers, only_user, producers
 
 TOP = 12  # tensors kept in the quantization record
-ATTENTION_ROLES = ("q", "k", "v", "attn_out")  # run on the rows the previous layer kept; FFN roles on this layer's
+# roles that run on the rows a layer received (the previous layer kept): attention, and the QA head an `answer` graph
+# runs inside each dropping layer; FFN roles run on the rows the layer kept
+RECEIVED_ROWS_ROLES = ("q", "k", "v", "attn_out", "head")
 LAYER = re.compile(r"layer\.(\d+)\.")
 
 
@@ -45,7 +47,7 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     by_name = {n.name: n for n in graph.node}
-    producer = {o: n.name for n in graph.node for o in n.output}
+    writers = producers(graph)
     users = consumers(graph)
     biases = {i.name for i in graph.initializer if len(i.dims) == 1}
     watched = []
@@ -55,7 +57,8 @@ def _watched(fp32_path: Path, roles: dict[str, list[str]]) -> list[tuple[str, st
             if node is not None:
                 # the QA head's MatMuls carry no layer in their name: an `answer` graph's ranking heads read a
                 # layer's attention output, named by the LayerNorm that makes it; the final head reads restored rows
-                placed = producer.get(node.input[0], "") if role == "head" else name
+                named = writers.get(node.input[0]) if role == "head" else node
+                placed = named.name if named is not None else ""
                 watched += [(node.input[0], name, role, "input", placed),
                             (_dense_output(node, users, biases), name, role, "output", placed)]
     return watched
@@ -116,12 +119,11 @@ def tensor_drift(fp32_path: str | Path, int8_path: str | Path, roles: dict[str, 
 
 
 def _rows_from(placed: str, role: str, kept: list[str]) -> str | None:
-    """The `kept_i` output naming the token position of each row of the tensors `placed` names (None: rows in order).
-    Attention roles and a layer's ranking head run on the rows the layer received, FFN roles on those it kept."""
+    """The `kept_i` output naming the token position of each row of the tensors `placed` names (None: rows in order)."""
     match = LAYER.search(placed)
     if not kept or match is None:
         return None
-    layer = int(match.group(1)) - (1 if role in ATTENTION_ROLES or role == "head" else 0)
+    layer = int(match.group(1)) - (1 if role in RECEIVED_ROWS_ROLES else 0)
     return kept[layer] if layer >= 0 else None
 
 

@@ -87,8 +87,8 @@ RECIPES_BY_NAME = {r.name: r for r in RECIPES}
 # percentile). The graphs were `static-fp32-out` under another name (results/calibration-methods).
 _NOT_APPLIED = ("neural-compressor calibrates every activation these graphs quantize with MinMax whatever the method "
                 "named, so it built static-fp32-out under another name; use static-fp32-out")
-RETIRED_RECIPES = {"static-fp32-out-pct": f"recipe static-fp32-out-pct is retired: {_NOT_APPLIED}",
-                   "static-fp32-out-entropy": f"recipe static-fp32-out-entropy is retired: {_NOT_APPLIED}"}
+RETIRED_RECIPES = {name: f"recipe {name} is retired: {_NOT_APPLIED}"
+                   for name in ("static-fp32-out-pct", "static-fp32-out-entropy")}
 
 
 # The ladder `quantize` climbs when no --recipe is named: every recipe for onnxruntime, the runtime it times them on.
