@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import strategies as st
 import torch
 
-from toolchain.core.settings import ExportSettings, VerifySettings
+from toolchain.core.settings import ExportSettings
 from toolchain.data import squad
 from toolchain.train.args import resolve_base
 
@@ -70,39 +71,57 @@ def dev_examples(squad_dir):
 REDUCED = "300,250,200,150,120,100"
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build` writes once per run, by the first worker that asks (in the run's shared temporary folder,
+    under a lock; the others wait for it), then copied into this worker's own temporary folder, so that tests may
+    write beside it as they would beside a folder of their own. Under `pytest -n 2` that saves one export per folder."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    shared.mkdir(exist_ok=True)
+    master, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():  # built in place (manifests name the paths they came from), then marked whole
+            shutil.rmtree(master, ignore_errors=True)
+            build(master)
+            done.touch()
+    copy = tmp_path_factory.mktemp(name) / name
+    shutil.copytree(master, copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def exported_root(tmp_path_factory, trained_dir) -> Path:
     """The trained model exported at the full and one reduced configuration (validated on 8 dev questions)."""
     from toolchain.graph.export import export_configs
 
-    root = tmp_path_factory.mktemp("graphs") / "minilm"
-    export_configs(trained_dir, ["full", REDUCED], root, settings=ExportSettings(samples=8))
-    return root
+    return built_once(tmp_path_factory, "minilm",
+                      lambda out: export_configs(trained_dir, ["full", REDUCED], out, settings=ExportSettings(samples=8)))
+
+
+def export_recording_variant(trained_dir: Path, variant: str, out: Path) -> Path:
+    """The trained model, its config recording `variant` (as `qtool train --variant` leaves it), exported at REDUCED
+    without naming the variant: the export must take it from the config."""
+    import json
+
+    from toolchain.graph.export import export_configs
+    from toolchain.model.drop_and_restore import VARIANT_ATTRIBUTE
+
+    model = out / f"{variant}-model"
+    shutil.copytree(trained_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: variant}))
+    (artifact,) = export_configs(model, [REDUCED], out / "graphs", settings=ExportSettings(samples=4))
+    return artifact
 
 
 @pytest.fixture(scope="session")
-def bench_run(tmp_path_factory, trained_dir) -> tuple[Path, dict]:
-    """`run_bench` on the trained model at one reduced configuration (a 12-question dev slice): our FP32 and
-    INT8 graphs and the standard recipe's three graphs, with the report. Under `pytest -n` it is built once, by the
-    first worker that asks, in the run's shared temporary folder; the others wait for it and read it."""
-    import json
-
-    from filelock import FileLock
-    from toolchain.evaluate.bench import run_bench
-    from toolchain.core.settings import BenchSettings, QuantizeSettings
-
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root, saved = shared / "bench-run" / "bench", shared / "bench-run" / "report.json"
-    with FileLock(str(shared / "bench-run.lock")):
-        if not saved.is_file():
-            verify = VerifySettings(limit=12, batch_sizes=(1, 2), rounds=1, workload_windows=4)
-            quantize = QuantizeSettings(samples=8, tune_questions=20, tolerance=100.0, recipes=("dynamic-all",),
-                                        timing_batches=(1, 2))
-            report = run_bench(trained_dir, [REDUCED], root, verify, BenchSettings(quantize=quantize, plain_ort=False),
-                               log=lambda _: None)
-            saved.write_text(json.dumps(report))
-    return root, json.loads(saved.read_text())
+def answer_graph(tmp_path_factory, trained_dir) -> Path:
+    """The trained model's `answer` graph at REDUCED, its variant recorded in the model's config: the one `answer`
+    export of the run (tests/model checks the export, tests/quantize the drift report on it)."""
+    root = built_once(tmp_path_factory, "answer", lambda out: export_recording_variant(trained_dir, "answer", out))
+    return root / "graphs" / f"fp32-{REDUCED.replace(',', '-')}-answer"
 
 
 @pytest.fixture(scope="session")

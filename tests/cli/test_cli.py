@@ -1,4 +1,4 @@
-"""The CLI end to end on real SQuAD slices: export -> quantize -> verify, bench with the standard recipe, errors."""
+"""The CLI end to end on real SQuAD slices: export -> quantize -> verify, errors. (bench: tests/evaluate/test_bench.py)"""
 
 import json
 
@@ -62,25 +62,6 @@ def test_export_quantize_verify(trained_dir, tmp_path):
     assert not (single / "report.json").exists() and f"report: {root / 'report.md'}" in result.output
     only = json.loads((root / "report.json").read_text())
     assert only["protocols"] == ["unpadded"] and "f1_padded" not in only["rows"][0]
-
-
-@pytest.mark.slow
-def test_bench_measures_qtool_against_the_standard_recipe(bench_run):
-    """bench builds the standard recipe (optimum export, fusions, dynamic INT8) from the same checkpoint."""
-    root, report = bench_run
-    rows = {r["name"]: r for r in report["rows"]}
-    assert {"std-fp32-optimum", "std-fp32-o2", "std-int8-o2-dynamic"} <= set(rows)
-    assert report["baseline"] == "std-int8-o2-dynamic"
-    std = rows["std-int8-o2-dynamic"]
-    assert std["kind"] == "standard" and std["speedup_vs_std"]["real_b1"] == pytest.approx(1.0)
-    # the standard recipe's FP32 export answers like qtool's FP32 full graph (same weights)
-    assert abs(rows["std-fp32-optimum"]["f1_unpadded"] - rows["fp32-full"]["f1_unpadded"]) < 1e-6
-    ops = {n.op_type for n in __import__("onnx").load(str(root / "std-int8-o2-dynamic" / "model.onnx")).graph.node}
-    assert "QAttention" in ops
-    # the standard graphs name the checkpoint they came from, as qtool's do (not optimum's scratch folder)
-    assert manifests.load(root / "std-int8-o2-dynamic").source_model == manifests.load(root / "fp32-full").source_model
-    ours = rows["int8-" + REDUCED.replace(",", "-")]
-    assert set(ours["speedup_vs_std"]) == {"b1@384", "b2@384", "real_b1", "real_b32"}
 
 
 def test_bad_input_gives_clear_errors(trained_dir, tmp_path):

@@ -1,7 +1,6 @@
 """The per-layer latency model: its features, its fit, fitting it on real graphs, and search using it as the cost."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from click.testing import CliRunner
 from conftest import REDUCED
 from toolchain.cli.commands import main
 from toolchain.core.errors import InputError
-from toolchain.evaluate.latency import FEATURES, LatencyModel, _fit, features, fit_latency_model, layer_tokens
+from toolchain.evaluate.latency import FEATURES, LatencyModel, _fit, features, layer_tokens
 from toolchain.core.length import LengthConfig
 from toolchain.core.settings import SearchSettings
 
@@ -82,101 +81,6 @@ def test_a_routed_configuration_is_priced_as_route_ships_it():
     assert model.routed(full) == full
     free_drops = LatencyModel(**{**model.__dict__, "coefficients": {**model.coefficients, "drops": 0.0}})
     assert free_drops.routed(config).full_up_to == 0  # faster everywhere: nothing to route
-
-
-@pytest.fixture(scope="module")
-def latency_graphs(bench_run, tmp_path_factory):
-    """The bench folder (FP32 and INT8 reduced, the standard recipe) plus an INT8 full graph."""
-    from toolchain.core.settings import QuantizeSettings
-    from toolchain.quantize.quantize import quantize_artifact
-
-    root, _ = bench_run
-    extra = tmp_path_factory.mktemp("latency")
-    shutil.copytree(root / "fp32-full", extra / "fp32-full")
-    quantize_artifact(extra / "fp32-full", settings=QuantizeSettings(samples=8, tune=False, recipes=("dynamic-all",)),
-                      log=lambda _: None)
-    return root, extra / "int8-full"
-
-
-@pytest.mark.slow
-def test_fit_on_real_graphs_and_search_with_it(latency_graphs, trained_dir, tmp_path):
-    root, int8_full = latency_graphs
-    out = tmp_path / "latency.json"
-    result = CliRunner().invoke(main, ["fit-latency", str(root), str(int8_full), "--out", str(out),
-                                       "--lengths", "64,192,384", "--rounds", "2"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    model = LatencyModel.load(out)
-    # the INT8 qtool graphs are fitted, FP32 ones skipped; the standard recipe's INT8 graph is the reference
-    assert model.graphs == sorted(["int8-full", "int8-" + REDUCED.replace(",", "-")])
-    assert model.baseline_graph == "std-int8-o2-dynamic" and model.reference == "the standard recipe's INT8 graph"
-    assert len(model.points) == 3 * 3 and all(p["ms"] > 0 for p in model.points)
-    assert model.machine["cpu"]
-    # the recorded predictions are the model's own, and its recorded error is theirs against the measured points
-    ours = [p for p in model.points if p["config"] != "standard"]
-    for p in ours:
-        config = LengthConfig.full(6) if p["config"] == "full" else LengthConfig.parse(p["config"], 6)
-        assert model.predict_ms(config, p["length"]) == pytest.approx(p["predicted_ms"], abs=1e-3)
-    errors = [abs(p["predicted_ms"] - p["ms"]) / p["ms"] for p in ours]
-    assert model.fit_error["median_relative"] == pytest.approx(float(np.median(errors)), abs=1e-3)
-    assert all(v >= 0 for v in model.coefficients.values())
-    full = LengthConfig.full(6)
-    assert model.predict_ms(full, 384) > model.predict_ms(full, 64)
-
-    found = tmp_path / "front.json"
-    result = CliRunner().invoke(main, ["search", "--model", str(trained_dir), "--trials", "3", "--questions", "6",
-                                       "--min-ratio", "0.5", "--latency-model", str(out), "--out", str(found)],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    report = json.loads(found.read_text())
-    assert "latency" in report["objective"]["minimize"] and "standard recipe" in report["objective"]["minimize"]
-    for row in report["evaluated"]:
-        assert row["cost"] == row["latency"] and row["macs_unpadded"] <= 1.0
-    assert report["evaluated"][0]["latency"] == pytest.approx(
-        model.cost(full, _search_lengths(trained_dir, 6)), rel=1e-9)
-
-    # --route: every candidate routed at its predicted crossover, scored and priced that way
-    routed_out = tmp_path / "routed.json"
-    result = CliRunner().invoke(main, ["search", "--model", str(trained_dir), "--trials", "3", "--questions", "6",
-                                       "--min-ratio", "0.5", "--latency-model", str(out), "--route",
-                                       "--start-from", REDUCED, "--out", str(routed_out)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    routed_report = json.loads(routed_out.read_text())
-    assert "routed" in routed_report["objective"]["maximize"]
-    lengths = _search_lengths(trained_dir, 6)
-    by_config = {row["config"]: row for row in routed_report["evaluated"]}
-    plain = next(r for r in report["evaluated"] if r["config"] == "full")
-    assert by_config["full"]["f1"] == plain["f1"] and "full_up_to" not in by_config["full"]
-    reduced = by_config[REDUCED]
-    config = model.routed(LengthConfig.parse(REDUCED, 6))
-    assert reduced.get("full_up_to", 0) == config.full_up_to
-    assert reduced["latency"] == pytest.approx(model.cost(config, lengths), rel=1e-9)
-    if config.full_up_to >= lengths.max():  # every window routed to the full model: its answers exactly
-        assert reduced["f1_by_workload"] == by_config["full"]["f1_by_workload"]
-
-
-def _search_lengths(model_dir, questions):
-    from transformers import AutoTokenizer
-
-    from toolchain.data import squad
-    from toolchain.data.splits import search_examples, trained_questions
-
-    import numpy as np
-
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    # the search's cost covers every window of its mix: the questions' paragraphs and the same questions as documents,
-    # less the questions the model's training saw
-    seen = trained_questions(model_dir)
-    return np.concatenate([squad.featurize(search_examples(questions, neighbours=n, exclude=seen), tok).attention_mask.sum(1)
-                           for n in (0, squad.DOCUMENT_NEIGHBOURS)])
-
-
-def test_fit_refuses_what_cannot_be_fitted(bench_run, trained_dir, tmp_path):
-    root, _ = bench_run
-    reduced_int8 = root / ("int8-" + REDUCED.replace(",", "-"))
-    with pytest.raises(InputError, match="at least two qtool configurations"):
-        fit_latency_model([reduced_int8, root / "std-int8-o2-dynamic"], log=lambda _: None)
-    with pytest.raises(InputError, match="no qtool int8 graph"):
-        fit_latency_model([root / "fp32-full"], log=lambda _: None)
 
 
 def test_a_study_keeps_one_cost(trained_dir, tmp_path):

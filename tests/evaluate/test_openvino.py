@@ -1,6 +1,6 @@
-"""qtool on OpenVINO Runtime (the openvino extra, installed by the README's test command): the OpenVINO + NNCF peer
-(c) built and measured beside (b); qtool's graphs run, scored and checked against onnxruntime on OpenVINO; the kit
-answering on it."""
+"""qtool on OpenVINO Runtime (the openvino extra, installed by the README's test command): qtool's graphs run, scored
+and checked against onnxruntime on OpenVINO; the kit answering on it. The OpenVINO + NNCF peer (c), built and measured
+by bench beside (b): tests/evaluate/test_bench.py."""
 
 from __future__ import annotations
 
@@ -11,34 +11,7 @@ from conftest import REDUCED
 from qtool_runtime import Artifact, ArtifactError
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
-from toolchain.evaluate.peers import PEERS
 
-OPENVINO_PEER = PEERS["openvino"]
-
-
-def test_bench_builds_and_measures_the_openvino_peer(bench_run):
-    root, report = bench_run
-    rows = {r["name"]: r for r in report["rows"]}
-    peer, plain = rows[OPENVINO_PEER], rows["std-fp32-optimum"]
-    manifest = manifests.load(root / OPENVINO_PEER)
-    assert manifest.engine == "openvino" and peer["runtime"] == "openvino" and manifest.kind == "standard"
-    assert manifest.quantization["calibration"]["windows"] == 8  # bench's --calib-samples, as qtool's recipes
-    graph = onnx.load(str(root / OPENVINO_PEER / "model.onnx"))
-    ops = {(n.domain, n.op_type) for n in graph.graph.node}
-    assert ("", "QuantizeLinear") in ops and ("", "MatMul") in ops  # standard QDQ, nothing onnxruntime-only
-    assert not {d for d, _ in ops} - {"", "ai.onnx"}
-    # a real INT8 model: it answers about as well as the FP32 export it came from (12 questions)
-    assert peer["f1_unpadded"] > plain["f1_unpadded"] - 10
-    # speed is measured against the faster peer in every column
-    ours = rows["int8-" + REDUCED.replace(",", "-")]
-    peers = [rows[name] for name in PEERS.values()]
-    for key, ratio in ours["speedup_vs_best_peer"].items():
-        assert ratio == pytest.approx(min(p["latency_ms"][key] for p in peers) / ours["latency_ms"][key])
-    assert ours["f1_vs_best_peer"]["unpadded"] == pytest.approx(
-        ours["f1_unpadded"] - max(p["f1_unpadded"] for p in peers))
-    # F1 by lexical-overlap third, the thirds' cut shares in the report
-    assert set(peer["f1_by_overlap_unpadded"]) == {"low", "middle", "high"}
-    assert list(report["overlap_thirds"]["begin"]) == ["middle", "high"]
 
 
 def test_the_kit_answers_on_openvino_as_on_onnxruntime(exported_root):

@@ -10,12 +10,13 @@ import onnx
 import pytest
 import torch
 
+from conftest import export_recording_variant
 from toolchain.artifact import manifest as manifests
 from toolchain.data import squad
 from toolchain.graph.export import export_configs
 from toolchain.model.families import ROLES, UnsupportedModelError, dims_of, family_of
 from toolchain.core.length import LengthConfig, LengthConfigError
-from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, VARIANT_ATTRIBUTE, drop_and_restore, flops,
+from toolchain.model.drop_and_restore import (MATCH_MAX_REPEATS, MATCH_WIDTH, drop_and_restore, flops,
                                               load_qa_model, near_question_words, significance)
 from toolchain.quantize.recipes import Recipe, quantize_graph, select_nodes
 from toolchain.core.settings import ExportSettings
@@ -318,19 +319,15 @@ def test_answer_variant_ranks_the_rest_by_the_qa_heads_answer_score(windows):
 
 
 @pytest.mark.parametrize("variant, invariant", [("lat", False), ("match", True), ("answer", True)])
-def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir):
+def test_recorded_variant_drives_export(variant, invariant, tmp_path, trained_dir, request):
     """A checkpoint whose config records a variant exports as that variant runs (validated against PyTorch), and
-    says so. `lat` sees padding queries, so its graph must be fed padded; `match` does not.
+    says so. `lat` sees padding queries, so its graph must be fed padded; `match` does not. The `answer` graph is the
+    run's shared one (conftest), exported the same way.
 
     The trained reference model, not a random model: LAT's significance adds the near-uniform
     attention of padding queries, which in a random model leaves near-ties that float rounding reorders."""
-    import shutil
-
-    folder = tmp_path / f"{variant}-model"
-    shutil.copytree(trained_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, VARIANT_ATTRIBUTE: variant}))
-    (artifact,) = export_configs(folder, ["300,250,200,150,120,100"], tmp_path / "graphs", settings=ExportSettings(samples=4))
+    artifact = (request.getfixturevalue("answer_graph") if variant == "answer"
+                else export_recording_variant(trained_dir, variant, tmp_path))
     m = manifests.load(artifact)
     assert m.length_config.variant == variant and artifact.name == f"fp32-300-250-200-150-120-100-{variant}"
     assert m.validation["kept_agreement"] == [1.0] * 6

@@ -200,17 +200,15 @@ def test_document_calibration_mixes_paragraph_and_widened_windows(minilm_tokeniz
     assert len(tune) == 20 and not {e.id for e in tune} & {e.id for e in squad.load_squad(train, limit=32)}
 
 
-def test_drift_reads_answer_ranking_heads_on_the_rows_their_layer_received(trained_dir, tmp_path):
+def test_drift_reads_answer_ranking_heads_on_the_rows_their_layer_received(answer_graph):
     """An `answer` graph runs the QA head once per dropping layer, on that layer's rows in ranked order. Two graphs
     rank differently, so those rows are compared token by token: by the `kept_i` of the layer before (none at the
     first layer, which receives the window in order); the final head reads restored rows, in order."""
     import numpy as np
 
-    from toolchain.core.settings import ExportSettings
-    from toolchain.graph.export import export_configs
     from toolchain.quantize.drift import _rows_from, _watched, tensor_drift
 
-    [folder] = export_configs(trained_dir, [REDUCED], tmp_path, settings=ExportSettings(samples=4, variant="answer"))
+    folder = answer_graph
     manifest = manifests.load(folder)
     heads = manifest.roles["head"]
     assert len(heads) == 6 + 1
