@@ -8,7 +8,8 @@ thousand questions, which verify's `--limit` takes, come from two articles).
 
 Each graph runs on the runtime its manifest names ((c) and NNCF graphs on OpenVINO, the rest on onnxruntime).
 Questions: spread over the search pool (never calibration, tuning or dev questions), less the ones the model's last
-training stage saw; as documents (two neighbouring paragraphs each side), every window alone.
+training stage saw; as documents (two neighbouring paragraphs each side; `--paragraphs`: their own paragraph), every
+window alone.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def row_names(graphs: list[Path]) -> list[str]:
 
 
 def compare(graphs: list[Path], reference: Path, *, questions: int, model: str | None, offset: int = 0,
-            threads: int = 2, dev: bool = False, exact: bool = False) -> dict:
+            threads: int = 2, dev: bool = False, exact: bool = False, paragraphs: bool = False) -> dict:
     exclude = trained_questions(model) if model and not dev else frozenset()
-    examples = spread_dev(questions) if dev else search_examples(questions, offset=offset,
-                                                                 neighbours=squad.DOCUMENT_NEIGHBOURS, exclude=exclude)
+    neighbours = 0 if paragraphs else squad.DOCUMENT_NEIGHBOURS
+    examples = spread_dev(questions, neighbours) if dev else search_examples(questions, offset=offset,
+                                                                             neighbours=neighbours, exclude=exclude)
     tokenizer = AutoTokenizer.from_pretrained(graphs[0], local_files_only=True)
     features = squad.featurize(examples, tokenizer, max_length=squad.MAX_LENGTH, doc_stride=squad.DOC_STRIDE)
     third = overlap_thirds(examples)[0]
@@ -51,7 +53,9 @@ def compare(graphs: list[Path], reference: Path, *, questions: int, model: str |
                           t: paired_interval(f1[third == i], ref[third == i]) for i, t in enumerate(THIRDS)}}}
         print(f"{name:<46} F1 {rows[name]['f1']:6.2f}  " + " / ".join(f"{rows[name][t]:5.1f}" for t in THIRDS)
               + "  vs reference {:+.2f} [{:+.2f}, {:+.2f}]".format(*rows[name]["vs_reference"]["all"]), flush=True)
-    return {"machine": machine_info(threads), "split": "dev, spread" if dev else "held-out train", "questions": len(examples), "windows": len(features), "offset": offset,
+    return {"machine": machine_info(threads), "split": "dev, spread" if dev else "held-out train",
+            "workload": "paragraphs" if paragraphs else "documents", "questions": len(examples),
+            "windows": len(features), "offset": offset,
             "left_out_trained": len(exclude), "reference": reference.name, "rows": rows,
             "float_precision": "fp32 for every graph" if exact else "as each manifest states"}
 
@@ -64,13 +68,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=600, help="questions (held-out train, or dev with --dev)")
     parser.add_argument("--dev", action="store_true", help="report: dev questions spread over all of dev instead")
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--paragraphs", action="store_true", help="the questions' own paragraphs instead of documents")
     parser.add_argument("--exact", action="store_true",
                         help="compute the graphs' FP32 parts in FP32 even where a manifest takes the runtime's default "
                              "(the reference runs as its manifest says)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = compare(args.graphs, args.reference, questions=args.train, model=args.model, offset=args.offset,
-                     dev=args.dev, exact=args.exact)
+                     dev=args.dev, exact=args.exact, paragraphs=args.paragraphs)
     print(f"reference {report['reference']}: F1 {report['rows'][report['reference']]['f1']:.2f} "
           f"({report['questions']} questions, {report['windows']} windows)")
     if args.out:
