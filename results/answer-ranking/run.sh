@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What ships (`answer` at 212,...), the milder 315,... under `answer` (INC static INT8 on onnxruntime, and NNCF's static
-# INT8 of the same Drop-and-Restore graph on OpenVINO), the graph that shipped before (`match` at 212,...), qtool's full
+# What ships (315,... under `answer`, INC static INT8 on onnxruntime; NNCF's static INT8 of the same Drop-and-Restore
+# graph on OpenVINO beside it), 212,... under `answer` and under `match` (the graphs that shipped before), qtool's full
 # static INT8 graph, and the peers (b) and (c): scored and timed side by side. Run from the checkout, with the
 # openvino extra installed. Model: ../shared/models/minilm-squad-lat-doc-match.
 set -euo pipefail

@@ -1,7 +1,7 @@
 """qtool-runtime: answer questions from a qtool artifact with onnxruntime, tokenizers and numpy only.
 
     from qtool_runtime import Artifact
-    kit = Artifact.open("graphs/doc/int8-212-194-189-96-81-51-answer")
+    kit = Artifact.open("graphs/doc/int8-315-251-242-159-142-33-answer")
     kit.answer("Who wrote it?", context)   # Answer(text, score, start, end), offsets into the context
 """
 
