@@ -29,12 +29,19 @@ def _rows(report: dict) -> dict[str, dict]:
     return {r["name"]: r for r in report["rows"]}
 
 
-def _speed(reports: list[dict], name: str, key: str) -> str:
+def speed_ratios(reports: list[dict], name: str, key: str) -> list[float]:
+    """`name`'s ratio to the faster peer in column `key`, one per report that timed that column (every report
+    must hold the graph)."""
     ratios = [_rows(rep)[name].get("speedup_vs_best_peer", {}).get(key) for rep in reports]
-    ratios = [r for r in ratios if r is not None]
-    if not ratios:
-        return ""
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    return [r for r in ratios if r is not None]
+
+
+def median_and_range(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""
+
+
+def _speed(reports: list[dict], name: str, key: str) -> str:
+    return median_and_range(speed_ratios(reports, name, key))
 
 
 def _f1(report: dict | None, name: str, protocol: str, thirds: bool = False) -> str:

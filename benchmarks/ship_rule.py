@@ -19,7 +19,9 @@ from pathlib import Path
 
 from toolchain.data.overlap import THIRDS
 from toolchain.evaluate.peers import OPENVINO_INT8, STANDARD_INT8
-from toolchain.search.recommend import RECOMMEND_TOLERANCE, THIRD_TOLERANCE, recommend
+from toolchain.search.recommend import RECOMMEND_TOLERANCE, THIRD_TOLERANCE, holds, recommend
+
+from results_table import median_and_range, speed_ratios  # benchmarks/, beside this script
 
 PEER_LABELS = {OPENVINO_INT8: "(c)", STANDARD_INT8: "(b)"}
 SPEED_KEY = "real_b1"  # real windows, one at a time: the target's column
@@ -38,26 +40,19 @@ def f1_rows(heldout: list[dict]) -> dict[str, dict]:
     return {name: rows[name] for name in complete}
 
 
-def speeds(timing: list[dict]) -> dict[str, list[float]]:
-    """Each timed graph's ratio to the faster peer, one per report."""
-    out: dict[str, list[float]] = {}
-    for report in timing:
-        for r in report["rows"]:
-            if "speedup_vs_best_peer" in r:
-                out.setdefault(r["name"], []).append(r["speedup_vs_best_peer"][SPEED_KEY])
-    return out
-
-
 def apply(heldout: list[dict], timing: list[dict]) -> list[str]:
-    rows, speed = f1_rows(heldout), speeds(timing)
+    rows = f1_rows(heldout)
+    in_every_report = set.intersection(*({r["name"] for r in report["rows"]} for report in timing))
+    speed = {name: ratios for name in rows.keys() & in_every_report
+             if (ratios := speed_ratios(timing, name, SPEED_KEY))}
     workloads = [r["workload"] for r in heldout]
     for name, row in rows.items():
         row["f1"] = row["f1_by_workload"][workloads[0]]
         if name in speed:
             row["cost"] = 1.0 / statistics.median(speed[name])
     sets = ", ".join(f"{r['questions']} questions as {r['workload']}" for r in heldout)
-    lines = [f"held-out train: {sets}; timing: {len(timing)} reports, {SPEED_KEY}; holds = within {RECOMMEND_TOLERANCE} F1 on each workload, "
-             f"{THIRD_TOLERANCE} on each third"]
+    lines = [f"held-out train: {sets}; timing: {len(timing)} reports, {SPEED_KEY}; "
+             f"holds = within {RECOMMEND_TOLERANCE} F1 on each workload, {THIRD_TOLERANCE} on each third"]
     for peer, label in PEER_LABELS.items():
         if peer not in rows:
             continue
@@ -69,11 +64,8 @@ def apply(heldout: list[dict], timing: list[dict]) -> list[str]:
             deltas = " | ".join(f"{w} {row['f1_by_workload'][w] - bar['f1_by_workload'][w]:+.2f} ("
                                 + " / ".join(f"{row['f1_by_third'][f'{w}/{t}'] - bar['f1_by_third'][f'{w}/{t}']:+.1f}"
                                              for t in THIRDS) + ")" for w in workloads)
-            ratios = speed.get(name)
-            timed = (f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios
-                     else "not timed")
-            held = recommend([{"cost": 0.0, **row}], reference=bar) is not None
-            lines.append(f"  {name:<46} {deltas}  speed {timed}  {'holds' if held else '-'}")
+            timed = median_and_range(speed.get(name, [])) or "not timed"
+            lines.append(f"  {name:<46} {deltas}  speed {timed}  {'holds' if holds(row, bar) else '-'}")
         pick = recommend([r for n, r in rows.items() if n not in PEER_LABELS and "cost" in r], reference=bar)
         lines.append(f"  pick: {pick['config'] if pick else 'none of the timed graphs holds ' + label}")
     return lines

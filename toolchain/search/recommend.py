@@ -50,10 +50,10 @@ def recommend(rows: Sequence[dict], tolerance: float = RECOMMEND_TOLERANCE, *, r
     bar = reference or _full_row(rows)
     if bar is None:
         return None
-    return min((r for r in rows if _holds(r, bar, tolerance)), key=lambda r: (r["cost"], -r["f1"]), default=None)
+    return min((r for r in rows if holds(r, bar, tolerance)), key=lambda r: (r["cost"], -r["f1"]), default=None)
 
 
-def _holds(row: dict, full: dict, tolerance: float) -> bool:
+def holds(row: dict, full: dict, tolerance: float = RECOMMEND_TOLERANCE) -> bool:
     """Within `tolerance` of the bar on every workload, and within THIRD_TOLERANCE (plus what `tolerance` adds to
     RECOMMEND_TOLERANCE: a confirmation's margin) on every overlap third the bar was scored on."""
     by, ref = row.get("f1_by_workload", {"all": row["f1"]}), full.get("f1_by_workload", {"all": full["f1"]})
@@ -81,7 +81,7 @@ def confirmation_candidates(rows: Sequence[dict], *, tolerance: float = RECOMMEN
     if full is None:
         return []
     bar = reference or full
-    near = sorted((r for r in rows if r is not full and _holds(r, bar, tolerance + margin)), key=lambda r: r["cost"])
+    near = sorted((r for r in rows if r is not full and holds(r, bar, tolerance + margin)), key=lambda r: r["cost"])
     return [full] + near[:most]
 
 
